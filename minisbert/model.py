@@ -1,0 +1,139 @@
+"""The sentence model: tokenize -> encode -> pool -> (Dense, Normalize), and `encode()`."""
+
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import checkpoint
+from .pooling import Normalize
+
+PRECISIONS = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+              "fp16": torch.float16, "float16": torch.float16}
+
+
+class SentenceTransformer(nn.Module):
+    """A model folder or hub id in, sentence embeddings out; the same names as sentence-transformers.
+
+    Texts longer than `max_seq_length` tokens are truncated, as sentence-transformers does:
+    `count_tokens()` tells how many tokens a text has before truncation.
+    """
+
+    def __init__(self, model_name_or_path: str = checkpoint.DEFAULT_MODEL, device: str | None = None):
+        super().__init__()
+        parts = checkpoint.load_folder(checkpoint.resolve_model(str(model_name_or_path)))
+        self.encoder = parts["encoder"]
+        self.config = parts["config"]  # config.json as read, written back by save()
+        self.tokenizer = parts["tokenizer"]
+        self.pooling = parts["pooling"]
+        self.after = nn.ModuleList(parts["after"])  # Dense and Normalize modules, in modules.json order
+        self._low_precision_encoders = {}
+        self.eval()
+        if device is not None:
+            self.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.tokenizer.max_seq_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        if not 0 < value <= self.encoder.config.max_tokens:
+            raise ValueError(f"max_seq_length must be in 1..{self.encoder.config.max_tokens}, got {value}")
+        self.tokenizer.max_seq_length = value
+        self.tokenizer.tokenizer.enable_truncation(value)
+
+    def get_sentence_embedding_dimension(self) -> int:
+        dimension = self.pooling.output_dimension
+        for module in self.after:
+            if not isinstance(module, Normalize):
+                dimension = module.linear.out_features
+        return dimension
+
+    def count_tokens(self, sentences: list[str]) -> list[int]:
+        """Token count of each text with its special tokens, before truncation at max_seq_length."""
+        return self.tokenizer.count_tokens(sentences)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, encoder: nn.Module | None = None):
+        """Token ids (B, S) -> sentence embeddings (B, dim), with autograd; `encoder` may be a low-precision copy."""
+        token_embeddings = (encoder or self.encoder)(input_ids, attention_mask)  # (B, S, D)
+        embeddings = self.pooling(token_embeddings.float(), attention_mask)  # pool and what follows in float32
+        for module in self.after:
+            embeddings = module(embeddings)
+        return embeddings
+
+    def _encoder_in(self, dtype: torch.dtype) -> nn.Module:
+        """The encoder in `dtype`: a cached copy for bf16/fp16, remade whenever the fp32 weights change."""
+        if dtype == torch.float32:
+            return self.encoder
+        weights = tuple((p.data_ptr(), p._version) for p in self.encoder.parameters())  # _version counts in-place updates
+        cached = self._low_precision_encoders.get(dtype)
+        if cached is None or cached[0] != weights:
+            self._low_precision_encoders[dtype] = (weights, copy.deepcopy(self.encoder).to(dtype))
+        return self._low_precision_encoders[dtype][1]
+
+    def encode(self, sentences: str | list[str], batch_size: int = 32, show_progress_bar: bool | None = None,
+               convert_to_numpy: bool = True, convert_to_tensor: bool = False, normalize_embeddings: bool = False,
+               device: str | None = None, precision: str = "fp32"):
+        """Embed `sentences`: a float32 array (N, dim), or a tensor with `convert_to_tensor=True`.
+
+        Texts are sorted by token count so that each batch pads little; the output keeps the input order.
+        `precision` is fp32, bf16 (CPU or GPU) or fp16 (GPU); pooling and what follows always run in fp32.
+        """
+        single = isinstance(sentences, str)
+        if single:
+            sentences = [sentences]
+        if not isinstance(sentences, (list, tuple)):
+            raise TypeError(f"sentences must be a str or a list of str, not {type(sentences).__name__}")
+        for i, sentence in enumerate(sentences):
+            if not isinstance(sentence, str):
+                raise TypeError(f"sentences[{i}] is {type(sentence).__name__}, not str")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        if device is not None:
+            self.to(device)
+        dtype = PRECISIONS[precision]
+        if dtype == torch.float16 and self.device.type == "cpu":
+            raise ValueError("precision fp16 needs a GPU; on the CPU use bf16 or fp32")
+
+        embeddings = torch.empty(len(sentences), self.get_sentence_embedding_dimension(), device=self.device)
+        token_ids = self.tokenizer.token_ids(list(sentences))
+        order = np.argsort([-len(ids) for ids in token_ids], kind="stable")
+        batches = range(0, len(sentences), batch_size)
+        if show_progress_bar is None:
+            show_progress_bar = len(batches) > 20 and sys.stderr.isatty()
+        was_training = self.training
+        self.eval()
+        encoder = self._encoder_in(dtype)
+        try:
+            with torch.inference_mode():
+                for start in tqdm(batches, desc="Batches", disable=not show_progress_bar):
+                    index = order[start:start + batch_size]
+                    batch = self.tokenizer.pad([token_ids[i] for i in index])
+                    batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                    embedded = self(batch["input_ids"], batch["attention_mask"], encoder)
+                    if normalize_embeddings:
+                        embedded = F.normalize(embedded, p=2, dim=-1)
+                    embeddings[torch.from_numpy(index).to(self.device)] = embedded
+        finally:
+            self.train(was_training)
+        if single:
+            embeddings = embeddings[0]
+        if convert_to_tensor:
+            return embeddings
+        return embeddings.cpu().numpy() if convert_to_numpy else list(embeddings)
+
+    def save(self, path: str | Path) -> None:
+        """Write a sentence-transformers folder (safetensors) that both libraries load."""
+        checkpoint.save_folder(self, Path(path))

@@ -1,0 +1,114 @@
+"""From token embeddings to one sentence embedding: pooling, then optional Dense and Normalize modules.
+
+Each class reads and writes the config of the sentence-transformers module of the same name.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens")  # concatenated in this order, as sentence-transformers does
+
+
+class Pooling(nn.Module):
+    def __init__(self, embedding_dimension: int, modes: str | list[str] = "mean"):
+        super().__init__()
+        modes = [modes] if isinstance(modes, str) else list(modes)
+        unknown = [m for m in modes if m not in POOLING_MODES]
+        if unknown or not modes:
+            raise ValueError(f"pooling mode {unknown or modes} is not supported; choose from {', '.join(POOLING_MODES)}")
+        self.embedding_dimension = embedding_dimension
+        self.modes = sorted(modes, key=POOLING_MODES.index)
+
+    @property
+    def output_dimension(self) -> int:
+        return self.embedding_dimension * len(self.modes)
+
+    def forward(self, token_embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # (B, S, D), (B, S) -> (B, D * len(modes)); padding never contributes
+        mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)  # (B, S, 1)
+        pooled = []
+        for mode in self.modes:
+            if mode == "cls":
+                pooled.append(token_embeddings[:, 0])
+            elif mode == "max":
+                pooled.append(token_embeddings.masked_fill(mask == 0, float("-inf")).max(dim=1).values)
+            else:
+                # sum in float32 even for bf16/fp16 token embeddings; clamp keeps an all-padding row finite
+                summed = (token_embeddings * mask).sum(dim=1, dtype=torch.float32)
+                count = mask.sum(dim=1, dtype=torch.float32).clamp(min=1e-9)
+                divisor = count if mode == "mean" else count.sqrt()
+                pooled.append((summed / divisor).to(token_embeddings.dtype))
+        return torch.cat(pooled, dim=-1)
+
+    def config(self) -> dict:
+        # The long-standing format, which every sentence-transformers version reads.
+        return {"word_embedding_dimension": self.embedding_dimension,
+                **{_legacy_key(mode): mode in self.modes for mode in POOLING_MODES}}
+
+    @classmethod
+    def from_config(cls, config: dict, source: str) -> "Pooling":
+        dimension = config.get("embedding_dimension", config.get("word_embedding_dimension"))
+        if "pooling_mode" in config:  # sentence-transformers >= 6
+            modes = config["pooling_mode"]
+        else:
+            modes = [m for m in POOLING_MODES if config.get(_legacy_key(m))]
+            others = [k for k, v in config.items() if k.startswith("pooling_mode_") and v and k not in map(_legacy_key, POOLING_MODES)]
+            if others:
+                raise ValueError(f"{source}: {others[0]} is not supported; minisbert pools with {', '.join(POOLING_MODES)}")
+        if dimension is None:
+            raise ValueError(f"{source}: no word_embedding_dimension")
+        try:
+            return cls(dimension, modes)
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
+
+
+def _legacy_key(mode: str) -> str:
+    return {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens",
+            "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens"}[mode]
+
+
+# Activation functions a Dense config may name, by their sentence-transformers spelling.
+ACTIVATIONS = {f"torch.nn.modules.{module}.{name}": getattr(nn, name) for module, name in
+               [("activation", "Tanh"), ("activation", "ReLU"), ("activation", "GELU"), ("activation", "Sigmoid"),
+                ("linear", "Identity")]}
+
+
+class Dense(nn.Module):
+    """activation(W x + b) on the sentence embedding, as sentence-transformers' Dense."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 activation_function: str = "torch.nn.modules.activation.Tanh"):
+        super().__init__()
+        if activation_function not in ACTIVATIONS:
+            raise ValueError(f"Dense activation_function {activation_function!r} is not supported; "
+                             f"choose from {', '.join(ACTIVATIONS)}")
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        self.activation_function = activation_function
+        self.activation = ACTIVATIONS[activation_function]()
+
+    def forward(self, x):
+        return self.activation(self.linear(x))
+
+    def config(self) -> dict:
+        return {"in_features": self.linear.in_features, "out_features": self.linear.out_features,
+                "bias": self.linear.bias is not None, "activation_function": self.activation_function}
+
+    @classmethod
+    def from_config(cls, config: dict, source: str) -> "Dense":
+        if config.get("use_residual"):
+            raise ValueError(f"{source}: use_residual is not supported")
+        try:
+            return cls(config["in_features"], config["out_features"], config.get("bias", True),
+                       config.get("activation_function", "torch.nn.modules.activation.Tanh"))
+        except (KeyError, ValueError) as error:
+            raise ValueError(f"{source}: {error}") from None
+
+
+class Normalize(nn.Module):
+    def forward(self, x):
+        return F.normalize(x, p=2, dim=-1)
+
+    def config(self) -> dict:
+        return {}

@@ -1,0 +1,156 @@
+"""Text to token ids with `tokenizers`, padded and truncated the way sentence-transformers does it.
+
+A `tokenizer.json` often carries padding and truncation settings of its own (all-MiniLM-L6-v2's pads
+to a fixed 128); sentence-transformers ignores them, pads each batch to its longest text and truncates
+at `max_seq_length`. So do we.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer as FastTokenizer
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
+
+# The files of a tokenizer that a saved model folder carries along unchanged.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "added_tokens.json")
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+
+
+def _token_text(token) -> str | None:
+    # tokenizer_config.json stores special tokens as strings or as {"content": ...} objects
+    return token.get("content") if isinstance(token, dict) else token
+
+
+def _has_lowercase(normalizer: dict | None) -> bool:
+    if not normalizer:
+        return False
+    if normalizer["type"] == "Lowercase" or (normalizer["type"] == "BertNormalizer" and normalizer.get("lowercase")):
+        return True
+    return any(_has_lowercase(n) for n in normalizer.get("normalizers", []))
+
+
+def _wordpiece_from_vocab(folder: Path, config: dict) -> FastTokenizer:
+    """What transformers builds from a bare `vocab.txt` (BertTokenizerFast)."""
+    unk, cls, sep = (_token_text(config.get(k, d)) for k, d in
+                     (("unk_token", "[UNK]"), ("cls_token", "[CLS]"), ("sep_token", "[SEP]")))
+    vocab = {line.rstrip("\n"): i for i, line in enumerate((folder / "vocab.txt").read_text(encoding="utf-8").splitlines())}
+    tokenizer = FastTokenizer(models.WordPiece(vocab, unk_token=unk))
+    tokenizer.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+        strip_accents=config.get("strip_accents"), lowercase=config.get("do_lower_case", True))
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])])
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    return tokenizer
+
+
+def _byte_level_bpe_from_vocab(folder: Path, config: dict) -> FastTokenizer:
+    """What transformers builds from `vocab.json` + `merges.txt` (RobertaTokenizerFast)."""
+    cls, sep = _token_text(config.get("cls_token", "<s>")), _token_text(config.get("sep_token", "</s>"))
+    add_prefix_space = config.get("add_prefix_space", False)
+    vocab, merges = models.BPE.read_file(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    tokenizer = FastTokenizer(models.BPE(vocab, merges, unk_token=_token_text(config.get("unk_token", "<unk>"))))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.RobertaProcessing(
+        sep=(sep, vocab[sep]), cls=(cls, vocab[cls]), add_prefix_space=add_prefix_space, trim_offsets=True)
+    return tokenizer
+
+
+class Tokenizer:
+    """Texts in, `input_ids` and `attention_mask` tensors (B, S) out, S the longest text in the batch."""
+
+    def __init__(self, tokenizer: FastTokenizer, max_seq_length: int, pad_token_id: int,
+                 do_lower_case: bool = False, files: dict[str, bytes] | None = None):
+        self.tokenizer = tokenizer
+        self.max_seq_length = max_seq_length
+        self.pad_token_id = pad_token_id
+        self.do_lower_case = do_lower_case  # already applied by the tokenizer's normalizer; kept for save()
+        self.files = files or {}  # the original files, written back unchanged by save()
+        self._untruncated = None
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_seq_length)
+
+    @classmethod
+    def from_folder(cls, folder: Path, max_seq_length: int | None, max_tokens: int,
+                    do_lower_case: bool = False, config_pad_token_id: int = 0) -> "Tokenizer":
+        """Load `tokenizer.json`, or build the tokenizer from `vocab.txt` or `vocab.json` + `merges.txt`.
+
+        `max_seq_length` comes from sentence_bert_config.json; without it, tokenizer_config.json's
+        `model_max_length` counts, capped at what the encoder's position table holds (`max_tokens`).
+        """
+        folder = Path(folder)
+        config = _read_json(folder / "tokenizer_config.json")
+        config.update({k: v for k, v in _read_json(folder / "special_tokens_map.json").items() if k not in config})
+        if (folder / "tokenizer.json").exists():
+            try:
+                spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{folder / 'tokenizer.json'}: not valid JSON ({error})") from None
+            if do_lower_case and not _has_lowercase(spec.get("normalizer")):
+                # sentence-transformers lower-cases by putting Lowercase in front of the normalizer
+                spec["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "Lowercase"}]
+                                      + ([spec["normalizer"]] if spec.get("normalizer") else [])}
+            tokenizer = FastTokenizer.from_str(json.dumps(spec))
+        elif (folder / "vocab.txt").exists():
+            tokenizer = _wordpiece_from_vocab(folder, config)
+        elif (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
+            tokenizer = _byte_level_bpe_from_vocab(folder, config)
+        else:
+            raise FileNotFoundError(f"{folder}: no tokenizer found; looked for tokenizer.json, vocab.txt, "
+                                    "and vocab.json with merges.txt")
+        if not (folder / "tokenizer.json").exists():
+            if do_lower_case:
+                tokenizer.normalizer = normalizers.Sequence(
+                    [normalizers.Lowercase()] + ([tokenizer.normalizer] if tokenizer.normalizer else []))
+            special = [_token_text(config[k]) for k in ("unk_token", "cls_token", "sep_token", "pad_token", "mask_token")
+                       if config.get(k)]
+            tokenizer.add_special_tokens([t for t in special if tokenizer.token_to_id(t) is not None])
+
+        if max_seq_length is None:
+            max_seq_length = int(min(config.get("model_max_length", max_tokens), max_tokens))
+        pad_token = _token_text(config.get("pad_token"))
+        pad_token_id = tokenizer.token_to_id(pad_token) if pad_token else None
+        files = {name: (folder / name).read_bytes() for name in TOKENIZER_FILES if (folder / name).exists()}
+        return cls(tokenizer, min(max_seq_length, max_tokens),
+                   config_pad_token_id if pad_token_id is None else pad_token_id, do_lower_case, files)
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Ids of each text with its special tokens, truncated at max_seq_length, not padded."""
+        return [encoding.ids for encoding in self.tokenizer.encode_batch(texts)]
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Length of each text in tokens, special tokens included, before truncation."""
+        if self._untruncated is None:
+            self._untruncated = FastTokenizer.from_str(self.tokenizer.to_str())
+            self._untruncated.no_truncation()
+        return [len(encoding.ids) for encoding in self._untruncated.encode_batch(texts)]
+
+    def pad(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
+        longest = max(len(row) for row in ids)
+        input_ids = np.full((len(ids), longest), self.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(ids), longest), dtype=np.int64)
+        for i, row in enumerate(ids):
+            input_ids[i, :len(row)] = row
+            attention_mask[i, :len(row)] = 1
+        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask)}
+
+    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return self.pad(self.token_ids(texts))
+
+    def save(self, folder: Path) -> None:
+        for name, data in self.files.items():
+            (Path(folder) / name).write_bytes(data)
