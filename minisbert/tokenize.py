@@ -66,7 +66,7 @@ def _byte_level_bpe_from_vocab(folder: Path, config: dict) -> FastTokenizer:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.RobertaProcessing(
-        sep=(sep, vocab[sep]), cls=(cls, vocab[cls]), add_prefix_space=add_prefix_space, trim_offsets=True)
+        (sep, vocab[sep]), (cls, vocab[cls]), add_prefix_space=add_prefix_space, trim_offsets=True)
     return tokenizer
 
 

