@@ -1,0 +1,53 @@
+"""encode.py as a user runs it."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from sentence_transformers import SentenceTransformer as Reference
+from sentence_transformers import util
+
+ROOT = Path(__file__).resolve().parents[1]
+SENTENCES1 = ["The cat sits outside", "A man is playing guitar", "The new movie is awesome"]
+SENTENCES2 = ["The dog plays in the garden", "A woman watches TV", "The new movie is so great"]
+
+
+def run(*args, stdin=None):
+    result = subprocess.run([sys.executable, str(ROOT / "encode.py"), *args], input=stdin, capture_output=True,
+                            text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_no_arguments_prints_the_example_pairs_with_reference_scores(minilm_folder):
+    lines = run().strip().splitlines()
+    reference = Reference(str(minilm_folder), device="cpu")
+    expected = util.cos_sim(reference.encode(SENTENCES1), reference.encode(SENTENCES2)).diagonal()
+    assert len(lines) == 3
+    for line, s1, s2, score in zip(lines, SENTENCES1, SENTENCES2, expected):
+        assert line.startswith(s1) and s2 in line
+        assert abs(float(re.search(r"Score: (-?\d\.\d{4})$", line).group(1)) - float(score)) <= 1e-4
+
+
+def test_input_file_to_npy_equals_reference(minilm_folder, tmp_path):
+    texts = ["first line", "", "a third line with Ümlauts", "word " * 300]
+    out = tmp_path / "embeddings.npy"
+    message = run("--input", "-", "--output", str(out), "--normalize", stdin="\n".join(texts) + "\n")
+    assert "wrote 4 embeddings of dimension 384" in message
+    expected = Reference(str(minilm_folder), device="cpu").encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-5, rtol=0)
+
+
+def test_help_explains_every_option():
+    text = run("--help")
+    for option in ("--model", "--input", "--output", "--batch-size", "--normalize", "--device", "--precision"):
+        assert option in text
+
+
+def test_missing_model_is_a_message_not_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "encode.py"), "--model", str(tmp_path / "none")],
+                            capture_output=True, text=True, cwd=ROOT, env={"HF_HUB_OFFLINE": "1", "PATH": ""}, timeout=300)
+    assert result.returncode == 1
+    assert "not found" in result.stderr and "Traceback" not in result.stderr
