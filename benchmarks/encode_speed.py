@@ -75,6 +75,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="cold starts per library")
     args = parser.parse_args()
     from sentence_transformers import SentenceTransformer as Reference
+    from transformers.utils import logging as reference_logging
+
+    reference_logging.disable_progress_bar()
 
     torch.set_num_threads(args.threads)
     sentences = sts_sentences(args.data)[: args.limit]
@@ -82,6 +85,7 @@ def main():
     print(f"{len(sentences)} sentences, all-MiniLM-L6-v2, batch {args.batch_size}, {args.threads} threads, "
           f"torch {torch.__version__}\n")
     print(f"{'precision':<10}{'sentence-transformers':>24}{'minisbert':>14}{'ratio':>8}   agreement")
+    rates = {}
     for precision in ("fp32", "bf16"):
         reference = Reference(str(folder), device="cpu")
         if precision == "bf16":
@@ -98,6 +102,8 @@ def main():
             cosine = (mine * theirs).sum(1) / np.linalg.norm(mine, axis=1) / np.linalg.norm(theirs, axis=1)
             agreement = f"min cosine to sentence-transformers bf16 {cosine.min():.4f}"
         print(f"{precision:<10}{theirs_rate:>18.0f} sent/s{ours_rate:>8.0f} sent/s{ours_rate / theirs_rate:>7.2f}x   {agreement}")
+        rates[precision] = theirs_rate, ours_rate
+    print(f"minisbert bf16 / sentence-transformers fp32: {rates['bf16'][1] / rates['fp32'][0]:.2f}x")
 
     print(f"\ncold start (fresh process: import, load, embed one sentence), median of {args.repeats}")
     results = {name: cold_start(name, folder, args.repeats) for name in COLD_START}

@@ -105,3 +105,26 @@ def test_plain_encoder_folder_loads_with_mean_pooling(name, request):
     assert ours.pooling.modes == ["mean"]
     texts = TEXTS[:5]
     np.testing.assert_allclose(ours.encode(texts), reference.encode(texts), atol=1e-5, rtol=0)
+
+
+def test_old_style_pytorch_model_bin_loads(tiny_bert, tmp_path):
+    """A TensorFlow-era checkpoint: bert. prefix, LayerNorm gamma/beta, pretraining heads and position_ids."""
+    from safetensors.torch import load_file
+
+    old = {}
+    for name, tensor in load_file(tiny_bert / "model.safetensors").items():
+        name = name.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
+        old["bert." + name] = tensor
+    old["bert.embeddings.position_ids"] = torch.arange(128)[None]
+    old["cls.predictions.bias"] = torch.zeros(30522)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_bert / name, tmp_path / name)
+    torch.save(old, tmp_path / "pytorch_model.bin")
+    expected, _ = load_encoder(tiny_bert)
+    got, _ = load_encoder(tmp_path)
+    for (name, a), (_, b) in zip(sorted(expected.state_dict().items()), sorted(got.state_dict().items())):
+        assert torch.equal(a, b), name
+    old["bert.encoder.layer.0.attention.self.extra.weight"] = torch.zeros(1)
+    torch.save(old, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"pytorch_model\.bin.*unexpected tensors: bert\.encoder\.layer\.0\.attention\.self\.extra\.weight"):
+        load_encoder(tmp_path)
