@@ -44,7 +44,7 @@ def _wordpiece_from_vocab(folder: Path, config: dict) -> FastTokenizer:
     """What transformers builds from a bare `vocab.txt` (BertTokenizerFast)."""
     unk, cls, sep = (_token_text(config.get(k, d)) for k, d in
                      (("unk_token", "[UNK]"), ("cls_token", "[CLS]"), ("sep_token", "[SEP]")))
-    vocab = {line.rstrip("\n"): i for i, line in enumerate((folder / "vocab.txt").read_text(encoding="utf-8").splitlines())}
+    vocab = {token: i for i, token in enumerate((folder / "vocab.txt").read_text(encoding="utf-8").splitlines())}
     tokenizer = FastTokenizer(models.WordPiece(vocab, unk_token=unk))
     tokenizer.normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=config.get("tokenize_chinese_chars", True),
@@ -97,14 +97,9 @@ class Tokenizer:
         config.update({k: v for k, v in _read_json(folder / "special_tokens_map.json").items() if k not in config})
         if (folder / "tokenizer.json").exists():
             try:
-                spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{folder / 'tokenizer.json'}: not valid JSON ({error})") from None
-            if do_lower_case and not _has_lowercase(spec.get("normalizer")):
-                # sentence-transformers lower-cases by putting Lowercase in front of the normalizer
-                spec["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "Lowercase"}]
-                                      + ([spec["normalizer"]] if spec.get("normalizer") else [])}
-            tokenizer = FastTokenizer.from_str(json.dumps(spec))
+                tokenizer = FastTokenizer.from_file(str(folder / "tokenizer.json"))
+            except Exception as error:
+                raise ValueError(f"{folder / 'tokenizer.json'}: cannot read the tokenizer ({error})") from None
         elif (folder / "vocab.txt").exists():
             tokenizer = _wordpiece_from_vocab(folder, config)
         elif (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
@@ -113,12 +108,13 @@ class Tokenizer:
             raise FileNotFoundError(f"{folder}: no tokenizer found; looked for tokenizer.json, vocab.txt, "
                                     "and vocab.json with merges.txt")
         if not (folder / "tokenizer.json").exists():
-            if do_lower_case:
-                tokenizer.normalizer = normalizers.Sequence(
-                    [normalizers.Lowercase()] + ([tokenizer.normalizer] if tokenizer.normalizer else []))
             special = [_token_text(config[k]) for k in ("unk_token", "cls_token", "sep_token", "pad_token", "mask_token")
                        if config.get(k)]
             tokenizer.add_special_tokens([t for t in special if tokenizer.token_to_id(t) is not None])
+        if do_lower_case and not _has_lowercase(json.loads(tokenizer.to_str()).get("normalizer")):
+            # sentence-transformers lower-cases by putting Lowercase in front of the tokenizer's normalizer
+            tokenizer.normalizer = normalizers.Sequence(
+                [normalizers.Lowercase()] + ([tokenizer.normalizer] if tokenizer.normalizer else []))
 
         if max_seq_length is None:
             max_seq_length = int(min(config.get("model_max_length", max_tokens), max_tokens))
