@@ -20,6 +20,13 @@ def copy_model(source, tmp_path):
     return target
 
 
+def copy_with_config(source, tmp_path, **changes):
+    folder = copy_model(source, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    return folder
+
+
 def test_empty_list_gives_empty_array(model):
     embeddings = model.encode([])
     assert embeddings.shape == (0, 384) and embeddings.dtype == np.float32
@@ -67,19 +74,13 @@ def test_corrupted_safetensors_header_names_the_file(minilm_folder, tmp_path):
 
 
 def test_config_that_does_not_match_the_weights_names_the_tensor(minilm_folder, tmp_path):
-    folder = copy_model(minilm_folder, tmp_path)
-    config = json.loads((folder / "config.json").read_text())
-    config["intermediate_size"] = 1024
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = copy_with_config(minilm_folder, tmp_path, intermediate_size=1024)
     with pytest.raises(ValueError, match=r"encoder\.layer\.0\.intermediate\.dense\.weight has shape \(1536, 384\)"):
         SentenceTransformer(folder)
 
 
 def test_fewer_layers_in_config_than_in_weights_is_an_error(minilm_folder, tmp_path):
-    folder = copy_model(minilm_folder, tmp_path)
-    config = json.loads((folder / "config.json").read_text())
-    config["num_hidden_layers"] = 7
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = copy_with_config(minilm_folder, tmp_path, num_hidden_layers=7)
     with pytest.raises(ValueError, match=r"missing tensors: encoder\.layer\.6\."):
         SentenceTransformer(folder)
 
@@ -87,10 +88,7 @@ def test_fewer_layers_in_config_than_in_weights_is_an_error(minilm_folder, tmp_p
 @pytest.mark.parametrize("key,value,message", [("model_type", "gpt2", "model_type 'gpt2' is not supported"),
                                                ("hidden_act", "swish", "hidden_act 'swish' is not supported")])
 def test_unsupported_config_is_a_clear_error(minilm_folder, tmp_path, key, value, message):
-    folder = copy_model(minilm_folder, tmp_path)
-    config = json.loads((folder / "config.json").read_text())
-    config[key] = value
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = copy_with_config(minilm_folder, tmp_path, **{key: value})
     with pytest.raises(ValueError, match=f"config.json: {message}"):
         SentenceTransformer(folder)
 
