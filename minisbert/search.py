@@ -1,4 +1,4 @@
-"""Comparing embeddings: cosine similarity."""
+"""Comparing embeddings: cosine similarity and exact top-k semantic search in bounded memory."""
 
 import numpy as np
 import torch
@@ -23,3 +23,48 @@ def cos_sim(a, b) -> torch.Tensor:
 
 
 pytorch_cos_sim = cos_sim  # the name in the paper's example
+
+
+def _top_k_lowest_index_first(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of `scores` (Q, C): the k best (scores, columns), descending, equal scores by lower column.
+
+    torch.topk alone may pick any of several equal scores at the k-th place, so those are chosen here.
+    """
+    kth = scores.topk(k, dim=1).values[:, -1:]  # (Q, 1)
+    above = scores > kth
+    at = scores == kth
+    wanted = above | (at & (at.cumsum(dim=1) <= k - above.sum(dim=1, keepdim=True)))
+    columns = wanted.nonzero()[:, 1].view(-1, k)  # exactly k per row, in ascending column order
+    chosen = scores.gather(1, columns)
+    order = chosen.argsort(dim=1, descending=True, stable=True)
+    return chosen.gather(1, order), columns.gather(1, order)
+
+
+def semantic_search(query_embeddings, corpus_embeddings, top_k: int = 10, query_chunk_size: int = 100,
+                    corpus_chunk_size: int = 500_000) -> list[list[dict]]:
+    """For each query, the `top_k` corpus entries by cosine similarity: [{"corpus_id", "score"}, ...] best first.
+
+    Exact, with equal scores ordered by lower corpus id. Memory is bounded by one
+    (query_chunk_size, corpus_chunk_size) block of scores, never by queries x corpus.
+    """
+    queries, corpus = _as_matrix(query_embeddings), _as_matrix(corpus_embeddings)
+    if queries.shape[-1] != corpus.shape[-1] and len(queries) and len(corpus):
+        raise ValueError(f"semantic_search: dimensions differ, queries are {tuple(queries.shape)} "
+                         f"and the corpus is {tuple(corpus.shape)}")
+    k = min(top_k, len(corpus))
+    results = []
+    for q_start in range(0, len(queries), query_chunk_size):
+        query_block = F.normalize(queries[q_start:q_start + query_chunk_size].float(), dim=-1)
+        best_scores = torch.empty(len(query_block), 0, device=query_block.device)
+        best_ids = torch.empty(len(query_block), 0, dtype=torch.long, device=query_block.device)
+        for c_start in range(0, len(corpus) if k else 0, corpus_chunk_size):
+            corpus_block = F.normalize(corpus[c_start:c_start + corpus_chunk_size].to(query_block), dim=-1)
+            scores, ids = _top_k_lowest_index_first(query_block @ corpus_block.T, min(k, len(corpus_block)))
+            # earlier blocks hold lower ids, so a stable sort keeps the lower id first among equal scores
+            merged_scores = torch.cat([best_scores, scores], dim=1)
+            merged_ids = torch.cat([best_ids, ids + c_start], dim=1)
+            order = merged_scores.argsort(dim=1, descending=True, stable=True)[:, :k]
+            best_scores, best_ids = merged_scores.gather(1, order), merged_ids.gather(1, order)
+        for row_scores, row_ids in zip(best_scores.tolist(), best_ids.tolist()):
+            results.append([{"corpus_id": i, "score": s} for i, s in zip(row_ids, row_scores)])
+    return results
