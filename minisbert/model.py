@@ -65,7 +65,7 @@ class SentenceTransformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, encoder: nn.Module | None = None):
         """Token ids (B, S) -> sentence embeddings (B, dim), with autograd; `encoder` may be a low-precision copy."""
-        token_embeddings = (encoder or self.encoder)(input_ids, attention_mask)  # (B, S, D)
+        token_embeddings = (self.encoder if encoder is None else encoder)(input_ids, attention_mask)  # (B, S, D)
         embeddings = self.pooling(token_embeddings.float(), attention_mask)  # pool and what follows in float32
         for module in self.after:
             embeddings = module(embeddings)

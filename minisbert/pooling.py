@@ -8,6 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens")  # concatenated in this order, as sentence-transformers does
+# the boolean keys of the long-standing 1_Pooling/config.json format, one per mode
+LEGACY_KEYS = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens",
+               "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens"}
 
 
 class Pooling(nn.Module):
@@ -44,7 +47,7 @@ class Pooling(nn.Module):
     def config(self) -> dict:
         # The long-standing format, which every sentence-transformers version reads.
         return {"word_embedding_dimension": self.embedding_dimension,
-                **{_legacy_key(mode): mode in self.modes for mode in POOLING_MODES}}
+                **{LEGACY_KEYS[mode]: mode in self.modes for mode in POOLING_MODES}}
 
     @classmethod
     def from_config(cls, config: dict, source: str) -> "Pooling":
@@ -52,8 +55,9 @@ class Pooling(nn.Module):
         if "pooling_mode" in config:  # sentence-transformers >= 6
             modes = config["pooling_mode"]
         else:
-            modes = [m for m in POOLING_MODES if config.get(_legacy_key(m))]
-            others = [k for k, v in config.items() if k.startswith("pooling_mode_") and v and k not in map(_legacy_key, POOLING_MODES)]
+            modes = [m for m in POOLING_MODES if config.get(LEGACY_KEYS[m])]
+            others = [k for k, v in config.items()
+                      if k.startswith("pooling_mode_") and v and k not in LEGACY_KEYS.values()]
             if others:
                 raise ValueError(f"{source}: {others[0]} is not supported; minisbert pools with {', '.join(POOLING_MODES)}")
         if dimension is None:
@@ -62,11 +66,6 @@ class Pooling(nn.Module):
             return cls(dimension, modes)
         except ValueError as error:
             raise ValueError(f"{source}: {error}") from None
-
-
-def _legacy_key(mode: str) -> str:
-    return {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens",
-            "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens"}[mode]
 
 
 # Activation functions a Dense config may name, by their sentence-transformers spelling.

@@ -44,27 +44,31 @@ def semantic_search(query_embeddings, corpus_embeddings, top_k: int = 10, query_
                     corpus_chunk_size: int = 500_000) -> list[list[dict]]:
     """For each query, the `top_k` corpus entries by cosine similarity: [{"corpus_id", "score"}, ...] best first.
 
-    Exact, with equal scores ordered by lower corpus id. Memory is bounded by one
-    (query_chunk_size, corpus_chunk_size) block of scores, never by queries x corpus.
+    Exact, with equal scores ordered by lower corpus id. Each corpus block is normalized once. Memory holds a
+    float32 copy of the queries and one (query_chunk_size, corpus_chunk_size) block of scores, never queries x corpus.
     """
     queries, corpus = _as_matrix(query_embeddings), _as_matrix(corpus_embeddings)
     if queries.shape[-1] != corpus.shape[-1] and len(queries) and len(corpus):
         raise ValueError(f"semantic_search: dimensions differ, queries are {tuple(queries.shape)} "
                          f"and the corpus is {tuple(corpus.shape)}")
     k = min(top_k, len(corpus))
-    results = []
-    for q_start in range(0, len(queries), query_chunk_size):
-        query_block = F.normalize(queries[q_start:q_start + query_chunk_size].float(), dim=-1)
-        best_scores = torch.empty(len(query_block), 0, device=query_block.device)
-        best_ids = torch.empty(len(query_block), 0, dtype=torch.long, device=query_block.device)
-        for c_start in range(0, len(corpus) if k else 0, corpus_chunk_size):
-            corpus_block = F.normalize(corpus[c_start:c_start + corpus_chunk_size].to(query_block), dim=-1)
-            scores, ids = _top_k_lowest_index_first(query_block @ corpus_block.T, min(k, len(corpus_block)))
-            # earlier blocks hold lower ids, so a stable sort keeps the lower id first among equal scores
-            merged_scores = torch.cat([best_scores, scores], dim=1)
-            merged_ids = torch.cat([best_ids, ids + c_start], dim=1)
-            order = merged_scores.argsort(dim=1, descending=True, stable=True)[:, :k]
-            best_scores, best_ids = merged_scores.gather(1, order), merged_ids.gather(1, order)
-        for row_scores, row_ids in zip(best_scores.tolist(), best_ids.tolist()):
-            results.append([{"corpus_id": i, "score": s} for i, s in zip(row_ids, row_scores)])
-    return results
+    if len(queries) == 0:
+        return []
+    queries = F.normalize(queries.float(), dim=-1)
+    best_scores = torch.empty(len(queries), 0, device=queries.device)  # (Q, <= k), the best so far
+    best_ids = torch.empty(len(queries), 0, dtype=torch.long, device=queries.device)
+    for c_start in range(0, len(corpus) if k else 0, corpus_chunk_size):
+        corpus_block = F.normalize(corpus[c_start:c_start + corpus_chunk_size].to(queries), dim=-1)
+        block_k = min(k, len(corpus_block))
+        block_scores, block_ids = [], []
+        for q_start in range(0, len(queries), query_chunk_size):
+            scores, ids = _top_k_lowest_index_first(queries[q_start:q_start + query_chunk_size] @ corpus_block.T, block_k)
+            block_scores.append(scores)
+            block_ids.append(ids + c_start)
+        # earlier blocks hold lower ids, so a stable sort keeps the lower id first among equal scores
+        merged_scores = torch.cat([best_scores, torch.cat(block_scores)], dim=1)
+        merged_ids = torch.cat([best_ids, torch.cat(block_ids)], dim=1)
+        order = merged_scores.argsort(dim=1, descending=True, stable=True)[:, :k]
+        best_scores, best_ids = merged_scores.gather(1, order), merged_ids.gather(1, order)
+    return [[{"corpus_id": i, "score": s} for i, s in zip(row_ids, row_scores)]
+            for row_scores, row_ids in zip(best_scores.tolist(), best_ids.tolist())]
