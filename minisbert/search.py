@@ -1,8 +1,17 @@
-"""Comparing embeddings: cosine similarity and exact top-k semantic search in bounded memory."""
+"""Comparing embeddings: similarity functions, exact top-k semantic search and paraphrase mining, in bounded memory.
+
+Every search goes through `top_k_cosine`: the corpus is taken in blocks and each block in one of two ways,
+giving the same results. On CUDA the fused Triton kernel (topk_kernel.py) computes scores and keeps the best
+in one pass, so no score matrix is ever stored. Elsewhere PyTorch scores a (query chunk, corpus block) at a
+time and selects from it.
+"""
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.autonotebook import tqdm
+
+from minisbert import topk_kernel
 
 
 def _as_matrix(x) -> torch.Tensor:
@@ -10,16 +19,41 @@ def _as_matrix(x) -> torch.Tensor:
     return x.unsqueeze(0) if x.dim() == 1 else x
 
 
+def _common_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    return dtype if dtype.is_floating_point else torch.float32
+
+
+def _same_dtype(a, b, name: str, pairwise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    a, b = _as_matrix(a), _as_matrix(b)
+    if a.shape[-1] != b.shape[-1] or (pairwise and a.shape != b.shape):
+        raise ValueError(f"{name}: shapes do not match, a is {tuple(a.shape)} and b is {tuple(b.shape)}")
+    dtype = _common_dtype(a, b)
+    return a.to(dtype), b.to(dtype=dtype, device=a.device)
+
+
 def cos_sim(a, b) -> torch.Tensor:
     """Cosine similarity of every row of `a` (N, D) with every row of `b` (M, D): a tensor (N, M)."""
-    a, b = _as_matrix(a), _as_matrix(b)
-    if a.shape[-1] != b.shape[-1]:
-        raise ValueError(f"cos_sim: dimensions differ, a is {tuple(a.shape)} and b is {tuple(b.shape)}")
-    dtype = torch.promote_types(a.dtype, b.dtype)
-    if not dtype.is_floating_point:
-        dtype = torch.float32
-    a, b = a.to(dtype), b.to(dtype=dtype, device=a.device)
+    a, b = _same_dtype(a, b, "cos_sim")
     return F.normalize(a, p=2, dim=-1) @ F.normalize(b, p=2, dim=-1).T
+
+
+def dot_score(a, b) -> torch.Tensor:
+    """Dot product of every row of `a` (N, D) with every row of `b` (M, D): a tensor (N, M)."""
+    a, b = _same_dtype(a, b, "dot_score")
+    return a @ b.T
+
+
+def pairwise_cos_sim(a, b) -> torch.Tensor:
+    """Cosine similarity of a[i] with b[i], for each i: a tensor (N,)."""
+    a, b = _same_dtype(a, b, "pairwise_cos_sim", pairwise=True)
+    return (F.normalize(a, p=2, dim=-1) * F.normalize(b, p=2, dim=-1)).sum(dim=-1)
+
+
+def pairwise_dot_score(a, b) -> torch.Tensor:
+    """Dot product of a[i] with b[i], for each i: a tensor (N,)."""
+    a, b = _same_dtype(a, b, "pairwise_dot_score", pairwise=True)
+    return (a * b).sum(dim=-1)
 
 
 pytorch_cos_sim = cos_sim  # the name in the paper's example
@@ -28,47 +62,143 @@ pytorch_cos_sim = cos_sim  # the name in the paper's example
 def _top_k_lowest_index_first(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of `scores` (Q, C): the k best (scores, columns), descending, equal scores by lower column.
 
-    torch.topk alone may pick any of several equal scores at the k-th place, so those are chosen here.
+    torch.topk may pick any of several equal scores at the k-th place; the rows where that happens are redone.
     """
-    kth = scores.topk(k, dim=1).values[:, -1:]  # (Q, 1)
-    above = scores > kth
-    at = scores == kth
-    wanted = above | (at & (at.cumsum(dim=1) <= k - above.sum(dim=1, keepdim=True)))
-    columns = wanted.nonzero()[:, 1].view(-1, k)  # exactly k per row, in ascending column order
-    chosen = scores.gather(1, columns)
-    order = chosen.argsort(dim=1, descending=True, stable=True)
-    return chosen.gather(1, order), columns.gather(1, order)
+    values, columns = scores.topk(min(k + 1, scores.shape[1]), dim=1)
+    # the k-th place is in doubt only where the (k+1)-th best score equals the k-th
+    straddling = (values[:, k:k + 1] == values[:, k - 1:k]).any(dim=1).nonzero()[:, 0]
+    values, columns, kth = values[:, :k], columns[:, :k], values[:, k - 1:k]
+    if len(straddling):
+        tied, kth = scores[straddling], kth[straddling]
+        above, at = tied > kth, tied == kth
+        wanted = above | (at & (at.cumsum(dim=1) <= k - above.sum(dim=1, keepdim=True)))
+        columns[straddling] = wanted.nonzero()[:, 1].view(-1, k)  # exactly k per row
+        values[straddling] = tied.gather(1, columns[straddling])
+    return topk_kernel.merge_lowest_id_first(values, columns, k)
+
+
+def _block_top_k(queries, corpus_block, k, self_offset, query_chunk_size):
+    """The PyTorch path of one corpus block: scores of a query chunk at a time, then the exact top k."""
+    corpus_block = F.normalize(corpus_block.float(), dim=-1)
+    best_scores, best_ids = [], []
+    for q_start in range(0, len(queries), query_chunk_size):
+        scores = F.normalize(queries[q_start:q_start + query_chunk_size].float(), dim=-1) @ corpus_block.T
+        if self_offset is not None:
+            rows = torch.arange(len(scores), device=scores.device)
+            columns = rows + q_start + self_offset
+            inside = (columns >= 0) & (columns < len(corpus_block))
+            scores[rows[inside], columns[inside]] = float("-inf")
+        chunk_scores, chunk_ids = _top_k_lowest_index_first(scores, k)
+        best_scores.append(chunk_scores)
+        best_ids.append(chunk_ids)
+    return torch.cat(best_scores), torch.cat(best_ids)
+
+
+def top_k_cosine(queries, corpus, k: int, exclude_self: bool = False, query_chunk_size: int = 100,
+                 corpus_chunk_size: int = 500_000, query_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query, the k corpus rows of highest cosine similarity: (scores (Q, k) float32, ids (Q, k) int64).
+
+    Best first, equal scores by lower id. With `exclude_self`, query i (counted from `query_offset`) is the
+    same sentence as corpus row query_offset + i and is never its own match. Memory: one corpus block, and on
+    the PyTorch path one (query_chunk_size, corpus_chunk_size) block of scores.
+    """
+    queries, corpus = _as_matrix(queries), _as_matrix(corpus)
+    dtype = _common_dtype(queries, corpus)
+    queries = queries.to(dtype)
+    best_scores = torch.empty(len(queries), 0, device=queries.device)
+    best_ids = torch.empty(len(queries), 0, dtype=torch.long, device=queries.device)
+    for c_start in range(0, len(corpus) if k and len(queries) else 0, corpus_chunk_size):
+        block = corpus[c_start:c_start + corpus_chunk_size].to(device=queries.device, dtype=dtype)
+        block_k = min(k, len(block))
+        self_offset = query_offset - c_start if exclude_self else None
+        if topk_kernel.available(queries, block_k):
+            scores, ids = topk_kernel.cosine_top_k(queries, block, block_k, self_offset)
+        else:
+            scores, ids = _block_top_k(queries, block, block_k, self_offset, query_chunk_size)
+        # earlier blocks hold lower ids, so the lower id stays first among equal scores
+        best_scores, best_ids = topk_kernel.merge_lowest_id_first(
+            torch.cat([best_scores, scores], dim=1), torch.cat([best_ids, ids + c_start], dim=1), k)
+    return best_scores, best_ids
 
 
 def semantic_search(query_embeddings, corpus_embeddings, top_k: int = 10, query_chunk_size: int = 100,
                     corpus_chunk_size: int = 500_000) -> list[list[dict]]:
     """For each query, the `top_k` corpus entries by cosine similarity: [{"corpus_id", "score"}, ...] best first.
 
-    Exact, with equal scores ordered by lower corpus id. Each corpus block is normalized once. Memory holds a
-    float32 copy of the queries and one (query_chunk_size, corpus_chunk_size) block of scores, never queries x corpus.
+    Exact, with equal scores ordered by lower corpus id; never holds a queries x corpus matrix.
     """
     queries, corpus = _as_matrix(query_embeddings), _as_matrix(corpus_embeddings)
     if queries.shape[-1] != corpus.shape[-1] and len(queries) and len(corpus):
         raise ValueError(f"semantic_search: dimensions differ, queries are {tuple(queries.shape)} "
                          f"and the corpus is {tuple(corpus.shape)}")
-    k = min(top_k, len(corpus))
     if len(queries) == 0:
         return []
-    queries = F.normalize(queries.float(), dim=-1)
-    best_scores = torch.empty(len(queries), 0, device=queries.device)  # (Q, <= k), the best so far
-    best_ids = torch.empty(len(queries), 0, dtype=torch.long, device=queries.device)
-    for c_start in range(0, len(corpus) if k else 0, corpus_chunk_size):
-        corpus_block = F.normalize(corpus[c_start:c_start + corpus_chunk_size].to(queries), dim=-1)
-        block_k = min(k, len(corpus_block))
-        block_scores, block_ids = [], []
-        for q_start in range(0, len(queries), query_chunk_size):
-            scores, ids = _top_k_lowest_index_first(queries[q_start:q_start + query_chunk_size] @ corpus_block.T, block_k)
-            block_scores.append(scores)
-            block_ids.append(ids + c_start)
-        # earlier blocks hold lower ids, so a stable sort keeps the lower id first among equal scores
-        merged_scores = torch.cat([best_scores, torch.cat(block_scores)], dim=1)
-        merged_ids = torch.cat([best_ids, torch.cat(block_ids)], dim=1)
-        order = merged_scores.argsort(dim=1, descending=True, stable=True)[:, :k]
-        best_scores, best_ids = merged_scores.gather(1, order), merged_ids.gather(1, order)
+    scores, ids = top_k_cosine(queries, corpus, min(top_k, len(corpus)), query_chunk_size=query_chunk_size,
+                               corpus_chunk_size=corpus_chunk_size)
     return [[{"corpus_id": i, "score": s} for i, s in zip(row_ids, row_scores)]
-            for row_scores, row_ids in zip(best_scores.tolist(), best_ids.tolist())]
+            for row_scores, row_ids in zip(scores.tolist(), ids.tolist())]
+
+
+def _keep_best_pairs(scores: torch.Tensor, keys: torch.Tensor, max_pairs: int):
+    """Each pair once (its first score), then the `max_pairs` best: score descending, equal scores by key."""
+    keys, order = keys.sort(stable=True)
+    scores = scores[order]
+    first = torch.ones_like(keys, dtype=torch.bool)
+    first[1:] = keys[1:] != keys[:-1]
+    scores, keys = scores[first], keys[first]
+    best = scores.argsort(descending=True, stable=True)[:max_pairs]
+    return scores[best], keys[best]
+
+
+def paraphrase_mining_embeddings(embeddings, top_k: int | None = 100, max_pairs: int = 500_000,
+                                 threshold: float | None = None, query_chunk_size: int = 5000,
+                                 corpus_chunk_size: int = 100_000, show_progress_bar: bool = False) -> list[list]:
+    """The most similar pairs among `embeddings`: [[score, i, j], ...] with i < j, highest score first.
+
+    As in sentence-transformers, a pair is a candidate when j is among the `top_k` most similar to i or i among
+    those of j; the `max_pairs` best candidates are returned. With `threshold`, only pairs scoring at least that;
+    with `top_k=None` as well, every such pair (up to `max_pairs`). Equal scores come in (i, j) order. Memory
+    holds the candidates of one query chunk and the best pairs so far, never the N x N matrix.
+    """
+    embeddings = _as_matrix(embeddings)
+    n = len(embeddings)
+    if top_k is None and threshold is None:
+        raise ValueError("paraphrase_mining: top_k=None (every pair) needs a threshold")
+    best_scores = torch.empty(0, device=embeddings.device)
+    best_keys = torch.empty(0, dtype=torch.long, device=embeddings.device)
+    for q_start in tqdm(range(0, n if n > 1 else 0, query_chunk_size), desc="Mining", disable=not show_progress_bar):
+        queries = embeddings[q_start:q_start + query_chunk_size]
+        i = torch.arange(q_start, q_start + len(queries), device=embeddings.device)
+        if top_k is None:  # every pair above the threshold: scan the upper triangle block by block
+            for c_start in range(q_start, n, corpus_chunk_size):
+                scores = cos_sim(queries, embeddings[c_start:c_start + corpus_chunk_size]).float()
+                j = torch.arange(c_start, c_start + scores.shape[1], device=scores.device)
+                rows, columns = ((scores >= threshold) & (j[None, :] > i[:, None])).nonzero(as_tuple=True)
+                best_scores, best_keys = _keep_best_pairs(torch.cat([best_scores, scores[rows, columns]]),
+                                                          torch.cat([best_keys, i[rows] * n + j[columns]]), max_pairs)
+            continue
+        scores, j = top_k_cosine(queries, embeddings, min(top_k, n - 1), exclude_self=True,
+                                 corpus_chunk_size=corpus_chunk_size, query_offset=q_start)
+        i = i[:, None].expand_as(j)
+        keep = scores >= threshold if threshold is not None else torch.ones_like(scores, dtype=torch.bool)
+        keys = torch.minimum(i, j) * n + torch.maximum(i, j)
+        best_scores, best_keys = _keep_best_pairs(torch.cat([best_scores, scores[keep]]),
+                                                  torch.cat([best_keys, keys[keep]]), max_pairs)
+    return [[score, key // n, key % n] for score, key in zip(best_scores.tolist(), best_keys.tolist())]
+
+
+def paraphrase_mining(model, sentences: list[str] | None = None, batch_size: int = 32,
+                      show_progress_bar: bool = False, **mining_options) -> list[list]:
+    """The most similar pairs of `sentences`, embedded by `model`: [[score, i, j], ...], highest score first.
+
+    Called as sentence-transformers calls it, `paraphrase_mining(model, sentences)`; or with one argument,
+    embeddings or a list of sentences (embedded by the default model). Options as paraphrase_mining_embeddings.
+    """
+    if sentences is None:
+        if not (isinstance(model, list) and all(isinstance(s, str) for s in model)):
+            return paraphrase_mining_embeddings(model, show_progress_bar=show_progress_bar, **mining_options)
+        from minisbert.model import SentenceTransformer
+        model, sentences = SentenceTransformer(), model
+    embeddings = model.encode(sentences, batch_size=batch_size, show_progress_bar=show_progress_bar,
+                              convert_to_tensor=True)
+    return paraphrase_mining_embeddings(embeddings, show_progress_bar=show_progress_bar, **mining_options)

@@ -1,10 +1,20 @@
-"""semantic_search against brute force: full cos_sim, then a sort by (-score, corpus id)."""
+"""Search and mining against brute force (full cos_sim, then a sort by (-score, id)) and against
+sentence_transformers.util; the Triton kernel against the PyTorch path, in Triton's interpreter on the CPU."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from sentence_transformers import util
 
-from minisbert.search import cos_sim, semantic_search
+from minisbert.search import (cos_sim, dot_score, pairwise_cos_sim, pairwise_dot_score, paraphrase_mining,
+                              paraphrase_mining_embeddings, semantic_search, top_k_cosine)
+
+DATA = Path(os.environ.get("MINISBERT_DATA", Path(__file__).parents[1] / "../shared/data"))
 
 
 def brute_force(queries, corpus, top_k):
@@ -59,3 +69,144 @@ def test_semantic_search_edge_cases():
     assert len(semantic_search(corpus, corpus, top_k=10)[0]) == 3
     with pytest.raises(ValueError, match=r"\(3, 3\).*\(2, 4\)"):
         semantic_search(corpus, np.zeros((2, 4)))
+
+
+def tied_vectors(n: int, seed: int) -> torch.Tensor:
+    """Rows along eight directions (+-e_i, scaled): many exact ties, and duplicates."""
+    generator = torch.Generator().manual_seed(seed)
+    axes = torch.randint(0, 4, (n,), generator=generator)
+    scale = torch.tensor([-2.0, -1.0, 0.5, 1.0])[torch.randint(0, 4, (n,), generator=generator)]
+    return torch.zeros(n, 4).index_put_((torch.arange(n), axes), scale)
+
+
+def brute_force_mining(embeddings, top_k, max_pairs, threshold=None):
+    scores = cos_sim(torch.as_tensor(embeddings).float(), torch.as_tensor(embeddings).float())
+    n = len(scores)
+    candidates = set()
+    for i in range(n):
+        others = sorted((j for j in range(n) if j != i), key=lambda j: (-scores[i, j].item(), j))
+        candidates.update((min(i, j), max(i, j)) for j in (others if top_k is None else others[:top_k]))
+    pairs = [(scores[i, j].item(), i, j) for i, j in candidates if threshold is None or scores[i, j] >= threshold]
+    return [[i, j] for _, i, j in sorted(pairs, key=lambda p: (-p[0], p[1], p[2]))[:max_pairs]]
+
+
+@pytest.mark.parametrize("n,top_k,max_pairs,threshold,chunk", [(23, 3, 1000, None, 5), (40, 1, 7, None, 16),
+                                                               (17, 50, 1000, None, 4), (31, None, 1000, 0.4, 6),
+                                                               (31, 2, 1000, 0.9, 7), (2, 5, 5, None, 1)])
+def test_paraphrase_mining_equals_brute_force_with_ties(n, top_k, max_pairs, threshold, chunk):
+    embeddings = tied_vectors(n, seed=n)
+    mined = paraphrase_mining_embeddings(embeddings, top_k=top_k, max_pairs=max_pairs, threshold=threshold,
+                                         query_chunk_size=chunk, corpus_chunk_size=chunk + 3)
+    assert [pair[1:] for pair in mined] == brute_force_mining(embeddings, top_k, max_pairs, threshold)
+    full = cos_sim(embeddings, embeddings)
+    assert all(score == pytest.approx(full[i, j].item(), abs=1e-6) for score, i, j in mined)
+
+
+def test_paraphrase_mining_edge_cases():
+    assert paraphrase_mining_embeddings(torch.zeros(0, 4)) == []
+    assert paraphrase_mining_embeddings(torch.ones(1, 4)) == []
+    with pytest.raises(ValueError, match="threshold"):
+        paraphrase_mining_embeddings(torch.ones(3, 4), top_k=None)
+
+
+def sts_sentences(count: int) -> list[str]:
+    path = DATA / "stsbenchmark" / "sts-test.csv"
+    sentences = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        for sentence in line.split("\t")[5:7]:
+            if sentence not in sentences:
+                sentences.append(sentence)
+    return sentences[:count]
+
+
+@pytest.fixture(scope="module")
+def sts_embeddings(minilm_folder):
+    from minisbert import SentenceTransformer
+    return SentenceTransformer(minilm_folder).encode(sts_sentences(600), convert_to_tensor=True)
+
+
+def assert_same_ranking(ours: list, theirs: list, score_of):
+    """Equal scores (to 1e-6), and the same items in the same places except where scores are within 1e-6:
+    sentence-transformers computes them in another order, so near-equal neighbours may swap."""
+    assert [score for score, _ in ours] == pytest.approx([score for score, _ in theirs], abs=1e-6)
+    for (_, item), (_, other) in zip(ours, theirs):
+        assert item == other or abs(score_of(item) - score_of(other)) < 1e-6, (item, other)
+
+
+def test_search_and_mining_equal_sentence_transformers_on_sts_embeddings(sts_embeddings):
+    queries, corpus = sts_embeddings[:50], sts_embeddings
+    full = cos_sim(corpus, corpus)
+    ours = semantic_search(queries, corpus, top_k=20, query_chunk_size=7, corpus_chunk_size=128)
+    theirs = util.semantic_search(queries, corpus, top_k=20)
+    for q, (our_row, their_row) in enumerate(zip(ours, theirs)):
+        assert_same_ranking([(hit["score"], hit["corpus_id"]) for hit in our_row],
+                             [(hit["score"], hit["corpus_id"]) for hit in their_row], lambda i: full[q, i].item())
+
+    ours = paraphrase_mining_embeddings(corpus, top_k=5, max_pairs=300, query_chunk_size=64, corpus_chunk_size=100)
+    theirs = util.paraphrase_mining_embeddings(corpus, top_k=5, max_pairs=300)
+    assert_same_ranking([(score, (i, j)) for score, i, j in ours], [(score, (i, j)) for score, i, j in theirs],
+                        lambda pair: full[pair].item())
+
+
+def test_paraphrase_mining_takes_a_model_and_sentences_or_embeddings(minilm_folder, sts_embeddings):
+    from minisbert import SentenceTransformer
+    sentences = sts_sentences(40)
+    with_model = paraphrase_mining(SentenceTransformer(minilm_folder), sentences, top_k=3, max_pairs=20)
+    assert [pair[1:] for pair in with_model] == [pair[1:] for pair in paraphrase_mining(sentences, top_k=3, max_pairs=20)]
+    assert [pair[1:] for pair in with_model] == [
+        pair[1:] for pair in paraphrase_mining(sts_embeddings[:40], top_k=3, max_pairs=20)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_search_in_every_dtype_equals_brute_force_on_the_same_values(dtype):
+    generator = torch.Generator().manual_seed(1)
+    corpus = torch.cat([torch.randn(97, 16, generator=generator), tied_vectors(30, seed=2).repeat(1, 4)]).to(dtype)
+    queries = torch.cat([corpus[:5], torch.randn(8, 16, generator=generator).to(dtype)])
+    scores, ids = top_k_cosine(queries, corpus, 9, query_chunk_size=4, corpus_chunk_size=33)
+    assert ids.tolist() == brute_force(queries.float(), corpus.float(), 9)
+    assert scores.dtype == torch.float32
+
+
+def test_similarity_functions_equal_sentence_transformers():
+    generator = torch.Generator().manual_seed(3)
+    a, b = torch.randn(6, 8, generator=generator), torch.randn(6, 8, generator=generator)
+    for ours, theirs in [(cos_sim, util.cos_sim), (dot_score, util.dot_score),
+                         (pairwise_cos_sim, util.pairwise_cos_sim), (pairwise_dot_score, util.pairwise_dot_score)]:
+        assert torch.allclose(ours(a.numpy(), b.numpy()), theirs(a, b), atol=1e-6), ours.__name__
+        assert ours(a.half(), b.half()).dtype == torch.float16
+    with pytest.raises(ValueError, match=r"\(6, 8\).*\(5, 8\)"):
+        pairwise_cos_sim(a, b[:5])
+
+
+# Triton's interpreter runs the kernel with numpy, which has no bfloat16 (it would read the raw bits): bf16 is
+# checked on the GPU by benchmarks/search_speed.py
+KERNEL_CHECK = """
+import torch
+from minisbert import topk_kernel
+from minisbert.search import _block_top_k
+generator = torch.Generator().manual_seed(0)
+for n_queries, n_corpus, dim, k, self_offset, dtype in [
+        (70, 300, 40, 5, None, torch.float32), (10, 37, 8, 20, 0, torch.float32), (5, 200, 72, 3, None, torch.float16),
+        (9, 130, 24, 16, -3, torch.float16), (3, 10, 16, 10, None, torch.float32)]:
+    # random rows, exact duplicates of some, and rows along the axes (scaled by powers of two, so that their
+    # scores are exact in any order of summation and tie exactly)
+    corpus = torch.randn(n_corpus, dim, generator=generator)
+    corpus[n_corpus // 2::3] = corpus[:len(corpus[n_corpus // 2::3])]
+    axes = torch.randint(0, dim, (n_corpus // 4,), generator=generator)
+    corpus[-len(axes):] = 0
+    corpus[torch.arange(n_corpus - len(axes), n_corpus), axes] = 2.0 ** torch.randint(-1, 2, (len(axes),)).float()
+    queries = torch.cat([corpus[-2:], corpus[:n_queries]])[:n_queries]
+    corpus, queries = corpus.to(dtype), queries.to(dtype)
+    fused = topk_kernel.cosine_top_k(queries, corpus, k, self_offset)
+    plain = _block_top_k(queries, corpus, k, self_offset, query_chunk_size=4)
+    assert fused[1].tolist() == plain[1].tolist(), (n_queries, n_corpus, k, dtype)
+    assert torch.allclose(fused[0], plain[0], atol=1e-6), (n_queries, n_corpus, k, dtype)
+print("kernel equals the PyTorch path")
+"""
+
+
+def test_fused_kernel_equals_pytorch_path_in_triton_interpreter():
+    pytest.importorskip("triton")
+    result = subprocess.run([sys.executable, "-c", KERNEL_CHECK], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]

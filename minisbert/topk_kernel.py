@@ -1,0 +1,127 @@
+"""A fused cosine top-k for CUDA, in Triton: scores and selection in one pass, no score matrix in memory.
+
+Each program takes BLOCK_Q queries and one slice ("split") of the corpus. It walks the slice in tiles of BLOCK_C
+rows, computes the (BLOCK_Q, BLOCK_C) tile of dot products on the tensor cores, scales it by the inverse norms,
+and folds it into a running top-k held in registers. Once the running lists are full, almost no score of a tile
+beats a row's k-th best, so folding costs one comparison per score. The splits' lists are merged by PyTorch.
+
+Equal scores go to the lower corpus id, as in the PyTorch path: a program scans its slice in increasing id
+order, takes a tile's candidates best first (the lower column first among equals), admits only scores strictly
+above the k-th best, and evicts the highest id among the slots that hold the k-th best score.
+"""
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU builds of PyTorch come without Triton
+    triton = None
+
+LARGEST_K = 128  # above this the running lists no longer fit in registers; the PyTorch path takes over
+
+if triton is not None:
+    @triton.jit
+    def _cosine_top_k_kernel(query_ptr, corpus_ptr, query_scale_ptr, corpus_scale_ptr, out_scores_ptr, out_ids_ptr,
+                             n_queries, n_corpus, dim, rows_per_split, n_splits, self_offset,
+                             K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr,
+                             BLOCK_D: tl.constexpr, EXCLUDE_SELF: tl.constexpr, IEEE_FP32: tl.constexpr):
+        q_block, split = tl.program_id(0), tl.program_id(1)
+        q_rows = q_block * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        q_valid = q_rows < n_queries
+        q_scale = tl.load(query_scale_ptr + q_rows, mask=q_valid, other=0.0)
+        slots = tl.arange(0, K_PAD)
+        tile_columns = tl.arange(0, BLOCK_C)
+        # this program's running lists live in its slice of the output and are read only when a tile has a
+        # score above a row's k-th best, which after the first tiles is rare: the score tile keeps the registers
+        lists = (q_rows.to(tl.int64)[:, None] * n_splits + split) * K_PAD + slots[None, :]  # (BLOCK_Q, K_PAD)
+        kth_best = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
+
+        c_begin = split * rows_per_split
+        c_end = tl.minimum(c_begin + rows_per_split, n_corpus)
+        for c_start in range(c_begin, c_end, BLOCK_C):
+            c_rows = c_start + tile_columns
+            c_valid = c_rows < c_end
+            dots = tl.zeros((BLOCK_Q, BLOCK_C), tl.float32)
+            for d_start in range(0, dim, BLOCK_D):
+                d = d_start + tl.arange(0, BLOCK_D)
+                q = tl.load(query_ptr + q_rows.to(tl.int64)[:, None] * dim + d[None, :],
+                            mask=q_valid[:, None] & (d[None, :] < dim), other=0.0)  # (BLOCK_Q, BLOCK_D)
+                c = tl.load(corpus_ptr + c_rows.to(tl.int64)[None, :] * dim + d[:, None],
+                            mask=c_valid[None, :] & (d[:, None] < dim), other=0.0)  # (BLOCK_D, BLOCK_C)
+                if IEEE_FP32:  # fp32 in, fp32 products: no TF32 rounding, the same scores as the PyTorch path
+                    dots = tl.dot(q, c, dots, input_precision="ieee")
+                else:
+                    dots = tl.dot(q, c, dots)
+            c_scale = tl.load(corpus_scale_ptr + c_rows, mask=c_valid, other=0.0)
+            scores = dots * q_scale[:, None] * c_scale[None, :]  # (BLOCK_Q, BLOCK_C)
+            usable = q_valid[:, None] & c_valid[None, :]
+            if EXCLUDE_SELF:
+                usable = usable & (q_rows[:, None] + self_offset != c_rows[None, :])
+            scores = tl.where(usable, scores, float("-inf"))
+
+            pending = scores > kth_best[:, None]
+            if tl.max(pending.to(tl.int32), axis=None) > 0:
+                best = tl.load(out_scores_ptr + lists, mask=q_valid[:, None], other=float("inf"))
+                best_ids = tl.load(out_ids_ptr + lists, mask=q_valid[:, None], other=0)
+                while tl.max(pending.to(tl.int32), axis=None) > 0:
+                    candidates = tl.where(pending, scores, float("-inf"))
+                    top = tl.max(candidates, axis=1)
+                    column = tl.argmax(candidates, axis=1, tie_break_left=True)
+                    admitted = top > kth_best
+                    at_kth = best == kth_best[:, None]
+                    evicted = tl.argmax(tl.where(at_kth, best_ids, -1), axis=1, tie_break_left=True)
+                    replace = admitted[:, None] & (slots[None, :] == evicted[:, None])
+                    best = tl.where(replace, top[:, None], best)
+                    best_ids = tl.where(replace, (c_start + column)[:, None], best_ids)
+                    kth_best = tl.min(best, axis=1)
+                    pending = pending & (tile_columns[None, :] != column[:, None]) & (scores > kth_best[:, None])
+                tl.store(out_scores_ptr + lists, best, mask=q_valid[:, None])
+                tl.store(out_ids_ptr + lists, best_ids, mask=q_valid[:, None])
+                tl.debug_barrier()  # the next tile's load may come from other threads than this store
+
+
+def available(tensor: torch.Tensor, k: int) -> bool:
+    """Whether the fused kernel can serve a search on `tensor` for the k best."""
+    return (triton is not None and tensor.is_cuda and 0 < k <= LARGEST_K
+            and tensor.dtype in (torch.float32, torch.bfloat16, torch.float16))
+
+
+def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offset: int | None = None):
+    """Per query, the k best corpus rows by cosine similarity: (scores (Q, k) float32, ids (Q, k) int64).
+
+    `queries` and `corpus` share one dtype (fp32, bf16 or fp16); products accumulate in fp32, without TF32.
+    With `self_offset`, query row i never matches corpus row i + self_offset (the same sentence).
+    """
+    queries, corpus = queries.contiguous(), corpus.contiguous()
+    n_queries, dim = queries.shape
+    query_scale = 1 / queries.float().norm(dim=1).clamp_min(1e-12)  # the eps of F.normalize
+    corpus_scale = 1 / corpus.float().norm(dim=1).clamp_min(1e-12)
+    k_pad = max(16, triton.next_power_of_2(k))
+    fp32 = queries.dtype == torch.float32
+    # sizes chosen so that sm_90 code needs no register spills in the main loop (checked with ptxas)
+    block_q, block_c, block_d, stages = (64, 128, 32, 2) if fp32 else (64, 128, 64, 3)
+    q_blocks = triton.cdiv(n_queries, block_q)
+    # enough programs to fill the GPU a few times over; consecutive programs share a split, so its corpus
+    # tiles are read from L2 by all the query blocks that run at once
+    processors = torch.cuda.get_device_properties(queries.device).multi_processor_count if queries.is_cuda else 1
+    n_splits = max(1, min(triton.cdiv(4 * processors, q_blocks), triton.cdiv(len(corpus), 8 * block_c)))
+    rows_per_split = triton.cdiv(len(corpus), n_splits)
+    # the running lists: k slots at -inf (to be filled) and padding at +inf (never the k-th best, never evicted)
+    scores = torch.full((n_queries, n_splits, k_pad), float("-inf"), device=queries.device)
+    scores[..., k:] = float("inf")
+    ids = torch.full((n_queries, n_splits, k_pad), 2**31 - 1, dtype=torch.int32, device=queries.device)
+    _cosine_top_k_kernel[(q_blocks, n_splits)](
+        queries, corpus, query_scale, corpus_scale, scores, ids, n_queries, len(corpus), dim, rows_per_split,
+        n_splits, self_offset or 0, K=k, K_PAD=k_pad, BLOCK_Q=block_q, BLOCK_C=block_c, BLOCK_D=block_d,
+        EXCLUDE_SELF=self_offset is not None, IEEE_FP32=fp32, num_warps=8, num_stages=stages)
+    scores, ids = scores[..., :k].reshape(n_queries, -1), ids[..., :k].reshape(n_queries, -1).long()
+    return merge_lowest_id_first(scores, ids, k)
+
+
+def merge_lowest_id_first(scores: torch.Tensor, ids: torch.Tensor, k: int):
+    """The k best of several candidate lists per row, equal scores ordered by lower id."""
+    by_id = ids.argsort(dim=1, stable=True)
+    scores, ids = scores.gather(1, by_id), ids.gather(1, by_id)
+    by_score = scores.argsort(dim=1, descending=True, stable=True)[:, :k]
+    return scores.gather(1, by_score), ids.gather(1, by_score)
