@@ -2,6 +2,8 @@
 
 With no arguments, runs the example of the Sentence-BERT documentation: two lists of sentences,
 each pair printed with its cosine similarity. With --input, writes the embeddings of a file's lines.
+With --search QUERY... --corpus FILE, prints each query's --top-k most similar lines of FILE.
+With --mine FILE, prints the --top-k most similar pairs of lines in FILE (paraphrase mining).
 """
 
 import argparse
@@ -9,7 +11,7 @@ import sys
 
 import numpy as np
 
-from minisbert import SentenceTransformer, cos_sim
+from minisbert import SentenceTransformer, cos_sim, paraphrase_mining_embeddings, semantic_search
 from minisbert.checkpoint import DEFAULT_MODEL
 
 SENTENCES1 = ["The cat sits outside", "A man is playing guitar", "The new movie is awesome"]
@@ -22,6 +24,11 @@ def parse_args():
                         help="a model folder, a folder under weights/, or a Hugging Face hub id (default: %(default)s)")
     parser.add_argument("--input", help="a UTF-8 text file with one text per line, or - for standard input")
     parser.add_argument("--output", help="where --input's embeddings go, as a float32 .npy array (N, dim)")
+    parser.add_argument("--search", nargs="+", metavar="QUERY", help="queries to look up in --corpus")
+    parser.add_argument("--corpus", help="with --search: a UTF-8 text file, one text per line, or - for standard input")
+    parser.add_argument("--mine", metavar="FILE", help="find the most similar pairs of lines in FILE (or - for stdin)")
+    parser.add_argument("--top-k", type=int, default=10,
+                        help="hits per query for --search, pairs for --mine (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: %(default)s)")
     parser.add_argument("--normalize", action="store_true", help="scale each embedding to unit length")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
@@ -32,6 +39,12 @@ def parse_args():
         parser.error("--output needs --input")
     if args.input and not args.output:
         parser.error("--input needs --output FILE.npy")
+    if bool(args.search) != bool(args.corpus):
+        parser.error("--search and --corpus go together")
+    if sum(map(bool, (args.input, args.search, args.mine))) > 1:
+        parser.error("choose one of --input, --search and --mine")
+    if args.top_k < 1:
+        parser.error(f"--top-k must be at least 1, not {args.top_k}")
     return args
 
 
@@ -42,10 +55,33 @@ def read_lines(path: str) -> list[str]:
         return f.read().splitlines()
 
 
+def search(model, queries: list[str], corpus_path: str, top_k: int, options: dict):
+    corpus = read_lines(corpus_path)
+    corpus_embeddings = model.encode(corpus, show_progress_bar=len(corpus) > 1000, convert_to_tensor=True, **options)
+    query_embeddings = model.encode(queries, convert_to_tensor=True, **options)
+    for query, hits in zip(queries, semantic_search(query_embeddings, corpus_embeddings, top_k=top_k)):
+        print(f"Query: {query}")
+        for hit in hits:
+            print(f"  {hit['score']:.4f}\t[{hit['corpus_id']}] {corpus[hit['corpus_id']]}")
+
+
+def mine(model, path: str, top_k: int, options: dict):
+    sentences = read_lines(path)
+    large = len(sentences) > 1000
+    embeddings = model.encode(sentences, show_progress_bar=large, convert_to_tensor=True, **options)
+    # a pair among the top_k overall is among the top_k neighbours of both its sentences
+    for score, i, j in paraphrase_mining_embeddings(embeddings, top_k=top_k, max_pairs=top_k, show_progress_bar=large):
+        print(f"{score:.4f}\t[{i}] {sentences[i]}\t[{j}] {sentences[j]}")
+
+
 def main():
     args = parse_args()
     model = SentenceTransformer(args.model, device=args.device)
     options = dict(batch_size=args.batch_size, normalize_embeddings=args.normalize, precision=args.precision)
+    if args.search:
+        return search(model, args.search, args.corpus, args.top_k, options)
+    if args.mine:
+        return mine(model, args.mine, args.top_k, options)
     if args.input:
         texts = read_lines(args.input)
         embeddings = model.encode(texts, show_progress_bar=len(texts) > 10 * args.batch_size, **options)

@@ -6,6 +6,8 @@ in one pass, so no score matrix is ever stored. Elsewhere PyTorch scores a (quer
 time and selects from it.
 """
 
+import gc
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -184,7 +186,14 @@ def paraphrase_mining_embeddings(embeddings, top_k: int | None = 100, max_pairs:
         keys = torch.minimum(i, j) * n + torch.maximum(i, j)
         best_scores, best_keys = _keep_best_pairs(torch.cat([best_scores, scores[keep]]),
                                                   torch.cat([best_keys, keys[keep]]), max_pairs)
-    return [[score, key // n, key % n] for score, key in zip(best_scores.tolist(), best_keys.tolist())]
+    columns = best_scores.tolist(), (best_keys // n).tolist(), (best_keys % n).tolist()
+    collecting = gc.isenabled()
+    gc.disable()  # building up to max_pairs small lists would set off many full collections, for nothing
+    try:
+        return [[score, i, j] for score, i, j in zip(*columns)]
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def paraphrase_mining(model, sentences: list[str] | None = None, batch_size: int = 32,

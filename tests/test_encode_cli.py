@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from sentence_transformers import SentenceTransformer as Reference
 from sentence_transformers import util
 
@@ -51,3 +52,30 @@ def test_missing_model_is_a_message_not_a_traceback(tmp_path):
                             capture_output=True, text=True, cwd=ROOT, env={"HF_HUB_OFFLINE": "1", "PATH": ""}, timeout=300)
     assert result.returncode == 1
     assert "not found" in result.stderr and "Traceback" not in result.stderr
+
+
+CORPUS = ["A man is playing guitar.", "A man plays the guitar.", "A woman slices an onion.",
+          "Someone is cutting an onion.", "The cat sleeps on the sofa.", "A kitten is asleep.", "It is raining."]
+
+
+def test_search_prints_the_reference_hits(minilm_folder, tmp_path):
+    (tmp_path / "corpus.txt").write_text("\n".join(CORPUS) + "\n", encoding="utf-8")
+    queries = ["guitar music", "a sleeping cat"]
+    output = run("--search", *queries, "--corpus", str(tmp_path / "corpus.txt"), "--top-k", "3")
+    reference = Reference(str(minilm_folder), device="cpu")
+    expected = util.semantic_search(reference.encode(queries), reference.encode(CORPUS), top_k=3)
+    blocks = output.split("Query: ")[1:]
+    assert [block.splitlines()[0] for block in blocks] == queries
+    for block, hits in zip(blocks, expected):
+        printed = [re.match(r"\s+(-?\d\.\d{4})\t\[(\d+)\] (.*)$", line).groups() for line in block.splitlines()[1:]]
+        assert [(int(i), text) for _, i, text in printed] == [(hit["corpus_id"], CORPUS[hit["corpus_id"]]) for hit in hits]
+        assert [float(score) for score, _, _ in printed] == pytest.approx([hit["score"] for hit in hits], abs=1e-4)
+
+
+def test_mine_prints_the_reference_pairs(minilm_folder):
+    output = run("--mine", "-", "--top-k", "4", stdin="\n".join(CORPUS) + "\n")
+    reference = Reference(str(minilm_folder), device="cpu")
+    expected = util.paraphrase_mining(reference, CORPUS, top_k=4, max_pairs=4)
+    printed = [re.match(r"(-?\d\.\d{4})\t\[(\d+)\] .*\t\[(\d+)\] ", line).groups() for line in output.splitlines()]
+    assert [(int(i), int(j)) for _, i, j in printed] == [(i, j) for _, i, j in expected]
+    assert [float(score) for score, _, _ in printed] == pytest.approx([score for score, _, _ in expected], abs=1e-4)

@@ -1,0 +1,73 @@
+"""AdamW with decoupled weight decay (Loshchilov & Hutter, 2019) and the warmup-then-linear-decay schedule.
+
+SBERT trains with AdamW, learning rate 2e-5, a linear warmup over the first 10% of the steps, then a linear
+decay to zero; weight decay 0.01, but none on biases and LayerNorm weights; gradients clipped at norm 1.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+
+def parameter_groups(model: nn.Module, weight_decay: float = 0.01) -> list[dict]:
+    """Two groups: the weights that decay, and the biases and LayerNorm parameters that don't (as BERT had it)."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if parameter.requires_grad:
+                plain = isinstance(module, nn.LayerNorm) or name == "bias"
+                (no_decay if plain else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_then_linear_decay(step: int, warmup_steps: int, total_steps: int) -> float:
+    """The learning-rate factor at `step` (counted from 0): 0 -> 1 over the warmup, then 1 -> 0 at total_steps."""
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+class AdamW(torch.optim.Optimizer):
+    """Adam with bias correction and decoupled weight decay, written out.
+
+    The update, per parameter p with gradient g, at step t:
+        p <- p * (1 - lr * weight_decay)                        (decay the weights, not the gradient)
+        m <- beta1 * m + (1 - beta1) * g,  v <- beta2 * v + (1 - beta2) * g^2
+        p <- p - lr / (1 - beta1^t) * m / (sqrt(v / (1 - beta2^t)) + eps)
+    Subclassing torch.optim.Optimizer gives param_groups, state_dict() and load_state_dict() (for --resume).
+    The foreach ops apply each line to all tensors of a group at once, which keeps the GPU busy.
+    """
+
+    def __init__(self, params, lr: float = 2e-5, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            for p in params:
+                if not self.state[p]:
+                    self.state[p].update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+            states = [self.state[p] for p in params]
+            exp_avg = [s["exp_avg"] for s in states]
+            exp_avg_sq = [s["exp_avg_sq"] for s in states]
+            for s in states:
+                s["step"] += 1
+            lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+            # bias corrections per tensor: one that had no gradient in some step has taken fewer steps
+            steps = [s["step"] for s in states]
+
+            if group["weight_decay"]:
+                torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+            torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
+            torch._foreach_mul_(exp_avg_sq, beta2)
+            torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
+            denominator = torch._foreach_sqrt(exp_avg_sq)
+            torch._foreach_div_(denominator, [math.sqrt(1 - beta2 ** t) for t in steps])
+            torch._foreach_add_(denominator, eps)
+            torch._foreach_addcdiv_(params, exp_avg, denominator, [-lr / (1 - beta1 ** t) for t in steps])

@@ -1,0 +1,64 @@
+"""The hand-written AdamW and schedule against torch.optim.AdamW with LambdaLR, step for step."""
+
+import copy
+
+import torch
+from torch import nn
+
+from minisbert.encoder import Encoder, EncoderConfig
+from minisbert.optim import AdamW, parameter_groups, warmup_then_linear_decay
+
+
+def small_model() -> nn.Module:
+    torch.manual_seed(0)
+    config = EncoderConfig(model_type="bert", vocab_size=50, hidden_size=16, num_hidden_layers=2,
+                           num_attention_heads=2, intermediate_size=32, hidden_dropout_prob=0.0,
+                           attention_probs_dropout_prob=0.0)
+    encoder = Encoder(config)
+    encoder.init_weights()
+    return nn.ModuleDict({"encoder": encoder, "head": nn.Linear(16, 3)})
+
+
+def loss_of(model, step: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(step)
+    ids = torch.randint(0, 50, (4, 7), generator=generator)
+    mask = torch.ones_like(ids)
+    labels = torch.randint(0, 3, (4,), generator=generator)
+    logits = model["head"](model["encoder"](ids, mask).mean(dim=1))
+    return nn.functional.cross_entropy(logits, labels)
+
+
+def test_adamw_with_warmup_equals_torch_adamw_for_120_steps():
+    ours_model = small_model()
+    torch_model = copy.deepcopy(ours_model)
+    total, warmup, lr = 120, 12, 1e-3
+    ours = AdamW(parameter_groups(ours_model, weight_decay=0.01), lr=lr)
+    reference = torch.optim.AdamW(parameter_groups(torch_model, weight_decay=0.01), lr=lr, eps=1e-8,
+                                  betas=(0.9, 0.999))
+    schedule = torch.optim.lr_scheduler.LambdaLR(reference, lambda step: warmup_then_linear_decay(step, warmup, total))
+    for step in range(total):
+        for group in ours.param_groups:
+            group["lr"] = lr * warmup_then_linear_decay(step, warmup, total)
+        for model, optimizer in ((ours_model, ours), (torch_model, reference)):
+            optimizer.zero_grad()
+            loss_of(model, step).backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+        schedule.step()
+        for (name, a), b in zip(ours_model.named_parameters(), torch_model.parameters()):
+            assert torch.allclose(a, b, atol=1e-6, rtol=0), f"step {step}: {name} differs by {(a - b).abs().max()}"
+    assert not torch.equal(ours_model["head"].weight, small_model()["head"].weight)  # it did train
+
+
+def test_no_weight_decay_on_biases_and_layernorm():
+    model = small_model()
+    decay, no_decay = parameter_groups(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith(("bias", "LayerNorm.weight")) for p in no_decay["params"])
+    assert all(not names[id(p)].endswith(("bias", "LayerNorm.weight")) for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_schedule_is_linear_warmup_then_linear_decay():
+    # 10 steps of warmup out of 100: 0, 0.5 at step 5, 1 at step 10, then down to 0 at step 100
+    assert [warmup_then_linear_decay(s, 10, 100) for s in (0, 5, 10, 55, 100, 120)] == [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
