@@ -250,8 +250,11 @@ def save_tensors(module: torch.nn.Module, path: Path) -> None:
               metadata={"format": "pt"})
 
 
-def save_folder(model, folder: Path) -> None:
-    """Write `model` as a sentence-transformers folder; an existing folder is replaced only once all is written."""
+def save_folder(model, folder: Path, keep: tuple[str, ...] = ()) -> None:
+    """Write `model` as a sentence-transformers folder; an existing folder is replaced only once all is written.
+
+    The entries named in `keep` (a training run's checkpoints and metrics) move over from the old folder.
+    """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.saving-"))
@@ -278,6 +281,9 @@ def save_folder(model, folder: Path) -> None:
         write_json(staging / "modules.json", [{"idx": i, "name": str(i), "path": path, "type": ST_TYPE_NAMES[kind]}
                                               for i, (kind, path) in enumerate(modules)])
         if folder.exists():
+            for name in keep:
+                if (folder / name).exists():
+                    os.replace(folder / name, staging / name)
             old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
             os.replace(folder, old / "model")
             os.replace(staging, folder)

@@ -134,6 +134,6 @@ class SentenceTransformer(nn.Module):
             return embeddings
         return embeddings.cpu().numpy() if convert_to_numpy else list(embeddings)
 
-    def save(self, path: str | Path) -> None:
-        """Write a sentence-transformers folder (safetensors) that both libraries load."""
-        checkpoint.save_folder(self, Path(path))
+    def save(self, path: str | Path, keep: tuple[str, ...] = ()) -> None:
+        """Write a sentence-transformers folder (safetensors) that both libraries load; see save_folder for `keep`."""
+        checkpoint.save_folder(self, Path(path), keep)

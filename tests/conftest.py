@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,25 @@ def build_roberta(folder: Path, texts: list[str]) -> Path:
                            intermediate_size=96, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1,
                            bos_token_id=0, eos_token_id=2, hidden_act="gelu")
     RobertaModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    folder = Path(os.environ.get("MINISBERT_DATA", Path(__file__).parents[1] / "../shared/data"))
+    if not (folder / "stsbenchmark").is_dir():
+        pytest.fail(f"the shared data is missing at {folder}: set MINISBERT_DATA")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def dropout_free_minilm(tmp_path_factory, minilm_folder) -> Path:
+    """all-MiniLM-L6-v2 with dropout set to 0 in config.json: training is then deterministic in both libraries."""
+    folder = tmp_path_factory.mktemp("minilm_no_dropout") / "model"
+    shutil.copytree(minilm_folder, folder, ignore=shutil.ignore_patterns("__pycache__", ".cache"))
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
     return folder
 
 

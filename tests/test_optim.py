@@ -62,3 +62,24 @@ def test_no_weight_decay_on_biases_and_layernorm():
 def test_schedule_is_linear_warmup_then_linear_decay():
     # 10 steps of warmup out of 100: 0, 0.5 at step 5, 1 at step 10, then down to 0 at step 100
     assert [warmup_then_linear_decay(s, 10, 100) for s in (0, 5, 10, 55, 100, 120)] == [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
+
+
+def test_train_step_clips_the_gradient_norm_at_1_and_skips_a_non_finite_loss():
+    from minisbert.training import train_step
+
+    model, reference = small_model(), small_model()
+    optimizer = AdamW(parameter_groups(model), lr=1e-3)
+    reference_optimizer = torch.optim.AdamW(parameter_groups(reference), lr=1e-3, eps=1e-8)
+    batch = {"input_ids": torch.zeros(1, 1, dtype=torch.long)}  # only its device is read; the loss ignores it
+    for step in range(3):
+        # a loss scaled up so that the gradient norm is far above 1 and clipping decides the update
+        train_step(lambda _: 1000 * loss_of(model, step), optimizer, batch, lr=1e-3)
+        (1000 * loss_of(reference, step)).backward()
+        assert nn.utils.clip_grad_norm_(reference.parameters(), 1.0) > 10
+        reference_optimizer.step()
+        reference_optimizer.zero_grad()
+    for (name, a), b in zip(model.named_parameters(), reference.parameters()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0), name
+    before = [p.clone() for p in model.parameters()]
+    assert train_step(lambda _: loss_of(model, 0) * float("nan"), optimizer, batch, lr=1e-3) is None
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

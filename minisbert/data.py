@@ -1,0 +1,275 @@
+"""The data sets of the paper, read from their official files, and the order in which training sees them.
+
+NLI (SNLI, MultiNLI): JSON lines or the tab-separated .txt with a header; pairs without a gold label ("-") are
+skipped. STS benchmark: tab-separated, no quoting, 7 or 9 fields. SICK: tab-separated with a header. STS12-16:
+STS.input.<subset>.txt beside STS.gs.<subset>.txt, pairs with an empty gold line skipped. A malformed row is an
+error that names the file and the line.
+"""
+
+import csv
+import json
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+NLI_LABELS = {"contradiction": 0, "entailment": 1, "neutral": 2}  # sentence-transformers' training_nli numbering
+
+# Where each named data set lives under --data-dir: the official archive's layout first, then the file alone.
+# The glob patterns accept a sample of the training file (such as snli_1.0_train.sample20k.jsonl).
+TRAIN_FILES = {
+    "snli": ["snli_1.0/snli_1.0_train.jsonl", "snli_1.0_train.jsonl", "snli_1.0/snli_1.0_train.txt",
+             "snli_1.0_train.txt", "snli_1.0_train*.jsonl"],
+    "mnli": ["multinli_1.0/multinli_1.0_train.jsonl", "multinli_1.0_train.jsonl",
+             "multinli_1.0/multinli_1.0_train.txt", "multinli_1.0_train.txt", "multinli_1.0_train*.jsonl"],
+    "stsb": ["stsbenchmark/sts-train.csv", "sts-train.csv"],
+}
+OFFICIAL_ARCHIVES = {
+    "snli": "https://nlp.stanford.edu/projects/snli/snli_1.0.zip",
+    "mnli": "https://cims.nyu.edu/~sbowman/multinli/multinli_1.0.zip",
+    "stsb": "http://ixa2.si.ehu.eus/stswiki/images/4/48/Stsbenchmark.tar.gz",
+}
+
+
+class DataError(ValueError):
+    pass
+
+
+@dataclass
+class Example:
+    texts: tuple[str, ...]  # (sentence1, sentence2), or (anchor, positive, negative)
+    label: float | int = 0  # an NLI class, or a gold similarity
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("MINISBERT_DATA", "data"))
+
+
+def _rows(path: Path, min_fields: int, max_fields: int | None = None, header: bool = False):
+    """(line number, fields) of a tab-separated file, read without quoting (sentences hold quote marks)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        for row in reader:
+            if not any(field.strip() for field in row):
+                continue
+            if not min_fields <= len(row) <= (max_fields or len(row)):
+                expected = min_fields if max_fields == min_fields else f"{min_fields} to {max_fields or 'any'}"
+                raise DataError(f"{path}:{reader.line_num}: expected {expected} tab-separated fields, found {len(row)}")
+            yield reader.line_num, [field.rstrip("\r") for field in row]
+
+
+def _columns(path: Path, rows, wanted: dict[str, tuple[str, ...]]) -> tuple:
+    """The header's position of each wanted column (given by its accepted names), or an error naming the file."""
+    try:
+        _, header = next(rows)
+    except StopIteration:
+        raise DataError(f"{path}: the file is empty") from None
+    positions = {}
+    for column, names in wanted.items():
+        found = [header.index(name) for name in names if name in header]
+        if not found:
+            raise DataError(f"{path}:1: the header has no {' or '.join(names)} column (it has {', '.join(header)})")
+        positions[column] = found[0]
+    return positions
+
+
+def _check_width(row: list[str], at: dict, path: Path, line: int) -> None:
+    if len(row) <= max(at.values()):
+        raise DataError(f"{path}:{line}: expected at least {max(at.values()) + 1} tab-separated fields, found {len(row)}")
+
+
+def _score(text: str, path: Path, line: int) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise DataError(f"{path}:{line}: the score {text!r} is not a number") from None
+
+
+def read_nli(path: Path) -> list[Example]:
+    """(premise, hypothesis) with label 0/1/2 (contradiction/entailment/neutral); '-' labels are skipped."""
+    path = Path(path)
+    examples = []
+
+    def add(label, premise, hypothesis, line):
+        if label == "-":
+            return
+        if label not in NLI_LABELS:
+            raise DataError(f"{path}:{line}: unknown gold_label {label!r} (expected {', '.join(NLI_LABELS)} or -)")
+        if not isinstance(premise, str) or not isinstance(hypothesis, str):
+            raise DataError(f"{path}:{line}: sentence1 and sentence2 must be strings")
+        examples.append(Example((premise, hypothesis), NLI_LABELS[label]))
+
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for line_number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    add(row["gold_label"], row["sentence1"], row["sentence2"], line_number)
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+                except KeyError as error:
+                    raise DataError(f"{path}:{line_number}: no {error.args[0]!r} key") from None
+    else:
+        rows = _rows(path, 1)
+        at = _columns(path, rows, {"label": ("gold_label",), "s1": ("sentence1",), "s2": ("sentence2",)})
+        for line_number, row in rows:
+            _check_width(row, at, path, line_number)
+            add(row[at["label"]], row[at["s1"]], row[at["s2"]], line_number)
+    return examples
+
+
+def nli_triplets(examples: list[Example]) -> list[Example]:
+    """(premise, entailed hypothesis, contradicted hypothesis) for every premise that has both."""
+    by_premise: dict[str, dict[int, list[str]]] = {}
+    for example in examples:
+        premise, hypothesis = example.texts
+        by_premise.setdefault(premise, {}).setdefault(example.label, []).append(hypothesis)
+    triplets = []
+    for premise, hypotheses in by_premise.items():
+        entailed = hypotheses.get(NLI_LABELS["entailment"], [])
+        contradicted = hypotheses.get(NLI_LABELS["contradiction"], [])
+        for i, positive in enumerate(entailed if contradicted else []):
+            triplets.append(Example((premise, positive, contradicted[i % len(contradicted)])))
+    return triplets
+
+
+def read_sts_benchmark(path: Path) -> list[Example]:
+    """sts-{train,dev,test}.csv: genre, file, year, id, score (0-5), sentence1, sentence2 [, source1, source2]."""
+    path = Path(path)
+    examples = []
+    for line, row in _rows(path, 7, 9):
+        if len(row) == 8:
+            raise DataError(f"{path}:{line}: expected 7 or 9 tab-separated fields, found 8")
+        examples.append(Example((row[5], row[6]), _score(row[4], path, line)))
+    return examples
+
+
+def read_sick(path: Path) -> list[Example]:
+    """SICK (SemEval-2014 files or the full SICK.txt): relatedness (1-5) as the label."""
+    path = Path(path)
+    rows = _rows(path, 1)
+    at = _columns(path, rows, {"s1": ("sentence_A",), "s2": ("sentence_B",), "score": ("relatedness_score",)})
+    examples = []
+    for line, row in rows:
+        _check_width(row, at, path, line)
+        examples.append(Example((row[at["s1"]], row[at["s2"]]), _score(row[at["score"]], path, line)))
+    return examples
+
+
+def read_sts_year(folder: Path) -> dict[str, list[Example]]:
+    """One STS12-16 folder: {subset: pairs with a gold score}; gold lines left empty are unscored pairs."""
+    folder = Path(folder)
+    subsets = {}
+    for input_path in sorted(folder.glob("*.input.*.txt")):
+        subset = input_path.name.split(".input.")[1][: -len(".txt")]
+        gold_path = input_path.with_name(input_path.name.replace(".input.", ".gs."))
+        if not gold_path.exists():
+            continue  # STS13's SMT subset ships no text; likewise any input without gold scores
+        inputs = input_path.read_text(encoding="utf-8").split("\n")
+        golds = gold_path.read_text(encoding="utf-8").split("\n")
+        if inputs[-1] == "":
+            inputs.pop()
+        if golds[-1] == "":
+            golds.pop()
+        if len(inputs) != len(golds):
+            raise DataError(f"{gold_path}: {len(golds)} lines, but {input_path.name} has {len(inputs)}")
+        examples = []
+        for line, (text, gold) in enumerate(zip(inputs, golds), 1):
+            if not gold.strip():
+                continue
+            fields = text.rstrip("\r").split("\t")
+            if len(fields) < 2:
+                raise DataError(f"{input_path}:{line}: expected two tab-separated sentences, found {len(fields)} field")
+            examples.append(Example((fields[0], fields[1]), _score(gold, gold_path, line)))
+        subsets[subset] = examples
+    if not subsets:
+        raise DataError(f"{folder}: no STS.input.*.txt with its STS.gs.*.txt")
+    return subsets
+
+
+def find_file(name: str, data_dir: Path) -> Path:
+    """The training file of a named data set under `data_dir`; if none, an error listing where it looked."""
+    for pattern in TRAIN_FILES[name]:
+        matches = sorted(Path(data_dir).glob(pattern))
+        if matches:
+            return matches[0]
+    looked = "\n  ".join(str(Path(data_dir) / pattern) for pattern in TRAIN_FILES[name])
+    raise DataError(f"no {name} training data; looked for:\n  {looked}\n"
+                    f"Download {OFFICIAL_ARCHIVES[name]} and unpack it in {data_dir}, or run again with --download.")
+
+
+def read_training_data(data: str, data_dir: Path) -> tuple[list[Example], str]:
+    """--data (snli, mnli, allnli, stsb, or a file) -> (examples, kind), kind being 'nli' or 'sts'."""
+    if data in ("snli", "mnli"):
+        return read_nli(find_file(data, data_dir)), "nli"
+    if data == "allnli":
+        return read_nli(find_file("snli", data_dir)) + read_nli(find_file("mnli", data_dir)), "nli"
+    if data == "stsb":
+        return read_sts_benchmark(find_file("stsb", data_dir)), "sts"
+    path = Path(data)
+    if not path.exists():
+        raise DataError(f"--data {data!r} is neither snli, mnli, allnli, stsb nor an existing file")
+    if path.suffix == ".csv":
+        return read_sts_benchmark(path), "sts"
+    if path.suffix == ".jsonl" or "gold_label" in path.open(encoding="utf-8").readline():
+        return read_nli(path), "nli"
+    return read_sick(path), "sts"
+
+
+def download(name: str, data_dir: Path) -> None:
+    """Fetch and unpack a data set's official archive into `data_dir` (MINISBERT_DATA_MIRROR replaces the host).
+
+    The archive lands in a temporary file first, so an interrupted download leaves nothing behind.
+    """
+    url = OFFICIAL_ARCHIVES[name]
+    mirror = os.environ.get("MINISBERT_DATA_MIRROR")
+    if mirror:
+        url = mirror.rstrip("/") + "/" + url.rsplit("/", 1)[1]
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    print(f"downloading {url}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(dir=data_dir) as staging:
+        archive = Path(staging) / url.rsplit("/", 1)[1]
+        with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as f:
+            shutil.copyfileobj(response, f)
+        unpacked = Path(staging) / "unpacked"
+        if archive.suffix == ".zip":
+            with zipfile.ZipFile(archive) as z:
+                for member in z.namelist():
+                    if member.startswith("/") or ".." in Path(member).parts:
+                        raise DataError(f"{url}: unsafe path {member!r} in the archive")
+                z.extractall(unpacked)
+        else:
+            with tarfile.open(archive) as t:
+                t.extractall(unpacked, filter="data")
+        for entry in unpacked.iterdir():
+            if entry.name == "__MACOSX":
+                continue
+            target = data_dir / entry.name
+            if target.exists():
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            entry.rename(target)
+
+
+def batch_order(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The batches of one epoch: a shuffle that depends only on (seed, epoch), so a resumed run sees the same."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n_examples, generator=generator).tolist()
+    return [order[start:start + batch_size] for start in range(0, n_examples, batch_size)]
+
+
+def shard(batch: list[int], rank: int, world_size: int) -> list[int]:
+    """This process's part of a global batch (contiguous, sizes differing by at most one)."""
+    size, extra = divmod(len(batch), world_size)
+    start = rank * size + min(rank, extra)
+    return batch[start:start + size + (rank < extra)]
+

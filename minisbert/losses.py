@@ -1,0 +1,94 @@
+"""The training objectives of the paper (section 3), plus in-batch negatives.
+
+Every loss embeds all its text columns with the one shared model (the siamese / triplet network: the same
+weights in every branch) and takes a batch as produced by `tokenize_batch`.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .search import cos_sim
+
+CONCATENATIONS = ("u", "v", "|u-v|", "u*v")  # the parts of the paper's Table 6 ablation
+
+
+def tokenize_batch(model, columns: list[list[str]], labels=None) -> dict:
+    """Texts column by column (sentence1s, sentence2s[, ...]) -> one padded tensor batch for all columns."""
+    texts = [text for column in columns for text in column]
+    batch = {k: v.to(model.device) for k, v in model.tokenizer(texts).items()}
+    batch["columns"] = len(columns)
+    if labels is not None:
+        batch["labels"] = torch.as_tensor(labels, device=model.device)
+    return batch
+
+
+def embed_columns(model, batch: dict) -> list[torch.Tensor]:
+    """One forward pass of the shared model over every column, split back into u, v[, w]: each (B, dim)."""
+    embeddings = model(batch["input_ids"], batch["attention_mask"])
+    return list(embeddings.chunk(batch["columns"]))
+
+
+class SoftmaxLoss(nn.Module):
+    """Classify (premise, hypothesis) from a concatenation of u, v, |u-v| (and u*v): o = softmax(W [u; v; |u-v|])."""
+
+    def __init__(self, model, num_labels: int = 3, concatenation: tuple[str, ...] = ("u", "v", "|u-v|")):
+        super().__init__()
+        unknown = [part for part in concatenation if part not in CONCATENATIONS]
+        if unknown or not concatenation:
+            raise ValueError(f"concatenation {list(concatenation)} is not made of {', '.join(CONCATENATIONS)}")
+        self.model = model
+        self.concatenation = tuple(concatenation)
+        self.classifier = nn.Linear(len(concatenation) * model.get_sentence_embedding_dimension(), num_labels,
+                                    device=model.device)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        u, v = embed_columns(self.model, batch)
+        parts = {"u": u, "v": v, "|u-v|": (u - v).abs(), "u*v": u * v}
+        features = torch.cat([parts[name] for name in self.concatenation], dim=1)  # (B, n * dim)
+        return F.cross_entropy(self.classifier(features), batch["labels"].long())
+
+
+class CosineSimilarityLoss(nn.Module):
+    """Regression: the mean squared error between cos(u, v) and the gold similarity scaled to [0, 1]."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        u, v = embed_columns(self.model, batch)
+        return F.mse_loss(F.cosine_similarity(u, v), batch["labels"].float())
+
+
+class TripletLoss(nn.Module):
+    """max(||a - p|| - ||a - n|| + margin, 0) with Euclidean distance; the paper's margin is 1."""
+
+    def __init__(self, model, margin: float = 1.0):
+        super().__init__()
+        self.model = model
+        self.margin = margin
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        anchor, positive, negative = embed_columns(self.model, batch)
+        distance = F.pairwise_distance(anchor, positive) - F.pairwise_distance(anchor, negative)
+        return F.relu(distance + self.margin).mean()
+
+
+class MultipleNegativesRankingLoss(nn.Module):
+    """In-batch negatives: each anchor must pick its own positive among every positive (and negative) of the
+    batch; cross-entropy over scaled cosine similarities (scale 20, as sentence-transformers)."""
+
+    def __init__(self, model, scale: float = 20.0):
+        super().__init__()
+        self.model = model
+        self.scale = scale
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        anchors, *candidates = embed_columns(self.model, batch)
+        scores = cos_sim(anchors, torch.cat(candidates)) * self.scale  # (B, B * (columns - 1))
+        return F.cross_entropy(scores, torch.arange(len(anchors), device=scores.device))
+
+
+LOSSES = {"softmax": SoftmaxLoss, "cosine": CosineSimilarityLoss, "triplet": TripletLoss,
+          "mnrl": MultipleNegativesRankingLoss}

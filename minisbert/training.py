@@ -1,0 +1,112 @@
+"""One optimizer step, and the training state that a checkpoint holds so that --resume continues exactly.
+
+A checkpoint is a folder `step-<N>` under `<output>/checkpoints`: the model in the sentence-transformers format
+(so encode.py and sentence-transformers load it as it is) and `training_state.pt` (the loss's own parameters,
+the optimizer, the gradient scaler, where the run stands, and the random generators). It is written under a
+temporary name and renamed when complete: a crash leaves the previous checkpoint as it was.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+STATE_FILE = "training_state.pt"
+
+
+def train_step(loss_fn, optimizer, batch: dict, lr: float, max_grad_norm: float = 1.0,
+               autocast_dtype: torch.dtype | None = None, scaler=None, is_finite=None) -> torch.Tensor | None:
+    """Forward, backward, clip at `max_grad_norm`, AdamW step at `lr`. Returns the loss, or None if it is not
+    finite (then nothing is updated). `is_finite` may widen that test to every process of a distributed run."""
+    device_type = batch["input_ids"].device.type
+    with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        loss = loss_fn(batch)
+    finite = torch.isfinite(loss.detach())
+    if not (is_finite(finite) if is_finite else bool(finite)):
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if scaler is not None:  # fp16: scale the loss so that small gradients survive, unscale before clipping
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def random_states() -> dict:
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_random_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(output: Path, model, loss_fn, optimizer, scaler, progress: dict, keep: int = 2) -> Path:
+    """Write checkpoints/step-<N> atomically, then remove all but the newest `keep`."""
+    folder = Path(output) / "checkpoints" / f"step-{progress['step']:08d}"
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save(partial)
+    head = {name: p for name, p in loss_fn.state_dict().items() if not name.startswith("model.")}
+    torch.save({"loss": head, "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "progress": progress, "random": random_states()}, partial / STATE_FILE)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
+    for old in list_checkpoints(output)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def list_checkpoints(output: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    folder = Path(output) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("step-*") if not p.name.endswith(".partial") and (p / STATE_FILE).exists())
+
+
+def load_training_state(folder: Path, loss_fn, optimizer, scaler) -> dict:
+    """Restore what save_checkpoint wrote (the model itself is loaded from the folder by the caller)."""
+    state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+    model_part = {name: p for name, p in loss_fn.state_dict().items() if name.startswith("model.")}
+    loss_fn.load_state_dict({**model_part, **state["loss"]})  # strict: the head must match this loss
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    restore_random_states(state["random"])
+    return state["progress"]
+
+
+class MetricsLog:
+    """JSON lines beside the model; on resume, the records after the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, resumed_step: int | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resumed_step is None:
+            self.path.write_text("")
+        elif self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resumed_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")

@@ -1,0 +1,72 @@
+"""Training parity: from the same weights, on the same batches, minisbert's training path (loss, backward,
+AdamW, schedule, clipping) gives the per-step losses of sentence-transformers' losses driven by torch.optim.AdamW."""
+
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer as Reference
+from sentence_transformers.sentence_transformer import losses as reference_losses
+
+from minisbert import SentenceTransformer
+from minisbert.data import batch_order, read_nli, read_sts_benchmark
+from minisbert.losses import CosineSimilarityLoss, SoftmaxLoss, tokenize_batch
+from minisbert.optim import AdamW, parameter_groups, warmup_then_linear_decay
+from minisbert.training import train_step
+
+STEPS, BATCH, LR, WARMUP = 20, 16, 2e-5, 2
+
+
+def reference_optimizer(loss_model):
+    # the grouping of sentence-transformers' original fit(): no decay where the name says bias or LayerNorm.weight
+    named = list(loss_model.named_parameters())
+    no_decay = ("bias", "LayerNorm.weight")
+    groups = [{"params": [p for n, p in named if not any(nd in n for nd in no_decay)], "weight_decay": 0.01},
+              {"params": [p for n, p in named if any(nd in n for nd in no_decay)], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=LR, eps=1e-8)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_then_linear_decay(step, WARMUP, STEPS))
+    return optimizer, schedule
+
+
+def run_both(folder, examples, make_ours, make_reference):
+    torch.manual_seed(0)
+    reference = Reference(str(folder), device="cpu")
+    reference_loss = make_reference(reference)
+    ours = SentenceTransformer(folder)
+    our_loss = make_ours(ours)
+    if hasattr(our_loss, "classifier"):
+        our_loss.classifier.load_state_dict(reference_loss.classifier.state_dict())
+    optimizer = AdamW(parameter_groups(our_loss), lr=LR)
+    reference_opt, schedule = reference_optimizer(reference_loss)
+    ours.train()
+    reference.train()
+    our_losses, reference_losses_seen = [], []
+    for step, indices in enumerate(batch_order(len(examples), BATCH, seed=1, epoch=0)[:STEPS]):
+        batch = [examples[i] for i in indices]
+        columns = [[e.texts[0] for e in batch], [e.texts[1] for e in batch]]
+        labels = [e.label for e in batch]
+        lr = LR * warmup_then_linear_decay(step, WARMUP, STEPS)
+        our_losses.append(train_step(our_loss, optimizer, tokenize_batch(ours, columns, labels), lr).item())
+
+        features = [reference.preprocess(column) for column in columns]
+        loss = reference_loss(features, torch.tensor(labels))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(reference_loss.parameters(), 1.0)
+        reference_opt.step()
+        schedule.step()
+        reference_opt.zero_grad()
+        reference_losses_seen.append(loss.item())
+    return our_losses, reference_losses_seen
+
+
+def test_softmax_objective_matches_sentence_transformers_for_20_steps(dropout_free_minilm, data_dir):
+    examples = read_nli(data_dir / "nli" / "snli_1.0_train.sample20k.jsonl")[:STEPS * BATCH * 2]
+    ours, theirs = run_both(
+        dropout_free_minilm, examples, lambda model: SoftmaxLoss(model, num_labels=3),
+        lambda model: reference_losses.SoftmaxLoss(model, model.get_embedding_dimension(), num_labels=3))
+    assert ours == pytest.approx(theirs, abs=1e-4)
+
+
+def test_cosine_objective_matches_sentence_transformers_for_20_steps(dropout_free_minilm, data_dir):
+    examples = read_sts_benchmark(data_dir / "stsbenchmark" / "sts-train.csv")
+    examples = [type(e)(e.texts, e.label / 5) for e in examples]
+    ours, theirs = run_both(dropout_free_minilm, examples, CosineSimilarityLoss, reference_losses.CosineSimilarityLoss)
+    assert ours == pytest.approx(theirs, abs=1e-4)

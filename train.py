@@ -1,0 +1,236 @@
+"""Fine-tune a sentence model as the SBERT paper does.
+
+    python train.py --data snli                       # softmax over (u, v, |u-v|) on SNLI, batch 16, lr 2e-5
+    python train.py --data stsb                       # cosine similarity regression (MSE) on the STS benchmark
+    python train.py --data allnli --model bert-base-uncased --output sbert-nli   # the paper's setup
+    torchrun --nproc_per_node 2 train.py --data snli  # data-parallel, --batch-size per process
+
+Warmup over the first 10% of the steps, then linear decay; AdamW, weight decay 0.01, gradients clipped at 1.
+Evaluates on the STS benchmark dev set every --eval-steps and at the end of each epoch (and the test set before
+and after), writes checkpoints to <output>/checkpoints (--resume continues from the newest), a metrics log to
+<output>/metrics.jsonl, and the final model to <output> in the sentence-transformers format.
+"""
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from minisbert import SentenceTransformer
+from minisbert.checkpoint import DEFAULT_MODEL
+from minisbert.data import (OFFICIAL_ARCHIVES, DataError, batch_order, default_data_dir, download, nli_triplets,
+                            read_sts_benchmark, read_training_data, shard)
+from minisbert.evaluate import find_sts_benchmark, sts_correlations
+from minisbert.losses import CONCATENATIONS, LOSSES, SoftmaxLoss, tokenize_batch
+from minisbert.optim import AdamW, parameter_groups, warmup_then_linear_decay
+from minisbert.pooling import Pooling
+from minisbert.training import MetricsLog, list_checkpoints, load_training_state, save_checkpoint, train_step
+
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="snli, mnli, allnli (both), stsb, or a file of one of their formats")
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
+                        help="where the data files are (default: $MINISBERT_DATA, then ./data)")
+    parser.add_argument("--download", action="store_true", help="fetch the official archive if the files are missing")
+    parser.add_argument("--loss", choices=list(LOSSES), help="default: softmax for NLI data, cosine for STS data")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="a base encoder or a sentence model: folder or hub id (default: %(default)s, offline)")
+    parser.add_argument("--pooling", choices=["mean", "cls", "max"], help="replace the model's pooling")
+    parser.add_argument("--concat", default="u,v,|u-v|",
+                        help=f"softmax features, from {', '.join(CONCATENATIONS)} (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=16, help="pairs per step and process (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps (default: %(default)s)")
+    parser.add_argument("--max-steps", type=int, help="stop after this many steps (the schedule spans them)")
+    parser.add_argument("--eval-steps", type=int, default=1000, help="evaluate every N steps; 0: at epoch ends only")
+    parser.add_argument("--checkpoint-steps", type=int, default=1000, help="checkpoint every N steps and at epoch ends")
+    parser.add_argument("--log-steps", type=int, default=10, help="a metrics record every N steps")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=list(AUTOCAST), default="fp32",
+                        help="mixed precision: bf16 (CPU or GPU) or fp16 (GPU); the weights stay fp32")
+    parser.add_argument("--output", type=Path, default=Path("output/minisbert-model"))
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
+    args = parser.parse_args()
+    concat = tuple(part.strip() for part in args.concat.split(","))
+    if not set(concat) <= set(CONCATENATIONS) or len(set(concat)) != len(concat):
+        parser.error(f"--concat {args.concat!r}: use distinct parts from {', '.join(CONCATENATIONS)}")
+    args.concat = concat
+    for name in ("epochs", "batch_size", "log_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= args.warmup < 1:
+        parser.error("--warmup is a fraction of the steps, in [0, 1)")
+    return args
+
+
+def setup_distributed(args):
+    """(rank, world size, device): torchrun sets WORLD_SIZE; NCCL between GPUs, gloo between CPU processes."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size == 1:
+        return 0, 1, torch.device(args.device)
+    on_gpu = args.device.startswith("cuda")
+    dist.init_process_group("nccl" if on_gpu else "gloo")
+    device = torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}") if on_gpu else torch.device("cpu")
+    return dist.get_rank(), world_size, device
+
+
+def load_data(args, rank):
+    try:
+        examples, kind = read_training_data(args.data, args.data_dir)
+    except DataError:
+        if not (args.download and args.data in OFFICIAL_ARCHIVES or args.data == "allnli"):
+            raise
+        names = ["snli", "mnli"] if args.data == "allnli" else [args.data]
+        if rank == 0:
+            for name in names:
+                download(name, args.data_dir)
+        if dist.is_initialized():
+            dist.barrier()
+        examples, kind = read_training_data(args.data, args.data_dir)
+    loss = args.loss or ("softmax" if kind == "nli" else "cosine")
+    if kind == "sts" and loss != "cosine":
+        raise DataError(f"--loss {loss} needs NLI data; STS pairs train with --loss cosine")
+    if kind == "nli" and loss == "cosine":
+        raise DataError("--loss cosine needs gold similarity scores (STS data); NLI trains with softmax, triplet, mnrl")
+    if loss in ("triplet", "mnrl"):
+        examples = nli_triplets(examples)  # (premise, entailed, contradicted)
+    if kind == "sts":  # the cosine objective regresses the gold score scaled from 0..5 to 0..1
+        examples = [type(e)(e.texts, e.label / 5) for e in examples]
+    if not examples:
+        raise DataError(f"--data {args.data}: no training examples")
+    return examples, loss
+
+
+def main():
+    args = parse_args()
+    rank, world_size, device = setup_distributed(args)
+    main_process = rank == 0
+    torch.manual_seed(args.seed)
+    examples, loss_name = load_data(args, rank)
+    sts_dirs = [args.data_dir, args.data_dir.parent, default_data_dir()]
+    sts_dev, sts_test = (find_sts_benchmark(split, *sts_dirs) for split in ("dev", "test"))
+
+    resume_from = list_checkpoints(args.output)[-1] if args.resume and list_checkpoints(args.output) else None
+    if args.resume and resume_from is None:
+        sys.exit(f"train.py: --resume: no checkpoint under {args.output / 'checkpoints'}")
+    model = SentenceTransformer(resume_from or args.model, device=device)
+    if args.pooling and not resume_from:
+        model.pooling = Pooling(model.encoder.config.hidden_size, args.pooling)
+    loss_options = {"concatenation": args.concat} if loss_name == "softmax" else {}
+    loss_fn = LOSSES[loss_name](model, **loss_options).to(device)
+    optimizer = AdamW(parameter_groups(loss_fn, weight_decay=0.01), lr=args.lr)
+    autocast = AUTOCAST[args.precision]
+    scaler = torch.amp.GradScaler("cuda") if autocast == torch.float16 else None
+    if autocast == torch.float16 and device.type != "cuda":
+        sys.exit("train.py: --precision fp16 needs a GPU; on the CPU use bf16")
+
+    global_batch = args.batch_size * world_size
+    steps_per_epoch = math.ceil(len(examples) / global_batch)
+    total_steps = min(args.max_steps or math.inf, args.epochs * steps_per_epoch)
+    warmup_steps = math.ceil(total_steps * args.warmup)
+    progress = {"step": 0, "epoch": 0, "batch": 0}
+    if resume_from:
+        progress = load_training_state(resume_from, loss_fn, optimizer, scaler)
+    trained = torch.nn.parallel.DistributedDataParallel(loss_fn) if world_size > 1 else loss_fn
+
+    def all_finite(finite: torch.Tensor) -> bool:
+        if world_size > 1:  # every process must stop together, or the others wait forever
+            finite = finite.float().to(device)
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite)
+
+    log = MetricsLog(args.output / "metrics.jsonl", progress["step"] if resume_from else None) if main_process else None
+
+    def evaluate(path, split):
+        scores = sts_correlations(model, read_sts_benchmark(path), batch_size=32)
+        record = {"step": progress["step"], "epoch": progress["epoch"], f"stsb_{split}_spearman": scores["spearman"],
+                  f"stsb_{split}_pearson": scores["pearson"]}
+        log.write(record)
+        tqdm.write(f"step {progress['step']}: STS benchmark {split} Spearman {100 * scores['spearman']:.2f}")
+        return scores["spearman"]
+
+    if main_process:
+        print(f"{len(examples):,} training examples, loss {loss_name}, {total_steps:,} steps of {global_batch} "
+              f"({world_size} process{'es' if world_size > 1 else ''}), warmup {warmup_steps}", file=sys.stderr)
+        if sts_test is None:
+            print(f"note: no STS benchmark under {', '.join(map(str, sts_dirs))}: no evaluation", file=sys.stderr)
+        elif not resume_from:
+            evaluate(sts_test, "test")
+
+    def checkpoint():
+        if main_process:
+            save_checkpoint(args.output, model, loss_fn, optimizer, scaler, dict(progress))
+        if world_size > 1:
+            dist.barrier()
+
+    bar = tqdm(total=total_steps, initial=progress["step"], disable=not main_process, desc="Training")
+    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    model.train()
+    while progress["step"] < total_steps and progress["epoch"] < args.epochs:
+        batches = batch_order(len(examples), global_batch, args.seed, progress["epoch"])
+        for b in range(progress["batch"], len(batches)):
+            if progress["step"] >= total_steps:
+                break
+            if len(batches[b]) < world_size:  # too few for every process to get one: skipped everywhere alike
+                continue
+            local = [examples[i] for i in shard(batches[b], rank, world_size)]
+            columns = [list(texts) for texts in zip(*(e.texts for e in local))]
+            batch = tokenize_batch(model, columns, [e.label for e in local])
+            lr = args.lr * warmup_then_linear_decay(progress["step"], warmup_steps, total_steps)
+            loss = train_step(trained, optimizer, batch, lr, autocast_dtype=autocast, scaler=scaler,
+                              is_finite=all_finite)
+            if loss is None:
+                kept = list_checkpoints(args.output)
+                sys.exit(f"train.py: the loss is not finite at step {progress['step'] + 1} (epoch {progress['epoch']}, "
+                         f"batch {b}); nothing was updated. The last good checkpoint is "
+                         f"{kept[-1] if kept else 'none (none written yet)'}. Try a lower --lr or --precision fp32.")
+            progress.update(step=progress["step"] + 1, batch=b + 1)
+            window_loss += loss.item()
+            window_steps += 1
+            bar.update()
+            if progress["step"] % args.log_steps == 0 and main_process:
+                seconds = time.perf_counter() - window_start
+                record = {"step": progress["step"], "epoch": progress["epoch"], "loss": window_loss / window_steps,
+                          "lr": lr, "pairs_per_s": window_steps * global_batch / seconds}
+                log.write(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", pairs_s=f"{record['pairs_per_s']:.0f}")
+                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+            if args.eval_steps and progress["step"] % args.eval_steps == 0 and main_process and sts_dev:
+                evaluate(sts_dev, "dev")
+            if progress["step"] % args.checkpoint_steps == 0:
+                checkpoint()
+        else:
+            progress.update(epoch=progress["epoch"] + 1, batch=0)
+            if main_process and sts_dev:
+                evaluate(sts_dev, "dev")
+            checkpoint()
+            continue
+        break
+    bar.close()
+
+    if main_process:
+        model.eval()
+        model.save(args.output, keep=("checkpoints", "metrics.jsonl"))
+        if sts_test is not None:
+            evaluate(sts_test, "test")
+        print(f"saved {args.output}", file=sys.stderr)
+    if world_size > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(f"train.py: {error}")
