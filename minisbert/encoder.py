@@ -112,14 +112,20 @@ class SelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
         self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
 
-    def forward(self, x, attention_mask):
-        B, S, D = x.shape
+    def forward(self, x, attention_mask, tokens):
+        # x holds the real tokens only, (N, D); `tokens` says where each sits in the (B * S) grid of the batch
+        B, S = attention_mask.shape[0], attention_mask.shape[-1]
+        N, D = x.shape
         H = self.num_heads
-        # (B, S, D) -> (B, H, S, D/H)
-        q, k, v = (proj(x).view(B, S, H, D // H).transpose(1, 2) for proj in (self.query, self.key, self.value))
+
+        def to_heads(t):  # (N, D) -> (B, H, S, D/H), zeros at the padding
+            grid = t.new_zeros(B * S, D).index_copy(0, tokens, t)
+            return grid.view(B, S, H, D // H).transpose(1, 2)
+
+        q, k, v = (to_heads(proj(x)) for proj in (self.query, self.key, self.value))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask,
                                            dropout_p=self.dropout_p if self.training else 0.0)
-        return y.transpose(1, 2).reshape(B, S, D)  # (B, H, S, D/H) -> (B, S, D)
+        return y.transpose(1, 2).reshape(B * S, D).index_select(0, tokens)  # (B, H, S, D/H) -> (N, D)
 
 
 class AddNorm(nn.Module):
@@ -143,8 +149,8 @@ class Layer(nn.Module):
         self.output = AddNorm(config.intermediate_size, config)
         self.activation = ACTIVATIONS[config.hidden_act]
 
-    def forward(self, x, attention_mask):
-        x = self.attention["output"](self.attention["self"](x, attention_mask), x)
+    def forward(self, x, attention_mask, tokens):
+        x = self.attention["output"](self.attention["self"](x, attention_mask, tokens), x)
         return self.output(self.activation(self.intermediate["dense"](x)), x)
 
 
@@ -158,12 +164,17 @@ class Encoder(nn.Module):
         self.encoder = nn.ModuleDict({"layer": nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))})
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        x = self.embeddings(input_ids, token_type_ids)
-        # (B, S) -> (B, 1, 1, S): every query position sees only the real tokens of its row
-        mask = attention_mask.bool()[:, None, None, :]
+        x = self.embeddings(input_ids, token_type_ids)  # (B, S, D)
+        B, S, D = x.shape
+        real = attention_mask.bool()
+        # Only attention needs the (B, S) layout. The dense layers, most of the work, run on the real tokens
+        # alone, packed as (N, D): padding costs nothing there, which matters when texts differ in length.
+        tokens = real.flatten().nonzero().squeeze(1)  # (N,) positions in the (B * S) grid
+        x = x.reshape(B * S, D).index_select(0, tokens)
+        mask = real[:, None, None, :]  # (B, 1, 1, S): every position attends to the real tokens of its row
         for layer in self.encoder["layer"]:
-            x = layer(x, mask)
-        return x
+            x = layer(x, mask, tokens)
+        return x.new_zeros(B * S, D).index_copy(0, tokens, x).view(B, S, D)  # zeros at the padding
 
     def init_weights(self, std: float = 0.02):
         """BERT's initialisation, for an encoder trained from scratch (tests, benchmarks)."""
