@@ -89,7 +89,7 @@ def load_data(args, rank):
     try:
         examples, kind = read_training_data(args.data, args.data_dir)
     except DataError:
-        if not (args.download and args.data in OFFICIAL_ARCHIVES or args.data == "allnli"):
+        if not args.download or args.data not in (*OFFICIAL_ARCHIVES, "allnli"):
             raise
         names = ["snli", "mnli"] if args.data == "allnli" else [args.data]
         if rank == 0:
@@ -142,6 +142,8 @@ def main():
     progress = {"step": 0, "epoch": 0, "batch": 0}
     if resume_from:
         progress = load_training_state(resume_from, loss_fn, optimizer, scaler)
+        if main_process:
+            print(f"resuming from {resume_from} (step {progress['step']})", file=sys.stderr)
     trained = torch.nn.parallel.DistributedDataParallel(loss_fn) if world_size > 1 else loss_fn
 
     def all_finite(finite: torch.Tensor) -> bool:
@@ -175,7 +177,7 @@ def main():
             dist.barrier()
 
     bar = tqdm(total=total_steps, initial=progress["step"], disable=not main_process, desc="Training")
-    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    window_loss, window_steps, window_seconds = 0.0, 0, 0.0  # the time of training steps only, not evaluation
     model.train()
     while progress["step"] < total_steps and progress["epoch"] < args.epochs:
         batches = batch_order(len(examples), global_batch, args.seed, progress["epoch"])
@@ -184,6 +186,7 @@ def main():
                 break
             if len(batches[b]) < world_size:  # too few for every process to get one: skipped everywhere alike
                 continue
+            step_start = time.perf_counter()
             local = [examples[i] for i in shard(batches[b], rank, world_size)]
             columns = [list(texts) for texts in zip(*(e.texts for e in local))]
             batch = tokenize_batch(model, columns, [e.label for e in local])
@@ -196,16 +199,19 @@ def main():
                          f"batch {b}); nothing was updated. The last good checkpoint is "
                          f"{kept[-1] if kept else 'none (none written yet)'}. Try a lower --lr or --precision fp32.")
             progress.update(step=progress["step"] + 1, batch=b + 1)
+            if world_size > 1:  # log the loss of the global batch, as one process would see it
+                dist.all_reduce(loss)  # a sum (gloo has no average)
+                loss /= world_size
             window_loss += loss.item()
             window_steps += 1
+            window_seconds += time.perf_counter() - step_start
             bar.update()
             if progress["step"] % args.log_steps == 0 and main_process:
-                seconds = time.perf_counter() - window_start
                 record = {"step": progress["step"], "epoch": progress["epoch"], "loss": window_loss / window_steps,
-                          "lr": lr, "pairs_per_s": window_steps * global_batch / seconds}
+                          "lr": lr, "pairs_per_s": window_steps * global_batch / window_seconds}
                 log.write(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", pairs_s=f"{record['pairs_per_s']:.0f}")
-                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+                window_loss, window_steps, window_seconds = 0.0, 0, 0.0
             if args.eval_steps and progress["step"] % args.eval_steps == 0 and main_process and sts_dev:
                 evaluate(sts_dev, "dev")
             if progress["step"] % args.checkpoint_steps == 0:

@@ -1,0 +1,129 @@
+"""Data readers on the official formats, their errors (file and line), the download, and the batch order."""
+
+import http.server
+import io
+import json
+import threading
+import zipfile
+
+import pytest
+
+from minisbert import data
+from minisbert.data import DataError
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_sts_benchmark_reads_7_and_9_fields_and_keeps_quotes(tmp_path):
+    path = write(tmp_path / "sts-train.csv",
+                 'main-captions\tMSRvid\t2012test\t0001\t5.000\tA "plane" is taking off.\tAn air plane is taking off.\n'
+                 "main-news\theadlines\t2013\t0002\t1.5\tOne\tTwo\tsource a\tsource b\n")
+    examples = data.read_sts_benchmark(path)
+    assert [e.texts for e in examples] == [('A "plane" is taking off.', "An air plane is taking off."), ("One", "Two")]
+    assert [e.label for e in examples] == [5.0, 1.5]
+
+
+@pytest.mark.parametrize("line,message", [("a\tb\tc\td\t1.0\tone\ttwo\textra", r"sts-dev.csv:2: expected 7 or 9"),
+                                          ("a\tb\tc\td\tfive\tone\ttwo", r"sts-dev.csv:2: the score 'five'"),
+                                          ("a\tb\tc", r"sts-dev.csv:2: expected 7 to 9 tab-separated fields, found 3")])
+def test_sts_benchmark_malformed_row_names_file_and_line(tmp_path, line, message):
+    path = write(tmp_path / "sts-dev.csv", "g\tf\t2012\t1\t2.0\tone\ttwo\n" + line + "\n")
+    with pytest.raises(DataError, match=message):
+        data.read_sts_benchmark(path)
+
+
+def test_the_real_files_have_their_documented_sizes(data_dir):
+    assert [len(data.read_sts_benchmark(data_dir / "stsbenchmark" / f"sts-{s}.csv")) for s in ("train", "dev", "test")] \
+        == [5749, 1500, 1379]
+    assert len(data.read_sick(data_dir / "sick" / "SICK_test_annotated.txt")) == 4927
+    assert len(data.read_nli(data_dir / "nli" / "snli_1.0_train.sample20k.jsonl")) == 20000
+    # SOURCES.md: scored pairs per year, unscored (empty gold lines) skipped
+    assert [sum(map(len, data.read_sts_year(data_dir / "sts12-16" / f"STS{y}").values())) for y in range(12, 17)] \
+        == [3108, 1500, 3750, 3000, 1186]
+
+
+def test_nli_jsonl_and_txt_skip_unlabelled_pairs(tmp_path):
+    rows = [{"gold_label": "entailment", "sentence1": "A man.", "sentence2": "A person."},
+            {"gold_label": "-", "sentence1": "A man.", "sentence2": "Unsure."},
+            {"gold_label": "contradiction", "sentence1": "A man.", "sentence2": "A woman."}]
+    jsonl = write(tmp_path / "snli_1.0_train.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    header = "gold_label\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\t" \
+             "sentence1\tsentence2\tcaptionID\tpairID\n"
+    txt = write(tmp_path / "snli_1.0_train.txt", header + "".join(
+        f"{r['gold_label']}\t(x)\t(y)\t(X)\t(Y)\t{r['sentence1']}\t{r['sentence2']}\tc\tp\n" for r in rows))
+    for path in (jsonl, txt):
+        examples = data.read_nli(path)
+        assert [(e.texts, e.label) for e in examples] == [(("A man.", "A person."), 1), (("A man.", "A woman."), 0)]
+    assert [e.texts for e in data.nli_triplets(data.read_nli(jsonl))] == [("A man.", "A person.", "A woman.")]
+
+
+@pytest.mark.parametrize("line,message", [("{not json", r"train.jsonl:2: not valid JSON"),
+                                          ('{"gold_label": "maybe", "sentence1": "a", "sentence2": "b"}',
+                                           r"train.jsonl:2: unknown gold_label 'maybe'"),
+                                          ('{"gold_label": "neutral", "sentence1": "a"}', r"train.jsonl:2: no 'sentence2'")])
+def test_nli_malformed_row_names_file_and_line(tmp_path, line, message):
+    good = json.dumps({"gold_label": "neutral", "sentence1": "a", "sentence2": "b"})
+    with pytest.raises(DataError, match=message):
+        data.read_nli(write(tmp_path / "train.jsonl", good + "\n" + line + "\n"))
+
+
+def test_sts_year_skips_unscored_pairs_and_checks_alignment(tmp_path):
+    write(tmp_path / "STS.input.news.txt", "a\tb\nc\td\ne\tf\n")
+    write(tmp_path / "STS.gs.news.txt", "4.0\n\n1.2\n")
+    assert [(e.texts, e.label) for e in data.read_sts_year(tmp_path)["news"]] == [(("a", "b"), 4.0), (("e", "f"), 1.2)]
+    write(tmp_path / "STS.gs.news.txt", "4.0\n1.0\n")
+    with pytest.raises(DataError, match=r"STS.gs.news.txt: 2 lines, but STS.input.news.txt has 3"):
+        data.read_sts_year(tmp_path)
+
+
+def test_missing_data_says_which_files_and_where_to_get_them(tmp_path):
+    with pytest.raises(DataError) as error:
+        data.read_training_data("mnli", tmp_path)
+    message = str(error.value)
+    assert str(tmp_path / "multinli_1.0" / "multinli_1.0_train.jsonl") in message
+    assert "https://cims.nyu.edu/~sbowman/multinli/multinli_1.0.zip" in message and "--download" in message
+
+
+def test_download_fetches_and_unpacks_the_official_archive_layout(tmp_path, monkeypatch):
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("snli_1.0/snli_1.0_train.jsonl",
+                   json.dumps({"gold_label": "neutral", "sentence1": "A dog runs.", "sentence2": "A dog plays."}) + "\n")
+    body = archive.getvalue()
+    requested = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requested.append(self.path)
+            status = 200 if self.path == "/snli_1.0.zip" else 404
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body) if status == 200 else 0))
+            self.end_headers()
+            if status == 200:
+                self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("MINISBERT_DATA_MIRROR", f"http://127.0.0.1:{server.server_port}")
+        data.download("snli", tmp_path / "data")
+    finally:
+        server.shutdown()
+    assert requested == ["/snli_1.0.zip"]
+    examples, kind = data.read_training_data("snli", tmp_path / "data")
+    assert kind == "nli" and [e.texts for e in examples] == [("A dog runs.", "A dog plays.")]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["snli_1.0"]  # nothing left behind
+
+
+def test_batch_order_depends_only_on_seed_and_epoch_and_shards_partition_a_batch():
+    first = data.batch_order(103, 16, seed=7, epoch=2)
+    assert first == data.batch_order(103, 16, seed=7, epoch=2) != data.batch_order(103, 16, seed=7, epoch=3)
+    assert sorted(i for batch in first for i in batch) == list(range(103)) and len(first[-1]) == 103 % 16
+    batch = list(range(11))
+    assert [data.shard(batch, r, 3) for r in range(3)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]

@@ -1,0 +1,144 @@
+"""train.py as a user runs it: end to end on STSb and the SNLI sample, resume after a kill, a NaN stop, and
+torchrun with two gloo processes against one process with the same global batch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train(*args, env=None, wait=True, torchrun=False):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if torchrun \
+        else [sys.executable]
+    command = launcher + [str(ROOT / "train.py"), *map(str, args)]
+    environment = {**os.environ, **(env or {})}
+    if not wait:
+        return subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=900)
+
+
+def metrics(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(folder: Path) -> dict:
+    return load_file(folder / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def snli_sample(data_dir) -> Path:
+    return data_dir / "nli" / "snli_1.0_train.sample20k.jsonl"
+
+
+@pytest.fixture
+def no_evaluation(tmp_path) -> dict:
+    # MINISBERT_DATA pointing at an empty folder: no STS benchmark to evaluate on, which keeps these runs short
+    (tmp_path / "empty").mkdir()
+    return {"MINISBERT_DATA": str(tmp_path / "empty")}
+
+
+def test_stsb_run_end_to_end_writes_a_model_sentence_transformers_loads(tmp_path, data_dir):
+    from sentence_transformers import SentenceTransformer as Reference
+
+    from minisbert import SentenceTransformer
+
+    output = tmp_path / "stsb-model"
+    run = train("--data", "stsb", "--max-steps", 6, "--eval-steps", 3, "--checkpoint-steps", 3, "--log-steps", 2,
+                "--output", output, env={"MINISBERT_DATA": str(data_dir)})
+    assert run.returncode == 0, run.stderr
+    records = metrics(output)
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
+    assert [r["step"] for r in records if "stsb_dev_spearman" in r] == [3, 6]
+    before, after = [r["stsb_test_spearman"] for r in records if "stsb_test_spearman" in r]
+    assert before != after and 0.7 < after < 0.9
+    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["step-00000003", "step-00000006"]
+    texts = ["A man is playing a guitar.", "Someone plays music.", "The cat sleeps."]
+    ours = SentenceTransformer(output).encode(texts)
+    np.testing.assert_allclose(Reference(str(output), device="cpu").encode(texts), ours, atol=1e-5, rtol=0)
+    assert not np.allclose(ours, SentenceTransformer().encode(texts), atol=1e-4)  # it changed the model
+
+
+def test_snli_sample_run_from_its_data_dir(tmp_path, data_dir):
+    output = tmp_path / "nli-model"
+    run = train("--data", "snli", "--data-dir", data_dir / "nli", "--max-steps", 4, "--log-steps", 1,
+                "--output", output, env={"MINISBERT_DATA": str(tmp_path / "nowhere")})
+    assert run.returncode == 0, run.stderr
+    assert "20,000 training examples, loss softmax" in run.stderr
+    records = metrics(output)
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+    assert len([r for r in records if "stsb_test_spearman" in r]) == 2  # found beside the nli folder
+    assert (output / "model.safetensors").exists()
+
+
+def test_resume_after_a_kill_ends_where_an_uninterrupted_run_does(tmp_path, tiny_bert, snli_sample, no_evaluation):
+    options = ["--data", snli_sample, "--model", tiny_bert, "--max-steps", 600, "--checkpoint-steps", 50,
+               "--log-steps", 1, "--eval-steps", 0]
+    whole = train(*options, "--output", tmp_path / "whole", env=no_evaluation)
+    assert whole.returncode == 0, whole.stderr
+
+    interrupted = train(*options, "--output", tmp_path / "cut", env=no_evaluation, wait=False)
+    first = tmp_path / "cut" / "checkpoints" / "step-00000050"
+    deadline = time.time() + 300
+    while not first.exists() and interrupted.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    interrupted.send_signal(signal.SIGKILL)
+    interrupted.wait()
+    assert interrupted.returncode == -signal.SIGKILL, "the run ended before it could be interrupted"
+
+    resumed = train(*options, "--output", tmp_path / "cut", "--resume", env=no_evaluation)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr and "(step 600)" not in resumed.stderr
+    expected, got = weights(tmp_path / "whole"), weights(tmp_path / "cut")
+    for name in expected:  # dropout is on (0.1): equal results need the random state restored too
+        assert torch.allclose(expected[name], got[name], atol=1e-6, rtol=0), name
+    assert [r["loss"] for r in metrics(tmp_path / "cut")] == pytest.approx([r["loss"] for r in metrics(tmp_path / "whole")],
+                                                                            abs=1e-6)
+
+
+def test_a_loss_that_turns_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_bert, snli_sample,
+                                                                        no_evaluation):
+    from minisbert import SentenceTransformer
+
+    output = tmp_path / "diverged"
+    run = train("--data", snli_sample, "--model", tiny_bert, "--lr", "1e20", "--warmup", 0, "--max-steps", 50,
+                "--checkpoint-steps", 1, "--output", output, env=no_evaluation)
+    assert run.returncode == 1
+    assert "the loss is not finite at step" in run.stderr and "last good checkpoint is" in run.stderr
+    kept = Path(run.stderr.split("last good checkpoint is ")[1].split(". ")[0])
+    assert kept.parent == output / "checkpoints"
+    model = SentenceTransformer(kept)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not (output / "model.safetensors").exists()
+
+
+def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_path, tiny_bert, snli_sample,
+                                                                         no_evaluation):
+    config = json.loads((tiny_bert / "config.json").read_text())
+    no_dropout = tmp_path / "tiny"
+    no_dropout.mkdir()
+    for item in tiny_bert.iterdir():
+        (no_dropout / item.name).write_bytes(item.read_bytes())
+    (no_dropout / "config.json").write_text(json.dumps(
+        {**config, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
+    options = ["--data", snli_sample, "--model", no_dropout, "--max-steps", 5, "--log-steps", 1, "--eval-steps", 0,
+               "--device", "cpu"]
+    single = train(*options, "--batch-size", 8, "--output", tmp_path / "one", env=no_evaluation)
+    assert single.returncode == 0, single.stderr
+    pair = train(*options, "--batch-size", 4, "--output", tmp_path / "two", env=no_evaluation, torchrun=True)
+    assert pair.returncode == 0, pair.stderr
+    assert "steps of 8 (2 processes)" in pair.stderr
+    assert [r["loss"] for r in metrics(tmp_path / "two")] == pytest.approx([r["loss"] for r in metrics(tmp_path / "one")],
+                                                                           abs=1e-5)
+    expected, got = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for name in expected:
+        assert torch.allclose(expected[name], got[name], atol=1e-5, rtol=0), name
