@@ -105,8 +105,6 @@ def load_data(args, rank):
         raise DataError("--loss cosine needs gold similarity scores (STS data); NLI trains with softmax, triplet, mnrl")
     if loss in ("triplet", "mnrl"):
         examples = nli_triplets(examples)  # (premise, entailed, contradicted)
-    if kind == "sts":  # the cosine objective regresses the gold score scaled from 0..5 to 0..1
-        examples = [type(e)(e.texts, e.label / 5) for e in examples]
     if not examples:
         raise DataError(f"--data {args.data}: no training examples")
     return examples, loss

@@ -153,15 +153,23 @@ def read_sts_benchmark(path: Path) -> list[Example]:
     return examples
 
 
-def read_sick(path: Path) -> list[Example]:
-    """SICK (SemEval-2014 files or the full SICK.txt): relatedness (1-5) as the label."""
+def read_sick(path: Path, task: str = "relatedness") -> list[Example]:
+    """SICK (SemEval-2014 files or the full SICK.txt): the relatedness score (1-5), or with task="entailment"
+    the entailment judgment as an NLI label (SICK-E)."""
     path = Path(path)
     rows = _rows(path, 1)
-    at = _columns(path, rows, {"s1": ("sentence_A",), "s2": ("sentence_B",), "score": ("relatedness_score",)})
+    target = ("relatedness_score",) if task == "relatedness" else ("entailment_judgment", "entailment_label")
+    at = _columns(path, rows, {"s1": ("sentence_A",), "s2": ("sentence_B",), "target": target})
     examples = []
     for line, row in rows:
         _check_width(row, at, path, line)
-        examples.append(Example((row[at["s1"]], row[at["s2"]]), _score(row[at["score"]], path, line)))
+        if task == "relatedness":
+            label = _score(row[at["target"]], path, line)
+        elif row[at["target"]].lower() in NLI_LABELS:
+            label = NLI_LABELS[row[at["target"]].lower()]
+        else:
+            raise DataError(f"{path}:{line}: unknown entailment judgment {row[at['target']]!r}")
+        examples.append(Example((row[at["s1"]], row[at["s2"]]), label))
     return examples
 
 
@@ -207,22 +215,27 @@ def find_file(name: str, data_dir: Path) -> Path:
                     f"Download {OFFICIAL_ARCHIVES[name]} and unpack it in {data_dir}, or run again with --download.")
 
 
+def _to_unit(examples: list[Example], low: float, high: float) -> list[Example]:
+    return [Example(e.texts, (e.label - low) / (high - low)) for e in examples]
+
+
 def read_training_data(data: str, data_dir: Path) -> tuple[list[Example], str]:
-    """--data (snli, mnli, allnli, stsb, or a file) -> (examples, kind), kind being 'nli' or 'sts'."""
+    """--data (snli, mnli, allnli, stsb, or a file) -> (examples, kind), kind being 'nli' (labels 0/1/2) or
+    'sts' (gold similarity scaled to [0, 1], the target of the cosine objective: STSb 0..5, SICK 1..5)."""
     if data in ("snli", "mnli"):
         return read_nli(find_file(data, data_dir)), "nli"
     if data == "allnli":
         return read_nli(find_file("snli", data_dir)) + read_nli(find_file("mnli", data_dir)), "nli"
     if data == "stsb":
-        return read_sts_benchmark(find_file("stsb", data_dir)), "sts"
+        return _to_unit(read_sts_benchmark(find_file("stsb", data_dir)), 0, 5), "sts"
     path = Path(data)
     if not path.exists():
         raise DataError(f"--data {data!r} is neither snli, mnli, allnli, stsb nor an existing file")
     if path.suffix == ".csv":
-        return read_sts_benchmark(path), "sts"
+        return _to_unit(read_sts_benchmark(path), 0, 5), "sts"
     if path.suffix == ".jsonl" or "gold_label" in path.open(encoding="utf-8").readline():
         return read_nli(path), "nli"
-    return read_sick(path), "sts"
+    return _to_unit(read_sick(path), 1, 5), "sts"
 
 
 def download(name: str, data_dir: Path) -> None:

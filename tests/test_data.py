@@ -39,6 +39,12 @@ def test_the_real_files_have_their_documented_sizes(data_dir):
     assert [len(data.read_sts_benchmark(data_dir / "stsbenchmark" / f"sts-{s}.csv")) for s in ("train", "dev", "test")] \
         == [5749, 1500, 1379]
     assert len(data.read_sick(data_dir / "sick" / "SICK_test_annotated.txt")) == 4927
+    # SOURCES.md: test labels NEUTRAL 2793, ENTAILMENT 1414, CONTRADICTION 720
+    entailment = data.read_sick(data_dir / "sick" / "SICK_test_annotated.txt", task="entailment")
+    assert [sum(e.label == data.NLI_LABELS[name] for e in entailment) for name in ("neutral", "entailment", "contradiction")] \
+        == [2793, 1414, 720]
+    stsb, kind = data.read_training_data("stsb", data_dir)
+    assert kind == "sts" and min(e.label for e in stsb) == 0 and max(e.label for e in stsb) == 1
     assert len(data.read_nli(data_dir / "nli" / "snli_1.0_train.sample20k.jsonl")) == 20000
     # SOURCES.md: scored pairs per year, unscored (empty gold lines) skipped
     assert [sum(map(len, data.read_sts_year(data_dir / "sts12-16" / f"STS{y}").values())) for y in range(12, 17)] \
