@@ -113,9 +113,13 @@ def top_k_cosine(queries, corpus, k: int, exclude_self: bool = False, query_chun
         block = corpus[c_start:c_start + corpus_chunk_size].to(device=queries.device, dtype=dtype)
         block_k = min(k, len(block))
         self_offset = query_offset - c_start if exclude_self else None
+        scores = None
         if topk_kernel.available(queries, block_k):
-            scores, ids = topk_kernel.cosine_top_k(queries, block, block_k, self_offset)
-        else:
+            try:
+                scores, ids = topk_kernel.cosine_top_k(queries, block, block_k, self_offset)
+            except Exception as error:  # a compile or launch failure: same results from the PyTorch path
+                topk_kernel.disable(error)
+        if scores is None:
             scores, ids = _block_top_k(queries, block, block_k, self_offset, query_chunk_size)
         # earlier blocks hold lower ids, so the lower id stays first among equal scores
         best_scores, best_ids = topk_kernel.merge_lowest_id_first(

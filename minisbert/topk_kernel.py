@@ -10,6 +10,8 @@ order, takes a tile's candidates best first (the lower column first among equals
 above the k-th best, and evicts the highest id among the slots that hold the k-th best score.
 """
 
+import warnings
+
 import torch
 
 try:
@@ -81,9 +83,18 @@ if triton is not None:
                 tl.debug_barrier()  # the next tile's load may come from other threads than this store
 
 
+_failure = None  # set when the kernel failed here once (another Triton version, another GPU): not tried again
+
+
+def disable(error: Exception) -> None:
+    global _failure
+    _failure = error
+    warnings.warn(f"the fused top-k kernel failed ({error!r}); searching with the PyTorch path instead")
+
+
 def available(tensor: torch.Tensor, k: int) -> bool:
     """Whether the fused kernel can serve a search on `tensor` for the k best."""
-    return (triton is not None and tensor.is_cuda and 0 < k <= LARGEST_K
+    return (triton is not None and _failure is None and tensor.is_cuda and 0 < k <= LARGEST_K
             and tensor.dtype in (torch.float32, torch.bfloat16, torch.float16))
 
 

@@ -210,3 +210,20 @@ def test_fused_kernel_equals_pytorch_path_in_triton_interpreter():
     result = subprocess.run([sys.executable, "-c", KERNEL_CHECK], capture_output=True, text=True, timeout=600,
                             env={**os.environ, "TRITON_INTERPRET": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_a_kernel_failure_warns_once_and_falls_back_to_the_pytorch_path(monkeypatch):
+    from minisbert import topk_kernel
+
+    def broken(*args):
+        raise RuntimeError("no such GPU feature")
+
+    monkeypatch.setattr(topk_kernel, "_failure", None)
+    monkeypatch.setattr(topk_kernel, "triton", object())
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(topk_kernel, "cosine_top_k", broken)
+    corpus = tied_vectors(30, seed=4)
+    with pytest.warns(UserWarning, match="no such GPU feature"):
+        results = semantic_search(corpus[:3], corpus, top_k=4, corpus_chunk_size=7)
+    assert [[hit["corpus_id"] for hit in row] for row in results] == brute_force(corpus[:3], corpus, 4)
+    assert not topk_kernel.available(corpus, 4)
