@@ -27,7 +27,7 @@ from minisbert.checkpoint import DEFAULT_MODEL
 from minisbert.data import (OFFICIAL_ARCHIVES, DataError, batch_order, default_data_dir, download, nli_triplets,
                             read_sts_benchmark, read_training_data, shard)
 from minisbert.evaluate import find_sts_benchmark, sts_correlations
-from minisbert.losses import CONCATENATIONS, LOSSES, SoftmaxLoss, tokenize_batch
+from minisbert.losses import CONCATENATIONS, LOSSES, tokenize_batch
 from minisbert.optim import AdamW, parameter_groups, warmup_then_linear_decay
 from minisbert.pooling import Pooling
 from minisbert.training import MetricsLog, list_checkpoints, load_training_state, save_checkpoint, train_step

@@ -8,7 +8,6 @@ load the default model and embed one sentence, and prints their wall time and pe
 """
 
 import argparse
-import csv
 import os
 import statistics
 import subprocess
@@ -22,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minisbert import SentenceTransformer  # noqa: E402
 from minisbert.checkpoint import default_model_folder  # noqa: E402
+from minisbert.data import distinct_sentences, read_sts_benchmark  # noqa: E402
 
 COLD_START = {
     "sentence-transformers": "from sentence_transformers import SentenceTransformer",
@@ -40,12 +40,8 @@ print(time.perf_counter() - start, peak_kib / 1024)
 
 
 def sts_sentences(data: Path) -> list[str]:
-    sentences = []
-    for split in ("train", "dev", "test"):
-        with open(data / "stsbenchmark" / f"sts-{split}.csv", encoding="utf-8") as f:
-            for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-                sentences += [row[5], row[6]]
-    return list(dict.fromkeys(sentences))
+    return distinct_sentences([example for split in ("train", "dev", "test")
+                               for example in read_sts_benchmark(data / "stsbenchmark" / f"sts-{split}.csv")])
 
 
 def throughput(encode, sentences, batch_size):

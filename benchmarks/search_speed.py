@@ -14,7 +14,6 @@ Times are the median of --repeats runs after one warm-up.
 """
 
 import argparse
-import csv
 import os
 import statistics
 import sys
@@ -27,15 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minisbert import SentenceTransformer, paraphrase_mining, paraphrase_mining_embeddings, semantic_search  # noqa: E402
 from minisbert import search, topk_kernel  # noqa: E402
 from minisbert.checkpoint import default_model_folder  # noqa: E402
+from minisbert.data import distinct_sentences, read_sts_benchmark  # noqa: E402
 
 
 def sts_sentences(data: Path, count: int) -> list[str]:
-    sentences = []
-    for split in ("train", "dev", "test"):
-        with open(data / "stsbenchmark" / f"sts-{split}.csv", encoding="utf-8") as f:
-            for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-                sentences += [row[5], row[6]]
-    return list(dict.fromkeys(sentences))[:count]
+    return distinct_sentences([example for split in ("train", "dev", "test")
+                               for example in read_sts_benchmark(data / "stsbenchmark" / f"sts-{split}.csv")])[:count]
 
 
 def timed(function, repeats: int, device: str):

@@ -153,6 +153,11 @@ def read_sts_benchmark(path: Path) -> list[Example]:
     return examples
 
 
+def distinct_sentences(examples: list[Example]) -> list[str]:
+    """Every sentence of `examples` once, in order of first appearance."""
+    return list(dict.fromkeys(text for example in examples for text in example.texts))
+
+
 def read_sick(path: Path, task: str = "relatedness") -> list[Example]:
     """SICK (SemEval-2014 files or the full SICK.txt): the relatedness score (1-5), or with task="entailment"
     the entailment judgment as an NLI label (SICK-E)."""

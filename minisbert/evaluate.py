@@ -21,7 +21,7 @@ def sts_correlations(model, examples: list[data.Example], batch_size: int = 32, 
     """{"spearman", "pearson"} between the cosine of each pair's embeddings and its gold score."""
     if len(examples) < 2:
         raise ValueError(f"a correlation needs at least two pairs, got {len(examples)}")
-    sentences = list(dict.fromkeys(text for example in examples for text in example.texts))  # each sentence once
+    sentences = data.distinct_sentences(examples)  # each sentence embedded once
     position = {sentence: i for i, sentence in enumerate(sentences)}
     embeddings = model.encode(sentences, batch_size=batch_size, convert_to_tensor=True, precision=precision)
     first = torch.tensor([position[example.texts[0]] for example in examples], device=embeddings.device)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from sentence_transformers import util
 
+from minisbert.data import distinct_sentences, read_sts_benchmark
 from minisbert.search import (cos_sim, dot_score, pairwise_cos_sim, pairwise_dot_score, paraphrase_mining,
                               paraphrase_mining_embeddings, semantic_search, top_k_cosine)
 
@@ -110,13 +111,7 @@ def test_paraphrase_mining_edge_cases():
 
 
 def sts_sentences(count: int) -> list[str]:
-    path = DATA / "stsbenchmark" / "sts-test.csv"
-    sentences = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        for sentence in line.split("\t")[5:7]:
-            if sentence not in sentences:
-                sentences.append(sentence)
-    return sentences[:count]
+    return distinct_sentences(read_sts_benchmark(DATA / "stsbenchmark" / "sts-test.csv"))[:count]
 
 
 @pytest.fixture(scope="module")
