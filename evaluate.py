@@ -11,8 +11,8 @@ from pathlib import Path
 
 from minisbert import SentenceTransformer
 from minisbert.checkpoint import DEFAULT_MODEL
-from minisbert.data import DataError, default_data_dir, read_sts_benchmark
-from minisbert.evaluate import find_sts_benchmark, format_table, sts_correlations, table
+from minisbert.data import DataError, default_data_dir, find_sts_benchmark, read_sts_benchmark
+from minisbert.evaluate import format_table, sts_correlations, table
 
 
 def main():

@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 
 from minisbert import SentenceTransformer
 from minisbert.checkpoint import DEFAULT_MODEL
-from minisbert.data import (OFFICIAL_ARCHIVES, DataError, batch_order, default_data_dir, download, nli_triplets,
-                            read_sts_benchmark, read_training_data, shard)
-from minisbert.evaluate import find_sts_benchmark, sts_correlations
+from minisbert.data import (OFFICIAL_ARCHIVES, DataError, batch_order, default_data_dir, download,
+                            find_sts_benchmark, nli_triplets, read_sts_benchmark, read_training_data, shard)
+from minisbert.evaluate import sts_correlations
 from minisbert.losses import CONCATENATIONS, LOSSES, tokenize_batch
 from minisbert.optim import AdamW, parameter_groups, warmup_then_linear_decay
 from minisbert.pooling import Pooling
@@ -179,9 +179,9 @@ def main():
     model.train()
     while progress["step"] < total_steps and progress["epoch"] < args.epochs:
         batches = batch_order(len(examples), global_batch, args.seed, progress["epoch"])
-        for b in range(progress["batch"], len(batches)):
-            if progress["step"] >= total_steps:
-                break
+        while progress["batch"] < len(batches) and progress["step"] < total_steps:
+            b = progress["batch"]
+            progress["batch"] += 1
             if len(batches[b]) < world_size:  # too few for every process to get one: skipped everywhere alike
                 continue
             step_start = time.perf_counter()
@@ -196,7 +196,7 @@ def main():
                 sys.exit(f"train.py: the loss is not finite at step {progress['step'] + 1} (epoch {progress['epoch']}, "
                          f"batch {b}); nothing was updated. The last good checkpoint is "
                          f"{kept[-1] if kept else 'none (none written yet)'}. Try a lower --lr or --precision fp32.")
-            progress.update(step=progress["step"] + 1, batch=b + 1)
+            progress["step"] += 1
             if world_size > 1:  # log the loss of the global batch, as one process would see it
                 dist.all_reduce(loss)  # a sum (gloo has no average)
                 loss /= world_size
@@ -214,13 +214,11 @@ def main():
                 evaluate(sts_dev, "dev")
             if progress["step"] % args.checkpoint_steps == 0:
                 checkpoint()
-        else:
+        if progress["batch"] == len(batches):  # the epoch is complete
             progress.update(epoch=progress["epoch"] + 1, batch=0)
             if main_process and sts_dev:
                 evaluate(sts_dev, "dev")
             checkpoint()
-            continue
-        break
     bar.close()
 
     if main_process:

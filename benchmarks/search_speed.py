@@ -74,7 +74,7 @@ def check_kernel_against_pytorch(device: str):
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         for k, self_offset in ((10, None), (100, 0)):
             queries = corpus[:1000].to(dtype)
-            fused = topk_kernel.cosine_top_k(queries, corpus.to(dtype), k, self_offset)
+            fused = search._merge_lowest_id_first(*topk_kernel.cosine_top_k(queries, corpus.to(dtype), k, self_offset), k)
             plain = search._block_top_k(queries, corpus.to(dtype), k, self_offset, query_chunk_size=100)
             same_ids = (fused[1] == plain[1]).float().mean().item()
             worst = (fused[0] - plain[0]).abs().max().item()

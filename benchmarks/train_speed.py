@@ -82,12 +82,12 @@ def theirs(folder, examples, batch_size, device, precision):
             os.chdir(cwd)
 
 
-def timed(function, *args) -> float:
-    if args[3].startswith("cuda"):
+def timed(function, folder, examples, batch_size, device, precision) -> float:
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
-    function(*args)
-    if args[3].startswith("cuda"):
+    function(folder, examples, batch_size, device, precision)
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - start
 

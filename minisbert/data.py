@@ -29,8 +29,9 @@ TRAIN_FILES = {
              "snli_1.0_train.txt", "snli_1.0_train*.jsonl"],
     "mnli": ["multinli_1.0/multinli_1.0_train.jsonl", "multinli_1.0_train.jsonl",
              "multinli_1.0/multinli_1.0_train.txt", "multinli_1.0_train.txt", "multinli_1.0_train*.jsonl"],
-    "stsb": ["stsbenchmark/sts-train.csv", "sts-train.csv"],
 }
+STS_BENCHMARK_FILES = ("stsbenchmark/sts-{split}.csv", "sts-{split}.csv")  # the archive's layout, or the file alone
+TRAIN_FILES["stsb"] = [pattern.format(split="train") for pattern in STS_BENCHMARK_FILES]
 OFFICIAL_ARCHIVES = {
     "snli": "https://nlp.stanford.edu/projects/snli/snli_1.0.zip",
     "mnli": "https://cims.nyu.edu/~sbowman/multinli/multinli_1.0.zip",
@@ -224,6 +225,12 @@ def _to_unit(examples: list[Example], low: float, high: float) -> list[Example]:
     return [Example(e.texts, (e.label - low) / (high - low)) for e in examples]
 
 
+def find_sts_benchmark(split: str, *data_dirs: Path) -> Path | None:
+    """sts-<split>.csv in the first of `data_dirs` that has it, or None."""
+    candidates = (Path(d) / pattern.format(split=split) for d in data_dirs for pattern in STS_BENCHMARK_FILES)
+    return next((path for path in candidates if path.exists()), None)
+
+
 def read_training_data(data: str, data_dir: Path) -> tuple[list[Example], str]:
     """--data (snli, mnli, allnli, stsb, or a file) -> (examples, kind), kind being 'nli' (labels 0/1/2) or
     'sts' (gold similarity scaled to [0, 1], the target of the cosine objective: STSb 0..5, SICK 1..5)."""
@@ -238,7 +245,9 @@ def read_training_data(data: str, data_dir: Path) -> tuple[list[Example], str]:
         raise DataError(f"--data {data!r} is neither snli, mnli, allnli, stsb nor an existing file")
     if path.suffix == ".csv":
         return _to_unit(read_sts_benchmark(path), 0, 5), "sts"
-    if path.suffix == ".jsonl" or "gold_label" in path.open(encoding="utf-8").readline():
+    with open(path, encoding="utf-8") as f:
+        header = f.readline()
+    if path.suffix == ".jsonl" or "gold_label" in header:
         return read_nli(path), "nli"
     return _to_unit(read_sick(path), 1, 5), "sts"
 

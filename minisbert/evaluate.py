@@ -43,16 +43,11 @@ def table_sets(data_dir: Path) -> dict[str, list[data.Example] | None]:
         folder = _first_existing(data_dir / "sts12-16" / f"STS{year}", data_dir / f"STS{year}")
         sets[f"STS{year}"] = None if folder is None else [
             example for subset in data.read_sts_year(folder).values() for example in subset]
-    stsb = _first_existing(data_dir / "stsbenchmark" / "sts-test.csv", data_dir / "sts-test.csv")
+    stsb = data.find_sts_benchmark("test", data_dir)
     sets["STSb"] = None if stsb is None else data.read_sts_benchmark(stsb)
     sick = _first_existing(data_dir / "sick" / "SICK_test_annotated.txt", data_dir / "SICK_test_annotated.txt")
     sets["SICK-R"] = None if sick is None else data.read_sick(sick)
     return sets
-
-
-def find_sts_benchmark(split: str, *data_dirs: Path) -> Path | None:
-    """sts-<split>.csv in the first of `data_dirs` that has it."""
-    return _first_existing(*(Path(d) / sub / f"sts-{split}.csv" for d in data_dirs for sub in ("stsbenchmark", ".")))
 
 
 def table(model, data_dir: Path, batch_size: int = 32, precision: str = "fp32") -> dict[str, float | None]:

@@ -61,6 +61,14 @@ def pairwise_dot_score(a, b) -> torch.Tensor:
 pytorch_cos_sim = cos_sim  # the name in the paper's example
 
 
+def _merge_lowest_id_first(scores: torch.Tensor, ids: torch.Tensor, k: int):
+    """The k best of several candidate lists per row, best first, equal scores ordered by lower id."""
+    by_id = ids.argsort(dim=1, stable=True)
+    scores, ids = scores.gather(1, by_id), ids.gather(1, by_id)
+    by_score = scores.argsort(dim=1, descending=True, stable=True)[:, :k]
+    return scores.gather(1, by_score), ids.gather(1, by_score)
+
+
 def _top_k_lowest_index_first(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of `scores` (Q, C): the k best (scores, columns), descending, equal scores by lower column.
 
@@ -76,7 +84,7 @@ def _top_k_lowest_index_first(scores: torch.Tensor, k: int) -> tuple[torch.Tenso
         wanted = above | (at & (at.cumsum(dim=1) <= k - above.sum(dim=1, keepdim=True)))
         columns[straddling] = wanted.nonzero()[:, 1].view(-1, k)  # exactly k per row
         values[straddling] = tied.gather(1, columns[straddling])
-    return topk_kernel.merge_lowest_id_first(values, columns, k)
+    return _merge_lowest_id_first(values, columns, k)
 
 
 def _block_top_k(queries, corpus_block, k, self_offset, query_chunk_size):
@@ -121,8 +129,7 @@ def top_k_cosine(queries, corpus, k: int, exclude_self: bool = False, query_chun
                 topk_kernel.disable(error)
         if scores is None:
             scores, ids = _block_top_k(queries, block, block_k, self_offset, query_chunk_size)
-        # earlier blocks hold lower ids, so the lower id stays first among equal scores
-        best_scores, best_ids = topk_kernel.merge_lowest_id_first(
+        best_scores, best_ids = _merge_lowest_id_first(
             torch.cat([best_scores, scores], dim=1), torch.cat([best_ids, ids + c_start], dim=1), k)
     return best_scores, best_ids
 

@@ -98,8 +98,21 @@ def available(tensor: torch.Tensor, k: int) -> bool:
             and tensor.dtype in (torch.float32, torch.bfloat16, torch.float16))
 
 
+def launch_config(dtype: torch.dtype, k: int) -> dict:
+    """Tile sizes and kernel options for a search of the k best in `dtype`.
+
+    Chosen so that sm_90 code spills no registers for k <= 16 (larger k spill some, as the running lists grow);
+    benchmarks/kernel_registers.py compiles the kernel with these settings and prints what ptxas reports.
+    """
+    fp32 = dtype == torch.float32
+    block_q, block_c, block_d, stages = (64, 128, 32, 2) if fp32 else (64, 128, 64, 3)
+    return dict(K=k, K_PAD=max(16, triton.next_power_of_2(k)), BLOCK_Q=block_q, BLOCK_C=block_c, BLOCK_D=block_d,
+                IEEE_FP32=fp32, num_warps=8, num_stages=stages)
+
+
 def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offset: int | None = None):
-    """Per query, the k best corpus rows by cosine similarity: (scores (Q, k) float32, ids (Q, k) int64).
+    """Candidates for each query's k best corpus rows by cosine similarity: (scores (Q, S * k) float32, ids (Q, S * k)
+    int64), the k best of each of S corpus slices, in no order; search.py merges them.
 
     `queries` and `corpus` share one dtype (fp32, bf16 or fp16); products accumulate in fp32, without TF32.
     With `self_offset`, query row i never matches corpus row i + self_offset (the same sentence).
@@ -108,31 +121,18 @@ def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offse
     n_queries, dim = queries.shape
     query_scale = 1 / queries.float().norm(dim=1).clamp_min(1e-12)  # the eps of F.normalize
     corpus_scale = 1 / corpus.float().norm(dim=1).clamp_min(1e-12)
-    k_pad = max(16, triton.next_power_of_2(k))
-    fp32 = queries.dtype == torch.float32
-    # sizes chosen so that sm_90 code needs no register spills in the main loop (checked with ptxas)
-    block_q, block_c, block_d, stages = (64, 128, 32, 2) if fp32 else (64, 128, 64, 3)
-    q_blocks = triton.cdiv(n_queries, block_q)
+    config = launch_config(queries.dtype, k)
+    q_blocks = triton.cdiv(n_queries, config["BLOCK_Q"])
     # enough programs to fill the GPU a few times over; consecutive programs share a split, so its corpus
     # tiles are read from L2 by all the query blocks that run at once
     processors = torch.cuda.get_device_properties(queries.device).multi_processor_count if queries.is_cuda else 1
-    n_splits = max(1, min(triton.cdiv(4 * processors, q_blocks), triton.cdiv(len(corpus), 8 * block_c)))
+    n_splits = max(1, min(triton.cdiv(4 * processors, q_blocks), triton.cdiv(len(corpus), 8 * config["BLOCK_C"])))
     rows_per_split = triton.cdiv(len(corpus), n_splits)
     # the running lists: k slots at -inf (to be filled) and padding at +inf (never the k-th best, never evicted)
-    scores = torch.full((n_queries, n_splits, k_pad), float("-inf"), device=queries.device)
+    scores = torch.full((n_queries, n_splits, config["K_PAD"]), float("-inf"), device=queries.device)
     scores[..., k:] = float("inf")
-    ids = torch.full((n_queries, n_splits, k_pad), 2**31 - 1, dtype=torch.int32, device=queries.device)
+    ids = torch.full((n_queries, n_splits, config["K_PAD"]), 2**31 - 1, dtype=torch.int32, device=queries.device)
     _cosine_top_k_kernel[(q_blocks, n_splits)](
         queries, corpus, query_scale, corpus_scale, scores, ids, n_queries, len(corpus), dim, rows_per_split,
-        n_splits, self_offset or 0, K=k, K_PAD=k_pad, BLOCK_Q=block_q, BLOCK_C=block_c, BLOCK_D=block_d,
-        EXCLUDE_SELF=self_offset is not None, IEEE_FP32=fp32, num_warps=8, num_stages=stages)
-    scores, ids = scores[..., :k].reshape(n_queries, -1), ids[..., :k].reshape(n_queries, -1).long()
-    return merge_lowest_id_first(scores, ids, k)
-
-
-def merge_lowest_id_first(scores: torch.Tensor, ids: torch.Tensor, k: int):
-    """The k best of several candidate lists per row, equal scores ordered by lower id."""
-    by_id = ids.argsort(dim=1, stable=True)
-    scores, ids = scores.gather(1, by_id), ids.gather(1, by_id)
-    by_score = scores.argsort(dim=1, descending=True, stable=True)[:, :k]
-    return scores.gather(1, by_score), ids.gather(1, by_score)
+        n_splits, self_offset or 0, EXCLUDE_SELF=self_offset is not None, **config)
+    return scores[..., :k].reshape(n_queries, -1), ids[..., :k].reshape(n_queries, -1).long()

@@ -1,8 +1,13 @@
 """Shared fixtures: the real all-MiniLM-L6-v2 folder and small random models built with the reference libraries."""
 
+import contextlib
 import json
 import os
 import shutil
+import threading
+import zipfile
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -110,3 +115,32 @@ def _offline(monkeypatch, tmp_path):
     # No test may reach the real hub; each gets its own download cache.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("MINISBERT_CACHE", str(tmp_path / "cache"))
+
+
+class _QuietFolderHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def snli_mirror(folder: Path, jsonl: str):
+    """A mirror of the SNLI archive on 127.0.0.1: snli_1.0.zip holding snli_1.0/snli_1.0_train.jsonl = `jsonl`.
+
+    Yields the base URL (for MINISBERT_DATA_MIRROR) and the list of paths requested from it.
+    """
+    folder.mkdir(parents=True)
+    with zipfile.ZipFile(folder / "snli_1.0.zip", "w") as archive:
+        archive.writestr("snli_1.0/snli_1.0_train.jsonl", jsonl)
+    requests = []
+
+    class Handler(_QuietFolderHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            super().do_GET()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        server.shutdown()

@@ -1,12 +1,9 @@
 """Data readers on the official formats, their errors (file and line), the download, and the batch order."""
 
-import http.server
-import io
 import json
-import threading
-import zipfile
 
 import pytest
+from conftest import snli_mirror
 
 from minisbert import data
 from minisbert.data import DataError
@@ -94,33 +91,10 @@ def test_missing_data_says_which_files_and_where_to_get_them(tmp_path):
 
 
 def test_download_fetches_and_unpacks_the_official_archive_layout(tmp_path, monkeypatch):
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w") as z:
-        z.writestr("snli_1.0/snli_1.0_train.jsonl",
-                   json.dumps({"gold_label": "neutral", "sentence1": "A dog runs.", "sentence2": "A dog plays."}) + "\n")
-    body = archive.getvalue()
-    requested = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            requested.append(self.path)
-            status = 200 if self.path == "/snli_1.0.zip" else 404
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body) if status == 200 else 0))
-            self.end_headers()
-            if status == 200:
-                self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("MINISBERT_DATA_MIRROR", f"http://127.0.0.1:{server.server_port}")
+    row = json.dumps({"gold_label": "neutral", "sentence1": "A dog runs.", "sentence2": "A dog plays."}) + "\n"
+    with snli_mirror(tmp_path / "mirror", row) as (url, requested):
+        monkeypatch.setenv("MINISBERT_DATA_MIRROR", url)
         data.download("snli", tmp_path / "data")
-    finally:
-        server.shutdown()
     assert requested == ["/snli_1.0.zip"]
     examples, kind = data.read_training_data("snli", tmp_path / "data")
     assert kind == "nli" and [e.texts for e in examples] == [("A dog runs.", "A dog plays.")]

@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 from sentence_transformers import SentenceTransformer as Reference
 from sentence_transformers import models as reference_modules
 

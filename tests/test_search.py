@@ -178,7 +178,7 @@ def test_similarity_functions_equal_sentence_transformers():
 KERNEL_CHECK = """
 import torch
 from minisbert import topk_kernel
-from minisbert.search import _block_top_k
+from minisbert.search import _block_top_k, _merge_lowest_id_first
 generator = torch.Generator().manual_seed(0)
 for n_queries, n_corpus, dim, k, self_offset, dtype in [
         (70, 300, 40, 5, None, torch.float32), (10, 37, 8, 20, 0, torch.float32), (5, 200, 72, 3, None, torch.float16),
@@ -192,7 +192,7 @@ for n_queries, n_corpus, dim, k, self_offset, dtype in [
     corpus[torch.arange(n_corpus - len(axes), n_corpus), axes] = 2.0 ** torch.randint(-1, 2, (len(axes),)).float()
     queries = torch.cat([corpus[-2:], corpus[:n_queries]])[:n_queries]
     corpus, queries = corpus.to(dtype), queries.to(dtype)
-    fused = topk_kernel.cosine_top_k(queries, corpus, k, self_offset)
+    fused = _merge_lowest_id_first(*topk_kernel.cosine_top_k(queries, corpus, k, self_offset), k)
     plain = _block_top_k(queries, corpus, k, self_offset, query_chunk_size=4)
     assert fused[1].tolist() == plain[1].tolist(), (n_queries, n_corpus, k, dtype)
     assert torch.allclose(fused[0], plain[0], atol=1e-6), (n_queries, n_corpus, k, dtype)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import snli_mirror
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,38 +146,13 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_pat
 
 
 def test_download_flag_fetches_the_missing_archive_then_trains(tmp_path, tiny_bert, snli_sample, no_evaluation):
-    import http.server
-    import io
-    import threading
-    import zipfile
-
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w") as z:
-        z.writestr("snli_1.0/snli_1.0_train.jsonl", "".join(snli_sample.read_text().splitlines(True)[:64]))
-    body = archive.getvalue()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200 if self.path == "/snli_1.0.zip" else 404)
-            self.send_header("Content-Length", str(len(body)) if self.path == "/snli_1.0.zip" else "0")
-            self.end_headers()
-            if self.path == "/snli_1.0.zip":
-                self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     options = ["--data", "snli", "--data-dir", tmp_path / "data", "--model", tiny_bert, "--max-steps", 2,
                "--output", tmp_path / "out"]
-    try:
+    rows = "".join(snli_sample.read_text().splitlines(True)[:64])
+    with snli_mirror(tmp_path / "mirror", rows) as (url, _):
         without = train(*options, env=no_evaluation)
         assert without.returncode == 1 and "--download" in without.stderr and "snli_1.0.zip" in without.stderr
-        mirror = {**no_evaluation, "MINISBERT_DATA_MIRROR": f"http://127.0.0.1:{server.server_port}"}
-        run = train(*options, "--download", env=mirror)
-    finally:
-        server.shutdown()
+        run = train(*options, "--download", env={**no_evaluation, "MINISBERT_DATA_MIRROR": url})
     assert run.returncode == 0, run.stderr
     assert "64 training examples" in run.stderr
     assert (tmp_path / "data" / "snli_1.0" / "snli_1.0_train.jsonl").exists()

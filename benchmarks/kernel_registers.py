@@ -1,0 +1,60 @@
+"""Compile the fused top-k kernel for an H100 (sm_90) without a GPU and print ptxas's register and spill report.
+
+    python benchmarks/kernel_registers.py          # needs triton (pip install triton); no GPU
+
+For each dtype and k, the kernel is compiled with the launch settings `topk_kernel.launch_config` would use, then
+assembled by the ptxas that ships with Triton. A spill in the main loop (stores to the stack) costs speed.
+"""
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from minisbert import topk_kernel  # noqa: E402
+
+POINTERS = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}
+
+
+def ptxas() -> Path:
+    folder = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    # the newest assembler understands the PTX version the newest Triton writes
+    return next(p for p in (folder / "ptxas-blackwell", folder / "ptxas") if p.exists())
+
+
+def report(dtype: torch.dtype, k: int) -> str:
+    kernel = topk_kernel._cosine_top_k_kernel
+    config = topk_kernel.launch_config(dtype, k)
+    options = {"num_warps": config.pop("num_warps"), "num_stages": config.pop("num_stages")}
+    config["EXCLUDE_SELF"] = False
+    signature = {"query_ptr": POINTERS[dtype], "corpus_ptr": POINTERS[dtype], "query_scale_ptr": "*fp32",
+                 "corpus_scale_ptr": "*fp32", "out_scores_ptr": "*fp32", "out_ids_ptr": "*i32", "n_queries": "i32",
+                 "n_corpus": "i32", "dim": "i32", "rows_per_split": "i32", "n_splits": "i32", "self_offset": "i32",
+                 **{name: "constexpr" for name in config}}
+    source = ASTSource(fn=kernel, signature=signature,
+                       constexprs={(kernel.arg_names.index(name),): value for name, value in config.items()})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+    with tempfile.TemporaryDirectory() as scratch:
+        ptx = Path(scratch) / "kernel.ptx"
+        ptx.write_text(compiled.asm["ptx"])
+        out = subprocess.run([str(ptxas()), "-arch=sm_90a", "-v", str(ptx), "-o", str(ptx.with_suffix(".cubin"))],
+                             capture_output=True, text=True, check=True).stderr
+    return " | ".join(line.split("info    :")[-1].strip() for line in out.splitlines()
+                      if "registers" in line or "spill" in line)
+
+
+def main():
+    print(f"triton {triton.__version__}, sm_90")
+    for dtype in POINTERS:
+        for k in (10, 32, 100):
+            print(f"{str(dtype)[6:]:<9} k={k:<4} {report(dtype, k)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
