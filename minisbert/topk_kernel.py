@@ -7,7 +7,10 @@ beats a row's k-th best, so folding costs one comparison per score. The splits' 
 
 Equal scores go to the lower corpus id, as in the PyTorch path: a program scans its slice in increasing id
 order, takes a tile's candidates best first (the lower column first among equals), admits only scores strictly
-above the k-th best, and evicts the highest id among the slots that hold the k-th best score.
+above the k-th best, and evicts the highest id among the slots that hold the k-th best score. What this
+guarantees: among scores that are equal as this kernel computes them, the lower id wins. Scores that are equal
+in exact arithmetic (a duplicated row, say) can differ in the last bit between this kernel and a BLAS matrix
+product, which sum in another order; so the two paths agree exactly only where the scores themselves do.
 """
 
 import warnings
@@ -26,7 +29,7 @@ if triton is not None:
     @triton.jit
     def _cosine_top_k_kernel(query_ptr, corpus_ptr, query_scale_ptr, corpus_scale_ptr, out_scores_ptr, out_ids_ptr,
                              n_queries, n_corpus, dim, rows_per_split, n_splits, self_offset,
-                             K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr,
+                             K_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr,
                              BLOCK_D: tl.constexpr, EXCLUDE_SELF: tl.constexpr, IEEE_FP32: tl.constexpr):
         q_block, split = tl.program_id(0), tl.program_id(1)
         q_rows = q_block * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -106,16 +109,18 @@ def launch_config(dtype: torch.dtype, k: int) -> dict:
     """
     fp32 = dtype == torch.float32
     block_q, block_c, block_d, stages = (64, 128, 32, 2) if fp32 else (64, 128, 64, 3)
-    return dict(K=k, K_PAD=max(16, triton.next_power_of_2(k)), BLOCK_Q=block_q, BLOCK_C=block_c, BLOCK_D=block_d,
+    return dict(K_PAD=max(16, triton.next_power_of_2(k)), BLOCK_Q=block_q, BLOCK_C=block_c, BLOCK_D=block_d,
                 IEEE_FP32=fp32, num_warps=8, num_stages=stages)
 
 
-def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offset: int | None = None):
+def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offset: int | None = None,
+                 n_splits: int | None = None):
     """Candidates for each query's k best corpus rows by cosine similarity: (scores (Q, S * k) float32, ids (Q, S * k)
     int64), the k best of each of S corpus slices, in no order; search.py merges them.
 
     `queries` and `corpus` share one dtype (fp32, bf16 or fp16); products accumulate in fp32, without TF32.
-    With `self_offset`, query row i never matches corpus row i + self_offset (the same sentence).
+    With `self_offset`, query row i never matches corpus row i + self_offset (the same sentence). `n_splits`
+    overrides the number of corpus slices (the tests use it to check the merge of several).
     """
     queries, corpus = queries.contiguous(), corpus.contiguous()
     n_queries, dim = queries.shape
@@ -126,7 +131,8 @@ def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offse
     # enough programs to fill the GPU a few times over; consecutive programs share a split, so its corpus
     # tiles are read from L2 by all the query blocks that run at once
     processors = torch.cuda.get_device_properties(queries.device).multi_processor_count if queries.is_cuda else 1
-    n_splits = max(1, min(triton.cdiv(4 * processors, q_blocks), triton.cdiv(len(corpus), 8 * config["BLOCK_C"])))
+    if n_splits is None:
+        n_splits = max(1, min(triton.cdiv(4 * processors, q_blocks), triton.cdiv(len(corpus), 8 * config["BLOCK_C"])))
     rows_per_split = triton.cdiv(len(corpus), n_splits)
     # the running lists: k slots at -inf (to be filled) and padding at +inf (never the k-th best, never evicted)
     scores = torch.full((n_queries, n_splits, config["K_PAD"]), float("-inf"), device=queries.device)

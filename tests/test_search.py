@@ -173,30 +173,58 @@ def test_similarity_functions_equal_sentence_transformers():
         pairwise_cos_sim(a, b[:5])
 
 
-# Triton's interpreter runs the kernel with numpy, which has no bfloat16 (it would read the raw bits): bf16 is
-# checked on the GPU by benchmarks/search_speed.py
 KERNEL_CHECK = """
+import numpy as np
 import torch
+import triton.language as tl
+from triton.runtime import interpreter
 from minisbert import topk_kernel
 from minisbert.search import _block_top_k, _merge_lowest_id_first
+
+# The interpreter keeps bf16 values as their 16-bit patterns and would multiply those as integers in tl.dot:
+# widen them to fp32 first, which is exact (the upper half of an fp32), as the tensor cores' products are.
+dot = interpreter.InterpreterBuilder.create_dot
+def widen(handle):
+    if handle.dtype.scalar != tl.bfloat16:
+        return handle
+    return interpreter.TensorHandle((handle.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+interpreter.InterpreterBuilder.create_dot = lambda self, a, b, *rest: dot(self, widen(a), widen(b), *rest)
+
+def exact_rows(n, dim, generator):
+    # entries 0 and +-2^e on 1, 4 or 16 coordinates: norms are powers of two, so every cosine is a small
+    # dyadic fraction, exact in fp32/bf16/fp16 and in any order of summation. Many rows tie, some repeat.
+    counts = torch.tensor([count for count in (1, 4, 16) if count <= dim])
+    rows = torch.zeros(n, dim)
+    for row, count in zip(rows, counts[torch.randint(0, len(counts), (n,), generator=generator)].tolist()):
+        where = torch.randperm(dim, generator=generator)[:count]
+        signs = torch.randint(0, 2, (count,), generator=generator).float() * 2 - 1
+        row[where] = signs * 2.0 ** torch.randint(-1, 2, (1,), generator=generator).float()
+    return rows
+
 generator = torch.Generator().manual_seed(0)
-for n_queries, n_corpus, dim, k, self_offset, dtype in [
-        (70, 300, 40, 5, None, torch.float32), (10, 37, 8, 20, 0, torch.float32), (5, 200, 72, 3, None, torch.float16),
-        (9, 130, 24, 16, -3, torch.float16), (3, 10, 16, 10, None, torch.float32)]:
-    # random rows, exact duplicates of some, and rows along the axes (scaled by powers of two, so that their
-    # scores are exact in any order of summation and tie exactly)
-    corpus = torch.randn(n_corpus, dim, generator=generator)
-    corpus[n_corpus // 2::3] = corpus[:len(corpus[n_corpus // 2::3])]
-    axes = torch.randint(0, dim, (n_corpus // 4,), generator=generator)
-    corpus[-len(axes):] = 0
-    corpus[torch.arange(n_corpus - len(axes), n_corpus), axes] = 2.0 ** torch.randint(-1, 2, (len(axes),)).float()
-    queries = torch.cat([corpus[-2:], corpus[:n_queries]])[:n_queries]
-    corpus, queries = corpus.to(dtype), queries.to(dtype)
-    fused = _merge_lowest_id_first(*topk_kernel.cosine_top_k(queries, corpus, k, self_offset), k)
+for n_queries, n_corpus, dim, k, self_offset, dtype, n_splits in [
+        (70, 300, 40, 5, None, torch.float32, 1), (10, 37, 8, 20, 0, torch.float32, 3),
+        (5, 200, 72, 3, None, torch.float16, 2), (9, 130, 24, 16, -3, torch.float16, 1),
+        (3, 10, 16, 10, None, torch.float32, 1), (6, 150, 16, 1, None, torch.bfloat16, 4),
+        (33, 260, 40, 37, 2, torch.bfloat16, 3), (4, 300, 24, 128, None, torch.float16, 2),
+        (7, 140, 16, 128, 0, torch.float32, 1), (65, 129, 72, 64, None, torch.bfloat16, 7)]:
+    corpus = exact_rows(n_corpus, dim, generator).to(dtype)
+    queries = torch.cat([corpus[-2:], exact_rows(n_queries, dim, generator).to(dtype)])[:n_queries]
+    k = min(k, n_corpus)
+    case = (n_queries, n_corpus, dim, k, self_offset, dtype, n_splits)
+    fused = _merge_lowest_id_first(*topk_kernel.cosine_top_k(queries, corpus, k, self_offset, n_splits), k)
     plain = _block_top_k(queries, corpus, k, self_offset, query_chunk_size=4)
-    assert fused[1].tolist() == plain[1].tolist(), (n_queries, n_corpus, k, dtype)
-    assert torch.allclose(fused[0], plain[0], atol=1e-6), (n_queries, n_corpus, k, dtype)
-print("kernel equals the PyTorch path")
+    # brute force: every score, then a sort by (-score, id)
+    scores = torch.nn.functional.normalize(queries.float(), dim=1) @ torch.nn.functional.normalize(corpus.float(), dim=1).T
+    if self_offset is not None:
+        for i in range(n_queries):
+            if 0 <= i + self_offset < n_corpus:
+                scores[i, i + self_offset] = float("-inf")
+    expected = [sorted(range(n_corpus), key=lambda j: (-row[j].item(), j))[:k] for row in scores]
+    assert plain[1].tolist() == expected, case
+    assert fused[1].tolist() == expected, case
+    assert torch.equal(fused[0], plain[0]), case
+print("kernel equals the PyTorch path and brute force")
 """
 
 
