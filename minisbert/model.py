@@ -26,7 +26,7 @@ class SentenceTransformer(nn.Module):
 
     def __init__(self, model_name_or_path: str = checkpoint.DEFAULT_MODEL, device: str | None = None):
         super().__init__()
-        parts = checkpoint.load_folder(checkpoint.resolve_model(str(model_name_or_path)))
+        parts = checkpoint.load(model_name_or_path)
         self.encoder = parts["encoder"]
         self.config = parts["config"]  # config.json as read, written back by save()
         self.tokenizer = parts["tokenizer"]
@@ -134,6 +134,6 @@ class SentenceTransformer(nn.Module):
             return embeddings
         return embeddings.cpu().numpy() if convert_to_numpy else list(embeddings)
 
-    def save(self, path: str | Path, keep: tuple[str, ...] = ()) -> None:
-        """Write a sentence-transformers folder (safetensors) that both libraries load; see save_folder for `keep`."""
-        checkpoint.save_folder(self, Path(path), keep)
+    def save(self, path: str | Path) -> None:
+        """Write a sentence-transformers folder (safetensors) that both libraries load; other files in it stay."""
+        checkpoint.save_folder(self, path)

@@ -42,12 +42,3 @@ def test_sentence_transformers_folder_loads_in_minisbert(tiny_bert, tmp_path):
     ours = SentenceTransformer(tmp_path / "st")
     assert ours.max_seq_length == 32
     np.testing.assert_allclose(ours.encode(TEXTS), reference.encode(TEXTS), atol=1e-5, rtol=0)
-
-
-def test_save_replaces_an_existing_folder_whole(minilm_folder, tmp_path):
-    ours = SentenceTransformer(minilm_folder)
-    (tmp_path / "saved").mkdir()
-    (tmp_path / "saved" / "stale.txt").write_text("old")
-    ours.save(tmp_path / "saved")
-    assert not (tmp_path / "saved" / "stale.txt").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]  # no staging folder left behind
