@@ -12,8 +12,12 @@ and after), writes checkpoints to <output>/checkpoints (--resume continues from 
 """
 
 import argparse
+import fcntl
 import math
 import os
+import shlex
+import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,55 +27,131 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from minisbert import SentenceTransformer
-from minisbert.checkpoint import DEFAULT_MODEL
+from minisbert.checkpoint import DEFAULT_MODEL, output_folder
 from minisbert.data import (OFFICIAL_ARCHIVES, DataError, batch_order, default_data_dir, download,
                             find_sts_benchmark, nli_triplets, read_sts_benchmark, read_training_data, shard)
 from minisbert.evaluate import sts_correlations
 from minisbert.losses import CONCATENATIONS, LOSSES, tokenize_batch
 from minisbert.optim import AdamW, parameter_groups, warmup_then_linear_decay
 from minisbert.pooling import Pooling
-from minisbert.training import MetricsLog, list_checkpoints, load_training_state, save_checkpoint, train_step
+from minisbert.training import (MetricsLog, list_checkpoints, load_training_state, read_run_arguments, save_checkpoint,
+                                train_step)
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written, and each flag's default after its help."""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--data", required=True, help="snli, mnli, allnli (both), stsb, or a file of one of their formats")
     parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
-                        help="where the data files are (default: $MINISBERT_DATA, then ./data)")
+                        help="where the data files are ($MINISBERT_DATA, else ./data)")
     parser.add_argument("--download", action="store_true", help="fetch the official archive if the files are missing")
-    parser.add_argument("--loss", choices=list(LOSSES), help="default: softmax for NLI data, cosine for STS data")
+    parser.add_argument("--loss", choices=list(LOSSES), help="softmax for NLI data, cosine for STS data if not given")
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="a base encoder or a sentence model: folder or hub id (default: %(default)s, offline)")
+                        help="a base encoder or a sentence model: folder or hub id (the default runs offline)")
     parser.add_argument("--pooling", choices=["mean", "cls", "max"], help="replace the model's pooling")
-    parser.add_argument("--concat", default="u,v,|u-v|",
-                        help=f"softmax features, from {', '.join(CONCATENATIONS)} (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=16, help="pairs per step and process (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=2e-5)
-    parser.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps (default: %(default)s)")
+    parser.add_argument("--concat", default="u,v,|u-v|", help=f"softmax features, from {', '.join(CONCATENATIONS)}")
+    parser.add_argument("--epochs", type=int, default=1, help="passes over the training data")
+    parser.add_argument("--batch-size", type=int, default=16, help="pairs per step and process")
+    parser.add_argument("--lr", type=float, default=2e-5, help="the peak learning rate of AdamW")
+    parser.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps with a rising learning rate")
     parser.add_argument("--max-steps", type=int, help="stop after this many steps (the schedule spans them)")
     parser.add_argument("--eval-steps", type=int, default=1000, help="evaluate every N steps; 0: at epoch ends only")
-    parser.add_argument("--checkpoint-steps", type=int, default=1000, help="checkpoint every N steps and at epoch ends")
+    parser.add_argument("--checkpoint-steps", type=int, default=1000, help="checkpoint every N steps")
+    parser.add_argument("--checkpoint-minutes", type=float, default=5.0,
+                        help="also checkpoint when this much time has passed since the last checkpoint")
     parser.add_argument("--log-steps", type=int, default=10, help="a metrics record every N steps")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=42, help="seeds the data order, dropout and the loss head")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=list(AUTOCAST), default="fp32",
                         help="mixed precision: bf16 (CPU or GPU) or fp16 (GPU); the weights stay fp32")
-    parser.add_argument("--output", type=Path, default=Path("output/minisbert-model"))
+    parser.add_argument("--output", type=Path, default=Path("output/minisbert-model"),
+                        help="the folder of this run: the final model, checkpoints/ and metrics.jsonl")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
-    args = parser.parse_args()
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an --output that holds another run (its checkpoints and metrics go)")
+    args = parser.parse_args(argv)
     concat = tuple(part.strip() for part in args.concat.split(","))
     if not set(concat) <= set(CONCATENATIONS) or len(set(concat)) != len(concat):
         parser.error(f"--concat {args.concat!r}: use distinct parts from {', '.join(CONCATENATIONS)}")
     args.concat = concat
-    for name in ("epochs", "batch_size", "log_steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("epochs", "batch_size", "log_steps", "checkpoint_steps", "max_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    if args.eval_steps < 0:
+        parser.error(f"--eval-steps must be 0 (epoch ends only) or more, not {args.eval_steps}")
+    if not args.lr > 0 or not math.isfinite(args.lr):
+        parser.error(f"--lr must be above 0, not {args.lr}")
+    if not args.checkpoint_minutes > 0:
+        parser.error(f"--checkpoint-minutes must be above 0, not {args.checkpoint_minutes}")
     if not 0 <= args.warmup < 1:
         parser.error("--warmup is a fraction of the steps, in [0, 1)")
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other")
     return args
+
+
+# What defines a run: a checkpoint records these, and --resume refuses to continue with others.
+RUN_ARGUMENTS = ("model", "pooling", "loss", "concat", "data", "epochs", "batch_size", "lr", "warmup", "max_steps",
+                 "seed", "precision")
+
+
+def run_arguments(args, loss_name: str, world_size: int) -> dict:
+    values = {name: getattr(args, name) for name in RUN_ARGUMENTS}
+    values.update(model=str(args.model), loss=loss_name, concat=list(args.concat), world_size=world_size)
+    return values
+
+
+def check_same_run(stored: dict, current: dict, checkpoint: Path) -> None:
+    differences = [f"--{name.replace('_', '-')} {stored[name]!r} there, {current.get(name)!r} now"
+                   for name in stored if stored[name] != current.get(name)]
+    if differences:
+        raise ValueError(f"--resume: {checkpoint} belongs to a run with other arguments: {'; '.join(differences)}. "
+                         "Resume with the same arguments, or start a new run with another --output")
+
+
+def claim_output(output: Path, resume: bool, overwrite: bool):
+    """Lock `output` for this run (released when the process ends, however it ends) and check it holds no other run."""
+    output = output_folder(output, "--output")
+    lock = open(output / ".train.lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        raise ValueError(f"another train.py (pid {lock.read().strip() or '?'}) is writing to {output}; "
+                         "wait for it, or choose another --output") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    previous = [name for name in ("checkpoints", "metrics.jsonl") if (output / name).exists()]
+    if previous and not resume:
+        if not overwrite:
+            raise ValueError(f"--output {output} already holds a training run ({' and '.join(previous)}): pass "
+                             "--resume to continue it, another --output, or --overwrite to replace it")
+        shutil.rmtree(output / "checkpoints", ignore_errors=True)
+        (output / "metrics.jsonl").unlink(missing_ok=True)
+    return lock
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM asks the run to checkpoint at the next step boundary and stop."""
+
+    def __init__(self):
+        self.signal = None
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, self.handle)
+
+    def handle(self, number, frame):
+        if self.signal is not None:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.signal = number
+        tqdm.write("stopping after this step; Ctrl-C again to stop at once, without a checkpoint")
 
 
 def setup_distributed(args):
@@ -110,18 +190,45 @@ def load_data(args, rank):
     return examples, loss
 
 
+def evaluate(model, path: Path, split: str, log: MetricsLog, step: int, epoch: int) -> None:
+    scores = sts_correlations(model, read_sts_benchmark(path), batch_size=32, show_progress_bar=sys.stderr.isatty())
+    log.write({"step": step, "epoch": epoch, f"stsb_{split}_spearman": scores["spearman"],
+               f"stsb_{split}_pearson": scores["pearson"]})
+    tqdm.write(f"step {step}: STS benchmark {split} Spearman {100 * scores['spearman']:.2f}")
+
+
+def agree(flags: list[bool], world_size: int, device) -> list[bool]:
+    """Each flag set if any process set it: every process must checkpoint and stop together."""
+    if world_size == 1:
+        return flags
+    values = torch.tensor(flags, dtype=torch.float32, device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in values.tolist()]
+
+
+def resume_command(world_size: int) -> str:
+    arguments = [a for a in sys.argv[1:] if a not in ("--resume", "--overwrite")] + ["--resume"]
+    launcher = ["torchrun", "--nproc_per_node", str(world_size)] if world_size > 1 else ["python"]
+    return shlex.join(launcher + [sys.argv[0]] + arguments)
+
+
 def main():
     args = parse_args()
     rank, world_size, device = setup_distributed(args)
     main_process = rank == 0
+    lock = claim_output(args.output, args.resume, args.overwrite) if main_process else None  # noqa: F841 (held)
     torch.manual_seed(args.seed)
     examples, loss_name = load_data(args, rank)
     sts_dirs = [args.data_dir, args.data_dir.parent, default_data_dir()]
     sts_dev, sts_test = (find_sts_benchmark(split, *sts_dirs) for split in ("dev", "test"))
+    arguments = run_arguments(args, loss_name, world_size)
 
-    resume_from = list_checkpoints(args.output)[-1] if args.resume and list_checkpoints(args.output) else None
-    if args.resume and resume_from is None:
-        sys.exit(f"train.py: --resume: no checkpoint under {args.output / 'checkpoints'}")
+    resume_from = None
+    if args.resume:
+        if not list_checkpoints(args.output):
+            raise ValueError(f"--resume: no checkpoint under {args.output / 'checkpoints'}")
+        resume_from = list_checkpoints(args.output)[-1]
+        check_same_run(read_run_arguments(resume_from), arguments, resume_from)
     model = SentenceTransformer(resume_from or args.model, device=device)
     if args.pooling and not resume_from:
         model.pooling = Pooling(model.encoder.config.hidden_size, args.pooling)
@@ -129,36 +236,29 @@ def main():
     loss_fn = LOSSES[loss_name](model, **loss_options).to(device)
     optimizer = AdamW(parameter_groups(loss_fn, weight_decay=0.01), lr=args.lr)
     autocast = AUTOCAST[args.precision]
-    scaler = torch.amp.GradScaler("cuda") if autocast == torch.float16 else None
     if autocast == torch.float16 and device.type != "cuda":
-        sys.exit("train.py: --precision fp16 needs a GPU; on the CPU use bf16")
+        raise ValueError("--precision fp16 needs a GPU; on the CPU use bf16")
+    scaler = torch.amp.GradScaler("cuda") if autocast == torch.float16 else None
 
     global_batch = args.batch_size * world_size
-    steps_per_epoch = math.ceil(len(examples) / global_batch)
-    total_steps = min(args.max_steps or math.inf, args.epochs * steps_per_epoch)
+    batches_per_epoch = math.ceil(len(examples) / global_batch)
+    total_steps = min(args.max_steps or math.inf, args.epochs * batches_per_epoch)
     warmup_steps = math.ceil(total_steps * args.warmup)
-    progress = {"step": 0, "epoch": 0, "batch": 0}
+    progress = {"step": 0, "epoch": 0, "batch": 0}  # steps done; the epoch and batch to run next
     if resume_from:
         progress = load_training_state(resume_from, loss_fn, optimizer, scaler)
         if main_process:
             print(f"resuming from {resume_from} (step {progress['step']})", file=sys.stderr)
     trained = torch.nn.parallel.DistributedDataParallel(loss_fn) if world_size > 1 else loss_fn
-
-    def all_finite(finite: torch.Tensor) -> bool:
-        if world_size > 1:  # every process must stop together, or the others wait forever
-            finite = finite.float().to(device)
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        return bool(finite)
-
     log = MetricsLog(args.output / "metrics.jsonl", progress["step"] if resume_from else None) if main_process else None
 
-    def evaluate(path, split):
-        scores = sts_correlations(model, read_sts_benchmark(path), batch_size=32)
-        record = {"step": progress["step"], "epoch": progress["epoch"], f"stsb_{split}_spearman": scores["spearman"],
-                  f"stsb_{split}_pearson": scores["pearson"]}
-        log.write(record)
-        tqdm.write(f"step {progress['step']}: STS benchmark {split} Spearman {100 * scores['spearman']:.2f}")
-        return scores["spearman"]
+    def checkpoint() -> Path | None:
+        folder = None
+        if main_process:
+            folder = save_checkpoint(args.output, model, loss_fn, optimizer, scaler, dict(progress), arguments)
+        if world_size > 1:
+            dist.barrier()
+        return folder
 
     if main_process:
         print(f"{len(examples):,} training examples, loss {loss_name}, {total_steps:,} steps of {global_batch} "
@@ -166,22 +266,19 @@ def main():
         if sts_test is None:
             print(f"note: no STS benchmark under {', '.join(map(str, sts_dirs))}: no evaluation", file=sys.stderr)
         elif not resume_from:
-            evaluate(sts_test, "test")
+            evaluate(model, sts_test, "test", log, 0, 0)
 
-    def checkpoint():
-        if main_process:
-            save_checkpoint(args.output, model, loss_fn, optimizer, scaler, dict(progress))
-        if world_size > 1:
-            dist.barrier()
-
+    stop = StopRequest()
     bar = tqdm(total=total_steps, initial=progress["step"], disable=not main_process, desc="Training")
     window_loss, window_steps, window_seconds = 0.0, 0, 0.0  # the time of training steps only, not evaluation
+    checkpointed_step, checkpointed_at = progress["step"], time.monotonic()
     model.train()
-    while progress["step"] < total_steps and progress["epoch"] < args.epochs:
-        batches = batch_order(len(examples), global_batch, args.seed, progress["epoch"])
-        while progress["batch"] < len(batches) and progress["step"] < total_steps:
-            b = progress["batch"]
-            progress["batch"] += 1
+    for epoch in range(progress["epoch"], args.epochs):
+        batches = batch_order(len(examples), global_batch, args.seed, epoch)
+        for b in range(progress["batch"], len(batches)):
+            if progress["step"] >= total_steps:
+                break
+            progress.update(epoch=epoch, batch=b + 1)
             if len(batches[b]) < world_size:  # too few for every process to get one: skipped everywhere alike
                 continue
             step_start = time.perf_counter()
@@ -190,12 +287,13 @@ def main():
             batch = tokenize_batch(model, columns, [e.label for e in local])
             lr = args.lr * warmup_then_linear_decay(progress["step"], warmup_steps, total_steps)
             loss = train_step(trained, optimizer, batch, lr, autocast_dtype=autocast, scaler=scaler,
-                              is_finite=all_finite)
+                              is_finite=lambda finite: not agree([not finite], world_size, device)[0])
             if loss is None:
                 kept = list_checkpoints(args.output)
-                sys.exit(f"train.py: the loss is not finite at step {progress['step'] + 1} (epoch {progress['epoch']}, "
-                         f"batch {b}); nothing was updated. The last good checkpoint is "
-                         f"{kept[-1] if kept else 'none (none written yet)'}. Try a lower --lr or --precision fp32.")
+                raise FloatingPointError(
+                    f"the loss is not finite at step {progress['step'] + 1} (epoch {epoch}, batch {b}); nothing was "
+                    f"updated. The last good checkpoint is {kept[-1] if kept else 'none (none written yet)'}. "
+                    "Try a lower --lr or --precision fp32.")
             progress["step"] += 1
             if world_size > 1:  # log the loss of the global batch, as one process would see it
                 dist.all_reduce(loss)  # a sum (gloo has no average)
@@ -205,27 +303,42 @@ def main():
             window_seconds += time.perf_counter() - step_start
             bar.update()
             if progress["step"] % args.log_steps == 0 and main_process:
-                record = {"step": progress["step"], "epoch": progress["epoch"], "loss": window_loss / window_steps,
+                record = {"step": progress["step"], "epoch": epoch, "loss": window_loss / window_steps,
                           "lr": lr, "pairs_per_s": window_steps * global_batch / window_seconds}
                 log.write(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", pairs_s=f"{record['pairs_per_s']:.0f}")
                 window_loss, window_steps, window_seconds = 0.0, 0, 0.0
             if args.eval_steps and progress["step"] % args.eval_steps == 0 and main_process and sts_dev:
-                evaluate(sts_dev, "dev")
-            if progress["step"] % args.checkpoint_steps == 0:
-                checkpoint()
+                evaluate(model, sts_dev, "dev", log, progress["step"], epoch)
+            due = (progress["step"] % args.checkpoint_steps == 0
+                   or time.monotonic() - checkpointed_at > 60 * args.checkpoint_minutes)
+            due, stopping = agree([due, stop.signal is not None], world_size, device)
+            if due or stopping:
+                folder = checkpoint()
+                checkpointed_step, checkpointed_at = progress["step"], time.monotonic()
+            if stopping:
+                bar.close()
+                if main_process:
+                    print(f"stopped at step {progress['step']}; the checkpoint is {folder}. To continue:\n"
+                          f"  {resume_command(world_size)}", file=sys.stderr)
+                sys.exit(128 + (stop.signal or signal.SIGINT))
         if progress["batch"] == len(batches):  # the epoch is complete
-            progress.update(epoch=progress["epoch"] + 1, batch=0)
+            progress.update(epoch=epoch + 1, batch=0)
             if main_process and sts_dev:
-                evaluate(sts_dev, "dev")
+                evaluate(model, sts_dev, "dev", log, progress["step"], epoch)
             checkpoint()
+            checkpointed_step, checkpointed_at = progress["step"], time.monotonic()
+        if progress["step"] >= total_steps:
+            break
     bar.close()
+    if checkpointed_step != progress["step"]:  # a run that ends mid-epoch can still be resumed or extended
+        checkpoint()
 
     if main_process:
         model.eval()
-        model.save(args.output, keep=("checkpoints", "metrics.jsonl"))
+        model.save(args.output)
         if sts_test is not None:
-            evaluate(sts_test, "test")
+            evaluate(model, sts_test, "test", log, progress["step"], progress["epoch"])
         print(f"saved {args.output}", file=sys.stderr)
     if world_size > 1:
         dist.destroy_process_group()
@@ -234,5 +347,5 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, FloatingPointError) as error:
         sys.exit(f"train.py: {error}")

@@ -17,13 +17,15 @@ from .search import pairwise_cos_sim
 TABLE_COLUMNS = ["STS12", "STS13", "STS14", "STS15", "STS16", "STSb", "SICK-R"]
 
 
-def sts_correlations(model, examples: list[data.Example], batch_size: int = 32, precision: str = "fp32") -> dict:
+def sts_correlations(model, examples: list[data.Example], batch_size: int = 32, precision: str = "fp32",
+                     show_progress_bar: bool = False) -> dict:
     """{"spearman", "pearson"} between the cosine of each pair's embeddings and its gold score."""
     if len(examples) < 2:
         raise ValueError(f"a correlation needs at least two pairs, got {len(examples)}")
     sentences = data.distinct_sentences(examples)  # each sentence embedded once
     position = {sentence: i for i, sentence in enumerate(sentences)}
-    embeddings = model.encode(sentences, batch_size=batch_size, convert_to_tensor=True, precision=precision)
+    embeddings = model.encode(sentences, batch_size=batch_size, convert_to_tensor=True, precision=precision,
+                              show_progress_bar=show_progress_bar)
     first = torch.tensor([position[example.texts[0]] for example in examples], device=embeddings.device)
     second = torch.tensor([position[example.texts[1]] for example in examples], device=embeddings.device)
     scores = pairwise_cos_sim(embeddings[first], embeddings[second]).cpu().numpy()

@@ -8,6 +8,7 @@ temporary name and renamed when complete: a crash leaves the previous checkpoint
 
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -58,8 +59,10 @@ def restore_random_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(output: Path, model, loss_fn, optimizer, scaler, progress: dict, keep: int = 2) -> Path:
-    """Write checkpoints/step-<N> atomically, then remove all but the newest `keep`."""
+def save_checkpoint(output: Path, model, loss_fn, optimizer, scaler, progress: dict, arguments: dict,
+                    keep: int = 2) -> Path:
+    """Write checkpoints/step-<N> atomically, then remove all but the newest `keep`. `arguments` are those that
+    define the run, which a resume must repeat."""
     folder = Path(output) / "checkpoints" / f"step-{progress['step']:08d}"
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -67,7 +70,7 @@ def save_checkpoint(output: Path, model, loss_fn, optimizer, scaler, progress: d
     head = {name: p for name, p in loss_fn.state_dict().items() if not name.startswith("model.")}
     torch.save({"loss": head, "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
-                "progress": progress, "random": random_states()}, partial / STATE_FILE)
+                "progress": progress, "random": random_states(), "arguments": arguments}, partial / STATE_FILE)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)
     for old in list_checkpoints(output)[:-keep]:
@@ -83,9 +86,24 @@ def list_checkpoints(output: Path) -> list[Path]:
     return sorted(p for p in folder.glob("step-*") if not p.name.endswith(".partial") and (p / STATE_FILE).exists())
 
 
+def read_state(folder: Path) -> dict:
+    path = Path(folder) / STATE_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"{path}: refusing to unpickle it: it holds more than a training state ({error})") from None
+    except (RuntimeError, EOFError) as error:
+        raise ValueError(f"{path}: cannot read it ({error}); the file is truncated or corrupted") from None
+
+
+def read_run_arguments(folder: Path) -> dict:
+    """The arguments that defined the run a checkpoint belongs to ({} for checkpoints written before they were kept)."""
+    return read_state(folder).get("arguments", {})
+
+
 def load_training_state(folder: Path, loss_fn, optimizer, scaler) -> dict:
     """Restore what save_checkpoint wrote (the model itself is loaded from the folder by the caller)."""
-    state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+    state = read_state(folder)
     model_part = {name: p for name, p in loss_fn.state_dict().items() if name.startswith("model.")}
     loss_fn.load_state_dict({**model_part, **state["loss"]})  # strict: the head must match this loss
     optimizer.load_state_dict(state["optimizer"])
@@ -104,8 +122,16 @@ class MetricsLog:
         if resumed_step is None:
             self.path.write_text("")
         elif self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resumed_step]
+            kept = [line for line in self.path.read_text().splitlines() if self._step(line) <= resumed_step]
             self.path.write_text("".join(line + "\n" for line in kept))
+
+    @staticmethod
+    def _step(line: str) -> float:
+        """A record's step; a line torn by a kill counts as after any checkpoint, so it is dropped."""
+        try:
+            return json.loads(line)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return float("inf")
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as f:

@@ -3,6 +3,7 @@ torchrun with two gloo processes against one process with the same global batch.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,14 +19,14 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train(*args, env=None, wait=True, torchrun=False):
+def train(*args, env=None, wait=True, torchrun=False, cwd=ROOT):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if torchrun \
         else [sys.executable]
     command = launcher + [str(ROOT / "train.py"), *map(str, args)]
     environment = {**os.environ, **(env or {})}
     if not wait:
-        return subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=900)
+        return subprocess.Popen(command, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=900)
 
 
 def metrics(output: Path) -> list[dict]:
@@ -156,3 +157,99 @@ def test_download_flag_fetches_the_missing_archive_then_trains(tmp_path, tiny_be
     assert run.returncode == 0, run.stderr
     assert "64 training examples" in run.stderr
     assert (tmp_path / "data" / "snli_1.0" / "snli_1.0_train.jsonl").exists()
+
+
+# ---------------------------------------------------------------- nothing lost: the output folder, stops, resumes
+
+def wait_for_records(output: Path, process, count: int) -> None:
+    deadline = time.time() + 300
+    while process.poll() is None and time.time() < deadline:
+        if (output / "metrics.jsonl").exists() and len((output / "metrics.jsonl").read_text().splitlines()) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the run ended, or never logged, before it could be interrupted")
+
+
+def test_output_in_a_folder_with_other_files_keeps_them(tmp_path, tiny_bert, snli_sample, no_evaluation):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train_notes.txt").write_text("mine")
+    (project / "data").mkdir()
+    (project / "data" / "rows.jsonl").write_text("{}\n")
+    run = train("--data", snli_sample, "--model", tiny_bert, "--max-steps", 2, "--output", ".", env=no_evaluation,
+                cwd=project)
+    assert run.returncode == 0, run.stderr
+    assert (project / "train_notes.txt").read_text() == "mine" and (project / "data" / "rows.jsonl").exists()
+    assert (project / "model.safetensors").exists() and (project / "checkpoints" / "step-00000002").exists()
+
+
+def test_a_reused_output_is_refused_unless_resumed_or_overwritten(tmp_path, tiny_bert, snli_sample, no_evaluation):
+    options = ["--data", snli_sample, "--model", tiny_bert, "--max-steps", 3, "--output", tmp_path / "out"]
+    assert train(*options, env=no_evaluation).returncode == 0
+    before = (tmp_path / "out" / "metrics.jsonl").read_text()
+    again = train(*options, env=no_evaluation)
+    assert again.returncode == 1 and "already holds a training run" in again.stderr and "--resume" in again.stderr
+    assert (tmp_path / "out" / "metrics.jsonl").read_text() == before
+    assert train(*options, "--overwrite", "--max-steps", 2, env=no_evaluation).returncode == 0
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["step-00000002"]
+
+
+def test_resume_with_other_run_arguments_names_the_difference(tmp_path, tiny_bert, snli_sample, no_evaluation):
+    options = ["--data", snli_sample, "--model", tiny_bert, "--max-steps", 2, "--output", tmp_path / "out"]
+    assert train(*options, env=no_evaluation).returncode == 0
+    other = train(*options, "--resume", "--concat", "u,v", "--lr", "1e-4", env=no_evaluation)
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+    assert "--concat ['u', 'v', '|u-v|'] there, ['u', 'v'] now" in other.stderr and "--lr 2e-05 there" in other.stderr
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(tmp_path, tiny_bert, snli_sample,
+                                                                        no_evaluation):
+    options = ["--data", snli_sample, "--model", tiny_bert, "--output", tmp_path / "out", "--log-steps", 1]
+    first = train(*options, "--max-steps", 5000, env=no_evaluation, wait=False)
+    try:
+        wait_for_records(tmp_path / "out", first, 1)
+        second = train(*options, "--max-steps", 2, "--resume", env=no_evaluation)
+        assert second.returncode == 1 and f"(pid {first.pid}) is writing to" in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_ctrl_c_checkpoints_and_the_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, tiny_bert, snli_sample,
+                                                                                    no_evaluation):
+    options = ["--data", snli_sample, "--model", tiny_bert, "--max-steps", 150, "--log-steps", 1, "--eval-steps", 0]
+    whole = train(*options, "--output", tmp_path / "whole", env=no_evaluation)
+    assert whole.returncode == 0, whole.stderr
+    interrupted = train(*options, "--output", tmp_path / "cut", env=no_evaluation, wait=False)
+    wait_for_records(tmp_path / "cut", interrupted, 20)
+    interrupted.send_signal(signal.SIGINT)
+    _, stderr = interrupted.communicate(timeout=120)
+    assert interrupted.returncode == 128 + signal.SIGINT, stderr
+    assert "To continue:" in stderr.decode() and "--resume" in stderr.decode().split("To continue:")[1]
+    with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9999, "lo')  # a record torn by a kill
+    resumed = train(*options, "--output", tmp_path / "cut", "--resume", env=no_evaluation)
+    assert resumed.returncode == 0, resumed.stderr
+    expected, got = weights(tmp_path / "whole"), weights(tmp_path / "cut")
+    for name in expected:
+        assert torch.allclose(expected[name], got[name], atol=1e-6, rtol=0), name
+    assert [r["loss"] for r in metrics(tmp_path / "cut")] == pytest.approx([r["loss"] for r in metrics(tmp_path / "whole")],
+                                                                            abs=1e-6)
+
+
+@pytest.mark.parametrize("flags,message", [(["--max-steps", 0], "--max-steps must be at least 1, not 0"),
+                                           (["--max-steps", -5], "--max-steps must be at least 1, not -5"),
+                                           (["--lr", 0], "--lr must be above 0"),
+                                           (["--lr=-1e-5"], "--lr must be above 0"),
+                                           (["--checkpoint-steps", 0], "--checkpoint-steps must be at least 1")])
+def test_step_flags_that_make_no_sense_are_refused_before_anything_is_written(tmp_path, flags, message):
+    run = train("--data", "stsb", *flags, "--output", tmp_path / "out")
+    assert run.returncode == 2 and message in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_flag_has_help_with_its_default():
+    text = train("--help").stdout
+    for flag in ("--data-dir", "--epochs", "--batch-size", "--lr", "--warmup", "--eval-steps", "--checkpoint-steps",
+                 "--log-steps", "--seed", "--precision", "--output", "--concat", "--model"):
+        assert re.search(re.escape(flag) + r"[^\n]*\n?[^-]*\(default: ", text), flag
