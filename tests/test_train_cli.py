@@ -253,4 +253,4 @@ def test_every_flag_has_help_with_its_default():
     flags = re.split(r"\n  (?=-)", text.split("options:")[1])[1:]
     assert len(flags) > 15
     for block in flags:
-        assert block.startswith("-h") or "(default: " in block, block
+        assert block.startswith("-h") or "(default: " in " ".join(block.split()), block
