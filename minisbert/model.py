@@ -17,6 +17,15 @@ PRECISIONS = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfl
               "fp16": torch.float16, "float16": torch.float16}
 
 
+def check_device(device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
 class SentenceTransformer(nn.Module):
     """A model folder or hub id in, sentence embeddings out; the same names as sentence-transformers.
 
@@ -35,7 +44,7 @@ class SentenceTransformer(nn.Module):
         self._low_precision_encoders = {}
         self.eval()
         if device is not None:
-            self.to(device)
+            self.to(check_device(device))
 
     @property
     def device(self) -> torch.device:
@@ -97,12 +106,20 @@ class SentenceTransformer(nn.Module):
         for i, sentence in enumerate(sentences):
             if not isinstance(sentence, str):
                 raise TypeError(f"sentences[{i}] is {type(sentence).__name__}, not str")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if type(batch_size) is not int or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
+        for i, sentence in enumerate(sentences):
+            if not sentence.isascii():
+                try:
+                    sentence.encode("utf-8")
+                except UnicodeEncodeError as error:
+                    raise ValueError(f"sentences[{i}] holds a lone surrogate ({sentence[error.start]!r} at character "
+                                     f"{error.start}), which is not text; decode the input with errors='replace'"
+                                     ) from None
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         if device is not None:
-            self.to(device)
+            self.to(check_device(device))
         dtype = PRECISIONS[precision]
         if dtype == torch.float16 and self.device.type == "cpu":
             raise ValueError("precision fp16 needs a GPU; on the CPU use bf16 or fp32")
@@ -128,6 +145,11 @@ class SentenceTransformer(nn.Module):
                     embeddings[torch.from_numpy(index).to(self.device)] = embedded
         finally:
             self.train(was_training)
+        broken = (~torch.isfinite(embeddings)).any(dim=1).nonzero()
+        if len(broken):
+            i = broken[0, 0].item()
+            raise ValueError(f"the embedding of sentences[{i}] ({sentences[i][:60]!r}) holds NaN or infinite values"
+                             + (f" in {precision}; try fp32" if precision not in ("fp32", "float32") else ""))
         if single:
             embeddings = embeddings[0]
         if convert_to_tensor:

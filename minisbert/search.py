@@ -16,9 +16,31 @@ from tqdm.autonotebook import tqdm
 from minisbert import topk_kernel
 
 
-def _as_matrix(x) -> torch.Tensor:
-    x = torch.as_tensor(np.asarray(x) if isinstance(x, list) else x)
+def _as_matrix(x, name: str = "embeddings") -> torch.Tensor:
+    """A 1-D or 2-D array or tensor of numbers as a (rows, dim) tensor; anything else is a clear error."""
+    if isinstance(x, str) or (isinstance(x, (list, tuple)) and any(isinstance(item, str) for item in x)):
+        raise TypeError(f"{name}: expected embeddings (numbers), got text; embed it first with model.encode()")
+    try:
+        x = torch.as_tensor(np.asarray(x) if isinstance(x, (list, tuple)) else x)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"{name}: expected a numpy array or tensor of numbers ({error})") from None
+    if x.dim() not in (1, 2) or not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64, torch.bool)):
+        raise ValueError(f"{name}: expected a 1-D or 2-D array of numbers, got shape {tuple(x.shape)} of {x.dtype}")
     return x.unsqueeze(0) if x.dim() == 1 else x
+
+
+def _check_finite(x: torch.Tensor, name: str) -> None:
+    """Search refuses NaN and infinite values: a NaN score would rank first for every query."""
+    bad = (~torch.isfinite(x)).any(dim=1).nonzero()
+    if len(bad):
+        raise ValueError(f"{name}: row {bad[0, 0].item()} holds NaN or infinite values "
+                         f"({len(bad)} row{'s' if len(bad) > 1 else ''} in all)")
+
+
+def _check_positive(**values) -> None:
+    for name, value in values.items():
+        if value is not None and (type(value) is not int or value < 1):
+            raise ValueError(f"{name} must be a positive integer, not {value!r}")
 
 
 def _common_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
@@ -27,7 +49,7 @@ def _common_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
 
 
 def _same_dtype(a, b, name: str, pairwise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    a, b = _as_matrix(a), _as_matrix(b)
+    a, b = _as_matrix(a, f"{name}: a"), _as_matrix(b, f"{name}: b")
     if a.shape[-1] != b.shape[-1] or (pairwise and a.shape != b.shape):
         raise ValueError(f"{name}: shapes do not match, a is {tuple(a.shape)} and b is {tuple(b.shape)}")
     dtype = _common_dtype(a, b)
@@ -140,7 +162,10 @@ def semantic_search(query_embeddings, corpus_embeddings, top_k: int = 10, query_
 
     Exact, with equal scores ordered by lower corpus id; never holds a queries x corpus matrix.
     """
-    queries, corpus = _as_matrix(query_embeddings), _as_matrix(corpus_embeddings)
+    _check_positive(top_k=top_k, query_chunk_size=query_chunk_size, corpus_chunk_size=corpus_chunk_size)
+    queries, corpus = _as_matrix(query_embeddings, "query_embeddings"), _as_matrix(corpus_embeddings, "corpus_embeddings")
+    _check_finite(queries, "query_embeddings")
+    _check_finite(corpus, "corpus_embeddings")
     if queries.shape[-1] != corpus.shape[-1] and len(queries) and len(corpus):
         raise ValueError(f"semantic_search: dimensions differ, queries are {tuple(queries.shape)} "
                          f"and the corpus is {tuple(corpus.shape)}")
@@ -173,7 +198,10 @@ def paraphrase_mining_embeddings(embeddings, top_k: int | None = 100, max_pairs:
     with `top_k=None` as well, every such pair (up to `max_pairs`). Equal scores come in (i, j) order. Memory
     holds the candidates of one query chunk and the best pairs so far, never the N x N matrix.
     """
+    _check_positive(top_k=top_k, max_pairs=max_pairs, query_chunk_size=query_chunk_size,
+                    corpus_chunk_size=corpus_chunk_size)
     embeddings = _as_matrix(embeddings)
+    _check_finite(embeddings, "embeddings")
     n = len(embeddings)
     if top_k is None and threshold is None:
         raise ValueError("paraphrase_mining: top_k=None (every pair) needs a threshold")
@@ -207,18 +235,12 @@ def paraphrase_mining_embeddings(embeddings, top_k: int | None = 100, max_pairs:
             gc.enable()
 
 
-def paraphrase_mining(model, sentences: list[str] | None = None, batch_size: int = 32,
-                      show_progress_bar: bool = False, **mining_options) -> list[list]:
+def paraphrase_mining(model, sentences: list[str], batch_size: int = 32, show_progress_bar: bool = False,
+                      **mining_options) -> list[list]:
     """The most similar pairs of `sentences`, embedded by `model`: [[score, i, j], ...], highest score first.
 
-    Called as sentence-transformers calls it, `paraphrase_mining(model, sentences)`; or with one argument,
-    embeddings or a list of sentences (embedded by the default model). Options as paraphrase_mining_embeddings.
+    Called as sentence-transformers calls it; the options are those of paraphrase_mining_embeddings.
     """
-    if sentences is None:
-        if not (isinstance(model, list) and all(isinstance(s, str) for s in model)):
-            return paraphrase_mining_embeddings(model, show_progress_bar=show_progress_bar, **mining_options)
-        from minisbert.model import SentenceTransformer
-        model, sentences = SentenceTransformer(), model
     embeddings = model.encode(sentences, batch_size=batch_size, show_progress_bar=show_progress_bar,
                               convert_to_tensor=True)
     return paraphrase_mining_embeddings(embeddings, show_progress_bar=show_progress_bar, **mining_options)

@@ -44,7 +44,13 @@ def _wordpiece_from_vocab(folder: Path, config: dict) -> FastTokenizer:
     """What transformers builds from a bare `vocab.txt` (BertTokenizerFast)."""
     unk, cls, sep = (_token_text(config.get(k, d)) for k, d in
                      (("unk_token", "[UNK]"), ("cls_token", "[CLS]"), ("sep_token", "[SEP]")))
-    vocab = {token: i for i, token in enumerate((folder / "vocab.txt").read_text(encoding="utf-8").splitlines())}
+    # one token a line, as transformers reads it: split at line ends only (str.splitlines would also split at
+    # characters such as U+0085 that some vocabularies hold as tokens)
+    tokens = (folder / "vocab.txt").read_text(encoding="utf-8").split("\n")
+    vocab = {token: i for i, token in enumerate(tokens[:-1] if tokens[-1] == "" else tokens)}
+    for token in (unk, cls, sep):
+        if token not in vocab:
+            raise ValueError(f"{folder / 'vocab.txt'}: the special token {token} is not in the vocabulary")
     tokenizer = FastTokenizer(models.WordPiece(vocab, unk_token=unk))
     tokenizer.normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=config.get("tokenize_chinese_chars", True),

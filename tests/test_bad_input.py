@@ -2,9 +2,13 @@
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from minisbert import SentenceTransformer, cos_sim
 
@@ -100,13 +104,124 @@ def test_broken_json_names_the_file(minilm_folder, tmp_path):
         SentenceTransformer(folder)
 
 
-def test_tampered_default_model_is_refused(monkeypatch, tmp_path, minilm_folder):
+@pytest.mark.parametrize("name", ["model.safetensors", "tokenizer.json", "vocab.txt", "1_Pooling/config.json"])
+def test_tampered_default_model_file_is_refused(monkeypatch, name):
     import minisbert.checkpoint as checkpoint
-    monkeypatch.setattr(checkpoint, "DEFAULT_MODEL_SHA256", "0" * 64)
-    with pytest.raises(ValueError, match="sha256 differs"):
+    monkeypatch.setitem(checkpoint.DEFAULT_MODEL_SHA256, name, "0" * 64)
+    with pytest.raises(ValueError, match=f"{name}: sha256 differs"):
         checkpoint.default_model_folder()
+
+
+def test_the_default_model_package_is_found_without_running_it():
+    code = ("import sys; from minisbert.checkpoint import default_model_folder, DEFAULT_MODEL_PACKAGE; "
+            "assert default_model_folder().is_dir(); assert DEFAULT_MODEL_PACKAGE not in sys.modules; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "ok", result.stderr
 
 
 def test_cos_sim_dimension_mismatch_names_both_shapes():
     with pytest.raises(ValueError, match=r"\(2, 3\).*\(4, 5\)"):
         cos_sim(np.zeros((2, 3)), np.zeros((4, 5)))
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"num_attention_heads": 0}, "num_attention_heads must be an integer of at least 1, not 0"),
+    ({"num_attention_heads": "12"}, "num_attention_heads must be an integer of at least 1, not '12'"),
+    ({"layer_norm_eps": "1e-12"}, "layer_norm_eps must be a number"),
+    ({"pad_token_id": 40000}, "pad_token_id 40000 is outside the vocabulary"),
+])
+def test_bad_config_values_are_named(minilm_folder, tmp_path, changes, message):
+    folder = copy_with_config(minilm_folder, tmp_path, **changes)
+    with pytest.raises(ValueError, match=f"config.json: {message}"):
+        SentenceTransformer(folder)
+
+
+def edit_json(path, edit):
+    value = json.loads(path.read_text())
+    edit(value)
+    path.write_text(json.dumps(value))
+
+
+@pytest.mark.parametrize("file,edit,message", [
+    ("modules.json", lambda m: m[1].pop("path"), r"modules\.json: module 1 has no path"),
+    ("sentence_bert_config.json", lambda c: c.update(max_seq_length=0), "max_seq_length must be a positive integer, not 0"),
+    ("sentence_bert_config.json", lambda c: c.update(max_seq_length="256"), "max_seq_length must be a positive integer"),
+    ("1_Pooling/config.json", lambda c: c.update(word_embedding_dimension=768),
+     "word_embedding_dimension 768 does not match the encoder's hidden_size 384"),
+])
+def test_bad_module_metadata_is_named_at_load(minilm_folder, tmp_path, file, edit, message):
+    folder = copy_model(minilm_folder, tmp_path)
+    edit_json(folder / file, edit)
+    with pytest.raises(ValueError, match=message):
+        SentenceTransformer(folder)
+
+
+def test_a_dense_module_that_does_not_fit_is_named_at_load(tiny_bert, tmp_path):
+    from minisbert.pooling import Dense
+    model = SentenceTransformer(tiny_bert)
+    model.after.append(Dense(48, 8))
+    model.save(tmp_path / "model")
+    edit_json(tmp_path / "model" / "2_Dense" / "config.json", lambda c: c.update(in_features=96))
+    with pytest.raises(ValueError, match=r"2_Dense/config\.json: in_features 96 does not match the 48 values"):
+        SentenceTransformer(tmp_path / "model")
+
+
+def test_nan_weights_are_refused_at_load_naming_the_tensor(minilm_folder, tmp_path):
+    folder = copy_model(minilm_folder, tmp_path)
+    tensors = load_file(folder / "model.safetensors")
+    tensors["encoder.layer.3.output.dense.weight"][0, 0] = float("nan")
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(ValueError, match="tensor encoder.layer.3.output.dense.weight holds NaN or infinite values"):
+        SentenceTransformer(folder)
+
+
+def test_a_vocabulary_without_cls_is_named(minilm_folder, tmp_path):
+    folder = copy_model(minilm_folder, tmp_path)
+    (folder / "tokenizer.json").unlink()
+    vocab = (folder / "vocab.txt").read_text().split("\n")
+    (folder / "vocab.txt").write_text("\n".join("[NOTCLS]" if token == "[CLS]" else token for token in vocab))
+    with pytest.raises(ValueError, match=r"vocab\.txt: the special token \[CLS\] is not in the vocabulary"):
+        SentenceTransformer(folder)
+
+
+def test_a_malicious_pickle_is_refused_as_such(tiny_bert, tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    folder = copy_model(tiny_bert, tmp_path)
+    (folder / "model.safetensors").unlink()
+    torch.save({"x": Evil()}, folder / "pytorch_model.bin", pickle_module=pickle)
+    with pytest.raises(ValueError, match="refusing to unpickle"):
+        SentenceTransformer(folder)
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"batch_size": 0}, "batch_size must be a positive integer, not 0"),
+    ({"batch_size": 8.0}, "batch_size must be a positive integer, not 8.0"),
+    ({"device": "cuda"}, "CUDA is not available on this machine"),
+])
+def test_bad_encode_options_are_named(model, options, message):
+    if torch.cuda.is_available() and "device" in options:
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match=message):
+        model.encode(["a"], **options)
+
+
+def test_a_lone_surrogate_names_the_text(model):
+    with pytest.raises(ValueError, match=r"sentences\[1\] holds a lone surrogate"):
+        model.encode(["fine", "broken \ud800 text"])
+
+
+def test_a_nan_embedding_names_the_text(model, monkeypatch):
+    real_forward = SentenceTransformer.forward
+
+    def forward(self, input_ids, attention_mask, encoder=None):
+        out = real_forward(self, input_ids, attention_mask, encoder)
+        return torch.where(input_ids[:, 1:2] == self.tokenizer.tokenizer.token_to_id("poison"), float("nan"), out)
+
+    monkeypatch.setattr(SentenceTransformer, "forward", forward)
+    with pytest.raises(ValueError, match=r"the embedding of sentences\[2\] \('poison'\) holds NaN"):
+        model.encode(["a", "b", "poison"])

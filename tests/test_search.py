@@ -143,13 +143,12 @@ def test_search_and_mining_equal_sentence_transformers_on_sts_embeddings(sts_emb
                         lambda pair: full[pair].item())
 
 
-def test_paraphrase_mining_takes_a_model_and_sentences_or_embeddings(minilm_folder, sts_embeddings):
+def test_paraphrase_mining_of_sentences_equals_mining_their_embeddings(minilm_folder, sts_embeddings):
     from minisbert import SentenceTransformer
     sentences = sts_sentences(40)
     with_model = paraphrase_mining(SentenceTransformer(minilm_folder), sentences, top_k=3, max_pairs=20)
-    assert [pair[1:] for pair in with_model] == [pair[1:] for pair in paraphrase_mining(sentences, top_k=3, max_pairs=20)]
     assert [pair[1:] for pair in with_model] == [
-        pair[1:] for pair in paraphrase_mining(sts_embeddings[:40], top_k=3, max_pairs=20)]
+        pair[1:] for pair in paraphrase_mining_embeddings(sts_embeddings[:40], top_k=3, max_pairs=20)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -250,3 +249,27 @@ def test_a_kernel_failure_warns_once_and_falls_back_to_the_pytorch_path(monkeypa
         results = semantic_search(corpus[:3], corpus, top_k=4, corpus_chunk_size=7)
     assert [[hit["corpus_id"] for hit in row] for row in results] == brute_force(corpus[:3], corpus, 4)
     assert not topk_kernel.available(corpus, 4)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda e: semantic_search(e, e, top_k=0), "top_k must be a positive integer, not 0"),
+    (lambda e: semantic_search(e, e, query_chunk_size=2.5), "query_chunk_size must be a positive integer"),
+    (lambda e: paraphrase_mining_embeddings(e, max_pairs=-1), "max_pairs must be a positive integer"),
+    (lambda e: paraphrase_mining_embeddings(e, corpus_chunk_size=0), "corpus_chunk_size must be a positive integer"),
+    (lambda e: semantic_search(e[None], e), r"query_embeddings: expected a 1-D or 2-D array .* shape \(1, 6, 4\)"),
+    (lambda e: semantic_search(["a text"], e), "query_embeddings: expected embeddings .* got text"),
+    (lambda e: cos_sim("a text", e), "cos_sim: a: expected embeddings"),
+])
+def test_bad_search_arguments_are_clear_errors(call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call(tied_vectors(6, seed=5))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_infinite_embeddings_are_refused_with_their_row(bad):
+    corpus = tied_vectors(6, seed=5)
+    corpus[4, 1] = bad
+    with pytest.raises(ValueError, match="corpus_embeddings: row 4 holds NaN or infinite values"):
+        semantic_search(corpus[:2], corpus)
+    with pytest.raises(ValueError, match="embeddings: row 4 holds NaN"):
+        paraphrase_mining_embeddings(corpus)
