@@ -8,32 +8,34 @@ With --mine FILE, prints the --top-k most similar pairs of lines in FILE (paraph
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from minisbert import SentenceTransformer, cos_sim, paraphrase_mining_embeddings, semantic_search
 from minisbert.checkpoint import DEFAULT_MODEL
+from minisbert.cli import HelpFormatter, run
 
 SENTENCES1 = ["The cat sits outside", "A man is playing guitar", "The new movie is awesome"]
 SENTENCES2 = ["The dog plays in the garden", "A woman watches TV", "The new movie is so great"]
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="a model folder, a folder under weights/, or a Hugging Face hub id (default: %(default)s)")
+                        help="a model folder, a folder under weights/, or a Hugging Face hub id")
     parser.add_argument("--input", help="a UTF-8 text file with one text per line, or - for standard input")
     parser.add_argument("--output", help="where --input's embeddings go, as a float32 .npy array (N, dim)")
     parser.add_argument("--search", nargs="+", metavar="QUERY", help="queries to look up in --corpus")
     parser.add_argument("--corpus", help="with --search: a UTF-8 text file, one text per line, or - for standard input")
     parser.add_argument("--mine", metavar="FILE", help="find the most similar pairs of lines in FILE (or - for stdin)")
-    parser.add_argument("--top-k", type=int, default=10,
-                        help="hits per query for --search, pairs for --mine (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=10, help="hits per query for --search, pairs for --mine")
+    parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     parser.add_argument("--normalize", action="store_true", help="scale each embedding to unit length")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                        help="arithmetic of the encoder: fp32, bf16 (CPU or GPU) or fp16 (GPU) (default: %(default)s)")
+                        help="arithmetic of the encoder: fp32, bf16 (CPU or GPU; fast only on CPUs with AVX-512 bf16 "
+                             "or AMX) or fp16 (GPU)")
     args = parser.parse_args()
     if args.output and not args.input:
         parser.error("--output needs --input")
@@ -43,16 +45,35 @@ def parse_args():
         parser.error("--search and --corpus go together")
     if sum(map(bool, (args.input, args.search, args.mine))) > 1:
         parser.error("choose one of --input, --search and --mine")
-    if args.top_k < 1:
-        parser.error(f"--top-k must be at least 1, not {args.top_k}")
+    for name in ("top_k", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    if args.output:
+        output = Path(args.output)
+        if output.is_dir():
+            parser.error(f"--output {args.output} is a folder; name the .npy file to write")
+        if not output.parent.is_dir():
+            parser.error(f"--output {args.output}: the folder {output.parent} does not exist")
     return args
 
 
 def read_lines(path: str) -> list[str]:
+    """One text per line. Lines end at \\n (or \\r\\n) only: other characters that str.splitlines() breaks at
+    (form feed, U+2028, ...) stay inside a text, so row i of the output is line i + 1 of the file."""
     if path == "-":
-        return sys.stdin.read().splitlines()
-    with open(path, encoding="utf-8") as f:
-        return f.read().splitlines()
+        name, data = "standard input", sys.stdin.buffer.read()
+    elif Path(path).is_dir():
+        raise ValueError(f"{path} is a folder, not a text file")
+    else:
+        name, data = path, Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark is dropped
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{name}: not UTF-8 text (byte {error.start} is {data[error.start:error.start + 1]!r})") from None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
 
 
 def search(model, queries: list[str], corpus_path: str, top_k: int, options: dict):
@@ -85,7 +106,8 @@ def main():
     if args.input:
         texts = read_lines(args.input)
         embeddings = model.encode(texts, show_progress_bar=len(texts) > 10 * args.batch_size, **options)
-        np.save(args.output, embeddings)
+        with open(args.output, "wb") as f:  # np.save(name) would add ".npy" to a name without it
+            np.save(f, embeddings)
         truncated = sum(n > model.max_seq_length for n in model.count_tokens(texts))
         if truncated:
             print(f"note: {truncated} of {len(texts)} texts were longer than max_seq_length "
@@ -100,7 +122,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, TypeError) as error:
-        sys.exit(f"encode.py: {error}")
+    run(main, "encode.py")

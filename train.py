@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from minisbert import SentenceTransformer
 from minisbert.checkpoint import DEFAULT_MODEL, output_folder
-from minisbert.data import (OFFICIAL_ARCHIVES, DataError, batch_order, default_data_dir, download,
+from minisbert.cli import HelpFormatter, run
+from minisbert.data import (OFFICIAL_ARCHIVES, DataError, batch_order, default_data_dir, ensure_downloaded,
                             find_sts_benchmark, nli_triplets, read_sts_benchmark, read_training_data, shard)
 from minisbert.evaluate import sts_correlations
 from minisbert.losses import CONCATENATIONS, LOSSES, tokenize_batch
@@ -40,16 +41,14 @@ from minisbert.training import (MetricsLog, list_checkpoints, load_training_stat
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The docstring as written, and each flag's default after its help."""
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--data", required=True, help="snli, mnli, allnli (both), stsb, or a file of one of their formats")
     parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
                         help="where the data files are ($MINISBERT_DATA, else ./data)")
-    parser.add_argument("--download", action="store_true", help="fetch the official archive if the files are missing")
+    parser.add_argument("--download", action="store_true",
+                        help="fetch a missing data set into --data-dir (without it: into the download cache, "
+                             "unless HF_HUB_OFFLINE is set)")
     parser.add_argument("--loss", choices=list(LOSSES), help="softmax for NLI data, cosine for STS data if not given")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="a base encoder or a sentence model: folder or hub id (the default runs offline)")
@@ -166,18 +165,13 @@ def setup_distributed(args):
 
 
 def load_data(args, rank):
-    try:
-        examples, kind = read_training_data(args.data, args.data_dir)
-    except DataError:
-        if not args.download or args.data not in (*OFFICIAL_ARCHIVES, "allnli"):
-            raise
-        names = ["snli", "mnli"] if args.data == "allnli" else [args.data]
+    if args.data in (*OFFICIAL_ARCHIVES, "allnli"):  # a named data set: downloaded if it is nowhere here
         if rank == 0:
-            for name in names:
-                download(name, args.data_dir)
+            for name in ["snli", "mnli"] if args.data == "allnli" else [args.data]:
+                ensure_downloaded(name, args.data_dir, into_data_dir=args.download)
         if dist.is_initialized():
             dist.barrier()
-        examples, kind = read_training_data(args.data, args.data_dir)
+    examples, kind = read_training_data(args.data, args.data_dir)
     loss = args.loss or ("softmax" if kind == "nli" else "cosine")
     if kind == "sts" and loss != "cosine":
         raise DataError(f"--loss {loss} needs NLI data; STS pairs train with --loss cosine")
@@ -345,7 +339,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, FloatingPointError) as error:
-        sys.exit(f"train.py: {error}")
+    run(main, "train.py", errors=(FileNotFoundError, ValueError, FloatingPointError))

@@ -13,23 +13,28 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 NLI_LABELS = {"contradiction": 0, "entailment": 1, "neutral": 2}  # sentence-transformers' training_nli numbering
 
 # Where each named data set lives under --data-dir: the official archive's layout first, then the file alone.
 # The glob patterns accept a sample of the training file (such as snli_1.0_train.sample20k.jsonl).
+# The official archive's folder, the data set's own folder, or an `nli/` folder of JSONL files all count.
 TRAIN_FILES = {
     "snli": ["snli_1.0/snli_1.0_train.jsonl", "snli_1.0_train.jsonl", "snli_1.0/snli_1.0_train.txt",
-             "snli_1.0_train.txt", "snli_1.0_train*.jsonl"],
+             "snli_1.0_train.txt", "snli_1.0_train*.jsonl", "snli/snli_1.0_train*.jsonl", "nli/snli_1.0_train*.jsonl"],
     "mnli": ["multinli_1.0/multinli_1.0_train.jsonl", "multinli_1.0_train.jsonl",
-             "multinli_1.0/multinli_1.0_train.txt", "multinli_1.0_train.txt", "multinli_1.0_train*.jsonl"],
+             "multinli_1.0/multinli_1.0_train.txt", "multinli_1.0_train.txt", "multinli_1.0_train*.jsonl",
+             "mnli/multinli_1.0_train*.jsonl", "multinli/multinli_1.0_train*.jsonl", "nli/multinli_1.0_train*.jsonl"],
 }
+SCORE_RANGES = {"sts": (0, 5), "sick": (1, 5)}  # the gold similarity scales of STS (STSb, STS12-16) and SICK
 STS_BENCHMARK_FILES = ("stsbenchmark/sts-{split}.csv", "sts-{split}.csv")  # the archive's layout, or the file alone
 TRAIN_FILES["stsb"] = [pattern.format(split="train") for pattern in STS_BENCHMARK_FILES]
 OFFICIAL_ARCHIVES = {
@@ -86,11 +91,15 @@ def _check_width(row: list[str], at: dict, path: Path, line: int) -> None:
         raise DataError(f"{path}:{line}: expected at least {max(at.values()) + 1} tab-separated fields, found {len(row)}")
 
 
-def _score(text: str, path: Path, line: int) -> float:
+def _score(text: str, path: Path, line: int, scale: str = "sts") -> float:
+    low, high = SCORE_RANGES[scale]
     try:
-        return float(text)
+        score = float(text)
     except ValueError:
         raise DataError(f"{path}:{line}: the score {text!r} is not a number") from None
+    if not low <= score <= high:  # also NaN
+        raise DataError(f"{path}:{line}: the score {text!r} is outside the data set's range {low}..{high}")
+    return score
 
 
 def read_nli(path: Path) -> list[Example]:
@@ -114,6 +123,8 @@ def read_nli(path: Path) -> list[Example]:
                     continue
                 try:
                     row = json.loads(line)
+                    if not isinstance(row, dict):
+                        raise DataError(f"{path}:{line_number}: expected a JSON object, found {type(row).__name__}")
                     add(row["gold_label"], row["sentence1"], row["sentence2"], line_number)
                 except json.JSONDecodeError as error:
                     raise DataError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
@@ -170,7 +181,7 @@ def read_sick(path: Path, task: str = "relatedness") -> list[Example]:
     for line, row in rows:
         _check_width(row, at, path, line)
         if task == "relatedness":
-            label = _score(row[at["target"]], path, line)
+            label = _score(row[at["target"]], path, line, "sick")
         elif row[at["target"]].lower() in NLI_LABELS:
             label = NLI_LABELS[row[at["target"]].lower()]
         else:
@@ -210,15 +221,40 @@ def read_sts_year(folder: Path) -> dict[str, list[Example]]:
     return subsets
 
 
+def data_cache() -> Path:
+    """Where data sets downloaded on first use are kept."""
+    return Path(os.environ.get("MINISBERT_CACHE", Path.home() / ".cache" / "minisbert")) / "data"
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
 def find_file(name: str, data_dir: Path) -> Path:
-    """The training file of a named data set under `data_dir`; if none, an error listing where it looked."""
-    for pattern in TRAIN_FILES[name]:
-        matches = sorted(Path(data_dir).glob(pattern))
-        if matches:
-            return matches[0]
+    """The training file of a named data set under `data_dir` or in the download cache; if none, an error that
+    lists where it looked and how to get it."""
+    for folder in (Path(data_dir), data_cache()):
+        for pattern in TRAIN_FILES[name]:
+            matches = sorted(folder.glob(pattern))
+            if matches:
+                return matches[0]
     looked = "\n  ".join(str(Path(data_dir) / pattern) for pattern in TRAIN_FILES[name])
-    raise DataError(f"no {name} training data; looked for:\n  {looked}\n"
-                    f"Download {OFFICIAL_ARCHIVES[name]} and unpack it in {data_dir}, or run again with --download.")
+    raise DataError(f"no {name} training data; looked for:\n  {looked}\n  and in {data_cache()}\n"
+                    f"Point --data-dir (or MINISBERT_DATA) at the folder that holds it, or download "
+                    f"{OFFICIAL_ARCHIVES[name]} and unpack it there (--download does that into --data-dir; "
+                    "without HF_HUB_OFFLINE, train.py downloads it into the cache by itself).")
+
+
+def ensure_downloaded(name: str, data_dir: Path, into_data_dir: bool = False) -> None:
+    """Download a named data set if it is neither under `data_dir` nor cached: into `data_dir` when asked,
+    else into the cache, unless HF_HUB_OFFLINE is set (then the error says where to get it)."""
+    try:
+        find_file(name, data_dir)
+        return
+    except DataError:
+        if offline() and not into_data_dir:
+            raise
+    download(name, data_dir if into_data_dir else data_cache())
 
 
 def _to_unit(examples: list[Example], low: float, high: float) -> list[Example]:
@@ -243,6 +279,16 @@ def read_training_data(data: str, data_dir: Path) -> tuple[list[Example], str]:
     path = Path(data)
     if not path.exists():
         raise DataError(f"--data {data!r} is neither snli, mnli, allnli, stsb nor an existing file")
+    if path.is_dir():
+        raise DataError(f"--data {data}: a folder; name a data set (snli, mnli, allnli, stsb) or a file")
+    try:
+        return _read_file(path)
+    except UnicodeDecodeError as error:
+        raise DataError(f"--data {data}: not UTF-8 text ({error.reason} at byte {error.start} of a block); "
+                        "expected NLI JSONL or TSV, STS benchmark CSV or SICK") from None
+
+
+def _read_file(path: Path) -> tuple[list[Example], str]:
     if path.suffix == ".csv":
         return _to_unit(read_sts_benchmark(path), 0, 5), "sts"
     with open(path, encoding="utf-8") as f:
@@ -255,36 +301,63 @@ def read_training_data(data: str, data_dir: Path) -> tuple[list[Example], str]:
 def download(name: str, data_dir: Path) -> None:
     """Fetch and unpack a data set's official archive into `data_dir` (MINISBERT_DATA_MIRROR replaces the host).
 
-    The archive lands in a temporary file first, so an interrupted download leaves nothing behind.
+    The archive lands in a temporary folder first; its files then move into `data_dir`, never over a file that
+    is there already. A failed download leaves nothing behind, not even the folders it made.
     """
     url = OFFICIAL_ARCHIVES[name]
     mirror = os.environ.get("MINISBERT_DATA_MIRROR")
     if mirror:
         url = mirror.rstrip("/") + "/" + url.rsplit("/", 1)[1]
-    data_dir = Path(data_dir)
+    data_dir = Path(data_dir).absolute()
+    made = next((folder for folder in reversed([data_dir, *data_dir.parents]) if not folder.exists()), None)
     data_dir.mkdir(parents=True, exist_ok=True)
-    print(f"downloading {url}", file=sys.stderr)
-    with tempfile.TemporaryDirectory(dir=data_dir) as staging:
-        archive = Path(staging) / url.rsplit("/", 1)[1]
-        with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as f:
-            shutil.copyfileobj(response, f)
-        unpacked = Path(staging) / "unpacked"
-        if archive.suffix == ".zip":
-            with zipfile.ZipFile(archive) as z:
-                for member in z.namelist():
-                    if member.startswith("/") or ".." in Path(member).parts:
-                        raise DataError(f"{url}: unsafe path {member!r} in the archive")
-                z.extractall(unpacked)
-        else:
-            with tarfile.open(archive) as t:
-                t.extractall(unpacked, filter="data")
-        for entry in unpacked.iterdir():
-            if entry.name == "__MACOSX":
-                continue
-            target = data_dir / entry.name
-            if target.exists():
-                shutil.rmtree(target) if target.is_dir() else target.unlink()
-            entry.rename(target)
+    try:
+        with tempfile.TemporaryDirectory(dir=data_dir, prefix=".download-") as staging:
+            archive = Path(staging) / url.rsplit("/", 1)[1]
+            _fetch(url, archive)
+            unpacked = Path(staging) / "unpacked"
+            if archive.suffix == ".zip":
+                with zipfile.ZipFile(archive) as z:
+                    for member in z.namelist():
+                        if member.startswith("/") or ".." in Path(member).parts:
+                            raise DataError(f"{url}: unsafe path {member!r} in the archive")
+                    z.extractall(unpacked)
+            else:
+                with tarfile.open(archive) as t:
+                    t.extractall(unpacked, filter="data")
+            shutil.rmtree(unpacked / "__MACOSX", ignore_errors=True)
+            _move_new_files(unpacked, data_dir)
+    except BaseException:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+
+
+def _fetch(url: str, path: Path) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as f, \
+                tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
+                     desc=f"downloading {url.rsplit('/', 1)[1]}", disable=None) as bar:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+                bar.update(len(chunk))
+            expected = response.headers.get("Content-Length")
+        if expected is not None and path.stat().st_size != int(expected):
+            raise DataError(f"cannot download {url}: the connection closed after {path.stat().st_size:,} of "
+                            f"{int(expected):,} bytes; try again")
+    except (urllib.error.URLError, OSError) as error:
+        raise DataError(f"cannot download {url} ({getattr(error, 'reason', error)}); download it by hand and unpack it "
+                        "under --data-dir (or MINISBERT_DATA)") from None
+
+
+def _move_new_files(source: Path, target: Path) -> None:
+    """Move the tree `source` into `target`, file by file, leaving every file that `target` already has."""
+    for entry in source.iterdir():
+        destination = target / entry.name
+        if entry.is_dir() and destination.is_dir():
+            _move_new_files(entry, destination)
+        elif not destination.exists():
+            entry.rename(destination)
 
 
 def batch_order(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:

@@ -5,6 +5,7 @@ Table 1: STS12-16 (each year's subsets concatenated into one set, the "all" sett
 benchmark test set and SICK-R test set, as correlations x 100.
 """
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,10 +53,15 @@ def table_sets(data_dir: Path) -> dict[str, list[data.Example] | None]:
     return sets
 
 
-def table(model, data_dir: Path, batch_size: int = 32, precision: str = "fp32") -> dict[str, float | None]:
+def table(model, data_dir: Path, batch_size: int = 32, precision: str = "fp32",
+          show_progress_bar: bool = False) -> dict[str, float | None]:
     """Spearman x 100 per column of the paper's Table 1 (None for a missing set), and their average as 'Avg.'."""
-    row = {name: None if examples is None else 100 * sts_correlations(model, examples, batch_size, precision)["spearman"]
-           for name, examples in table_sets(data_dir).items()}
+    row = {}
+    for name, examples in table_sets(data_dir).items():
+        if show_progress_bar and examples is not None:
+            print(name, file=sys.stderr)
+        row[name] = None if examples is None else 100 * sts_correlations(
+            model, examples, batch_size, precision, show_progress_bar)["spearman"]
     found = [value for value in row.values() if value is not None]
     row["Avg."] = sum(found) / len(found) if found else None
     return row

@@ -107,3 +107,51 @@ def test_batch_order_depends_only_on_seed_and_epoch_and_shards_partition_a_batch
     assert sorted(i for batch in first for i in batch) == list(range(103)) and len(first[-1]) == 103 % 16
     batch = list(range(11))
     assert [data.shard(batch, r, 3) for r in range(3)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
+
+
+def test_the_shared_layout_with_an_nli_folder_is_found(data_dir):
+    assert data.find_file("snli", data_dir).relative_to(data_dir).parts[0] == "nli"
+
+
+def test_online_a_missing_data_set_downloads_into_the_cache_without_touching_other_files(tmp_path, monkeypatch):
+    row = json.dumps({"gold_label": "entailment", "sentence1": "A dog runs.", "sentence2": "An animal moves."}) + "\n"
+    cache_data = tmp_path / "cache" / "data"  # MINISBERT_CACHE is tmp_path / "cache" in every test
+    (cache_data / "snli_1.0").mkdir(parents=True)
+    write(cache_data / "snli_1.0" / "README.txt", "a user's own notes")
+    with snli_mirror(tmp_path / "mirror", row) as (url, requested):
+        monkeypatch.setenv("MINISBERT_DATA_MIRROR", url)
+        with pytest.raises(DataError, match="no snli training data"):  # HF_HUB_OFFLINE=1: nothing is fetched
+            data.ensure_downloaded("snli", tmp_path / "empty")
+        assert requested == []
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        data.ensure_downloaded("snli", tmp_path / "empty")
+    assert (cache_data / "snli_1.0" / "README.txt").read_text() == "a user's own notes"
+    examples, _ = data.read_training_data("snli", tmp_path / "empty")
+    assert [e.texts for e in examples] == [("A dog runs.", "An animal moves.")]
+    assert not (tmp_path / "empty").exists()
+
+
+def test_a_failed_download_is_one_clear_error_and_leaves_no_folders(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINISBERT_DATA_MIRROR", "http://127.0.0.1:9")  # the discard port: nothing listens
+    with pytest.raises(DataError, match=r"cannot download http://127\.0\.0\.1:9/snli_1\.0\.zip"):
+        data.download("snli", tmp_path / "new" / "data")
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("sts-train.csv", "g\tf\t2012\t1\t7.5\tone\ttwo\n", r"sts-train.csv:1: the score '7.5' is outside .* 0..5"),
+    ("sts-train.csv", "g\tf\t2012\t1\tnan\tone\ttwo\n", r"the score 'nan' is outside"),
+    ("SICK.txt", "pair_ID\tsentence_A\tsentence_B\trelatedness_score\n1\ta\tb\t0.5\n", r"SICK.txt:2: .* outside .* 1..5"),
+    ("rows.jsonl", '["a", "b"]\n', r"rows.jsonl:1: expected a JSON object, found list"),
+])
+def test_bad_training_rows_name_file_and_line(tmp_path, name, text, message):
+    with pytest.raises(DataError, match=message):
+        data.read_training_data(str(write(tmp_path / name, text)), tmp_path)
+
+
+def test_a_folder_or_a_binary_file_as_data_is_named(tmp_path):
+    with pytest.raises(DataError, match="a folder"):
+        data.read_training_data(str(tmp_path), tmp_path)
+    (tmp_path / "weights.bin").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(DataError, match=r"weights\.bin: not UTF-8 text"):
+        data.read_training_data(str(tmp_path / "weights.bin"), tmp_path)

@@ -79,3 +79,36 @@ def test_mine_prints_the_reference_pairs(minilm_folder):
     printed = [re.match(r"(-?\d\.\d{4})\t\[(\d+)\] .*\t\[(\d+)\] ", line).groups() for line in output.splitlines()]
     assert [(int(i), int(j)) for _, i, j in printed] == [(i, j) for _, i, j in expected]
     assert [float(score) for score, _, _ in printed] == pytest.approx([score for score, _, _ in expected], abs=1e-4)
+
+
+def run_failing(*args, stdin=None, cwd=ROOT, script="encode.py"):
+    result = subprocess.run([sys.executable, str(ROOT / script), *args], input=stdin, capture_output=True, cwd=cwd,
+                            timeout=300)
+    assert result.returncode != 0 and b"Traceback" not in result.stderr, result.stderr
+    return result.stderr.decode()
+
+
+def test_input_lines_end_at_newlines_only(minilm_folder, tmp_path):
+    # characters that str.splitlines() would break at stay inside their line; \r\n ends a line; a BOM is dropped
+    texts = ["page\x0cbreak", "group\x1dsep", "next\x85line", "line\u2028separator", "plain"]
+    (tmp_path / "in.txt").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(texts).encode("utf-8") + b"\r\n")
+    message = run("--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "out"))
+    assert f"wrote 5 embeddings of dimension 384 to {tmp_path / 'out'}" in message
+    expected = Reference(str(minilm_folder), device="cpu").encode(texts)
+    np.testing.assert_allclose(np.load(tmp_path / "out"), expected, atol=1e-5, rtol=0)  # the exact name given
+
+
+def test_bad_input_and_output_paths_are_named_before_encoding(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("fine\ncaf\xe9\n".encode("latin-1"))
+    assert "not UTF-8 text (byte 8" in run_failing("--input", str(tmp_path / "latin1.txt"), "--output",
+                                                   str(tmp_path / "x.npy"))
+    assert "is a folder, not a text file" in run_failing("--input", str(tmp_path), "--output", str(tmp_path / "x.npy"))
+    (tmp_path / "in.txt").write_text("a\n")
+    message = run_failing("--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "missing" / "x.npy"))
+    assert f"the folder {tmp_path / 'missing'} does not exist" in message
+
+
+def test_evaluate_without_any_data_fails(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--data-dir", str(tmp_path)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 1 and "none of the Table 1 sets" in result.stderr
