@@ -285,8 +285,8 @@ def main():
             if loss is None:
                 kept = list_checkpoints(args.output)
                 raise FloatingPointError(
-                    f"the loss is not finite at step {progress['step'] + 1} (epoch {epoch}, batch {b}); nothing was "
-                    f"updated. The last good checkpoint is {kept[-1] if kept else 'none (none written yet)'}. "
+                    f"the loss or its gradient is not finite at step {progress['step'] + 1} (epoch {epoch}, batch {b}); "
+                    f"nothing was updated. The last good checkpoint is {kept[-1] if kept else 'none (none written yet)'}. "
                     "Try a lower --lr or --precision fp32.")
             progress["step"] += 1
             if world_size > 1:  # log the loss of the global batch, as one process would see it

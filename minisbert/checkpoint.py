@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import hub
-from .encoder import Encoder, EncoderConfig, load_encoder_weights
+from .encoder import Encoder, EncoderConfig, encoder_state_for_checkpoint, load_encoder_weights
 from .pooling import Dense, Normalize, Pooling
 from .tokenize import TOKENIZER_FILES, Tokenizer
 
@@ -280,10 +280,8 @@ def write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
 
 
-def save_tensors(module: torch.nn.Module, path: Path, extra: dict | None = None) -> None:
-    tensors = {k: v.detach().float().cpu().contiguous() for k, v in (extra or {}).items()}
-    tensors.update({k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()})
-    save_file(tensors, path, metadata={"format": "pt"})
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, path, metadata={"format": "pt"})
 
 
 def current_umask() -> int:
@@ -328,8 +326,8 @@ def save_folder(model, folder: Path) -> None:
         modules.append((kind, f"{i}_{kind}"))
         if isinstance(module, Dense):
             files[f"{i}_{kind}/config.json"] = lambda path, module=module: write_json(path, module.config())
-            files[f"{i}_{kind}/model.safetensors"] = lambda path, module=module: save_tensors(module, path)
-    files["model.safetensors"] = lambda path: save_tensors(model.encoder, path, model.encoder.pooler_tensors)
+            files[f"{i}_{kind}/model.safetensors"] = lambda path, module=module: save_tensors(module.state_dict(), path)
+    files["model.safetensors"] = lambda path: save_tensors(encoder_state_for_checkpoint(model.encoder), path)
     files["modules.json"] = lambda path: write_json(path, [
         {"idx": i, "name": str(i), "path": path, "type": ST_TYPE_NAMES[kind]} for i, (kind, path) in enumerate(modules)])
 

@@ -1,8 +1,9 @@
-"""BERT and RoBERTa in plain PyTorch, with the parameter names of Hugging Face checkpoints.
+"""BERT and RoBERTa in plain PyTorch, and the table that maps Hugging Face checkpoint names to ours.
 
-The module tree mirrors the checkpoint names (`embeddings.word_embeddings`,
-`encoder.layer.N.attention.self.query`, ...) so that a published state dict loads after
-nothing more than dropping a model prefix; `load_encoder_weights` checks every tensor.
+One layer, as in the paper's figure of BERT (post-LayerNorm):
+    x = LayerNorm(x + Dropout(W_o Attention(W_q x, W_k x, W_v x)))
+    x = LayerNorm(x + Dropout(W_2 GELU(W_1 x)))
+`checkpoint_names` lists, for every tensor, its name in a published checkpoint; loading checks each one.
 """
 
 from dataclasses import MISSING, dataclass, fields
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")  # xlm-roberta is RoBERTa with another vocabulary
+ARCHITECTURES = {"bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel"}
 
 ACTIVATIONS = {
     "gelu": F.gelu,  # exact erf GELU, as BERT was trained with
@@ -75,6 +77,11 @@ class EncoderConfig:
                               f"num_attention_heads {values['num_attention_heads']}")
         return cls(**values)
 
+    def to_dict(self) -> dict:
+        """A config.json that transformers reads as the same model."""
+        return {"architectures": [ARCHITECTURES[self.model_type]],
+                **{field.name: getattr(self, field.name) for field in fields(self)}}
+
     @property
     def is_roberta(self) -> bool:
         return self.model_type != "bert"
@@ -85,140 +92,142 @@ class EncoderConfig:
         return self.max_position_embeddings - (self.pad_token_id + 1 if self.is_roberta else 0)
 
 
-class Embeddings(nn.Module):
-    def __init__(self, config: EncoderConfig):
-        super().__init__()
-        self.config = config
-        d, pad = config.hidden_size, config.pad_token_id
-        # The tables start uninitialised (passing _weight skips nn.Embedding's random init, which alone costs
-        # a second on the meta device): a checkpoint or init_weights() fills them.
-        self.word_embeddings = nn.Embedding(config.vocab_size, d, padding_idx=pad,
-                                            _weight=torch.empty(config.vocab_size, d))
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, d,
-                                                padding_idx=pad if config.is_roberta else None,
-                                                _weight=torch.empty(config.max_position_embeddings, d))
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, d, _weight=torch.empty(config.type_vocab_size, d))
-        self.LayerNorm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+class Packing:
+    """Where the real tokens of a padded batch (B, S) sit, to move activations between two layouts:
+    packed (N, D), the N real tokens only, on which the dense layers run, so padding costs them nothing;
+    padded (B, S, D), zeros at the padding, which attention needs. With `enabled=False` both are the padded
+    batch, flattened for the dense layers (the benchmarks measure what packing gains).
+    """
 
-    def forward(self, input_ids, token_type_ids=None):
-        if self.config.is_roberta:
-            # fairseq numbering: real tokens count up from padding_idx + 1, padding keeps padding_idx
-            is_token = input_ids.ne(self.config.pad_token_id).long()
-            position_ids = torch.cumsum(is_token, dim=1) * is_token + self.config.pad_token_id
-        else:
-            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-        x = x + self.position_embeddings(position_ids)
-        return self.dropout(self.LayerNorm(x))  # (B, S, D)
+    def __init__(self, attention_mask: torch.Tensor, enabled: bool = True):
+        self.shape = attention_mask.shape
+        self.index = attention_mask.flatten().nonzero().squeeze(1) if enabled else None  # (N,) in the (B * S) grid
 
+    def pack(self, x: torch.Tensor) -> torch.Tensor:  # (B, S, D) -> (N, D)
+        x = x.reshape(-1, x.shape[-1])
+        return x if self.index is None else x.index_select(0, self.index)
 
-class SelfAttention(nn.Module):
-    def __init__(self, config: EncoderConfig):
-        super().__init__()
-        d = config.hidden_size
-        self.num_heads = config.num_attention_heads
-        self.dropout_p = config.attention_probs_dropout_prob
-        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
-
-    def forward(self, x, attention_mask, tokens):
-        # x holds the real tokens only, (N, D); `tokens` says where each sits in the (B * S) grid of the batch
-        B, S = attention_mask.shape[0], attention_mask.shape[-1]
-        N, D = x.shape
-        H = self.num_heads
-
-        def to_heads(t):  # (N, D) -> (B, H, S, D/H), zeros at the padding
-            grid = t.new_zeros(B * S, D).index_copy(0, tokens, t)
-            return grid.view(B, S, H, D // H).transpose(1, 2)
-
-        q, k, v = (to_heads(proj(x)) for proj in (self.query, self.key, self.value))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask,
-                                           dropout_p=self.dropout_p if self.training else 0.0)
-        return y.transpose(1, 2).reshape(B * S, D).index_select(0, tokens)  # (B, H, S, D/H) -> (N, D)
-
-
-class AddNorm(nn.Module):
-    """The `*.output` blocks: project, dropout, add the residual, post-LayerNorm."""
-
-    def __init__(self, in_features: int, config: EncoderConfig):
-        super().__init__()
-        self.dense = nn.Linear(in_features, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, x, residual):
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:  # (N, D) -> (B, S, D)
+        if self.index is not None:
+            x = x.new_zeros(self.shape.numel(), x.shape[-1]).index_copy(0, self.index, x)
+        return x.view(*self.shape, x.shape[-1])
 
 
 class Layer(nn.Module):
     def __init__(self, config: EncoderConfig):
         super().__init__()
-        self.attention = nn.ModuleDict({"self": SelfAttention(config), "output": AddNorm(config.hidden_size, config)})
-        self.intermediate = nn.ModuleDict({"dense": nn.Linear(config.hidden_size, config.intermediate_size)})
-        self.output = AddNorm(config.intermediate_size, config)
+        d, h = config.hidden_size, config.intermediate_size
+        self.num_heads = config.num_attention_heads
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.attention_output = nn.Linear(d, d)
+        self.attention_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.intermediate = nn.Linear(d, h)
+        self.output = nn.Linear(h, d)
+        self.output_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.activation = ACTIVATIONS[config.hidden_act]
 
-    def forward(self, x, attention_mask, tokens):
-        x = self.attention["output"](self.attention["self"](x, attention_mask, tokens), x)
-        return self.output(self.activation(self.intermediate["dense"](x)), x)
+    def forward(self, x: torch.Tensor, packing: Packing, mask: torch.Tensor) -> torch.Tensor:
+        # x: (N, D) packed tokens; mask: (B, 1, 1, S), True where a key is a real token
+        B, S = packing.shape
+        N, D = x.shape
+        H = self.num_heads
+
+        def heads(t):  # (N, D) -> (B, H, S, D/H)
+            return packing.unpack(t).view(B, S, H, D // H).transpose(1, 2)
+
+        attended = F.scaled_dot_product_attention(heads(self.query(x)), heads(self.key(x)), heads(self.value(x)),
+                                                  attn_mask=mask,
+                                                  dropout_p=self.attention_dropout if self.training else 0.0)
+        attended = packing.pack(attended.transpose(1, 2).reshape(B, S, D))  # (B, H, S, D/H) -> (N, D)
+        x = self.attention_norm(x + self.dropout(self.attention_output(attended)))
+        return self.output_norm(x + self.dropout(self.output(self.activation(self.intermediate(x)))))
 
 
 class Encoder(nn.Module):
-    """Token ids (B, S) and attention mask (B, S) in, contextual token embeddings (B, S, D) out."""
+    """Token ids (B, S) and attention mask (B, S) in, contextual token embeddings (B, S, D) out (zeros at padding)."""
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
         self.config = config
-        self.embeddings = Embeddings(config)
-        self.encoder = nn.ModuleDict({"layer": nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))})
-        self.pooler_tensors = {}  # filled by load_encoder_weights
+        d = config.hidden_size
+        self.word_embeddings = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, d)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, d)
+        self.embeddings_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        self.packing = True  # run the dense layers on the real tokens only (see Packing)
+        self.pooler_tensors = {}  # the checkpoint's pooler, unused by SBERT, written back on save
+        self.init_weights()
+
+    def positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.config.is_roberta:
+            # fairseq numbering: real tokens count up from padding_idx + 1, padding keeps padding_idx
+            is_token = input_ids.ne(self.config.pad_token_id).long()
+            return torch.cumsum(is_token, dim=1) * is_token + self.config.pad_token_id
+        return torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        x = self.embeddings(input_ids, token_type_ids)  # (B, S, D)
-        B, S, D = x.shape
-        real = attention_mask.bool()
-        # Only attention needs the (B, S) layout. The dense layers, most of the work, run on the real tokens
-        # alone, packed as (N, D): padding costs nothing there, which matters when texts differ in length.
-        tokens = real.flatten().nonzero().squeeze(1)  # (N,) positions in the (B * S) grid
-        x = x.reshape(B * S, D).index_select(0, tokens)
-        mask = real[:, None, None, :]  # (B, 1, 1, S): every position attends to the real tokens of its row
-        for layer in self.encoder["layer"]:
-            x = layer(x, mask, tokens)
-        return x.new_zeros(B * S, D).index_copy(0, tokens, x).view(B, S, D)  # zeros at the padding
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = (self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+             + self.position_embeddings(self.positions(input_ids)))
+        x = self.dropout(self.embeddings_norm(x))  # (B, S, D)
+        packing = Packing(attention_mask.bool(), self.packing)
+        mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S): every position attends to its row's tokens
+        x = packing.pack(x)
+        for layer in self.layers:
+            x = layer(x, packing, mask)
+        x = packing.unpack(x)  # (B, S, D)
+        return x if self.packing else x * attention_mask[..., None].to(x.dtype)  # zeros at the padding either way
 
+    @torch.no_grad()
     def init_weights(self, std: float = 0.02):
-        """BERT's initialisation, for an encoder trained from scratch (tests, benchmarks)."""
+        """BERT's initialisation (an encoder trained from scratch); a no-op on the meta device."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=std)
+                module.weight.normal_(std=std)
+            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
             if isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
+                module.bias.zero_()
             if isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+                module.weight.fill_(1.0)
+                module.bias.zero_()
 
 
-# Names in published checkpoints that SBERT does not use: the pretraining heads, the pooler,
-# and buffers that older files stored.
-IGNORED_PREFIXES = ("pooler.", "cls.", "lm_head.", "embeddings.position_ids", "embeddings.token_type_ids")
+# ---------------------------------------------------------------- checkpoint names
+
+def checkpoint_names(config: EncoderConfig) -> dict[str, str]:
+    """{our tensor name: its name in a Hugging Face BertModel / RobertaModel checkpoint}."""
+    names = {"word_embeddings.weight": "embeddings.word_embeddings.weight",
+             "position_embeddings.weight": "embeddings.position_embeddings.weight",
+             "token_type_embeddings.weight": "embeddings.token_type_embeddings.weight",
+             "embeddings_norm.weight": "embeddings.LayerNorm.weight",
+             "embeddings_norm.bias": "embeddings.LayerNorm.bias"}
+    per_layer = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+                 "attention_output": "attention.output.dense", "attention_norm": "attention.output.LayerNorm",
+                 "intermediate": "intermediate.dense", "output": "output.dense", "output_norm": "output.LayerNorm"}
+    for i in range(config.num_hidden_layers):
+        for ours, theirs in per_layer.items():
+            for kind in ("weight", "bias"):
+                names[f"layers.{i}.{ours}.{kind}"] = f"encoder.layer.{i}.{theirs}.{kind}"
+    return names
 
 
-def pooler_name(name: str) -> str | None:
-    """`pooler.dense.weight` for a checkpoint's pooler tensor (with or without a model prefix), else None."""
-    return name[name.index("pooler."):] if name.split(".")[-3:-2] == ["pooler"] else None
+# Tensors of published checkpoints that SBERT does not use: pretraining heads and buffers older files stored.
+# The pooler is not used either, but kept (see Encoder.pooler_tensors).
+IGNORED_PREFIXES = ("cls.", "lm_head.", "embeddings.position_ids", "embeddings.token_type_ids")
 
 
-def checkpoint_name_to_ours(name: str, model_type: str) -> str | None:
-    """Map one checkpoint tensor name to ours, or None for a tensor SBERT does not use."""
+def plain_name(name: str, model_type: str) -> str:
+    """A checkpoint name without its model prefix (`bert.`, `roberta.`), with TensorFlow-era gamma/beta renamed."""
     for prefix in ("bert.", "roberta.", model_type.replace("-", "_") + ".", "model."):
         if name.startswith(prefix):
             name = name[len(prefix):]
             break
-    if name.startswith(IGNORED_PREFIXES):
-        return None
-    # checkpoints converted from the original TensorFlow code name LayerNorm's parameters gamma and beta
     if name.endswith(".gamma"):
         name = name[: -len("gamma")] + "weight"
     elif name.endswith(".beta"):
@@ -227,37 +236,37 @@ def checkpoint_name_to_ours(name: str, model_type: str) -> str | None:
 
 
 def load_encoder_weights(encoder: Encoder, state_dict: dict, source: str) -> None:
-    """Copy a checkpoint into `encoder`; every missing, unexpected, wrongly shaped or non-finite tensor is an error.
-
-    The pooler's tensors, which SBERT does not use, are kept in `encoder.pooler_tensors` and written back on
-    save, so that transformers' BertModel finds every tensor it expects in a saved folder.
-    """
-    ours = dict(encoder.state_dict())
-    renamed = {}
-    unexpected = []
+    """Copy a checkpoint into `encoder`; every missing, unexpected, wrongly shaped or non-finite tensor is an error."""
+    ours_by_theirs = {theirs: ours for ours, theirs in checkpoint_names(encoder.config).items()}
+    shapes = {name: tuple(t.shape) for name, t in encoder.state_dict().items()}
+    loaded, unexpected, problems = {}, [], []
     encoder.pooler_tensors = {}
-    for name, tensor in state_dict.items():
+    for original, tensor in state_dict.items():
+        name = plain_name(original, encoder.config.model_type)
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ValueError(f"{source}: tensor {name} holds NaN or infinite values")
-        target = checkpoint_name_to_ours(name, encoder.config.model_type)
-        if target is None:
-            if target_name := pooler_name(name):
-                encoder.pooler_tensors[target_name] = tensor
-            continue
-        if target not in ours:
-            unexpected.append(name)
-        renamed[target] = (name, tensor)
-    missing = sorted(ours.keys() - renamed.keys())
-    problems = []
+            raise ValueError(f"{source}: tensor {original} holds NaN or infinite values")
+        if name.startswith("pooler."):
+            encoder.pooler_tensors[name] = tensor
+        elif name in ours_by_theirs:
+            ours = ours_by_theirs[name]
+            if tuple(tensor.shape) != shapes[ours]:
+                problems.append(f"tensor {original} has shape {tuple(tensor.shape)} but config.json asks for "
+                                f"{shapes[ours]}")
+            loaded[ours] = tensor.float()
+        elif not name.startswith(IGNORED_PREFIXES):
+            unexpected.append(original)
+    missing = sorted(theirs for ours, theirs in checkpoint_names(encoder.config).items() if ours not in loaded)
     if missing:
-        problems.append(f"missing tensors: {', '.join(missing)}")
+        problems.insert(0, f"missing tensors: {', '.join(missing)}")
     if unexpected:
-        problems.append(f"unexpected tensors: {', '.join(sorted(unexpected))}")
-    for target, (name, tensor) in renamed.items():
-        if target in ours and tuple(tensor.shape) != tuple(ours[target].shape):
-            problems.append(f"tensor {name} has shape {tuple(tensor.shape)} but config.json asks for "
-                            f"{tuple(ours[target].shape)}")
+        problems.insert(1 if missing else 0, f"unexpected tensors: {', '.join(sorted(unexpected))}")
     if problems:
         raise ValueError(f"{source} does not match its config.json: " + "; ".join(problems))
     # assign=True adopts the loaded tensors, so an encoder built on the meta device is never initialised twice
-    encoder.load_state_dict({target: tensor.float() for target, (_, tensor) in renamed.items()}, assign=True)
+    encoder.load_state_dict(loaded, assign=True)
+
+
+def encoder_state_for_checkpoint(encoder: Encoder) -> dict[str, torch.Tensor]:
+    """The encoder's tensors under their checkpoint names (pooler included), as `model.safetensors` holds them."""
+    state = encoder.state_dict()
+    return {**encoder.pooler_tensors, **{theirs: state[ours] for ours, theirs in checkpoint_names(encoder.config).items()}}

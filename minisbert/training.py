@@ -19,8 +19,9 @@ STATE_FILE = "training_state.pt"
 
 def train_step(loss_fn, optimizer, batch: dict, lr: float, max_grad_norm: float = 1.0,
                autocast_dtype: torch.dtype | None = None, scaler=None, is_finite=None) -> torch.Tensor | None:
-    """Forward, backward, clip at `max_grad_norm`, AdamW step at `lr`. Returns the loss, or None if it is not
-    finite (then nothing is updated). `is_finite` may widen that test to every process of a distributed run."""
+    """Forward, backward, clip at `max_grad_norm`, AdamW step at `lr`. Returns the loss, or None if the loss or the
+    gradient is not finite (then nothing is updated). `is_finite` may widen that test to every process of a
+    distributed run."""
     device_type = batch["input_ids"].device.type
     with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         loss = loss_fn(batch)
@@ -36,7 +37,11 @@ def train_step(loss_fn, optimizer, batch: dict, lr: float, max_grad_norm: float 
     else:
         loss.backward()
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    # fp16's scaler skips a step with infinite gradients by itself (and lowers the scale); elsewhere they stop the run
+    if scaler is None and not (is_finite(torch.isfinite(norm)) if is_finite else bool(torch.isfinite(norm))):
+        optimizer.zero_grad(set_to_none=True)
+        return None
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()

@@ -2,8 +2,10 @@
 
 import copy
 
+import pytest
 import torch
 from torch import nn
+from transformers import get_linear_schedule_with_warmup
 
 from minisbert.encoder import Encoder, EncoderConfig
 from minisbert.optim import AdamW, parameter_groups, warmup_then_linear_decay
@@ -35,7 +37,7 @@ def test_adamw_with_warmup_equals_torch_adamw_for_120_steps():
     ours = AdamW(parameter_groups(ours_model, weight_decay=0.01), lr=lr)
     reference = torch.optim.AdamW(parameter_groups(torch_model, weight_decay=0.01), lr=lr, eps=1e-8,
                                   betas=(0.9, 0.999))
-    schedule = torch.optim.lr_scheduler.LambdaLR(reference, lambda step: warmup_then_linear_decay(step, warmup, total))
+    schedule = get_linear_schedule_with_warmup(reference, warmup, total)  # transformers', not ours
     for step in range(total):
         for group in ours.param_groups:
             group["lr"] = lr * warmup_then_linear_decay(step, warmup, total)
@@ -54,14 +56,24 @@ def test_no_weight_decay_on_biases_and_layernorm():
     model = small_model()
     decay, no_decay = parameter_groups(model)
     names = {id(p): n for n, p in model.named_parameters()}
-    assert all(names[id(p)].endswith(("bias", "LayerNorm.weight")) for p in no_decay["params"])
-    assert all(not names[id(p)].endswith(("bias", "LayerNorm.weight")) for p in decay["params"])
+    assert all(names[id(p)].endswith(("bias", "norm.weight")) for p in no_decay["params"])
+    assert all(not names[id(p)].endswith(("bias", "norm.weight")) for p in decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
 def test_schedule_is_linear_warmup_then_linear_decay():
     # 10 steps of warmup out of 100: 0, 0.5 at step 5, 1 at step 10, then down to 0 at step 100
     assert [warmup_then_linear_decay(s, 10, 100) for s in (0, 5, 10, 55, 100, 120)] == [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("warmup,total", [(0, 50), (1, 1), (7, 93), (30, 300)])
+def test_schedule_equals_transformers_linear_schedule_with_warmup(warmup, total):
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = get_linear_schedule_with_warmup(optimizer, warmup, total)
+    for step in range(total + 5):
+        assert warmup_then_linear_decay(step, warmup, total) == pytest.approx(schedule.get_last_lr()[0], abs=1e-12), step
+        optimizer.step()
+        schedule.step()
 
 
 def test_train_step_clips_the_gradient_norm_at_1_and_skips_a_non_finite_loss():
@@ -82,4 +94,9 @@ def test_train_step_clips_the_gradient_norm_at_1_and_skips_a_non_finite_loss():
         assert torch.allclose(a, b, atol=1e-6, rtol=0), name
     before = [p.clone() for p in model.parameters()]
     assert train_step(lambda _: loss_of(model, 0) * float("nan"), optimizer, batch, lr=1e-3) is None
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    # a finite loss whose gradient is not: d sqrt(x)/dx at 0 is infinite
+    finite_loss = lambda _: loss_of(model, 0) + torch.sqrt(model["head"].weight.abs().sum() * 0)  # noqa: E731
+    assert torch.isfinite(finite_loss(None))
+    assert train_step(finite_loss, optimizer, batch, lr=1e-3) is None
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -65,7 +65,7 @@ def test_bf16_copy_follows_changes_of_the_weights(minilm_folder, varied_texts):
     model = SentenceTransformer(minilm_folder)
     before = model.encode(varied_texts, precision="bf16")
     with torch.no_grad():
-        model.encoder.encoder["layer"][0].output.dense.bias.add_(0.5)
+        model.encoder.layers[0].output.bias.add_(0.5)
     changed = model.encode(varied_texts, precision="bf16")
     assert np.abs(changed - before).max() > 1e-3
     np.testing.assert_allclose(changed, model.encode(varied_texts), atol=0.05)

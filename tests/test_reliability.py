@@ -232,3 +232,19 @@ def test_a_shard_index_that_points_outside_is_refused(tiny_bert, tmp_path):
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}}))
     with pytest.raises(ValueError, match="no weight_map"):
         SentenceTransformer(folder)
+
+
+def test_a_training_state_holding_code_is_refused_on_resume(tmp_path):
+    import pickle
+
+    import torch
+
+    from minisbert.training import STATE_FILE, read_run_arguments
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"arguments": Evil()}, tmp_path / STATE_FILE, pickle_module=pickle)
+    with pytest.raises(ValueError, match="refusing to unpickle"):
+        read_run_arguments(tmp_path)
