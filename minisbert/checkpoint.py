@@ -318,7 +318,7 @@ def save_folder(model, folder: Path) -> None:
                  "__version__": {"pytorch": torch.__version__}, "prompts": {}, "default_prompt_name": None,
                  "similarity_fn_name": "cosine"}),
              "1_Pooling/config.json": lambda path: write_json(path, model.pooling.config())}
-    for name, data in model.tokenizer.files.items():
+    for name, data in model.tokenizer.files_to_save().items():
         files[name] = lambda path, data=data: path.write_bytes(data)
     modules = [("Transformer", ""), ("Pooling", "1_Pooling")]
     for i, module in enumerate(model.after, start=2):

@@ -13,7 +13,7 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from . import data
-from .search import pairwise_cos_sim
+from .similarity import pairwise_cos_sim
 
 TABLE_COLUMNS = ["STS12", "STS13", "STS14", "STS15", "STS16", "STSb", "SICK-R"]
 

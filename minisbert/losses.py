@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .search import cos_sim
+from .similarity import cos_sim
 
 CONCATENATIONS = ("u", "v", "|u-v|", "u*v")  # the parts of the paper's Table 6 ablation
 

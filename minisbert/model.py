@@ -11,7 +11,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint
-from .pooling import Normalize
+from .encoder import Encoder
+from .pooling import Normalize, Pooling
+from .tokenize import Tokenizer
 
 PRECISIONS = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
               "fp16": torch.float16, "float16": torch.float16}
@@ -33,14 +35,26 @@ class SentenceTransformer(nn.Module):
     `count_tokens()` tells how many tokens a text has before truncation.
     """
 
-    def __init__(self, model_name_or_path: str = checkpoint.DEFAULT_MODEL, device: str | None = None):
+    def __init__(self, model_name_or_path: str | Path | None = None, device: str | None = None, *,
+                 encoder: Encoder | None = None, tokenizer: Tokenizer | None = None, pooling: Pooling | None = None,
+                 after: list[nn.Module] = ()):
+        """Load a model folder or hub id (all-MiniLM-L6-v2 if none is named); or build one from its parts:
+        `encoder` and `tokenizer`, then `pooling` (mean pooling if None) and the Dense/Normalize modules `after` it."""
         super().__init__()
-        parts = checkpoint.load(model_name_or_path)
-        self.encoder = parts["encoder"]
-        self.config = parts["config"]  # config.json as read, written back by save()
-        self.tokenizer = parts["tokenizer"]
-        self.pooling = parts["pooling"]
-        self.after = nn.ModuleList(parts["after"])  # Dense and Normalize modules, in modules.json order
+        config = None
+        if encoder is None:
+            if tokenizer is not None or pooling is not None or after:
+                raise ValueError("the parts of a model start with its encoder: pass encoder= and tokenizer= too")
+            parts = checkpoint.load(model_name_or_path or checkpoint.DEFAULT_MODEL)
+            encoder, config, tokenizer, pooling, after = (parts[k] for k in ("encoder", "config", "tokenizer",
+                                                                             "pooling", "after"))
+        elif model_name_or_path is not None or tokenizer is None:
+            raise ValueError("pass either a model name or path, or the parts (encoder= and tokenizer=), not both")
+        self.encoder = encoder
+        self.config = config or encoder.config.to_dict()  # config.json as read, written back by save()
+        self.tokenizer = tokenizer
+        self.pooling = pooling or Pooling(encoder.config.hidden_size, "mean")
+        self.after = nn.ModuleList(after)  # Dense and Normalize modules, in modules.json order
         self._low_precision_encoders = {}
         self.eval()
         if device is not None:

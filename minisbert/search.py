@@ -1,4 +1,4 @@
-"""Comparing embeddings: similarity functions, exact top-k semantic search and paraphrase mining, in bounded memory.
+"""Exact top-k semantic search and paraphrase mining over embeddings, in bounded memory.
 
 Every search goes through `top_k_cosine`: the corpus is taken in blocks and each block in one of two ways,
 giving the same results. On CUDA the fused Triton kernel (topk_kernel.py) computes scores and keeps the best
@@ -8,79 +8,18 @@ time and selects from it.
 
 import gc
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.autonotebook import tqdm
 
-from minisbert import topk_kernel
+from minisbert.similarity import as_matrix, check_finite, check_positive, common_dtype, cos_sim
 
 
-def _as_matrix(x, name: str = "embeddings") -> torch.Tensor:
-    """A 1-D or 2-D array or tensor of numbers as a (rows, dim) tensor; anything else is a clear error."""
-    if isinstance(x, str) or (isinstance(x, (list, tuple)) and any(isinstance(item, str) for item in x)):
-        raise TypeError(f"{name}: expected embeddings (numbers), got text; embed it first with model.encode()")
-    try:
-        x = torch.as_tensor(np.asarray(x) if isinstance(x, (list, tuple)) else x)
-    except (TypeError, ValueError, RuntimeError) as error:
-        raise TypeError(f"{name}: expected a numpy array or tensor of numbers ({error})") from None
-    if x.dim() not in (1, 2) or not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64, torch.bool)):
-        raise ValueError(f"{name}: expected a 1-D or 2-D array of numbers, got shape {tuple(x.shape)} of {x.dtype}")
-    return x.unsqueeze(0) if x.dim() == 1 else x
-
-
-def _check_finite(x: torch.Tensor, name: str) -> None:
-    """Search refuses NaN and infinite values: a NaN score would rank first for every query."""
-    bad = (~torch.isfinite(x)).any(dim=1).nonzero()
-    if len(bad):
-        raise ValueError(f"{name}: row {bad[0, 0].item()} holds NaN or infinite values "
-                         f"({len(bad)} row{'s' if len(bad) > 1 else ''} in all)")
-
-
-def _check_positive(**values) -> None:
-    for name, value in values.items():
-        if value is not None and (type(value) is not int or value < 1):
-            raise ValueError(f"{name} must be a positive integer, not {value!r}")
-
-
-def _common_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
-    dtype = torch.promote_types(a.dtype, b.dtype)
-    return dtype if dtype.is_floating_point else torch.float32
-
-
-def _same_dtype(a, b, name: str, pairwise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    a, b = _as_matrix(a, f"{name}: a"), _as_matrix(b, f"{name}: b")
-    if a.shape[-1] != b.shape[-1] or (pairwise and a.shape != b.shape):
-        raise ValueError(f"{name}: shapes do not match, a is {tuple(a.shape)} and b is {tuple(b.shape)}")
-    dtype = _common_dtype(a, b)
-    return a.to(dtype), b.to(dtype=dtype, device=a.device)
-
-
-def cos_sim(a, b) -> torch.Tensor:
-    """Cosine similarity of every row of `a` (N, D) with every row of `b` (M, D): a tensor (N, M)."""
-    a, b = _same_dtype(a, b, "cos_sim")
-    return F.normalize(a, p=2, dim=-1) @ F.normalize(b, p=2, dim=-1).T
-
-
-def dot_score(a, b) -> torch.Tensor:
-    """Dot product of every row of `a` (N, D) with every row of `b` (M, D): a tensor (N, M)."""
-    a, b = _same_dtype(a, b, "dot_score")
-    return a @ b.T
-
-
-def pairwise_cos_sim(a, b) -> torch.Tensor:
-    """Cosine similarity of a[i] with b[i], for each i: a tensor (N,)."""
-    a, b = _same_dtype(a, b, "pairwise_cos_sim", pairwise=True)
-    return (F.normalize(a, p=2, dim=-1) * F.normalize(b, p=2, dim=-1)).sum(dim=-1)
-
-
-def pairwise_dot_score(a, b) -> torch.Tensor:
-    """Dot product of a[i] with b[i], for each i: a tensor (N,)."""
-    a, b = _same_dtype(a, b, "pairwise_dot_score", pairwise=True)
-    return (a * b).sum(dim=-1)
-
-
-pytorch_cos_sim = cos_sim  # the name in the paper's example
+def kernel():
+    """The fused Triton kernel's module, imported on the first search on a GPU: importing Triton takes a second
+    and is of no use elsewhere."""
+    from minisbert import topk_kernel
+    return topk_kernel
 
 
 def _merge_lowest_id_first(scores: torch.Tensor, ids: torch.Tensor, k: int):
@@ -134,8 +73,8 @@ def top_k_cosine(queries, corpus, k: int, exclude_self: bool = False, query_chun
     same sentence as corpus row query_offset + i and is never its own match. Memory: one corpus block, and on
     the PyTorch path one (query_chunk_size, corpus_chunk_size) block of scores.
     """
-    queries, corpus = _as_matrix(queries), _as_matrix(corpus)
-    dtype = _common_dtype(queries, corpus)
+    queries, corpus = as_matrix(queries), as_matrix(corpus)
+    dtype = common_dtype(queries, corpus)
     queries = queries.to(dtype)
     best_scores = torch.empty(len(queries), 0, device=queries.device)
     best_ids = torch.empty(len(queries), 0, dtype=torch.long, device=queries.device)
@@ -144,11 +83,11 @@ def top_k_cosine(queries, corpus, k: int, exclude_self: bool = False, query_chun
         block_k = min(k, len(block))
         self_offset = query_offset - c_start if exclude_self else None
         scores = None
-        if topk_kernel.available(queries, block_k):
+        if queries.is_cuda and kernel().available(queries, block_k):
             try:
-                scores, ids = topk_kernel.cosine_top_k(queries, block, block_k, self_offset)
+                scores, ids = kernel().cosine_top_k(queries, block, block_k, self_offset)
             except Exception as error:  # a compile or launch failure: same results from the PyTorch path
-                topk_kernel.disable(error)
+                kernel().disable(error)
         if scores is None:
             scores, ids = _block_top_k(queries, block, block_k, self_offset, query_chunk_size)
         best_scores, best_ids = _merge_lowest_id_first(
@@ -162,10 +101,10 @@ def semantic_search(query_embeddings, corpus_embeddings, top_k: int = 10, query_
 
     Exact, with equal scores ordered by lower corpus id; never holds a queries x corpus matrix.
     """
-    _check_positive(top_k=top_k, query_chunk_size=query_chunk_size, corpus_chunk_size=corpus_chunk_size)
-    queries, corpus = _as_matrix(query_embeddings, "query_embeddings"), _as_matrix(corpus_embeddings, "corpus_embeddings")
-    _check_finite(queries, "query_embeddings")
-    _check_finite(corpus, "corpus_embeddings")
+    check_positive(top_k=top_k, query_chunk_size=query_chunk_size, corpus_chunk_size=corpus_chunk_size)
+    queries, corpus = as_matrix(query_embeddings, "query_embeddings"), as_matrix(corpus_embeddings, "corpus_embeddings")
+    check_finite(queries, "query_embeddings")
+    check_finite(corpus, "corpus_embeddings")
     if queries.shape[-1] != corpus.shape[-1] and len(queries) and len(corpus):
         raise ValueError(f"semantic_search: dimensions differ, queries are {tuple(queries.shape)} "
                          f"and the corpus is {tuple(corpus.shape)}")
@@ -198,10 +137,10 @@ def paraphrase_mining_embeddings(embeddings, top_k: int | None = 100, max_pairs:
     with `top_k=None` as well, every such pair (up to `max_pairs`). Equal scores come in (i, j) order. Memory
     holds the candidates of one query chunk and the best pairs so far, never the N x N matrix.
     """
-    _check_positive(top_k=top_k, max_pairs=max_pairs, query_chunk_size=query_chunk_size,
+    check_positive(top_k=top_k, max_pairs=max_pairs, query_chunk_size=query_chunk_size,
                     corpus_chunk_size=corpus_chunk_size)
-    embeddings = _as_matrix(embeddings)
-    _check_finite(embeddings, "embeddings")
+    embeddings = as_matrix(embeddings)
+    check_finite(embeddings, "embeddings")
     n = len(embeddings)
     if top_k is None and threshold is None:
         raise ValueError("paraphrase_mining: top_k=None (every pair) needs a threshold")

@@ -85,7 +85,7 @@ class Tokenizer:
         self.max_seq_length = max_seq_length
         self.pad_token_id = pad_token_id
         self.do_lower_case = do_lower_case  # already applied by the tokenizer's normalizer; kept for save()
-        self.files = files or {}  # the original files, written back unchanged by save()
+        self.files = files or {}  # the original files, written back unchanged by files_to_save()
         self._untruncated = None
         tokenizer.no_padding()
         tokenizer.enable_truncation(max_seq_length)
@@ -153,6 +153,12 @@ class Tokenizer:
     def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return self.pad(self.token_ids(texts))
 
-    def save(self, folder: Path) -> None:
-        for name, data in self.files.items():
-            (Path(folder) / name).write_bytes(data)
+    def files_to_save(self) -> dict[str, bytes]:
+        """The files a saved model folder gets: those read, unchanged; for a tokenizer built in code, a
+        tokenizer.json and the tokenizer_config.json that tells transformers its padding token."""
+        if self.files:
+            return self.files
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": self.max_seq_length,
+                  "pad_token": self.tokenizer.id_to_token(self.pad_token_id)}
+        return {"tokenizer.json": self.tokenizer.to_str().encode("utf-8"),
+                "tokenizer_config.json": (json.dumps(config, indent=2) + "\n").encode("utf-8")}

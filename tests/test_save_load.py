@@ -3,6 +3,8 @@
 import json
 
 import numpy as np
+import pytest
+import torch
 from sentence_transformers import SentenceTransformer as Reference
 from sentence_transformers import models as reference_modules
 
@@ -42,3 +44,22 @@ def test_sentence_transformers_folder_loads_in_minisbert(tiny_bert, tmp_path):
     ours = SentenceTransformer(tmp_path / "st")
     assert ours.max_seq_length == 32
     np.testing.assert_allclose(ours.encode(TEXTS), reference.encode(TEXTS), atol=1e-5, rtol=0)
+
+
+def test_a_model_built_from_its_parts_saves_a_folder_sentence_transformers_reads(minilm_folder, tmp_path):
+    from tokenizers import Tokenizer as FastTokenizer
+
+    from minisbert.encoder import Encoder, EncoderConfig
+    from minisbert.tokenize import Tokenizer
+
+    torch.manual_seed(0)
+    config = EncoderConfig(model_type="bert", vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    tokenizer = Tokenizer(FastTokenizer.from_file(str(minilm_folder / "tokenizer.json")), max_seq_length=48,
+                          pad_token_id=0)
+    ours = SentenceTransformer(encoder=Encoder(config), tokenizer=tokenizer, after=[Dense(32, 8), Normalize()])
+    assert ours.encoder.layers[0].query.weight.std().item() == pytest.approx(0.02, rel=0.1)  # BERT's initialisation
+    ours.save(tmp_path / "random")
+    reference = Reference(str(tmp_path / "random"), device="cpu")
+    assert reference.max_seq_length == 48
+    np.testing.assert_allclose(reference.encode(TEXTS), ours.encode(TEXTS), atol=1e-5, rtol=0)

@@ -12,8 +12,8 @@ import torch
 from sentence_transformers import util
 
 from minisbert.data import distinct_sentences, read_sts_benchmark
-from minisbert.search import (cos_sim, dot_score, pairwise_cos_sim, pairwise_dot_score, paraphrase_mining,
-                              paraphrase_mining_embeddings, semantic_search, top_k_cosine)
+from minisbert.search import paraphrase_mining, paraphrase_mining_embeddings, semantic_search, top_k_cosine
+from minisbert.similarity import cos_sim, dot_score, pairwise_cos_sim, pairwise_dot_score
 
 DATA = Path(os.environ.get("MINISBERT_DATA", Path(__file__).parents[1] / "../shared/data"))
 
@@ -273,3 +273,9 @@ def test_nan_or_infinite_embeddings_are_refused_with_their_row(bad):
         semantic_search(corpus[:2], corpus)
     with pytest.raises(ValueError, match="embeddings: row 4 holds NaN"):
         paraphrase_mining_embeddings(corpus)
+
+
+def test_the_losses_and_similarity_functions_do_not_import_triton():
+    code = "import sys, minisbert.losses, minisbert; print([m for m in ('triton', 'minisbert.topk_kernel') if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
