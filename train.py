@@ -235,8 +235,9 @@ def main():
     scaler = torch.amp.GradScaler("cuda") if autocast == torch.float16 else None
 
     global_batch = args.batch_size * world_size
-    batches_per_epoch = math.ceil(len(examples) / global_batch)
-    total_steps = min(args.max_steps or math.inf, args.epochs * batches_per_epoch)
+    # a last batch too small to give every process a pair is skipped, so it is no step of the schedule
+    steps_per_epoch = len(examples) // global_batch + (len(examples) % global_batch >= world_size)
+    total_steps = min(args.max_steps or math.inf, args.epochs * steps_per_epoch)
     warmup_steps = math.ceil(total_steps * args.warmup)
     progress = {"step": 0, "epoch": 0, "batch": 0}  # steps done; the epoch and batch to run next
     if resume_from:
@@ -246,13 +247,8 @@ def main():
     trained = torch.nn.parallel.DistributedDataParallel(loss_fn) if world_size > 1 else loss_fn
     log = MetricsLog(args.output / "metrics.jsonl", progress["step"] if resume_from else None) if main_process else None
 
-    def checkpoint() -> Path | None:
-        folder = None
-        if main_process:
-            folder = save_checkpoint(args.output, model, loss_fn, optimizer, scaler, dict(progress), arguments)
-        if world_size > 1:
-            dist.barrier()
-        return folder
+    def checkpoint() -> Path:
+        return save_checkpoint(args.output, model, loss_fn, optimizer, scaler, dict(progress), arguments)
 
     if main_process:
         print(f"{len(examples):,} training examples, loss {loss_name}, {total_steps:,} steps of {global_batch} "
@@ -280,8 +276,11 @@ def main():
             columns = [list(texts) for texts in zip(*(e.texts for e in local))]
             batch = tokenize_batch(model, columns, [e.label for e in local])
             lr = args.lr * warmup_then_linear_decay(progress["step"], warmup_steps, total_steps)
+            # each process's mean loss, weighted by its share of the global batch: an uneven last batch then trains
+            # as it would in one process (DDP averages the gradients of the processes)
             loss = train_step(trained, optimizer, batch, lr, autocast_dtype=autocast, scaler=scaler,
-                              is_finite=lambda finite: not agree([not finite], world_size, device)[0])
+                              is_finite=lambda finite: not agree([not finite], world_size, device)[0],
+                              weight=len(local) * world_size / len(batches[b]))
             if loss is None:
                 kept = list_checkpoints(args.output)
                 raise FloatingPointError(

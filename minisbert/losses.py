@@ -5,6 +5,8 @@ weights in every branch) and takes a batch as produced by `tokenize_batch`.
 """
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as distributed
 import torch.nn.functional as F
 from torch import nn
 
@@ -86,8 +88,24 @@ class MultipleNegativesRankingLoss(nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:
         anchors, *candidates = embed_columns(self.model, batch)
-        scores = cos_sim(anchors, torch.cat(candidates)) * self.scale  # (B, B * (columns - 1))
-        return F.cross_entropy(scores, torch.arange(len(anchors), device=scores.device))
+        # under DDP the candidates are those of the global batch, so that two processes train as one
+        gathered = [gather_across_processes(column) for column in candidates]
+        offset = gathered[0][1]
+        scores = cos_sim(anchors, torch.cat([rows for rows, _ in gathered])) * self.scale  # (B, G * (columns - 1))
+        return F.cross_entropy(scores, offset + torch.arange(len(anchors), device=scores.device))
+
+
+def gather_across_processes(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The rows of `x` from every process, in rank order, with gradients flowing back to each process; and where
+    this process's rows start. Outside a distributed run: (x, 0). Processes may hold different numbers of rows."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([len(x)], device=x.device))
+    sizes = [int(size) for size in sizes]
+    padded = F.pad(x, (0, 0, 0, max(sizes) - len(x)))  # all_gather wants equal shapes
+    parts = distributed.all_gather(padded)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)]), sum(sizes[:dist.get_rank()])
 
 
 LOSSES = {"softmax": SoftmaxLoss, "cosine": CosineSimilarityLoss, "triplet": TripletLoss,

@@ -13,18 +13,20 @@ import shutil
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 STATE_FILE = "training_state.pt"
 
 
 def train_step(loss_fn, optimizer, batch: dict, lr: float, max_grad_norm: float = 1.0,
-               autocast_dtype: torch.dtype | None = None, scaler=None, is_finite=None) -> torch.Tensor | None:
+               autocast_dtype: torch.dtype | None = None, scaler=None, is_finite=None,
+               weight: float = 1.0) -> torch.Tensor | None:
     """Forward, backward, clip at `max_grad_norm`, AdamW step at `lr`. Returns the loss, or None if the loss or the
     gradient is not finite (then nothing is updated). `is_finite` may widen that test to every process of a
-    distributed run."""
+    distributed run. `weight` scales this process's loss (its share of an uneven global batch)."""
     device_type = batch["input_ids"].device.type
     with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        loss = loss_fn(batch)
+        loss = loss_fn(batch) * weight
     finite = torch.isfinite(loss.detach())
     if not (is_finite(finite) if is_finite else bool(finite)):
         optimizer.zero_grad(set_to_none=True)
@@ -64,22 +66,38 @@ def restore_random_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def save_checkpoint(output: Path, model, loss_fn, optimizer, scaler, progress: dict, arguments: dict,
                     keep: int = 2) -> Path:
     """Write checkpoints/step-<N> atomically, then remove all but the newest `keep`. `arguments` are those that
-    define the run, which a resume must repeat."""
+    define the run, which a resume must repeat. Every process of a distributed run calls it: the first writes
+    the model and the training state, and each its own random state (dropout differs between processes)."""
     folder = Path(output) / "checkpoints" / f"step-{progress['step']:08d}"
     partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save(partial)
-    head = {name: p for name, p in loss_fn.state_dict().items() if not name.startswith("model.")}
-    torch.save({"loss": head, "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "progress": progress, "random": random_states(), "arguments": arguments}, partial / STATE_FILE)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(partial, folder)
-    for old in list_checkpoints(output)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    if _rank() == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        model.save(partial)
+        head = {name: p for name, p in loss_fn.state_dict().items() if not name.startswith("model.")}
+        torch.save({"loss": head, "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "progress": progress, "arguments": arguments}, partial / STATE_FILE)
+    _barrier()
+    torch.save(random_states(), partial / f"random-{_rank()}.pt")
+    _barrier()
+    if _rank() == 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(partial, folder)
+        for old in list_checkpoints(output)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
     return folder
 
 
@@ -91,8 +109,8 @@ def list_checkpoints(output: Path) -> list[Path]:
     return sorted(p for p in folder.glob("step-*") if not p.name.endswith(".partial") and (p / STATE_FILE).exists())
 
 
-def read_state(folder: Path) -> dict:
-    path = Path(folder) / STATE_FILE
+def read_state(folder: Path, name: str = STATE_FILE) -> dict:
+    path = Path(folder) / name
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -114,7 +132,8 @@ def load_training_state(folder: Path, loss_fn, optimizer, scaler) -> dict:
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state["scaler"] is not None:
         scaler.load_state_dict(state["scaler"])
-    restore_random_states(state["random"])
+    own = Path(folder) / f"random-{_rank()}.pt"
+    restore_random_states(read_state(folder, own.name) if own.exists() else state["random"])
     return state["progress"]
 
 

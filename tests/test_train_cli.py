@@ -4,6 +4,7 @@ torchrun with two gloo processes against one process with the same global batch.
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import pytest
 import torch
 from conftest import snli_mirror
 from safetensors.torch import load_file
+
+from minisbert.data import nli_triplets, read_nli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,17 +126,35 @@ def test_a_loss_that_turns_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path
     assert not (output / "model.safetensors").exists()
 
 
+def without_dropout(folder: Path, target: Path) -> Path:
+    shutil.copytree(folder, target)
+    config = json.loads((folder / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**config, "hidden_dropout_prob": 0.0,
+                                                    "attention_probs_dropout_prob": 0.0}))
+    return target
+
+
+def uneven_sample(snli_sample: Path, target: Path, loss: str, count: int = 21) -> Path:
+    """`count` training examples from the SNLI sample's sentences (21 = 8 + 8 + 5: the last global batch of 8 is
+    split 3 + 2 between two processes). For mnrl each premise gets an entailed and a contradicted hypothesis."""
+    rows = [json.loads(line) for line in snli_sample.read_text().splitlines()[:count + 1]]
+    if loss == "mnrl":
+        rows = [{"gold_label": label, "sentence1": row["sentence1"], "sentence2": hypothesis}
+                for row, following in zip(rows, rows[1:])
+                for label, hypothesis in (("entailment", row["sentence2"]), ("contradiction", following["sentence2"]))]
+    target.write_text("".join(json.dumps(row) + "\n" for row in rows[:2 * count if loss == "mnrl" else count]))
+    examples = read_nli(target)
+    assert len(nli_triplets(examples) if loss == "mnrl" else examples) == count
+    return target
+
+
+@pytest.mark.parametrize("loss", ["softmax", "mnrl"])
 def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_path, tiny_bert, snli_sample,
-                                                                         no_evaluation):
-    config = json.loads((tiny_bert / "config.json").read_text())
-    no_dropout = tmp_path / "tiny"
-    no_dropout.mkdir()
-    for item in tiny_bert.iterdir():
-        (no_dropout / item.name).write_bytes(item.read_bytes())
-    (no_dropout / "config.json").write_text(json.dumps(
-        {**config, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
-    options = ["--data", snli_sample, "--model", no_dropout, "--max-steps", 5, "--log-steps", 1, "--eval-steps", 0,
-               "--device", "cpu"]
+                                                                         no_evaluation, loss):
+    # a whole epoch whose last batch is split unevenly; mnrl's negatives are those of the global batch
+    data = uneven_sample(snli_sample, tmp_path / "small.jsonl", loss)
+    options = ["--data", data, "--loss", loss, "--model", without_dropout(tiny_bert, tmp_path / "tiny"),
+               "--log-steps", 1, "--eval-steps", 0, "--device", "cpu", "--warmup", 0.3]
     single = train(*options, "--batch-size", 8, "--output", tmp_path / "one", env=no_evaluation)
     assert single.returncode == 0, single.stderr
     pair = train(*options, "--batch-size", 4, "--output", tmp_path / "two", env=no_evaluation, torchrun=True)
@@ -144,6 +165,22 @@ def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_pat
     expected, got = weights(tmp_path / "one"), weights(tmp_path / "two")
     for name in expected:
         assert torch.allclose(expected[name], got[name], atol=1e-5, rtol=0), name
+
+
+def test_a_two_process_resume_with_dropout_ends_where_the_uninterrupted_run_does(tmp_path, tiny_bert, snli_sample,
+                                                                                 no_evaluation):
+    options = ["--data", snli_sample, "--model", tiny_bert, "--max-steps", 6, "--checkpoint-steps", 3,
+               "--eval-steps", 0, "--batch-size", 4, "--device", "cpu", "--output", tmp_path / "out"]
+    whole = train(*options, env=no_evaluation, torchrun=True)
+    assert whole.returncode == 0, whole.stderr
+    expected = weights(tmp_path / "out")
+    shutil.rmtree(tmp_path / "out" / "checkpoints" / "step-00000006")  # as if killed after step 3's checkpoint
+    resumed = train(*options, "--resume", env=no_evaluation, torchrun=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    got = weights(tmp_path / "out")
+    for name in expected:  # dropout differs between the processes: each must get its own random state back
+        assert torch.allclose(expected[name], got[name], atol=1e-6, rtol=0), name
 
 
 def test_download_flag_fetches_the_missing_archive_then_trains(tmp_path, tiny_bert, snli_sample, no_evaluation):
