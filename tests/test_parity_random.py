@@ -18,16 +18,22 @@ TEXTS = ["The quick brown fox", "", "Ça va très bien, naïve café", "emoji �
          "the lazy dog " * 30, "Москва", "  spaces around  "]
 
 
-@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta"])
-def test_hidden_states_equal_transformers(name, request):
-    folder = request.getfixturevalue(name)
+def both_hidden_states(folder, padding_side: str = "right"):
+    """(ours, transformers', the real-token mask, our encoder) on TEXTS padded on `padding_side`."""
     reference = AutoModel.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.padding_side = padding_side
     batch = tokenizer(TEXTS, padding=True, truncation=True, max_length=60, return_tensors="pt")
     encoder, _ = load_encoder(folder)
     with torch.no_grad():
         expected = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         got = encoder.eval()(batch["input_ids"], batch["attention_mask"])
+    return got, expected, batch, encoder
+
+
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta"])
+def test_hidden_states_equal_transformers(name, request):
+    got, expected, batch, _ = both_hidden_states(request.getfixturevalue(name))
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
 
@@ -36,19 +42,11 @@ def test_hidden_states_equal_transformers(name, request):
 def test_position_numbering_equals_transformers_with_padding_on_the_left(name, request):
     # Left padding moves the real tokens: BERT numbers positions from the start of the row, padding included;
     # RoBERTa counts real tokens only, from padding_idx + 1. Right padding cannot tell the two apart.
-    folder = request.getfixturevalue(name)
-    reference = AutoModel.from_pretrained(folder).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.padding_side = "left"
-    batch = tokenizer(TEXTS, padding=True, truncation=True, max_length=60, return_tensors="pt")
-    encoder, _ = load_encoder(folder)
+    got, expected, batch, encoder = both_hidden_states(request.getfixturevalue(name), padding_side="left")
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
+    encoder.config.model_type = "bert" if name == "tiny_roberta" else "roberta"  # the other numbering shows
     with torch.no_grad():
-        expected = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        got = encoder.eval()(batch["input_ids"], batch["attention_mask"])
-        mask = batch["attention_mask"].bool()
-        torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
-        # and the other numbering gives other states: the test can tell
-        encoder.config.model_type = "bert" if name == "tiny_roberta" else "roberta"
         other = encoder(batch["input_ids"], batch["attention_mask"])
     assert not torch.allclose(other[mask], expected[mask], atol=1e-3)
 
