@@ -35,8 +35,8 @@ from minisbert.evaluate import sts_correlations
 from minisbert.losses import CONCATENATIONS, LOSSES, tokenize_batch
 from minisbert.optim import AdamW, parameter_groups, warmup_then_linear_decay
 from minisbert.pooling import Pooling
-from minisbert.training import (MetricsLog, list_checkpoints, load_training_state, read_run_arguments, save_checkpoint,
-                                train_step)
+from minisbert.training import (LossWindow, MetricsLog, list_checkpoints, load_training_state, read_run_arguments,
+                                save_checkpoint, train_step)
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -200,6 +200,51 @@ def agree(flags: list[bool], world_size: int, device) -> list[bool]:
     return [bool(v) for v in values.tolist()]
 
 
+def build_training(args, loss_name: str, resume_from: Path | None, device):
+    """The model (from --model, or the checkpoint resumed), its loss, AdamW, and fp16's gradient scaler."""
+    if args.precision == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 needs a GPU; on the CPU use bf16")
+    model = SentenceTransformer(resume_from or args.model, device=device)
+    if args.pooling and not resume_from:
+        model.pooling = Pooling(model.encoder.config.hidden_size, args.pooling)
+    loss_options = {"concatenation": args.concat} if loss_name == "softmax" else {}
+    loss_fn = LOSSES[loss_name](model, **loss_options).to(device)
+    optimizer = AdamW(parameter_groups(loss_fn, weight_decay=0.01), lr=args.lr)
+    scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
+    return model, loss_fn, optimizer, scaler
+
+
+class Checkpointing:
+    """When to write a checkpoint: every --checkpoint-steps steps or --checkpoint-minutes, whichever comes first."""
+
+    def __init__(self, steps: int, minutes: float, step: int):
+        self.steps, self.seconds = steps, 60 * minutes
+        self.written(step)
+
+    def due(self, step: int) -> bool:
+        return step % self.steps == 0 or time.monotonic() - self.written_at > self.seconds
+
+    def written(self, step: int) -> None:
+        self.step, self.written_at = step, time.monotonic()
+
+
+def local_batch(model, examples, indices: list[int], rank: int, world_size: int) -> tuple[dict, float]:
+    """This process's share of a global batch as tensors, and the weight of its mean loss: its share of the
+    global batch times the number of processes (DDP averages their gradients), so an uneven last batch trains
+    as it would in one process."""
+    local = [examples[i] for i in shard(indices, rank, world_size)]
+    columns = [list(texts) for texts in zip(*(e.texts for e in local))]
+    return tokenize_batch(model, columns, [e.label for e in local]), len(local) * world_size / len(indices)
+
+
+def mean_over_processes(loss: torch.Tensor, world_size: int) -> float:
+    """The loss of the global batch, as one process would see it."""
+    if world_size > 1:
+        dist.all_reduce(loss)  # a sum (gloo has no average)
+        loss = loss / world_size
+    return loss.item()
+
+
 def resume_command(world_size: int) -> str:
     arguments = [a for a in sys.argv[1:] if a not in ("--resume", "--overwrite")] + ["--resume"]
     launcher = ["torchrun", "--nproc_per_node", str(world_size)] if world_size > 1 else ["python"]
@@ -223,16 +268,8 @@ def main():
             raise ValueError(f"--resume: no checkpoint under {args.output / 'checkpoints'}")
         resume_from = list_checkpoints(args.output)[-1]
         check_same_run(read_run_arguments(resume_from), arguments, resume_from)
-    model = SentenceTransformer(resume_from or args.model, device=device)
-    if args.pooling and not resume_from:
-        model.pooling = Pooling(model.encoder.config.hidden_size, args.pooling)
-    loss_options = {"concatenation": args.concat} if loss_name == "softmax" else {}
-    loss_fn = LOSSES[loss_name](model, **loss_options).to(device)
-    optimizer = AdamW(parameter_groups(loss_fn, weight_decay=0.01), lr=args.lr)
+    model, loss_fn, optimizer, scaler = build_training(args, loss_name, resume_from, device)
     autocast = AUTOCAST[args.precision]
-    if autocast == torch.float16 and device.type != "cuda":
-        raise ValueError("--precision fp16 needs a GPU; on the CPU use bf16")
-    scaler = torch.amp.GradScaler("cuda") if autocast == torch.float16 else None
 
     global_batch = args.batch_size * world_size
     # a last batch too small to give every process a pair is skipped, so it is no step of the schedule
@@ -260,8 +297,8 @@ def main():
 
     stop = StopRequest()
     bar = tqdm(total=total_steps, initial=progress["step"], disable=not main_process, desc="Training")
-    window_loss, window_steps, window_seconds = 0.0, 0, 0.0  # the time of training steps only, not evaluation
-    checkpointed_step, checkpointed_at = progress["step"], time.monotonic()
+    window = LossWindow()
+    checkpoints = Checkpointing(args.checkpoint_steps, args.checkpoint_minutes, progress["step"])
     model.train()
     for epoch in range(progress["epoch"], args.epochs):
         batches = batch_order(len(examples), global_batch, args.seed, epoch)
@@ -271,16 +308,11 @@ def main():
             progress.update(epoch=epoch, batch=b + 1)
             if len(batches[b]) < world_size:  # too few for every process to get one: skipped everywhere alike
                 continue
-            step_start = time.perf_counter()
-            local = [examples[i] for i in shard(batches[b], rank, world_size)]
-            columns = [list(texts) for texts in zip(*(e.texts for e in local))]
-            batch = tokenize_batch(model, columns, [e.label for e in local])
+            started = time.perf_counter()
+            batch, weight = local_batch(model, examples, batches[b], rank, world_size)
             lr = args.lr * warmup_then_linear_decay(progress["step"], warmup_steps, total_steps)
-            # each process's mean loss, weighted by its share of the global batch: an uneven last batch then trains
-            # as it would in one process (DDP averages the gradients of the processes)
-            loss = train_step(trained, optimizer, batch, lr, autocast_dtype=autocast, scaler=scaler,
-                              is_finite=lambda finite: not agree([not finite], world_size, device)[0],
-                              weight=len(local) * world_size / len(batches[b]))
+            loss = train_step(trained, optimizer, batch, lr, autocast_dtype=autocast, scaler=scaler, weight=weight,
+                              is_finite=lambda finite: not agree([not finite], world_size, device)[0])
             if loss is None:
                 kept = list_checkpoints(args.output)
                 raise FloatingPointError(
@@ -288,27 +320,18 @@ def main():
                     f"nothing was updated. The last good checkpoint is {kept[-1] if kept else 'none (none written yet)'}. "
                     "Try a lower --lr or --precision fp32.")
             progress["step"] += 1
-            if world_size > 1:  # log the loss of the global batch, as one process would see it
-                dist.all_reduce(loss)  # a sum (gloo has no average)
-                loss /= world_size
-            window_loss += loss.item()
-            window_steps += 1
-            window_seconds += time.perf_counter() - step_start
+            window.add(mean_over_processes(loss, world_size), time.perf_counter() - started)
             bar.update()
-            if progress["step"] % args.log_steps == 0 and main_process:
-                record = {"step": progress["step"], "epoch": epoch, "loss": window_loss / window_steps,
-                          "lr": lr, "pairs_per_s": window_steps * global_batch / window_seconds}
+            if main_process and progress["step"] % args.log_steps == 0:
+                record = window.record(progress["step"], epoch, lr, global_batch)
                 log.write(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", pairs_s=f"{record['pairs_per_s']:.0f}")
-                window_loss, window_steps, window_seconds = 0.0, 0, 0.0
-            if args.eval_steps and progress["step"] % args.eval_steps == 0 and main_process and sts_dev:
+            if main_process and sts_dev and args.eval_steps and progress["step"] % args.eval_steps == 0:
                 evaluate(model, sts_dev, "dev", log, progress["step"], epoch)
-            due = (progress["step"] % args.checkpoint_steps == 0
-                   or time.monotonic() - checkpointed_at > 60 * args.checkpoint_minutes)
-            due, stopping = agree([due, stop.signal is not None], world_size, device)
+            due, stopping = agree([checkpoints.due(progress["step"]), stop.signal is not None], world_size, device)
             if due or stopping:
                 folder = checkpoint()
-                checkpointed_step, checkpointed_at = progress["step"], time.monotonic()
+                checkpoints.written(progress["step"])
             if stopping:
                 bar.close()
                 if main_process:
@@ -320,11 +343,11 @@ def main():
             if main_process and sts_dev:
                 evaluate(model, sts_dev, "dev", log, progress["step"], epoch)
             checkpoint()
-            checkpointed_step, checkpointed_at = progress["step"], time.monotonic()
+            checkpoints.written(progress["step"])
         if progress["step"] >= total_steps:
             break
     bar.close()
-    if checkpointed_step != progress["step"]:  # a run that ends mid-epoch can still be resumed or extended
+    if checkpoints.step != progress["step"]:  # a run that ends mid-epoch can still be resumed or extended
         checkpoint()
 
     if main_process:

@@ -160,3 +160,23 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+class LossWindow:
+    """The mean loss and the speed of the training steps since the last record (evaluation time not counted)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss, self.steps, self.seconds = 0.0, 0, 0.0
+
+    def add(self, loss: float, seconds: float) -> None:
+        self.loss, self.steps, self.seconds = self.loss + loss, self.steps + 1, self.seconds + seconds
+
+    def record(self, step: int, epoch: int, lr: float, batch_size: int) -> dict:
+        """The metrics record of the window, which then starts afresh."""
+        record = {"step": step, "epoch": epoch, "loss": self.loss / self.steps, "lr": lr,
+                  "pairs_per_s": self.steps * batch_size / self.seconds}
+        self.reset()
+        return record
