@@ -1,10 +1,15 @@
-"""BERT and RoBERTa in plain PyTorch, and the table that maps Hugging Face checkpoint names to ours.
+"""BERT, RoBERTa and MPNet in plain PyTorch, and the table that maps Hugging Face checkpoint names to ours.
 
 One layer, as in the paper's figure of BERT (post-LayerNorm):
     x = LayerNorm(x + Dropout(W_o Attention(W_q x, W_k x, W_v x)))
     x = LayerNorm(x + Dropout(W_2 GELU(W_1 x)))
-`checkpoint_names` lists, for every tensor, its name in a published checkpoint; loading checks each one.
+RoBERTa numbers positions from padding_idx + 1, over real tokens only. MPNet (all-mpnet-base-v2) numbers them
+so too, has no token types, and adds to every layer's attention scores one learned bias per head and bucket of
+relative distance, a table shared by all layers. `checkpoint_names` lists, for every tensor, its name in a
+published checkpoint; loading checks each one.
 """
+
+import math
 
 from dataclasses import MISSING, dataclass, fields
 
@@ -12,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")  # xlm-roberta is RoBERTa with another vocabulary
-ARCHITECTURES = {"bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel"}
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "mpnet")  # xlm-roberta: RoBERTa, another vocabulary
+ARCHITECTURES = {"bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel",
+                 "mpnet": "MPNetModel"}
 
 ACTIVATIONS = {
     "gelu": F.gelu,  # exact erf GELU, as BERT was trained with
@@ -42,6 +48,7 @@ class EncoderConfig:
     pad_token_id: int = 0
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
+    relative_attention_num_buckets: int = 32  # MPNet only
 
     @classmethod
     def from_dict(cls, config: dict, source: str = "config.json") -> "EncoderConfig":
@@ -87,9 +94,14 @@ class EncoderConfig:
         return self.model_type != "bert"
 
     @property
+    def position_padding_idx(self) -> int:
+        # the token id that RoBERTa-style numbering treats as padding: transformers' MPNet fixes it at 1
+        return 1 if self.model_type == "mpnet" else self.pad_token_id
+
+    @property
     def max_tokens(self) -> int:
         # RoBERTa's positions start after padding_idx, so 514 positions hold 512 tokens.
-        return self.max_position_embeddings - (self.pad_token_id + 1 if self.is_roberta else 0)
+        return self.max_position_embeddings - (self.position_padding_idx + 1 if self.is_roberta else 0)
 
 
 class Packing:
@@ -129,7 +141,8 @@ class Layer(nn.Module):
         self.activation = ACTIVATIONS[config.hidden_act]
 
     def forward(self, x: torch.Tensor, packing: Packing, mask: torch.Tensor) -> torch.Tensor:
-        # x: (N, D) packed tokens; mask: (B, 1, 1, S), True where a key is a real token
+        # x: (N, D) packed tokens; mask: (B, 1, 1, S), True where a key is a real token, or for MPNet a float
+        # (B, H, S, S) added to the scores: the relative position bias, -inf at padded keys
         B, S = packing.shape
         N, D = x.shape
         H = self.num_heads
@@ -154,10 +167,12 @@ class Encoder(nn.Module):
         d = config.hidden_size
         self.word_embeddings = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, d)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, d)
+        self.token_type_embeddings = None if config.model_type == "mpnet" else nn.Embedding(config.type_vocab_size, d)
         self.embeddings_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        self.relative_attention_bias = (nn.Embedding(config.relative_attention_num_buckets, config.num_attention_heads)
+                                        if config.model_type == "mpnet" else None)
         self.packing = True  # run the dense layers on the real tokens only (see Packing)
         self.pooler_tensors = {}  # the checkpoint's pooler, unused by SBERT, written back on save
         self.init_weights()
@@ -165,18 +180,23 @@ class Encoder(nn.Module):
     def positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.config.is_roberta:
             # fairseq numbering: real tokens count up from padding_idx + 1, padding keeps padding_idx
-            is_token = input_ids.ne(self.config.pad_token_id).long()
-            return torch.cumsum(is_token, dim=1) * is_token + self.config.pad_token_id
+            padding_idx = self.config.position_padding_idx
+            is_token = input_ids.ne(padding_idx).long()
+            return torch.cumsum(is_token, dim=1) * is_token + padding_idx
         return torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        x = (self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-             + self.position_embeddings(self.positions(input_ids)))
+        x = self.word_embeddings(input_ids) + self.position_embeddings(self.positions(input_ids))
+        if self.token_type_embeddings is not None:
+            x = x + self.token_type_embeddings(torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
         x = self.dropout(self.embeddings_norm(x))  # (B, S, D)
         packing = Packing(attention_mask.bool(), self.packing)
         mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S): every position attends to its row's tokens
+        if self.relative_attention_bias is not None:
+            bias = self.relative_attention_bias(relative_position_buckets(input_ids.shape[1], input_ids.device,
+                                                                          self.config.relative_attention_num_buckets))
+            bias = bias.permute(2, 0, 1).unsqueeze(0).to(x.dtype)  # (S, S, H) -> (1, H, S, S)
+            mask = bias.masked_fill(~mask, float("-inf"))  # (B, H, S, S)
         x = packing.pack(x)
         for layer in self.layers:
             x = layer(x, packing, mask)
@@ -198,18 +218,38 @@ class Encoder(nn.Module):
                 module.bias.zero_()
 
 
+def relative_position_buckets(length: int, device, num_buckets: int = 32, max_distance: int = 128) -> torch.Tensor:
+    """MPNet's (T5's) bucket of each (query, key) distance, (S, S): half the buckets for keys before the query,
+    half for after; within each half, exact distances up to a quarter of the buckets, then logarithmic bins
+    up to max_distance."""
+    position = torch.arange(length, device=device)
+    distance = position[:, None] - position[None, :]  # query - key: > 0 for keys before the query
+    half = num_buckets // 2
+    bucket = (distance < 0).long() * half
+    distance = distance.abs()
+    exact = half // 2
+    logarithmic = exact + (torch.log(distance.float() / exact) / math.log(max_distance / exact)
+                           * (half - exact)).long()
+    return bucket + torch.where(distance < exact, distance, logarithmic.clamp(max=half - 1))
+
+
 # ---------------------------------------------------------------- checkpoint names
 
 def checkpoint_names(config: EncoderConfig) -> dict[str, str]:
     """{our tensor name: its name in a Hugging Face BertModel / RobertaModel checkpoint}."""
     names = {"word_embeddings.weight": "embeddings.word_embeddings.weight",
              "position_embeddings.weight": "embeddings.position_embeddings.weight",
-             "token_type_embeddings.weight": "embeddings.token_type_embeddings.weight",
              "embeddings_norm.weight": "embeddings.LayerNorm.weight",
              "embeddings_norm.bias": "embeddings.LayerNorm.bias"}
     per_layer = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
                  "attention_output": "attention.output.dense", "attention_norm": "attention.output.LayerNorm",
                  "intermediate": "intermediate.dense", "output": "output.dense", "output_norm": "output.LayerNorm"}
+    if config.model_type == "mpnet":
+        names["relative_attention_bias.weight"] = "encoder.relative_attention_bias.weight"
+        per_layer.update(query="attention.attn.q", key="attention.attn.k", value="attention.attn.v",
+                         attention_output="attention.attn.o", attention_norm="attention.LayerNorm")
+    else:
+        names["token_type_embeddings.weight"] = "embeddings.token_type_embeddings.weight"
     for i in range(config.num_hidden_layers):
         for ours, theirs in per_layer.items():
             for kind in ("weight", "bias"):

@@ -80,6 +80,19 @@ def build_roberta(folder: Path, texts: list[str]) -> Path:
     return folder
 
 
+def build_mpnet(folder: Path, vocab_source: Path) -> Path:
+    """A random MPNetModel (relative position bias, no token types) with a BERT WordPiece tokenizer."""
+    from transformers import BertTokenizerFast, MPNetConfig, MPNetModel
+
+    torch.manual_seed(0)
+    config = MPNetConfig(vocab_size=30522, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=96, max_position_embeddings=130, pad_token_id=0,
+                         relative_attention_num_buckets=32)
+    MPNetModel(config).save_pretrained(folder)
+    BertTokenizerFast.from_pretrained(vocab_source).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     folder = Path(os.environ.get("MINISBERT_DATA", Path(__file__).parents[1] / "../shared/data"))
@@ -102,6 +115,11 @@ def dropout_free_minilm(tmp_path_factory, minilm_folder) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory, minilm_folder) -> Path:
     return build_bert(tmp_path_factory.mktemp("tiny_bert"), minilm_folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_mpnet(tmp_path_factory, minilm_folder) -> Path:
+    return build_mpnet(tmp_path_factory.mktemp("tiny_mpnet"), minilm_folder)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
-"""Small random BERT and RoBERTa built with transformers: the same hidden states as BertModel / RobertaModel,
-and the same sentence embeddings as sentence-transformers, for every pooling mode, Dense and Normalize."""
+"""Small random BERT, RoBERTa and MPNet built with transformers: the same hidden states as BertModel /
+RobertaModel / MPNetModel, and the same sentence embeddings as sentence-transformers, for every pooling mode,
+Dense and Normalize."""
 
 import shutil
 
@@ -31,21 +32,21 @@ def both_hidden_states(folder, padding_side: str = "right"):
     return got, expected, batch, encoder
 
 
-@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta"])
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
 def test_hidden_states_equal_transformers(name, request):
     got, expected, batch, _ = both_hidden_states(request.getfixturevalue(name))
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta"])
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
 def test_position_numbering_equals_transformers_with_padding_on_the_left(name, request):
     # Left padding moves the real tokens: BERT numbers positions from the start of the row, padding included;
     # RoBERTa counts real tokens only, from padding_idx + 1. Right padding cannot tell the two apart.
     got, expected, batch, encoder = both_hidden_states(request.getfixturevalue(name), padding_side="left")
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
-    encoder.config.model_type = "bert" if name == "tiny_roberta" else "roberta"  # the other numbering shows
+    encoder.config.model_type = "roberta" if name == "tiny_bert" else "bert"  # the other numbering shows
     with torch.no_grad():
         other = encoder(batch["input_ids"], batch["attention_mask"])
     assert not torch.allclose(other[mask], expected[mask], atol=1e-3)
@@ -68,7 +69,8 @@ def sentence_folder(tmp_path, encoder_folder, pooling_mode, dense=False, normali
 CASES = [("tiny_bert", "mean", False, False), ("tiny_bert", "cls", True, True), ("tiny_bert", "max", False, True),
          ("tiny_bert", ("cls", "max", "mean"), False, False), ("tiny_roberta", "cls", True, False),
          ("tiny_roberta", "max", True, True), ("tiny_roberta", "mean", False, False),
-         ("tiny_roberta", "mean_sqrt_len_tokens", False, False)]
+         ("tiny_roberta", "mean_sqrt_len_tokens", False, False), ("tiny_mpnet", "mean", False, True),
+         ("tiny_mpnet", "cls", True, False)]
 
 
 @pytest.mark.parametrize("name,pooling_mode,dense,normalize", CASES)
