@@ -33,12 +33,18 @@ def parse_args():
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     parser.add_argument("--normalize", action="store_true", help="scale each embedding to unit length")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="arithmetic of the encoder: fp32, bf16 (CPU or GPU; fast only on CPUs with AVX-512 bf16 "
                              "or AMX) or fp16 (GPU)")
+    parser.add_argument("--precision", default="float32", choices=["float32", "int8", "uint8", "binary", "ubinary"],
+                        help="--input's output, as sentence-transformers' precision: float32, or quantized to int8 / "
+                             "uint8 (ranges from the file's own embeddings) or to bits packed in bytes (binary, "
+                             "ubinary)")
     args = parser.parse_args()
     if args.output and not args.input:
         parser.error("--output needs --input")
+    if args.precision != "float32" and not args.input:
+        parser.error("--precision quantizes --input's embeddings; search and mining use float32")
     if args.input and not args.output:
         parser.error("--input needs --output FILE.npy")
     if bool(args.search) != bool(args.corpus):
@@ -98,14 +104,15 @@ def mine(model, path: str, top_k: int, options: dict):
 def main():
     args = parse_args()
     model = SentenceTransformer(args.model, device=args.device)
-    options = dict(batch_size=args.batch_size, normalize_embeddings=args.normalize, precision=args.precision)
+    options = dict(batch_size=args.batch_size, normalize_embeddings=args.normalize, dtype=args.dtype)
     if args.search:
         return search(model, args.search, args.corpus, args.top_k, options)
     if args.mine:
         return mine(model, args.mine, args.top_k, options)
     if args.input:
         texts = read_lines(args.input)
-        embeddings = model.encode(texts, show_progress_bar=len(texts) > 10 * args.batch_size, **options)
+        embeddings = model.encode(texts, show_progress_bar=len(texts) > 10 * args.batch_size, precision=args.precision,
+                                  **options)
         with open(args.output, "wb") as f:  # np.save(name) would add ".npy" to a name without it
             np.save(f, embeddings)
         truncated = sum(n > model.max_seq_length for n in model.count_tokens(texts))

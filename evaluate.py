@@ -24,7 +24,7 @@ def main():
     parser.add_argument("--split", choices=["train", "dev", "test"], help="one STS benchmark split only")
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="arithmetic of the encoder (bf16: CPU or GPU, fp16: GPU)")
     args = parser.parse_args()
     if args.batch_size < 1:
@@ -35,10 +35,10 @@ def main():
         path = find_sts_benchmark(args.split, args.data_dir)
         if path is None:
             raise DataError(f"no sts-{args.split}.csv under {args.data_dir} or {args.data_dir / 'stsbenchmark'}")
-        scores = sts_correlations(model, read_sts_benchmark(path), args.batch_size, args.precision, progress)
+        scores = sts_correlations(model, read_sts_benchmark(path), args.batch_size, args.dtype, progress)
         print(f"STS benchmark {args.split}: Spearman {100 * scores['spearman']:.2f}  Pearson {100 * scores['pearson']:.2f}")
         return
-    row = table(model, args.data_dir, args.batch_size, args.precision, progress)
+    row = table(model, args.data_dir, args.batch_size, args.dtype, progress)
     if row["Avg."] is None:
         raise DataError(f"none of the Table 1 sets (STS12-16, STS benchmark, SICK-R) is under {args.data_dir}; "
                         "pass --data-dir or set MINISBERT_DATA")

@@ -90,7 +90,7 @@ def main():
         theirs_rate, theirs = throughput(lambda s, b: reference.encode(s, batch_size=b, convert_to_numpy=False,
                                                                        convert_to_tensor=True).float().numpy(),
                                          sentences, args.batch_size)
-        ours_rate, mine = throughput(lambda s, b: ours.encode(s, batch_size=b, precision=precision),
+        ours_rate, mine = throughput(lambda s, b: ours.encode(s, batch_size=b, dtype=precision),
                                      sentences, args.batch_size)
         if precision == "fp32":
             agreement = f"max |difference| {np.abs(mine - theirs).max():.1e}"

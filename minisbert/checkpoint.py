@@ -39,6 +39,8 @@ DEFAULT_MODEL_SHA256 = {
     "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
 }
 
+SETTINGS_FILE = "config_sentence_transformers.json"  # prompts, default_prompt_name, similarity_fn_name
+
 # The modules minisbert reads, by the last part of their type name in modules.json, and the full name it writes.
 ST_TYPE_NAMES = {"Transformer": "sentence_transformers.models.Transformer",
                  "Pooling": "sentence_transformers.models.Pooling",
@@ -82,8 +84,17 @@ def default_model_folder() -> Path | None:
     return folder
 
 
-def resolve_model(name: str) -> Path:
-    """A local folder, a folder under ./weights, the packaged default, the download cache, or the hub."""
+def weights_folder_models() -> list[str]:
+    """The model folders under ./weights."""
+    folder = Path("weights")
+    return sorted(p.name for p in folder.iterdir() if (p / "config.json").exists() or (p / "modules.json").exists()) \
+        if folder.is_dir() else []
+
+
+def resolve_model(name: str, cache_folder: str | Path | None = None, revision: str | None = None,
+                  token: str | bool | None = None, local_files_only: bool = False) -> Path:
+    """A local folder, a folder under ./weights, the packaged default, the download cache, or the hub (the last
+    two as sentence-transformers' cache_folder, revision, token and local_files_only say)."""
     looked = []
     for candidate in dict.fromkeys([Path(name), Path("weights") / name, Path("weights") / name.split("/")[-1]]):
         if (candidate / "config.json").exists() or (candidate / "modules.json").exists():
@@ -98,20 +109,25 @@ def resolve_model(name: str) -> Path:
     repo_ids = [repo_id for repo_id in repo_ids if hub.is_repo_id(repo_id)]
     failures = []
     for repo_id in repo_ids:
-        cached = hub.cached_folder(repo_id)
+        cached = hub.cached_folder(repo_id, revision, cache_folder)
         if (cached / hub.COMPLETE).exists():
             return cached
         looked.append(f"folder {cached}")
     if not repo_ids:
         failures.append("it is not a hub repo id either")
+    elif local_files_only:
+        failures.append("local_files_only is set, so the hub was not asked")
     elif os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         failures.append("HF_HUB_OFFLINE is set, so the hub was not asked")
     else:
         for repo_id in repo_ids:
             try:
-                return hub.download(repo_id, TOKENIZER_FILES)
+                return hub.download(repo_id, TOKENIZER_FILES, revision, token, cache_folder)
             except (OSError, ValueError) as error:
                 failures.append(f"hub repo {repo_id}: {error}")
+    found = weights_folder_models()
+    if found:
+        failures.append(f"The models under weights/ are: {', '.join(found)}")
     raise FileNotFoundError(
         f"model {name!r} not found. Looked in: {'; '.join(looked)}. " + "".join(f"{f}. " for f in failures) +
         f"To get it: pass the path of a sentence-transformers or Hugging Face model folder, put one under "
@@ -257,16 +273,24 @@ def load_folder(folder: Path) -> dict:
                 raise ValueError(f"{weights}: tensor {name} holds NaN or infinite values")
         after.append(dense)
         dimension = dense.linear.out_features
-    return {"encoder": encoder, "config": config, "tokenizer": tokenizer, "pooling": pooling, "after": after}
+    settings = {}
+    if (folder / SETTINGS_FILE).exists():
+        settings = read_json(folder / SETTINGS_FILE)
+        if not isinstance(settings, dict) or not isinstance(settings.get("prompts") or {}, dict):
+            raise ValueError(f"{folder / SETTINGS_FILE}: expected an object whose prompts are an object")
+    return {"encoder": encoder, "config": config, "tokenizer": tokenizer, "pooling": pooling, "after": after,
+            "settings": settings}
 
 
-def load(name: str) -> dict:
-    """Find the model `name` (see resolve_model), read it and check it: the parts load_folder returns."""
-    folder = resolve_model(str(name))
+def load(name: str, **where) -> dict:
+    """Find the model `name` (see resolve_model, which takes `where`), read it and check it: the parts
+    load_folder returns."""
+    folder = resolve_model(str(name), **where)
     try:
         return load_folder(folder)
     except (ValueError, FileNotFoundError) as error:
-        if not folder.resolve().is_relative_to(hub.cache_dir().resolve()):
+        cache = Path(where.get("cache_folder") or hub.cache_dir())
+        if not folder.resolve().is_relative_to(cache.resolve()):
             raise
         raise ValueError(f"{error}. The folder is a cached download: delete {folder} to download it again") from None
 
@@ -314,9 +338,9 @@ def save_folder(model, folder: Path) -> None:
     files = {"config.json": lambda path: write_json(path, model.config),
              "sentence_bert_config.json": lambda path: write_json(path, {
                  "max_seq_length": model.tokenizer.max_seq_length, "do_lower_case": model.tokenizer.do_lower_case}),
-             "config_sentence_transformers.json": lambda path: write_json(path, {
-                 "__version__": {"pytorch": torch.__version__}, "prompts": {}, "default_prompt_name": None,
-                 "similarity_fn_name": "cosine"}),
+             SETTINGS_FILE: lambda path: write_json(path, {
+                 "__version__": {"pytorch": torch.__version__}, **model.settings, "prompts": model.prompts,
+                 "default_prompt_name": model.default_prompt_name, "similarity_fn_name": model.similarity_fn_name}),
              "1_Pooling/config.json": lambda path: write_json(path, model.pooling.config())}
     for name, data in model.tokenizer.files_to_save().items():
         files[name] = lambda path, data=data: path.write_bytes(data)

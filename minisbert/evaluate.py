@@ -18,14 +18,14 @@ from .similarity import pairwise_cos_sim
 TABLE_COLUMNS = ["STS12", "STS13", "STS14", "STS15", "STS16", "STSb", "SICK-R"]
 
 
-def sts_correlations(model, examples: list[data.Example], batch_size: int = 32, precision: str = "fp32",
+def sts_correlations(model, examples: list[data.Example], batch_size: int = 32, dtype: str = "fp32",
                      show_progress_bar: bool = False) -> dict:
     """{"spearman", "pearson"} between the cosine of each pair's embeddings and its gold score."""
     if len(examples) < 2:
         raise ValueError(f"a correlation needs at least two pairs, got {len(examples)}")
     sentences = data.distinct_sentences(examples)  # each sentence embedded once
     position = {sentence: i for i, sentence in enumerate(sentences)}
-    embeddings = model.encode(sentences, batch_size=batch_size, convert_to_tensor=True, precision=precision,
+    embeddings = model.encode(sentences, batch_size=batch_size, convert_to_tensor=True, dtype=dtype,
                               show_progress_bar=show_progress_bar)
     first = torch.tensor([position[example.texts[0]] for example in examples], device=embeddings.device)
     second = torch.tensor([position[example.texts[1]] for example in examples], device=embeddings.device)
@@ -53,7 +53,7 @@ def table_sets(data_dir: Path) -> dict[str, list[data.Example] | None]:
     return sets
 
 
-def table(model, data_dir: Path, batch_size: int = 32, precision: str = "fp32",
+def table(model, data_dir: Path, batch_size: int = 32, dtype: str = "fp32",
           show_progress_bar: bool = False) -> dict[str, float | None]:
     """Spearman x 100 per column of the paper's Table 1 (None for a missing set), and their average as 'Avg.'."""
     row = {}
@@ -61,7 +61,7 @@ def table(model, data_dir: Path, batch_size: int = 32, precision: str = "fp32",
         if show_progress_bar and examples is not None:
             print(name, file=sys.stderr)
         row[name] = None if examples is None else 100 * sts_correlations(
-            model, examples, batch_size, precision, show_progress_bar)["spearman"]
+            model, examples, batch_size, dtype, show_progress_bar)["spearman"]
     found = [value for value in row.values() if value is not None]
     row["Avg."] = sum(found) / len(found) if found else None
     return row

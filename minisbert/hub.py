@@ -22,6 +22,7 @@ from urllib.request import HTTPRedirectHandler, Request, build_opener
 # ids share a cache folder, or name one outside it)
 REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+REVISION = re.compile(r"^[A-Za-z0-9][\w.-]*$")
 COMPLETE = ".complete"  # written last into a cached folder
 
 
@@ -33,8 +34,10 @@ def is_repo_id(name: str) -> bool:
     return bool(REPO_ID.match(name)) and ".." not in name and "--" not in name
 
 
-def cached_folder(repo_id: str) -> Path:
-    return cache_dir() / repo_id.replace("/", "--")
+def cached_folder(repo_id: str, revision: str | None = None, cache_folder: str | Path | None = None) -> Path:
+    """Where a download of `repo_id` at `revision` lives: <cache>/owner--name, with @revision unless main."""
+    name = repo_id.replace("/", "--") + (f"@{revision}" if revision not in (None, "main") else "")
+    return (Path(cache_folder) if cache_folder else cache_dir()) / name
 
 
 def relative_path(name, source: str) -> str:
@@ -104,19 +107,27 @@ def _read_json(path: Path, source: str):
         raise ValueError(f"{source}: not valid JSON ({error})") from None
 
 
-def download(repo_id: str, tokenizer_files: tuple[str, ...]) -> Path:
-    """The files of a sentence-transformers (or plain Hugging Face) model, all or nothing, into the cache."""
+def download(repo_id: str, tokenizer_files: tuple[str, ...], revision: str | None = None,
+             token: str | bool | None = None, cache_folder: str | Path | None = None) -> Path:
+    """The files of a sentence-transformers (or plain Hugging Face) model, all or nothing, into the cache.
+    `token`: a hub token, or True/None for $HF_TOKEN, or False for none."""
     if not is_repo_id(repo_id):
         raise ValueError(f"{repo_id!r} is not a hub repo id (owner/name of letters, digits, '.', '_', '-')")
+    revision = revision or "main"
+    if not REVISION.match(revision):
+        raise ValueError(f"revision {revision!r} is not a branch, tag or commit name (letters, digits, '.', '_', '-')")
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    headers = {"Authorization": f"Bearer {os.environ['HF_TOKEN']}"} if os.environ.get("HF_TOKEN") else {}
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    staging = cache_dir() / f".download-{secrets.token_hex(8)}"
+    if token is None or token is True:
+        token = os.environ.get("HF_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    target = cached_folder(repo_id, revision, cache_folder)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".download-{secrets.token_hex(8)}"
     staging.mkdir()
 
     def fetch(name: str, source: str = "") -> bool:
         name = relative_path(name, f"{repo_id}/{source}" if source else repo_id)
-        return _fetch(f"{endpoint}/{quote(repo_id)}/resolve/main/{quote(name)}", staging / name, headers)
+        return _fetch(f"{endpoint}/{quote(repo_id)}/resolve/{revision}/{quote(name)}", staging / name, headers)
 
     def fetch_weights(prefix: str) -> None:
         if fetch(prefix + "model.safetensors") or fetch(prefix + "pytorch_model.bin"):
@@ -154,7 +165,6 @@ def download(repo_id: str, tokenizer_files: tuple[str, ...]) -> Path:
             if kind in ("Transformer", "Dense"):
                 fetch_weights(prefix)
         (staging / COMPLETE).write_text(repo_id)
-        target = cached_folder(repo_id)
         try:
             os.replace(staging, target)
         except OSError:

@@ -1,7 +1,13 @@
-"""The sentence model: tokenize -> encode -> pool -> (Dense, Normalize), and `encode()`."""
+"""The sentence model: tokenize -> encode -> pool -> (Dense, Normalize), and `encode()`.
+
+The names, arguments and meanings are sentence-transformers' (5 and 6), so that inference code moves over
+unchanged: `precision` is the output's quantization ("float32", "int8", "uint8", "binary", "ubinary"); the
+arithmetic of the encoder is minisbert's own `dtype` ("fp32", "bf16", "fp16").
+"""
 
 import copy
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import checkpoint, similarity
 from .encoder import Encoder
 from .pooling import Normalize, Pooling
+from .quantization import ALLOWED_PRECISIONS, quantize_embeddings
 from .tokenize import Tokenizer
 
-PRECISIONS = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-              "fp16": torch.float16, "float16": torch.float16}
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
 
 
 def check_device(device) -> torch.device:
@@ -28,26 +36,43 @@ def check_device(device) -> torch.device:
     return device
 
 
+def check_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
 class SentenceTransformer(nn.Module):
-    """A model folder or hub id in, sentence embeddings out; the same names as sentence-transformers.
+    """A model folder or hub id in, sentence embeddings out; the names and meanings of sentence-transformers.
 
     Texts longer than `max_seq_length` tokens are truncated, as sentence-transformers does:
     `count_tokens()` tells how many tokens a text has before truncation.
     """
 
-    def __init__(self, model_name_or_path: str | Path | None = None, device: str | None = None, *,
-                 encoder: Encoder | None = None, tokenizer: Tokenizer | None = None, pooling: Pooling | None = None,
-                 after: list[nn.Module] = ()):
+    def __init__(self, model_name_or_path: str | Path | None = None, *, device: str | None = None,
+                 prompts: dict[str, str] | None = None, default_prompt_name: str | None = None,
+                 cache_folder: str | Path | None = None, revision: str | None = None, local_files_only: bool = False,
+                 token: str | bool | None = None, similarity_fn_name: str | None = None,
+                 truncate_dim: int | None = None, dtype: str | torch.dtype = "fp32", encoder: Encoder | None = None,
+                 tokenizer: Tokenizer | None = None, pooling: Pooling | None = None, after: list[nn.Module] = ()):
         """Load a model folder or hub id (all-MiniLM-L6-v2 if none is named); or build one from its parts:
-        `encoder` and `tokenizer`, then `pooling` (mean pooling if None) and the Dense/Normalize modules `after` it."""
+        `encoder` and `tokenizer`, then `pooling` (mean pooling if None) and the Dense/Normalize modules `after` it.
+
+        The other arguments are sentence-transformers': prompts and similarity_fn_name override what the folder's
+        config_sentence_transformers.json says; cache_folder, revision, token and local_files_only steer a download.
+        `dtype` is the encoder's arithmetic in encode(): fp32, bf16 (CPU or GPU) or fp16 (GPU).
+        """
         super().__init__()
-        config = None
+        config, settings = None, {}
         if encoder is None:
             if tokenizer is not None or pooling is not None or after:
                 raise ValueError("the parts of a model start with its encoder: pass encoder= and tokenizer= too")
-            parts = checkpoint.load(model_name_or_path or checkpoint.DEFAULT_MODEL)
-            encoder, config, tokenizer, pooling, after = (parts[k] for k in ("encoder", "config", "tokenizer",
-                                                                             "pooling", "after"))
+            parts = checkpoint.load(model_name_or_path or checkpoint.DEFAULT_MODEL, cache_folder=cache_folder,
+                                    revision=revision, token=token, local_files_only=local_files_only)
+            encoder, config, tokenizer, pooling, after, settings = (
+                parts[k] for k in ("encoder", "config", "tokenizer", "pooling", "after", "settings"))
         elif model_name_or_path is not None or tokenizer is None:
             raise ValueError("pass either a model name or path, or the parts (encoder= and tokenizer=), not both")
         self.encoder = encoder
@@ -55,6 +80,19 @@ class SentenceTransformer(nn.Module):
         self.tokenizer = tokenizer
         self.pooling = pooling or Pooling(encoder.config.hidden_size, "mean")
         self.after = nn.ModuleList(after)  # Dense and Normalize modules, in modules.json order
+        # config_sentence_transformers.json as read: written back by save(), with these three as they are then
+        self.settings = settings
+        self.prompts = dict(settings.get("prompts") or {}) if prompts is None else dict(prompts)
+        self.default_prompt_name = default_prompt_name or settings.get("default_prompt_name")
+        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
+            raise ValueError(f"default_prompt_name {self.default_prompt_name!r} is not among the prompts "
+                             f"{list(self.prompts)}")
+        self.similarity_fn_name = similarity_fn_name or settings.get("similarity_fn_name") or "cosine"
+        if truncate_dim is not None and (type(truncate_dim) is not int or truncate_dim < 1):
+            raise ValueError(f"truncate_dim must be a positive integer, not {truncate_dim!r}")
+        self.truncate_dim = truncate_dim
+        self.dtype_name = dtype
+        check_dtype(dtype)
         self._low_precision_encoders = {}
         self.eval()
         if device is not None:
@@ -75,24 +113,59 @@ class SentenceTransformer(nn.Module):
         self.tokenizer.max_seq_length = value
         self.tokenizer.tokenizer.enable_truncation(value)
 
+    def get_max_seq_length(self) -> int:
+        return self.max_seq_length
+
+    @property
+    def similarity_fn_name(self) -> str:
+        return self._similarity_fn_name
+
+    @similarity_fn_name.setter
+    def similarity_fn_name(self, name: str) -> None:
+        if name not in similarity.SIMILARITY_FUNCTIONS:
+            raise ValueError(f"similarity_fn_name {name!r} is not one of {', '.join(similarity.SIMILARITY_FUNCTIONS)}")
+        self._similarity_fn_name = name
+
+    def similarity(self, embeddings1, embeddings2) -> torch.Tensor:
+        """Every row of embeddings1 against every row of embeddings2, by `similarity_fn_name`: (N, M)."""
+        return similarity.SIMILARITY_FUNCTIONS[self.similarity_fn_name][0](embeddings1, embeddings2)
+
+    def similarity_pairwise(self, embeddings1, embeddings2) -> torch.Tensor:
+        """Row i of embeddings1 against row i of embeddings2, by `similarity_fn_name`: (N,)."""
+        return similarity.SIMILARITY_FUNCTIONS[self.similarity_fn_name][1](embeddings1, embeddings2)
+
     def get_sentence_embedding_dimension(self) -> int:
+        """The dimension of encode()'s embeddings: the last module's, or truncate_dim if smaller."""
+        return self._output_dimension(self.truncate_dim)
+
+    def _output_dimension(self, truncate_dim: int | None) -> int:
         dimension = self.pooling.output_dimension
         for module in self.after:
             if not isinstance(module, Normalize):
                 dimension = module.linear.out_features
-        return dimension
+        return dimension if truncate_dim is None else min(dimension, truncate_dim)
+
+    get_embedding_dimension = get_sentence_embedding_dimension  # sentence-transformers 6's name
 
     def count_tokens(self, sentences: list[str]) -> list[int]:
         """Token count of each text with its special tokens, before truncation at max_seq_length."""
         return self.tokenizer.count_tokens(sentences)
 
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """`input_ids` and `attention_mask` (B, S) of `texts`, padded to the longest, as the model sees them."""
+        return self.tokenizer(list(texts))
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, encoder: nn.Module | None = None):
         """Token ids (B, S) -> sentence embeddings (B, dim), with autograd; `encoder` may be a low-precision copy."""
-        token_embeddings = (self.encoder if encoder is None else encoder)(input_ids, attention_mask)  # (B, S, D)
-        embeddings = self.pooling(token_embeddings.float(), attention_mask)  # pool and what follows in float32
+        return self.embed(input_ids, attention_mask, encoder)[1]
+
+    def embed(self, input_ids, attention_mask, encoder: nn.Module | None = None):
+        """(token embeddings (B, S, D) in float32, sentence embeddings (B, dim))."""
+        token_embeddings = (self.encoder if encoder is None else encoder)(input_ids, attention_mask).float()
+        embeddings = self.pooling(token_embeddings, attention_mask)  # pool and what follows in float32
         for module in self.after:
             embeddings = module(embeddings)
-        return embeddings
+        return token_embeddings, embeddings
 
     def _encoder_in(self, dtype: torch.dtype) -> nn.Module:
         """The encoder in `dtype`: a cached copy for bf16/fp16, remade whenever the fp32 weights change."""
@@ -104,46 +177,65 @@ class SentenceTransformer(nn.Module):
             self._low_precision_encoders[dtype] = (weights, copy.deepcopy(self.encoder).to(dtype))
         return self._low_precision_encoders[dtype][1]
 
-    def encode(self, sentences: str | list[str], batch_size: int = 32, show_progress_bar: bool | None = None,
-               convert_to_numpy: bool = True, convert_to_tensor: bool = False, normalize_embeddings: bool = False,
-               device: str | None = None, precision: str = "fp32"):
-        """Embed `sentences`: a float32 array (N, dim), or a tensor with `convert_to_tensor=True`.
+    def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
+        """As sentence-transformers: `prompt` wins, then `prompt_name`, then the default prompt name, if any."""
+        if prompt is not None:
+            return prompt
+        if prompt_name is not None:
+            if prompt_name not in self.prompts:
+                raise ValueError(f"Prompt name '{prompt_name}' not found in the configured prompts dictionary with "
+                                 f"keys {list(self.prompts.keys())!r}.")
+            return self.prompts[prompt_name]
+        return self.prompts.get(self.default_prompt_name) if self.default_prompt_name is not None else None
 
-        Texts are sorted by token count so that each batch pads little; the output keeps the input order.
-        `precision` is fp32, bf16 (CPU or GPU) or fp16 (GPU); pooling and what follows always run in fp32.
+    def encode(self, sentences: str | Iterable[str], prompt_name: str | None = None, prompt: str | None = None,
+               batch_size: int = 32, show_progress_bar: bool | None = None,
+               output_value: str | None = "sentence_embedding", precision: str | None = "float32",
+               convert_to_numpy: bool = True, convert_to_tensor: bool = False, device=None,
+               normalize_embeddings: bool = False, truncate_dim: int | None = None, pool: dict | None = None,
+               chunk_size: int | None = None, *, dtype: str | torch.dtype | None = None):
+        """Embed `sentences` (a str, or any sequence or iterable of str): by default a float32 array (N, dim).
+
+        The arguments, in sentence-transformers' order, mean what they mean there: `precision` quantizes the
+        output, `output_value="token_embeddings"` gives each text's token embeddings without padding, and None
+        both (a dict per text); `device` may name several devices, which encode in processes of their own, as a
+        `pool` from start_multi_process_pool does. `dtype` (minisbert's) is the encoder's arithmetic: fp32, bf16
+        (CPU or GPU) or fp16 (GPU); pooling and what follows run in fp32. Texts are sorted by token count so
+        that each batch pads little; the output keeps the input order.
         """
         single = isinstance(sentences, str)
-        if single:
-            sentences = [sentences]
-        if not isinstance(sentences, (list, tuple)):
-            raise TypeError(f"sentences must be a str or a list of str, not {type(sentences).__name__}")
-        for i, sentence in enumerate(sentences):
-            if not isinstance(sentence, str):
-                raise TypeError(f"sentences[{i}] is {type(sentence).__name__}, not str")
+        sentences = [sentences] if single else _as_text_list(sentences)
         if type(batch_size) is not int or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
-        for i, sentence in enumerate(sentences):
-            if not sentence.isascii():
-                try:
-                    sentence.encode("utf-8")
-                except UnicodeEncodeError as error:
-                    raise ValueError(f"sentences[{i}] holds a lone surrogate ({sentence[error.start]!r} at character "
-                                     f"{error.start}), which is not text; decode the input with errors='replace'"
-                                     ) from None
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        if precision is not None and precision not in ALLOWED_PRECISIONS:
+            raise ValueError(f"Precision {precision!r} is not supported, must be one of {ALLOWED_PRECISIONS}")
+        if output_value not in OUTPUT_VALUES:
+            raise ValueError(f"output_value {output_value!r} is not one of {OUTPUT_VALUES}")
+        if truncate_dim is not None and (type(truncate_dim) is not int or truncate_dim < 1):
+            raise ValueError(f"truncate_dim must be a positive integer, not {truncate_dim!r}")
+        if pool is not None or isinstance(device, (list, tuple)):
+            from .multiprocess import encode_in_processes
+            return encode_in_processes(self, sentences, single, pool, device, chunk_size, prompt_name=prompt_name,
+                                       prompt=prompt, batch_size=batch_size, output_value=output_value,
+                                       precision=precision, convert_to_numpy=convert_to_numpy,
+                                       convert_to_tensor=convert_to_tensor, normalize_embeddings=normalize_embeddings,
+                                       truncate_dim=truncate_dim, dtype=dtype)
         if device is not None:
             self.to(check_device(device))
-        dtype = PRECISIONS[precision]
+        dtype = check_dtype(dtype or self.dtype_name)
         if dtype == torch.float16 and self.device.type == "cpu":
-            raise ValueError("precision fp16 needs a GPU; on the CPU use bf16 or fp32")
+            raise ValueError("dtype fp16 needs a GPU; on the CPU use bf16 or fp32")
+        prompt = self._resolve_prompt(prompt, prompt_name)
+        truncate_dim = truncate_dim or self.truncate_dim
+        texts = sentences if not prompt else [prompt + sentence for sentence in sentences]
 
-        embeddings = torch.empty(len(sentences), self.get_sentence_embedding_dimension(), device=self.device)
-        token_ids = self.tokenizer.token_ids(list(sentences))
+        token_ids = self.tokenizer.token_ids(texts)
         order = np.argsort([-len(ids) for ids in token_ids], kind="stable")
-        batches = range(0, len(sentences), batch_size)
+        batches = range(0, len(texts), batch_size)
         if show_progress_bar is None:
             show_progress_bar = len(batches) > 20 and sys.stderr.isatty()
+        embeddings = torch.empty(len(texts), self._output_dimension(truncate_dim), device=self.device)
+        per_text = [None] * len(texts)  # for token embeddings: one dict per text, padding removed
         was_training = self.training
         self.eval()
         encoder = self._encoder_in(dtype)
@@ -153,23 +245,86 @@ class SentenceTransformer(nn.Module):
                     index = order[start:start + batch_size]
                     batch = self.tokenizer.pad([token_ids[i] for i in index])
                     batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                    embedded = self(batch["input_ids"], batch["attention_mask"], encoder)
+                    tokens, embedded = self.embed(batch["input_ids"], batch["attention_mask"], encoder)
+                    embedded = embedded[:, :truncate_dim] if truncate_dim else embedded
                     if normalize_embeddings:
                         embedded = F.normalize(embedded, p=2, dim=-1)
                     embeddings[torch.from_numpy(index).to(self.device)] = embedded
+                    if output_value != "sentence_embedding":
+                        for row, i in enumerate(index):
+                            length = len(token_ids[i])
+                            per_text[i] = {"input_ids": batch["input_ids"][row, :length],
+                                           "attention_mask": batch["attention_mask"][row, :length],
+                                           "token_embeddings": tokens[row, :length], "sentence_embedding": embedded[row]}
         finally:
             self.train(was_training)
         broken = (~torch.isfinite(embeddings)).any(dim=1).nonzero()
         if len(broken):
             i = broken[0, 0].item()
             raise ValueError(f"the embedding of sentences[{i}] ({sentences[i][:60]!r}) holds NaN or infinite values"
-                             + (f" in {precision}; try fp32" if precision not in ("fp32", "float32") else ""))
-        if single:
-            embeddings = embeddings[0]
-        if convert_to_tensor:
-            return embeddings
-        return embeddings.cpu().numpy() if convert_to_numpy else list(embeddings)
+                             + (f" in {dtype}; try fp32" if dtype != torch.float32 else ""))
+        if output_value is not None and output_value != "sentence_embedding":
+            result = [item[output_value] for item in per_text]
+        elif output_value is None:
+            result = per_text
+        else:
+            result = _convert(embeddings, precision, convert_to_numpy, convert_to_tensor)
+        return result[0] if single else result
+
+    def encode_query(self, sentences, prompt_name: str | None = None, prompt: str | None = None, **options):
+        """encode() with the model's "query" prompt, if it has one and no other is named."""
+        if prompt_name is None and prompt is None and "query" in self.prompts:
+            prompt_name = "query"
+        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **options)
+
+    def encode_document(self, sentences, prompt_name: str | None = None, prompt: str | None = None, **options):
+        """encode() with the model's "document", "passage" or "corpus" prompt (the first it has), if no other is named."""
+        if prompt_name is None and prompt is None:
+            prompt_name = next((name for name in ("document", "passage", "corpus") if name in self.prompts), None)
+        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **options)
+
+    def start_multi_process_pool(self, target_devices: list[str] | None = None) -> dict:
+        """Processes that encode in parallel, one per device (default: every GPU, else 4 CPU processes)."""
+        from .multiprocess import start_pool
+        return start_pool(self, target_devices)
+
+    @staticmethod
+    def stop_multi_process_pool(pool: dict) -> None:
+        from .multiprocess import stop_pool
+        stop_pool(pool)
 
     def save(self, path: str | Path) -> None:
         """Write a sentence-transformers folder (safetensors) that both libraries load; other files in it stay."""
         checkpoint.save_folder(self, path)
+
+
+def _as_text_list(sentences) -> list[str]:
+    """Any sequence or iterable of str (a list, a numpy array of str, a generator, a datasets column) as a list."""
+    if isinstance(sentences, np.ndarray):
+        sentences = sentences.tolist()
+    elif not isinstance(sentences, list):
+        if not isinstance(sentences, Iterable) or isinstance(sentences, (bytes, dict)):
+            raise TypeError(f"sentences must be a str or an iterable of str, not {type(sentences).__name__}")
+        sentences = list(sentences)
+    for i, sentence in enumerate(sentences):
+        if not isinstance(sentence, str):
+            raise TypeError(f"sentences[{i}] is {type(sentence).__name__}, not str")
+        if not sentence.isascii():
+            try:
+                sentence.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ValueError(f"sentences[{i}] holds a lone surrogate ({sentence[error.start]!r} at character "
+                                 f"{error.start}), which is not text; decode the input with errors='replace'") from None
+    return sentences
+
+
+def _convert(embeddings: torch.Tensor, precision: str | None, convert_to_numpy: bool, convert_to_tensor: bool):
+    """The (N, dim) embeddings as sentence-transformers returns them: quantized by `precision`, then one tensor,
+    one array, or a list of 1-D tensors."""
+    if precision not in (None, "float32") and len(embeddings):
+        embeddings = torch.from_numpy(quantize_embeddings(embeddings, precision))
+    if convert_to_tensor:
+        return embeddings
+    if convert_to_numpy:
+        return embeddings.cpu().numpy()
+    return list(embeddings)

@@ -1,6 +1,6 @@
 """Exact top-k semantic search and paraphrase mining over embeddings, in bounded memory.
 
-Every search goes through `top_k_cosine`: the corpus is taken in blocks and each block in one of two ways,
+Every search goes through `top_k_scores`: the corpus is taken in blocks and each block in one of two ways,
 giving the same results. On CUDA the fused Triton kernel (topk_kernel.py) computes scores and keeps the best
 in one pass, so no score matrix is ever stored. Elsewhere PyTorch scores a (query chunk, corpus block) at a
 time and selects from it.
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.autonotebook import tqdm
 
-from minisbert.similarity import as_matrix, check_finite, check_positive, common_dtype, cos_sim
+from minisbert.similarity import as_matrix, check_finite, check_positive, common_dtype, cos_sim, dot_score
 
 
 def kernel():
@@ -48,12 +48,23 @@ def _top_k_lowest_index_first(scores: torch.Tensor, k: int) -> tuple[torch.Tenso
     return _merge_lowest_id_first(values, columns, k)
 
 
-def _block_top_k(queries, corpus_block, k, self_offset, query_chunk_size):
+def _scorer(corpus_block: torch.Tensor, score_function):
+    """A function from a query chunk to its fp32 scores against `corpus_block`; the corpus is prepared once."""
+    if score_function is cos_sim:
+        corpus_block = F.normalize(corpus_block.float(), dim=-1)
+        return lambda queries: F.normalize(queries.float(), dim=-1) @ corpus_block.T
+    if score_function is dot_score:
+        corpus_block = corpus_block.float()
+        return lambda queries: queries.float() @ corpus_block.T
+    return lambda queries: torch.as_tensor(score_function(queries, corpus_block)).float()
+
+
+def _block_top_k(queries, corpus_block, k, self_offset, query_chunk_size, score_function=cos_sim):
     """The PyTorch path of one corpus block: scores of a query chunk at a time, then the exact top k."""
-    corpus_block = F.normalize(corpus_block.float(), dim=-1)
+    score = _scorer(corpus_block, score_function)
     best_scores, best_ids = [], []
     for q_start in range(0, len(queries), query_chunk_size):
-        scores = F.normalize(queries[q_start:q_start + query_chunk_size].float(), dim=-1) @ corpus_block.T
+        scores = score(queries[q_start:q_start + query_chunk_size])
         if self_offset is not None:
             rows = torch.arange(len(scores), device=scores.device)
             columns = rows + q_start + self_offset
@@ -65,41 +76,46 @@ def _block_top_k(queries, corpus_block, k, self_offset, query_chunk_size):
     return torch.cat(best_scores), torch.cat(best_ids)
 
 
-def top_k_cosine(queries, corpus, k: int, exclude_self: bool = False, query_chunk_size: int = 100,
-                 corpus_chunk_size: int = 500_000, query_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per query, the k corpus rows of highest cosine similarity: (scores (Q, k) float32, ids (Q, k) int64).
+def top_k_scores(queries, corpus, k: int, score_function=cos_sim, exclude_self: bool = False,
+                 query_chunk_size: int = 100, corpus_chunk_size: int = 500_000,
+                 query_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query, the k corpus rows of highest score: (scores (Q, k) float32, ids (Q, k) int64).
 
-    Best first, equal scores by lower id. With `exclude_self`, query i (counted from `query_offset`) is the
-    same sentence as corpus row query_offset + i and is never its own match. Memory: one corpus block, and on
-    the PyTorch path one (query_chunk_size, corpus_chunk_size) block of scores.
+    Best first, equal scores by lower id. On CUDA, cos_sim and dot_score go through the fused kernel; any other
+    `score_function(queries, corpus) -> (Q, C)` through PyTorch. With `exclude_self`, query i (counted from
+    `query_offset`) is the same sentence as corpus row query_offset + i and is never its own match. Memory: one
+    corpus block, and on the PyTorch path one (query_chunk_size, corpus_chunk_size) block of scores.
     """
     queries, corpus = as_matrix(queries), as_matrix(corpus)
     dtype = common_dtype(queries, corpus)
     queries = queries.to(dtype)
     best_scores = torch.empty(len(queries), 0, device=queries.device)
     best_ids = torch.empty(len(queries), 0, dtype=torch.long, device=queries.device)
+    fused = score_function in (cos_sim, dot_score)
     for c_start in range(0, len(corpus) if k and len(queries) else 0, corpus_chunk_size):
         block = corpus[c_start:c_start + corpus_chunk_size].to(device=queries.device, dtype=dtype)
         block_k = min(k, len(block))
         self_offset = query_offset - c_start if exclude_self else None
         scores = None
-        if queries.is_cuda and kernel().available(queries, block_k):
+        if fused and queries.is_cuda and kernel().available(queries, block_k):
             try:
-                scores, ids = kernel().cosine_top_k(queries, block, block_k, self_offset)
+                scores, ids = kernel().cosine_top_k(queries, block, block_k, self_offset,
+                                                    normalize=score_function is cos_sim)
             except Exception as error:  # a compile or launch failure: same results from the PyTorch path
                 kernel().disable(error)
         if scores is None:
-            scores, ids = _block_top_k(queries, block, block_k, self_offset, query_chunk_size)
+            scores, ids = _block_top_k(queries, block, block_k, self_offset, query_chunk_size, score_function)
         best_scores, best_ids = _merge_lowest_id_first(
             torch.cat([best_scores, scores], dim=1), torch.cat([best_ids, ids + c_start], dim=1), k)
     return best_scores, best_ids
 
 
-def semantic_search(query_embeddings, corpus_embeddings, top_k: int = 10, query_chunk_size: int = 100,
-                    corpus_chunk_size: int = 500_000) -> list[list[dict]]:
-    """For each query, the `top_k` corpus entries by cosine similarity: [{"corpus_id", "score"}, ...] best first.
+def semantic_search(query_embeddings, corpus_embeddings, query_chunk_size: int = 100, corpus_chunk_size: int = 500_000,
+                    top_k: int = 10, score_function=cos_sim) -> list[list[dict]]:
+    """For each query, the `top_k` corpus entries of highest score: [{"corpus_id", "score"}, ...] best first.
 
-    Exact, with equal scores ordered by lower corpus id; never holds a queries x corpus matrix.
+    sentence-transformers' arguments, in its order. Exact, with equal scores ordered by lower corpus id; never
+    holds a queries x corpus matrix.
     """
     check_positive(top_k=top_k, query_chunk_size=query_chunk_size, corpus_chunk_size=corpus_chunk_size)
     queries, corpus = as_matrix(query_embeddings, "query_embeddings"), as_matrix(corpus_embeddings, "corpus_embeddings")
@@ -110,8 +126,8 @@ def semantic_search(query_embeddings, corpus_embeddings, top_k: int = 10, query_
                          f"and the corpus is {tuple(corpus.shape)}")
     if len(queries) == 0:
         return []
-    scores, ids = top_k_cosine(queries, corpus, min(top_k, len(corpus)), query_chunk_size=query_chunk_size,
-                               corpus_chunk_size=corpus_chunk_size)
+    scores, ids = top_k_scores(queries, corpus, min(top_k, len(corpus)), score_function,
+                               query_chunk_size=query_chunk_size, corpus_chunk_size=corpus_chunk_size)
     return [[{"corpus_id": i, "score": s} for i, s in zip(row_ids, row_scores)]
             for row_scores, row_ids in zip(scores.tolist(), ids.tolist())]
 
@@ -127,18 +143,19 @@ def _keep_best_pairs(scores: torch.Tensor, keys: torch.Tensor, max_pairs: int):
     return scores[best], keys[best]
 
 
-def paraphrase_mining_embeddings(embeddings, top_k: int | None = 100, max_pairs: int = 500_000,
-                                 threshold: float | None = None, query_chunk_size: int = 5000,
-                                 corpus_chunk_size: int = 100_000, show_progress_bar: bool = False) -> list[list]:
+def paraphrase_mining_embeddings(embeddings, query_chunk_size: int = 5000, corpus_chunk_size: int = 100_000,
+                                 max_pairs: int = 500_000, top_k: int | None = 100, score_function=cos_sim, *,
+                                 threshold: float | None = None, show_progress_bar: bool = False) -> list[list]:
     """The most similar pairs among `embeddings`: [[score, i, j], ...] with i < j, highest score first.
 
-    As in sentence-transformers, a pair is a candidate when j is among the `top_k` most similar to i or i among
-    those of j; the `max_pairs` best candidates are returned. With `threshold`, only pairs scoring at least that;
-    with `top_k=None` as well, every such pair (up to `max_pairs`). Equal scores come in (i, j) order. Memory
-    holds the candidates of one query chunk and the best pairs so far, never the N x N matrix.
+    sentence-transformers' arguments, in its order (`score_function` is assumed symmetric). As there, a pair is
+    a candidate when j is among the `top_k` best of i or i among those of j; the `max_pairs` best candidates are
+    returned. minisbert adds `threshold`: only pairs scoring at least that; with `top_k=None` as well, every such
+    pair (up to `max_pairs`). Equal scores come in (i, j) order. Memory holds the candidates of one query chunk
+    and the best pairs so far, never the N x N matrix.
     """
     check_positive(top_k=top_k, max_pairs=max_pairs, query_chunk_size=query_chunk_size,
-                    corpus_chunk_size=corpus_chunk_size)
+                   corpus_chunk_size=corpus_chunk_size)
     embeddings = as_matrix(embeddings)
     check_finite(embeddings, "embeddings")
     n = len(embeddings)
@@ -151,13 +168,13 @@ def paraphrase_mining_embeddings(embeddings, top_k: int | None = 100, max_pairs:
         i = torch.arange(q_start, q_start + len(queries), device=embeddings.device)
         if top_k is None:  # every pair above the threshold: scan the upper triangle block by block
             for c_start in range(q_start, n, corpus_chunk_size):
-                scores = cos_sim(queries, embeddings[c_start:c_start + corpus_chunk_size]).float()
+                scores = _scorer(embeddings[c_start:c_start + corpus_chunk_size], score_function)(queries)
                 j = torch.arange(c_start, c_start + scores.shape[1], device=scores.device)
                 rows, columns = ((scores >= threshold) & (j[None, :] > i[:, None])).nonzero(as_tuple=True)
                 best_scores, best_keys = _keep_best_pairs(torch.cat([best_scores, scores[rows, columns]]),
                                                           torch.cat([best_keys, i[rows] * n + j[columns]]), max_pairs)
             continue
-        scores, j = top_k_cosine(queries, embeddings, min(top_k, n - 1), exclude_self=True,
+        scores, j = top_k_scores(queries, embeddings, min(top_k, n - 1), score_function, exclude_self=True,
                                  corpus_chunk_size=corpus_chunk_size, query_offset=q_start)
         i = i[:, None].expand_as(j)
         keep = scores >= threshold if threshold is not None else torch.ones_like(scores, dtype=torch.bool)
@@ -174,12 +191,16 @@ def paraphrase_mining_embeddings(embeddings, top_k: int | None = 100, max_pairs:
             gc.enable()
 
 
-def paraphrase_mining(model, sentences: list[str], batch_size: int = 32, show_progress_bar: bool = False,
-                      **mining_options) -> list[list]:
+def paraphrase_mining(model, sentences: list[str], show_progress_bar: bool = False, batch_size: int = 32,
+                      query_chunk_size: int = 5000, corpus_chunk_size: int = 100_000, max_pairs: int = 500_000,
+                      top_k: int | None = 100, score_function=cos_sim, truncate_dim: int | None = None,
+                      prompt_name: str | None = None, prompt: str | None = None, *,
+                      threshold: float | None = None) -> list[list]:
     """The most similar pairs of `sentences`, embedded by `model`: [[score, i, j], ...], highest score first.
 
-    Called as sentence-transformers calls it; the options are those of paraphrase_mining_embeddings.
+    sentence-transformers' arguments, in its order; the mining options are those of paraphrase_mining_embeddings.
     """
-    embeddings = model.encode(sentences, batch_size=batch_size, show_progress_bar=show_progress_bar,
-                              convert_to_tensor=True)
-    return paraphrase_mining_embeddings(embeddings, show_progress_bar=show_progress_bar, **mining_options)
+    embeddings = model.encode(sentences, prompt_name=prompt_name, prompt=prompt, batch_size=batch_size,
+                              show_progress_bar=show_progress_bar, convert_to_tensor=True, truncate_dim=truncate_dim)
+    return paraphrase_mining_embeddings(embeddings, query_chunk_size, corpus_chunk_size, max_pairs, top_k,
+                                        score_function, threshold=threshold, show_progress_bar=show_progress_bar)

@@ -74,3 +74,38 @@ def pairwise_dot_score(a, b) -> torch.Tensor:
 
 
 pytorch_cos_sim = cos_sim  # the name in the paper's example
+
+
+def euclidean_sim(a, b) -> torch.Tensor:
+    """Minus the Euclidean distance of every row of `a` (N, D) to every row of `b` (M, D): a tensor (N, M)."""
+    a, b = _same_dtype(a, b, "euclidean_sim")
+    return -torch.cdist(a, b, p=2.0)
+
+
+def manhattan_sim(a, b) -> torch.Tensor:
+    """Minus the Manhattan (L1) distance of every row of `a` to every row of `b`: a tensor (N, M)."""
+    a, b = _same_dtype(a, b, "manhattan_sim")
+    return -torch.cdist(a, b, p=1.0)
+
+
+def pairwise_euclidean_sim(a, b) -> torch.Tensor:
+    """Minus the Euclidean distance of a[i] to b[i], for each i: a tensor (N,)."""
+    a, b = _same_dtype(a, b, "pairwise_euclidean_sim", pairwise=True)
+    return -torch.linalg.vector_norm(a - b, dim=-1)
+
+
+def pairwise_manhattan_sim(a, b) -> torch.Tensor:
+    """Minus the Manhattan distance of a[i] to b[i], for each i: a tensor (N,)."""
+    a, b = _same_dtype(a, b, "pairwise_manhattan_sim", pairwise=True)
+    return -(a - b).abs().sum(dim=-1)
+
+
+def normalize_embeddings(embeddings: torch.Tensor) -> torch.Tensor:
+    """Each row scaled to unit length."""
+    return F.normalize(torch.as_tensor(embeddings), p=2, dim=-1)
+
+
+# similarity_fn_name -> (all pairs, row by row), as sentence-transformers names them
+SIMILARITY_FUNCTIONS = {"cosine": (cos_sim, pairwise_cos_sim), "dot": (dot_score, pairwise_dot_score),
+                        "euclidean": (euclidean_sim, pairwise_euclidean_sim),
+                        "manhattan": (manhattan_sim, pairwise_manhattan_sim)}

@@ -114,18 +114,23 @@ def launch_config(dtype: torch.dtype, k: int) -> dict:
 
 
 def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offset: int | None = None,
-                 n_splits: int | None = None):
+                 n_splits: int | None = None, normalize: bool = True):
     """Candidates for each query's k best corpus rows by cosine similarity: (scores (Q, S * k) float32, ids (Q, S * k)
     int64), the k best of each of S corpus slices, in no order; search.py merges them.
 
     `queries` and `corpus` share one dtype (fp32, bf16 or fp16); products accumulate in fp32, without TF32.
     With `self_offset`, query row i never matches corpus row i + self_offset (the same sentence). `n_splits`
-    overrides the number of corpus slices (the tests use it to check the merge of several).
+    overrides the number of corpus slices (the tests use it to check the merge of several). With
+    `normalize=False` the scores are the dot products themselves.
     """
     queries, corpus = queries.contiguous(), corpus.contiguous()
     n_queries, dim = queries.shape
-    query_scale = 1 / queries.float().norm(dim=1).clamp_min(1e-12)  # the eps of F.normalize
-    corpus_scale = 1 / corpus.float().norm(dim=1).clamp_min(1e-12)
+    if normalize:  # cosine: each dot product times both inverse norms (clamped at the eps of F.normalize)
+        query_scale = 1 / queries.float().norm(dim=1).clamp_min(1e-12)
+        corpus_scale = 1 / corpus.float().norm(dim=1).clamp_min(1e-12)
+    else:  # the dot product itself
+        query_scale = torch.ones(len(queries), device=queries.device)
+        corpus_scale = torch.ones(len(corpus), device=corpus.device)
     config = launch_config(queries.dtype, k)
     q_blocks = triton.cdiv(n_queries, config["BLOCK_Q"])
     # enough programs to fill the GPU a few times over; consecutive programs share a split, so its corpus

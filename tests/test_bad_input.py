@@ -44,10 +44,12 @@ def test_non_string_item_names_its_index_and_type(model):
 
 
 def test_unknown_precision_and_fp16_on_cpu(model):
-    with pytest.raises(ValueError, match="precision 'int3'"):
+    with pytest.raises(ValueError, match="Precision 'int3' is not supported, must be one of"):
         model.encode(["a"], precision="int3")
+    with pytest.raises(ValueError, match="dtype 'fp8' is not one of"):
+        model.encode(["a"], dtype="fp8")
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
-        model.encode(["a"], precision="fp16")
+        model.encode(["a"], dtype="fp16")
 
 
 def test_missing_model_says_what_was_looked_for(tmp_path):
@@ -216,12 +218,13 @@ def test_a_lone_surrogate_names_the_text(model):
 
 
 def test_a_nan_embedding_names_the_text(model, monkeypatch):
-    real_forward = SentenceTransformer.forward
+    real_embed = SentenceTransformer.embed
 
-    def forward(self, input_ids, attention_mask, encoder=None):
-        out = real_forward(self, input_ids, attention_mask, encoder)
-        return torch.where(input_ids[:, 1:2] == self.tokenizer.tokenizer.token_to_id("poison"), float("nan"), out)
+    def embed(self, input_ids, attention_mask, encoder=None):
+        tokens, out = real_embed(self, input_ids, attention_mask, encoder)
+        poisoned = input_ids[:, 1:2] == self.tokenizer.tokenizer.token_to_id("poison")
+        return tokens, torch.where(poisoned, float("nan"), out)
 
-    monkeypatch.setattr(SentenceTransformer, "forward", forward)
+    monkeypatch.setattr(SentenceTransformer, "embed", embed)
     with pytest.raises(ValueError, match=r"the embedding of sentences\[2\] \('poison'\) holds NaN"):
         model.encode(["a", "b", "poison"])

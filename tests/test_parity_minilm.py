@@ -56,17 +56,17 @@ def test_single_string_gives_one_vector(models):
 def test_bf16_stays_close_to_fp32(models, varied_texts):
     ours, reference = models
     expected = reference.encode(varied_texts, normalize_embeddings=True)
-    got = ours.encode(varied_texts, normalize_embeddings=True, precision="bf16")
+    got = ours.encode(varied_texts, normalize_embeddings=True, dtype="bf16")
     assert got.dtype == np.float32
     cosine = (got * expected).sum(axis=1)
     assert cosine.min() > 0.99, cosine
 
 def test_bf16_copy_follows_changes_of_the_weights(minilm_folder, varied_texts):
     model = SentenceTransformer(minilm_folder)
-    before = model.encode(varied_texts, precision="bf16")
+    before = model.encode(varied_texts, dtype="bf16")
     with torch.no_grad():
         model.encoder.layers[0].output.bias.add_(0.5)
-    changed = model.encode(varied_texts, precision="bf16")
+    changed = model.encode(varied_texts, dtype="bf16")
     assert np.abs(changed - before).max() > 1e-3
     np.testing.assert_allclose(changed, model.encode(varied_texts), atol=0.05)
 

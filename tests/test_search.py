@@ -12,7 +12,7 @@ import torch
 from sentence_transformers import util
 
 from minisbert.data import distinct_sentences, read_sts_benchmark
-from minisbert.search import paraphrase_mining, paraphrase_mining_embeddings, semantic_search, top_k_cosine
+from minisbert.search import paraphrase_mining, paraphrase_mining_embeddings, semantic_search, top_k_scores
 from minisbert.similarity import cos_sim, dot_score, pairwise_cos_sim, pairwise_dot_score
 
 DATA = Path(os.environ.get("MINISBERT_DATA", Path(__file__).parents[1] / "../shared/data"))
@@ -47,13 +47,14 @@ def test_semantic_search_on_real_embeddings(minilm_folder):
              "Someone is cutting an onion.", "A man is playing guitar.", "The kitten is asleep."]
     embeddings = SentenceTransformer(minilm_folder).encode(texts)
     results = semantic_search(embeddings[:3], embeddings, top_k=3, corpus_chunk_size=2)
-    # texts 0 and 5 are the same: their scores differ only by rounding, so they may come in either order
-    expected = brute_force(embeddings[:3], embeddings, 3)
-    assert [sorted(hit["corpus_id"] for hit in row) for row in results] == [sorted(row) for row in expected]
-    assert {hit["corpus_id"] for hit in results[0][:2]} == {0, 5}
+    # texts 0 and 5 are the same: their scores differ only by rounding, so they may come in either order (and
+    # either may take the last place), which assert_same_ranking allows for scores within 1e-6
     full = cos_sim(embeddings[:3], embeddings)
     for q, row in enumerate(results):
-        assert [hit["score"] for hit in row] == pytest.approx(sorted(full[q].tolist(), reverse=True)[:3], abs=1e-6)
+        assert_same_ranking([(hit["score"], hit["corpus_id"]) for hit in row],
+                            [(full[q, i].item(), i) for i in brute_force(embeddings[:3], embeddings, 3)[q]],
+                            lambda i: full[q, i].item())
+    assert {hit["corpus_id"] for hit in results[0][:2]} == {0, 5}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -156,7 +157,7 @@ def test_search_in_every_dtype_equals_brute_force_on_the_same_values(dtype):
     generator = torch.Generator().manual_seed(1)
     corpus = torch.cat([torch.randn(97, 16, generator=generator), tied_vectors(30, seed=2).repeat(1, 4)]).to(dtype)
     queries = torch.cat([corpus[:5], torch.randn(8, 16, generator=generator).to(dtype)])
-    scores, ids = top_k_cosine(queries, corpus, 9, query_chunk_size=4, corpus_chunk_size=33)
+    scores, ids = top_k_scores(queries, corpus, 9, query_chunk_size=4, corpus_chunk_size=33)
     assert ids.tolist() == brute_force(queries.float(), corpus.float(), 9)
     assert scores.dtype == torch.float32
 
@@ -179,6 +180,7 @@ import triton.language as tl
 from triton.runtime import interpreter
 from minisbert import topk_kernel
 from minisbert.search import _block_top_k, _merge_lowest_id_first
+from minisbert.similarity import dot_score
 
 # The interpreter keeps bf16 values as their 16-bit patterns and would multiply those as integers in tl.dot:
 # widen them to fp32 first, which is exact (the upper half of an fp32), as the tensor cores' products are.
@@ -213,6 +215,11 @@ for n_queries, n_corpus, dim, k, self_offset, dtype, n_splits in [
     case = (n_queries, n_corpus, dim, k, self_offset, dtype, n_splits)
     fused = _merge_lowest_id_first(*topk_kernel.cosine_top_k(queries, corpus, k, self_offset, n_splits), k)
     plain = _block_top_k(queries, corpus, k, self_offset, query_chunk_size=4)
+    # the dot product (normalize=False) against the PyTorch path's dot_score: exact on these rows too
+    fused_dot = _merge_lowest_id_first(*topk_kernel.cosine_top_k(queries, corpus, k, self_offset, n_splits,
+                                                                 normalize=False), k)
+    plain_dot = _block_top_k(queries, corpus, k, self_offset, 4, dot_score)
+    assert fused_dot[1].tolist() == plain_dot[1].tolist() and torch.equal(fused_dot[0], plain_dot[0]), case
     # brute force: every score, then a sort by (-score, id)
     scores = torch.nn.functional.normalize(queries.float(), dim=1) @ torch.nn.functional.normalize(corpus.float(), dim=1).T
     if self_offset is not None:
@@ -237,7 +244,7 @@ def test_fused_kernel_equals_pytorch_path_in_triton_interpreter():
 def test_a_kernel_failure_warns_once_and_falls_back_to_the_pytorch_path(monkeypatch):
     from minisbert import topk_kernel
 
-    def broken(*args):
+    def broken(*args, **options):
         raise RuntimeError("no such GPU feature")
 
     monkeypatch.setattr(topk_kernel, "_failure", None)
