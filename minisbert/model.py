@@ -82,7 +82,13 @@ class SentenceTransformer(nn.Module):
         self.after = nn.ModuleList(after)  # Dense and Normalize modules, in modules.json order
         # config_sentence_transformers.json as read: written back by save(), with these three as they are then
         self.settings = settings
-        self.prompts = dict(settings.get("prompts") or {}) if prompts is None else dict(prompts)
+        # as sentence-transformers: "query" and "document" always exist (blank unless given), the prompts passed
+        # here win, the folder's fill in the rest
+        self.prompts = {"query": None, "document": None, **(prompts or {})}
+        for name, text in (settings.get("prompts") or {}).items():
+            if self.prompts.get(name) is None:
+                self.prompts[name] = text
+        self.prompts = {name: "" if text is None else text for name, text in self.prompts.items()}
         self.default_prompt_name = default_prompt_name or settings.get("default_prompt_name")
         if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
             raise ValueError(f"default_prompt_name {self.default_prompt_name!r} is not among the prompts "

@@ -1,0 +1,206 @@
+"""sentence-transformers code moved to minisbert means the same thing: the same arguments in the same order,
+the same outputs, on the same inputs (sentence-transformers itself is the reference in every test)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer as Reference
+from sentence_transformers import util as reference_util
+
+from minisbert import SentenceTransformer, util
+
+TEXTS = ["A man is playing guitar.", "Someone plays an instrument.", "A woman slices an onion.", "The cat sleeps.",
+         "Ça va très bien 🙂", "", "word " * 300, "A man plays the guitar."]
+
+
+@pytest.fixture(scope="module")
+def both(minilm_folder):
+    return SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def embeddings(both):
+    return torch.as_tensor(both[1].encode(TEXTS * 5))
+
+
+# ---------------------------------------------------------------- search and mining: order of arguments, scores
+
+@pytest.mark.parametrize("score_function", ["cos_sim", "dot_score", "manhattan_sim"])
+def test_semantic_search_takes_sentence_transformers_positional_arguments(embeddings, score_function):
+    ours_function, their_function = getattr(util, score_function), getattr(reference_util, score_function)
+    queries = embeddings[:7]
+    ours = util.semantic_search(queries, embeddings, 3, 11, 4, ours_function)  # query chunk 3, corpus chunk 11, top 4
+    theirs = reference_util.semantic_search(queries, embeddings, 3, 11, 4, their_function)
+    full = their_function(queries, embeddings)
+    for q, (our_row, their_row) in enumerate(zip(ours, theirs)):
+        assert [hit["score"] for hit in our_row] == pytest.approx([hit["score"] for hit in their_row], abs=1e-5)
+        for mine, other in zip(our_row, their_row):  # exact duplicates (TEXTS * 5) may swap, nothing else
+            assert mine["corpus_id"] == other["corpus_id"] or abs(full[q, mine["corpus_id"]] - full[q, other["corpus_id"]]) < 1e-5
+
+
+@pytest.mark.parametrize("score_function", ["cos_sim", "dot_score"])
+def test_paraphrase_mining_embeddings_takes_sentence_transformers_positional_arguments(embeddings, score_function):
+    unique = embeddings[:len(TEXTS)]
+    ours = util.paraphrase_mining_embeddings(unique, 3, 5, 10, 2, getattr(util, score_function))
+    theirs = reference_util.paraphrase_mining_embeddings(unique, 3, 5, 10, 2, getattr(reference_util, score_function))
+    assert [score for score, _, _ in ours] == pytest.approx([score for score, _, _ in theirs], abs=1e-5)
+    assert [(i, j) for _, i, j in ours] == [(i, j) for _, i, j in theirs]
+
+
+def test_paraphrase_mining_of_a_model_and_sentences_equals_sentence_transformers(both):
+    ours, reference = both
+    mined, expected = util.paraphrase_mining(ours, TEXTS, False, 4, top_k=3), reference_util.paraphrase_mining(
+        reference, TEXTS, False, 4, top_k=3)
+    assert [(i, j) for _, i, j in mined] == [(i, j) for _, i, j in expected]
+
+
+# ---------------------------------------------------------------- encode()
+
+def test_one_text_without_numpy_is_one_1d_tensor(both):
+    ours, reference = both
+    mine, theirs = ours.encode("one text", convert_to_numpy=False), reference.encode("one text", convert_to_numpy=False)
+    assert isinstance(mine, torch.Tensor) and mine.shape == theirs.shape == (384,)
+    torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
+    assert isinstance(ours.encode(TEXTS[:2], convert_to_numpy=False), list)
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8", "uint8", "binary", "ubinary", None])
+def test_precision_quantizes_the_output_as_sentence_transformers_does(both, precision):
+    ours, reference = both
+    mine = ours.encode(TEXTS, precision=precision)
+    theirs = reference.encode(TEXTS, precision=precision)
+    assert mine.dtype == theirs.dtype and mine.shape == theirs.shape
+    # the same float embeddings quantize to the same codes; ours come from our own float embeddings
+    np.testing.assert_array_equal(mine, util.quantize_embeddings(ours.encode(TEXTS), precision or "float32"))
+    floats = reference.encode(TEXTS)
+    for name in ("int8", "uint8", "binary", "ubinary"):
+        np.testing.assert_array_equal(util.quantize_embeddings(floats, name),
+                                      reference_util.quantize_embeddings(floats, name))
+
+
+def test_an_unknown_precision_gives_sentence_transformers_message(both):
+    for model in both:
+        with pytest.raises(ValueError, match=r"Precision 'fp16' is not supported, must be one of \{"):
+            model.encode(["a"], precision="fp16")
+
+
+def test_any_iterable_of_text(both):
+    ours, _ = both
+    expected = ours.encode(TEXTS[:3])
+    for given in (np.array(TEXTS[:3]), tuple(TEXTS[:3]), (text for text in TEXTS[:3]), iter(TEXTS[:3])):
+        np.testing.assert_array_equal(ours.encode(given), expected)
+
+
+def test_token_embeddings_and_both_outputs_equal_sentence_transformers(both):
+    ours, reference = both
+    mine = ours.encode(TEXTS, output_value="token_embeddings")
+    theirs = reference.encode(TEXTS, output_value="token_embeddings")
+    for a, b in zip(mine, theirs):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    everything = ours.encode(TEXTS[:2], output_value=None)
+    assert set(everything[0]) >= {"token_embeddings", "sentence_embedding", "input_ids", "attention_mask"}
+    torch.testing.assert_close(everything[1]["sentence_embedding"], torch.as_tensor(ours.encode(TEXTS[1])))
+
+
+def test_truncate_dim_as_sentence_transformers(minilm_folder):
+    ours, reference = SentenceTransformer(minilm_folder, truncate_dim=64), Reference(str(minilm_folder), device="cpu",
+                                                                                      truncate_dim=64)
+    assert ours.get_sentence_embedding_dimension() == reference.get_embedding_dimension() == 64
+    np.testing.assert_allclose(ours.encode(TEXTS, normalize_embeddings=True),
+                               reference.encode(TEXTS, normalize_embeddings=True), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ours.encode(TEXTS, truncate_dim=32), reference.encode(TEXTS, truncate_dim=32),
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["cosine", "dot", "euclidean", "manhattan"])
+def test_similarity_follows_similarity_fn_name(minilm_folder, name):
+    ours = SentenceTransformer(minilm_folder, similarity_fn_name=name)
+    reference = Reference(str(minilm_folder), device="cpu", similarity_fn_name=name)
+    a, b = reference.encode(TEXTS[:4]), reference.encode(TEXTS[4:])
+    torch.testing.assert_close(ours.similarity(a, b), reference.similarity(a, b), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.similarity_pairwise(a, b), reference.similarity_pairwise(a, b), atol=1e-5, rtol=0)
+
+
+def test_max_seq_length_and_tokenize(both):
+    ours, reference = both
+    assert ours.get_max_seq_length() == reference.get_max_seq_length() == 256
+    mine, theirs = ours.tokenize(TEXTS[:3]), reference.tokenize(TEXTS[:3])
+    for key in ("input_ids", "attention_mask"):
+        torch.testing.assert_close(mine[key], theirs[key].to(mine[key].dtype))
+
+
+# ---------------------------------------------------------------- prompts from config_sentence_transformers.json
+
+@pytest.fixture(scope="module")
+def prompted_folder(tmp_path_factory, minilm_folder):
+    folder = tmp_path_factory.mktemp("prompted") / "model"
+    shutil.copytree(minilm_folder, folder, ignore=shutil.ignore_patterns("__pycache__", ".cache"))
+    settings = json.loads((folder / "config_sentence_transformers.json").read_text())
+    settings.update(prompts={"query": "query: ", "passage": "passage: ", "classification": "topic: "},
+                    default_prompt_name="classification", similarity_fn_name="dot")
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(settings))
+    return folder
+
+
+def test_prompts_and_the_default_prompt_are_used_as_sentence_transformers_uses_them(prompted_folder):
+    ours, reference = SentenceTransformer(prompted_folder), Reference(str(prompted_folder), device="cpu")
+    assert ours.prompts == reference.prompts and ours.default_prompt_name == reference.default_prompt_name
+    assert ours.similarity_fn_name == reference.similarity_fn_name == "dot"
+    for call in (lambda m: m.encode(TEXTS), lambda m: m.encode(TEXTS, prompt_name="query"),
+                 lambda m: m.encode(TEXTS, prompt="custom: "), lambda m: m.encode_query(TEXTS),
+                 lambda m: m.encode_document(TEXTS)):
+        np.testing.assert_allclose(call(ours), call(reference), atol=1e-5, rtol=0)
+    assert not np.allclose(ours.encode(TEXTS), ours.encode(TEXTS, prompt=""), atol=1e-3)  # the default prompt counts
+    with pytest.raises(ValueError, match="Prompt name 'nope' not found"):
+        ours.encode(TEXTS, prompt_name="nope")
+
+
+def test_saving_writes_the_prompts_back(prompted_folder, tmp_path):
+    SentenceTransformer(prompted_folder).save(tmp_path / "saved")
+    reference = Reference(str(tmp_path / "saved"), device="cpu")
+    assert reference.prompts["query"] == "query: " and reference.default_prompt_name == "classification"
+    assert reference.similarity_fn_name == "dot"
+
+
+# ---------------------------------------------------------------- util
+
+@pytest.mark.parametrize("name", ["cos_sim", "dot_score", "euclidean_sim", "manhattan_sim", "pairwise_cos_sim",
+                                  "pairwise_dot_score", "pairwise_euclidean_sim", "pairwise_manhattan_sim",
+                                  "normalize_embeddings"])
+def test_util_functions_equal_sentence_transformers(embeddings, name):
+    a, b = embeddings[:6], embeddings[6:12]
+    args = (a,) if name == "normalize_embeddings" else (a, b)
+    torch.testing.assert_close(getattr(util, name)(*args), getattr(reference_util, name)(*args), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("threshold,min_size", [(0.75, 3), (0.5, 2), (0.9, 5), (0.3, 10)])
+def test_community_detection_equals_sentence_transformers(data_dir, minilm_folder, threshold, min_size):
+    from minisbert.data import distinct_sentences, read_sts_benchmark
+    sentences = distinct_sentences(read_sts_benchmark(data_dir / "stsbenchmark" / "sts-dev.csv"))[:400]
+    embeddings = torch.as_tensor(Reference(str(minilm_folder), device="cpu").encode(sentences))
+    ours = util.community_detection(embeddings, threshold, min_size, batch_size=64)
+    theirs = reference_util.community_detection(embeddings, threshold, min_size, batch_size=64)
+    assert [sorted(c) for c in ours] == [sorted(c) for c in theirs]
+    assert [c[0] for c in ours] == [c[0] for c in theirs]
+
+
+# ---------------------------------------------------------------- several processes
+
+def test_two_cpu_processes_give_the_embeddings_of_one(both):
+    ours, _ = both
+    expected = ours.encode(TEXTS * 3)
+    pool = ours.start_multi_process_pool(["cpu", "cpu"])
+    try:
+        got = ours.encode(TEXTS * 3, pool=pool, chunk_size=5)
+        tokens = ours.encode(TEXTS[:4], pool=pool, output_value="token_embeddings", chunk_size=1)
+    finally:
+        ours.stop_multi_process_pool(pool)
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+    for a, b in zip(tokens, ours.encode(TEXTS[:4], output_value="token_embeddings")):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)  # batches of one text: other matrix shapes, other rounding
+    np.testing.assert_allclose(ours.encode(TEXTS[:3], device=["cpu", "cpu"], precision="int8"),
+                               ours.encode(TEXTS[:3], precision="int8"), atol=1, rtol=0)
