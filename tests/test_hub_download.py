@@ -17,11 +17,16 @@ class HubHandler(SimpleHTTPRequestHandler):
     """Answers GET /{repo}/resolve/main/{file} from a folder, as the hub's file URLs do."""
 
     requests: list[str] = []
+    tokens: list[str | None] = []
 
     def translate_path(self, path):
-        prefix = f"/{REPO}/resolve/main/"
         HubHandler.requests.append(path)
-        return super().translate_path("/" + path[len(prefix):] if path.startswith(prefix) else "/nonexistent")
+        HubHandler.tokens.append(self.headers.get("Authorization"))
+        for revision in ("main", "v1.0"):
+            prefix = f"/{REPO}/resolve/{revision}/"
+            if path.startswith(prefix):
+                return super().translate_path("/" + path[len(prefix):])
+        return super().translate_path("/nonexistent")
 
     def log_message(self, *args):
         pass
@@ -36,7 +41,7 @@ def hub(tmp_path, tiny_bert, monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    HubHandler.requests = []
+    HubHandler.requests, HubHandler.tokens = [], []
     yield model, server
     server.shutdown()
 
@@ -63,3 +68,30 @@ def test_offline_names_the_reason(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE is set"):
         SentenceTransformer("someone/not-here")
+
+
+def test_cache_folder_revision_and_token_as_sentence_transformers_names_them(hub, tmp_path):
+    served, _ = hub
+    texts = ["hello world"]
+    model = SentenceTransformer(REPO, cache_folder=tmp_path / "mine", revision="v1.0", token="secret")
+    np.testing.assert_allclose(model.encode(texts), served.encode(texts), atol=1e-6, rtol=0)
+    assert all(path.startswith(f"/{REPO}/resolve/v1.0/") for path in HubHandler.requests)
+    assert set(HubHandler.tokens) == {"Bearer secret"}
+    assert (tmp_path / "mine" / "someone--tiny-model@v1.0" / "config.json").exists()
+    assert not (tmp_path / "cache").exists()  # not the default cache
+
+
+def test_local_files_only_never_asks_the_hub(hub, tmp_path):
+    with pytest.raises(FileNotFoundError, match="local_files_only is set"):
+        SentenceTransformer(REPO, local_files_only=True)
+    assert HubHandler.requests == []
+    SentenceTransformer(REPO)  # now cached
+    SentenceTransformer(REPO, local_files_only=True)
+
+
+def test_an_unknown_name_lists_the_models_under_weights(tmp_path, tiny_bert, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    SentenceTransformer(tiny_bert).save(tmp_path / "weights" / "my-model")
+    with pytest.raises(FileNotFoundError, match="The models under weights/ are: my-model"):
+        SentenceTransformer("no-such-model")
+    assert SentenceTransformer("my-model").encode(["x"]).shape == (1, 48)
