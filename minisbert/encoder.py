@@ -186,9 +186,10 @@ class Encoder(nn.Module):
         return torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        x = self.word_embeddings(input_ids) + self.position_embeddings(self.positions(input_ids))
-        if self.token_type_embeddings is not None:
+        x = self.word_embeddings(input_ids)
+        if self.token_type_embeddings is not None:  # added in transformers' order: the sums then round alike
             x = x + self.token_type_embeddings(torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
+        x = x + self.position_embeddings(self.positions(input_ids))
         x = self.dropout(self.embeddings_norm(x))  # (B, S, D)
         packing = Packing(attention_mask.bool(), self.packing)
         mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S): every position attends to its row's tokens
