@@ -255,7 +255,8 @@ def main():
     args = parse_args()
     rank, world_size, device = setup_distributed(args)
     main_process = rank == 0
-    lock = claim_output(args.output, args.resume, args.overwrite) if main_process else None  # noqa: F841 (held)
+    # the lock lasts while its file is open, so it is held in a variable until the process ends, however it ends
+    output_lock = claim_output(args.output, args.resume, args.overwrite) if main_process else None  # noqa: F841
     torch.manual_seed(args.seed)
     examples, loss_name = load_data(args, rank)
     sts_dirs = [args.data_dir, args.data_dir.parent, default_data_dir()]

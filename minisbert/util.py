@@ -2,7 +2,6 @@
 `from minisbert import util` in place of `from sentence_transformers import util`."""
 
 import numpy as np
-import torch
 from tqdm.autonotebook import tqdm
 
 from .quantization import quantize_embeddings
