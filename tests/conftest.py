@@ -95,7 +95,7 @@ def build_mpnet(folder: Path, vocab_source: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    folder = Path(os.environ.get("MINISBERT_DATA", Path(__file__).parents[1] / "../shared/data"))
+    folder = Path(os.environ.get("MINISBERT_DATA", Path(__file__).parents[1] / "../shared/data")).resolve()
     if not (folder / "stsbenchmark").is_dir():
         pytest.fail(f"the shared data is missing at {folder}: set MINISBERT_DATA")
     return folder

@@ -15,7 +15,7 @@ from minisbert.data import distinct_sentences, read_sts_benchmark
 from minisbert.search import paraphrase_mining, paraphrase_mining_embeddings, semantic_search, top_k_scores
 from minisbert.similarity import cos_sim, dot_score, pairwise_cos_sim, pairwise_dot_score
 
-DATA = Path(os.environ.get("MINISBERT_DATA", Path(__file__).parents[1] / "../shared/data"))
+DATA = Path(os.environ.get("MINISBERT_DATA", Path(__file__).parents[1] / "../shared/data")).resolve()
 
 
 def brute_force(queries, corpus, top_k):
