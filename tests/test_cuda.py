@@ -1,0 +1,79 @@
+"""The CUDA paths, on a GPU: the fused search kernel, encoding and a training step against the CPU. They skip on a
+machine without one; `bash benchmarks/gpu_check.sh` runs them where a GPU is lent.
+
+Tolerances: fp32 on the GPU runs without TF32 (the kernel) or with PyTorch's defaults (matrix products in fp32),
+so it equals the CPU to 1e-4; bf16 and fp16 round every product, so their embeddings are compared by cosine."""
+
+import pytest
+import torch
+from kernel_cases import GPU_CASES, check
+from tokenizers import Tokenizer as FastTokenizer
+
+from minisbert import SentenceTransformer
+from minisbert.encoder import Encoder, EncoderConfig
+from minisbert.losses import SoftmaxLoss, tokenize_batch
+from minisbert.optim import AdamW, parameter_groups
+from minisbert.tokenize import Tokenizer
+from minisbert.training import train_step
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+
+TEXTS = ["A man is playing guitar.", "Someone plays an instrument.", "", "Ça va très bien 🙂", "word " * 200,
+         "The new movie is awesome", "A cat sleeps on the sofa.", "x"]
+PAIRS = [("A man plays guitar.", "A man plays an instrument.", 1), ("A dog runs.", "A cat sleeps.", 0),
+         ("Two kids play.", "Children are playing.", 1), ("It rains.", "The sun shines brightly today.", 0)] * 4
+
+
+@pytest.mark.parametrize("case", GPU_CASES, ids=str)
+def test_fused_kernel_equals_pytorch_path_and_brute_force_on_the_gpu(case):
+    check(case, device="cuda")
+
+
+@pytest.fixture(scope="module")
+def random_minilm(gpu_tokenizer) -> SentenceTransformer:
+    """all-MiniLM-L6-v2's shape with random weights (speed and agreement depend on shapes, not values)."""
+    torch.manual_seed(0)
+    config = EncoderConfig(model_type="bert", vocab_size=30522, hidden_size=384, num_hidden_layers=6,
+                           num_attention_heads=12, intermediate_size=1536, hidden_dropout_prob=0.0,
+                           attention_probs_dropout_prob=0.0)
+    return SentenceTransformer(encoder=Encoder(config), tokenizer=gpu_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def gpu_tokenizer(minilm_tokenizer_file) -> Tokenizer:
+    return Tokenizer(FastTokenizer.from_file(str(minilm_tokenizer_file)), max_seq_length=256, pad_token_id=0)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+def test_cuda_encoding_equals_the_cpu(random_minilm, dtype):
+    expected = torch.as_tensor(random_minilm.to("cpu").encode(TEXTS))
+    got = torch.as_tensor(random_minilm.to("cuda").encode(TEXTS, dtype=dtype, batch_size=3))
+    random_minilm.to("cpu")
+    if dtype == "fp32":
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    else:
+        assert torch.nn.functional.cosine_similarity(got, expected).min() > 0.999
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16, torch.float16])
+def test_a_cuda_training_step_equals_the_cpu(random_minilm, dtype):
+    losses = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        model = SentenceTransformer(encoder=Encoder(random_minilm.encoder.config), tokenizer=random_minilm.tokenizer)
+        model.encoder.load_state_dict(random_minilm.encoder.state_dict())
+        model.to(device).train()
+        loss_fn = SoftmaxLoss(model, num_labels=3).to(device)
+        torch.manual_seed(1)
+        loss_fn.classifier.reset_parameters()
+        optimizer = AdamW(parameter_groups(loss_fn), lr=1e-4)
+        on_gpu = device == "cuda"
+        scaler = torch.amp.GradScaler("cuda") if on_gpu and dtype == torch.float16 else None
+        losses[device] = []
+        for step in range(3):
+            batch = tokenize_batch(model, [[a for a, _, _ in PAIRS], [b for _, b, _ in PAIRS]], [y for _, _, y in PAIRS])
+            loss = train_step(loss_fn, optimizer, batch, 1e-4, autocast_dtype=dtype if on_gpu else None, scaler=scaler)
+            assert loss is not None, (device, dtype, step)
+            losses[device].append(loss.item())
+    tolerance = 1e-4 if dtype is None else 2e-2
+    assert losses["cuda"] == pytest.approx(losses["cpu"], rel=tolerance, abs=tolerance)
