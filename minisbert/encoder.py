@@ -165,9 +165,14 @@ class Encoder(nn.Module):
         super().__init__()
         self.config = config
         d = config.hidden_size
-        self.word_embeddings = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, d)
-        self.token_type_embeddings = None if config.model_type == "mpnet" else nn.Embedding(config.type_vocab_size, d)
+        # The tables start uninitialised (passing _weight skips nn.Embedding's random init, which alone costs a
+        # second on the meta device, where a checkpoint is loaded): init_weights() or a checkpoint fills them.
+        self.word_embeddings = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id,
+                                            _weight=torch.empty(config.vocab_size, d))
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, d,
+                                                _weight=torch.empty(config.max_position_embeddings, d))
+        self.token_type_embeddings = None if config.model_type == "mpnet" else nn.Embedding(
+            config.type_vocab_size, d, _weight=torch.empty(config.type_vocab_size, d))
         self.embeddings_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
@@ -175,7 +180,8 @@ class Encoder(nn.Module):
                                         if config.model_type == "mpnet" else None)
         self.packing = True  # run the dense layers on the real tokens only (see Packing)
         self.pooler_tensors = {}  # the checkpoint's pooler, unused by SBERT, written back on save
-        self.init_weights()
+        if self.word_embeddings.weight.device.type != "meta":  # on the meta device a checkpoint fills every tensor
+            self.init_weights()
 
     def positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.config.is_roberta:
@@ -206,7 +212,7 @@ class Encoder(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02):
-        """BERT's initialisation (an encoder trained from scratch); a no-op on the meta device."""
+        """BERT's initialisation (an encoder trained from scratch)."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 module.weight.normal_(std=std)
