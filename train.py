@@ -358,6 +358,10 @@ def main():
             evaluate(model, sts_test, "test", log, progress["step"], progress["epoch"])
         print(f"saved {args.output}", file=sys.stderr)
     if world_size > 1:
+        dist.barrier()  # the others wait for the saved model
+        # DDP's reducer holds the process group; freed after the group is destroyed, its teardown can wait forever
+        # on a peer that has already exited, so it goes first
+        del trained
         dist.destroy_process_group()
 
 
