@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, one command on the GPU machine (no network, no ../shared, no default-model package there):
 #   on the CPU machine first:  bash benchmarks/gpu_prepare.sh        (fills .gpu/, to be carried: carry [".gpu"])
-#   then on the GPU machine:   bash benchmarks/gpu_check.sh          (about 8 minutes on one H100, by design)
+#   then on the GPU machine:   bash benchmarks/gpu_check.sh          (sized for 8 minutes on one H100; not yet run on one)
 # Runs the CUDA tests (tests/test_cuda.py: the fused kernel against the PyTorch path and brute force, encoding and
 # a training step against the CPU), then benchmarks/gpu_check.py (encoding, search, mining, training against
 # sentence-transformers). Figures and logs go to $OUT (default gpu-check-out/); the exit status is 1 on any failure.

@@ -117,7 +117,7 @@ def resolve_model(name: str, cache_folder: str | Path | None = None, revision: s
         failures.append("it is not a hub repo id either")
     elif local_files_only:
         failures.append("local_files_only is set, so the hub was not asked")
-    elif os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    elif hub.offline():
         failures.append("HF_HUB_OFFLINE is set, so the hub was not asked")
     else:
         for repo_id in repo_ids:

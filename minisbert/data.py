@@ -21,11 +21,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .hub import cache_dir, offline
+
 NLI_LABELS = {"contradiction": 0, "entailment": 1, "neutral": 2}  # sentence-transformers' training_nli numbering
 
-# Where each named data set lives under --data-dir: the official archive's layout first, then the file alone.
-# The glob patterns accept a sample of the training file (such as snli_1.0_train.sample20k.jsonl).
-# The official archive's folder, the data set's own folder, or an `nli/` folder of JSONL files all count.
+# Where each named data set lives under --data-dir: the official archive's layout first, then the file alone, then
+# the data set's own folder or an `nli/` folder of JSONL files. The glob patterns accept a sample of the training
+# file (such as snli_1.0_train.sample20k.jsonl).
 TRAIN_FILES = {
     "snli": ["snli_1.0/snli_1.0_train.jsonl", "snli_1.0_train.jsonl", "snli_1.0/snli_1.0_train.txt",
              "snli_1.0_train.txt", "snli_1.0_train*.jsonl", "snli/snli_1.0_train*.jsonl", "nli/snli_1.0_train*.jsonl"],
@@ -222,11 +224,7 @@ def read_sts_year(folder: Path) -> dict[str, list[Example]]:
 
 def data_cache() -> Path:
     """Where data sets downloaded on first use are kept."""
-    return Path(os.environ.get("MINISBERT_CACHE", Path.home() / ".cache" / "minisbert")) / "data"
-
-
-def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    return cache_dir() / "data"
 
 
 def find_file(name: str, data_dir: Path) -> Path:

@@ -27,7 +27,13 @@ COMPLETE = ".complete"  # written last into a cached folder
 
 
 def cache_dir() -> Path:
+    """minisbert's download cache, for models and data sets: $MINISBERT_CACHE, else ~/.cache/minisbert."""
     return Path(os.environ.get("MINISBERT_CACHE", Path.home() / ".cache" / "minisbert"))
+
+
+def offline() -> bool:
+    """Whether HF_HUB_OFFLINE forbids downloads, as huggingface_hub reads it."""
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
 def is_repo_id(name: str) -> bool:
