@@ -9,6 +9,8 @@ relative distance, a table shared by all layers. `checkpoint_names` lists, for e
 published checkpoint; loading checks each one.
 """
 
+import contextlib
+import functools
 import math
 
 from dataclasses import MISSING, dataclass, fields
@@ -16,6 +18,7 @@ from dataclasses import MISSING, dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "mpnet")  # xlm-roberta: RoBERTa, another vocabulary
 ARCHITECTURES = {"bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel",
@@ -27,6 +30,20 @@ ACTIVATIONS = {
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
 }
+
+
+ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+@functools.cache
+def varlen_attention():
+    """PyTorch's flash attention over packed rows of different lengths (2.9 and later, CUDA only), or None.
+    Imported on first use on a GPU: the module pulls in Triton, which the CPU paths never need."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
 
 
 class ConfigError(ValueError):
@@ -109,11 +126,32 @@ class Packing:
     packed (N, D), the N real tokens only, on which the dense layers run, so padding costs them nothing;
     padded (B, S, D), zeros at the padding, which attention needs. With `enabled=False` both are the padded
     batch, flattened for the dense layers (the benchmarks measure what packing gains).
+
+    Finding the real tokens in a mask on the GPU makes the CPU wait for the GPU (a host sync per forward). A
+    caller that knows each row's token count on the CPU (`lengths`, rows padded on the right, as the tokenizer
+    pads) spares that wait. On a GPU, `lengths` also give `cu_seqlens`, the start of each row in the packed
+    tokens, with which attention runs on the packed tokens themselves (flash attention, see Layer).
     """
 
-    def __init__(self, attention_mask: torch.Tensor, enabled: bool = True):
+    def __init__(self, attention_mask: torch.Tensor, enabled: bool = True, lengths: torch.Tensor | None = None):
         self.shape = attention_mask.shape
-        self.index = attention_mask.flatten().nonzero().squeeze(1) if enabled else None  # (N,) in the (B * S) grid
+        self.index = self.cu_seqlens = None
+        if not enabled:
+            return
+        if lengths is None:
+            self.index = attention_mask.flatten().nonzero().squeeze(1)  # (N,) in the (B * S) grid
+            return
+        lengths = torch.as_tensor(lengths, dtype=torch.int64, device="cpu")
+        on_gpu = attention_mask.is_cuda
+
+        def to_device(t: torch.Tensor) -> torch.Tensor:
+            return t.pin_memory().to(attention_mask.device, non_blocking=True) if on_gpu else t
+
+        real = torch.arange(self.shape[1])[None, :] < lengths[:, None]
+        self.index = to_device(real.flatten().nonzero().squeeze(1))
+        if on_gpu:
+            self.cu_seqlens = to_device(F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32))
+            self.longest = int(lengths.max()) if len(lengths) else 0
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:  # (B, S, D) -> (N, D)
         x = x.reshape(-1, x.shape[-1])
@@ -146,16 +184,27 @@ class Layer(nn.Module):
         B, S = packing.shape
         N, D = x.shape
         H = self.num_heads
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        dropout = self.attention_dropout if self.training else 0.0
+        if self.attends_packed(packing, mask, q.dtype, dropout):  # flash attention on the packed tokens
+            q, k, v = (t.view(N, H, D // H) for t in (q, k, v))
+            attended = varlen_attention()(q, k, v, packing.cu_seqlens, packing.cu_seqlens, packing.longest,
+                                   packing.longest).reshape(N, D)
+        else:
+            def heads(t):  # (N, D) -> (B, H, S, D/H)
+                return packing.unpack(t).view(B, S, H, D // H).transpose(1, 2)
 
-        def heads(t):  # (N, D) -> (B, H, S, D/H)
-            return packing.unpack(t).view(B, S, H, D // H).transpose(1, 2)
-
-        attended = F.scaled_dot_product_attention(heads(self.query(x)), heads(self.key(x)), heads(self.value(x)),
-                                                  attn_mask=mask,
-                                                  dropout_p=self.attention_dropout if self.training else 0.0)
-        attended = packing.pack(attended.transpose(1, 2).reshape(B, S, D))  # (B, H, S, D/H) -> (N, D)
+            attended = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask, dropout_p=dropout)
+            attended = packing.pack(attended.transpose(1, 2).reshape(B, S, D))  # (B, H, S, D/H) -> (N, D)
         x = self.attention_norm(x + self.dropout(self.attention_output(attended)))
         return self.output_norm(x + self.dropout(self.output(self.activation(self.intermediate(x)))))
+
+    def attends_packed(self, packing: Packing, mask: torch.Tensor, dtype: torch.dtype, dropout: float) -> bool:
+        """Whether attention can run as flash attention over the packed tokens: on a GPU, in fp16/bf16, with the
+        rows' lengths known (Packing.cu_seqlens), no attention dropout and no added bias (MPNet's)."""
+        head_dim = self.attention_output.in_features // self.num_heads
+        return (packing.cu_seqlens is not None and mask.dtype == torch.bool and dtype in (torch.float16, torch.bfloat16)
+                and dropout == 0.0 and head_dim % 8 == 0 and head_dim <= 256 and varlen_attention() is not None)
 
 
 class Encoder(nn.Module):
@@ -191,13 +240,15 @@ class Encoder(nn.Module):
             return torch.cumsum(is_token, dim=1) * is_token + padding_idx
         return torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
+    def forward(self, input_ids, attention_mask, token_type_ids=None, lengths=None):
+        """`lengths`: optionally, each row's token count on the CPU (rows padded on the right), which spares the
+        GPU a host sync and lets attention run on the packed tokens (see Packing)."""
         x = self.word_embeddings(input_ids)
         if self.token_type_embeddings is not None:  # added in transformers' order: the sums then round alike
             x = x + self.token_type_embeddings(torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
         x = x + self.position_embeddings(self.positions(input_ids))
         x = self.dropout(self.embeddings_norm(x))  # (B, S, D)
-        packing = Packing(attention_mask.bool(), self.packing)
+        packing = Packing(attention_mask.bool(), self.packing, lengths)
         mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S): every position attends to its row's tokens
         if self.relative_attention_bias is not None:
             bias = self.relative_attention_bias(relative_position_buckets(input_ids.shape[1], input_ids.device,
@@ -205,8 +256,11 @@ class Encoder(nn.Module):
             bias = bias.permute(2, 0, 1).unsqueeze(0).to(x.dtype)  # (S, S, H) -> (1, H, S, S)
             mask = bias.masked_fill(~mask, float("-inf"))  # (B, H, S, S)
         x = packing.pack(x)
-        for layer in self.layers:
-            x = layer(x, packing, mask)
+        # on a GPU, not cuDNN's attention: it builds a graph for every new (batch, length) shape, which costs more
+        # than the attention itself when batches of sorted texts each have a length of their own
+        with sdpa_kernel(ATTENTION_BACKENDS) if x.is_cuda else contextlib.nullcontext():
+            for layer in self.layers:
+                x = layer(x, packing, mask)
         x = packing.unpack(x)  # (B, S, D)
         return x if self.packing else x * attention_mask[..., None].to(x.dtype)  # zeros at the padding either way
 

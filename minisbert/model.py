@@ -161,13 +161,16 @@ class SentenceTransformer(nn.Module):
         """`input_ids` and `attention_mask` (B, S) of `texts`, padded to the longest, as the model sees them."""
         return self.tokenizer(list(texts))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, encoder: nn.Module | None = None):
-        """Token ids (B, S) -> sentence embeddings (B, dim), with autograd; `encoder` may be a low-precision copy."""
-        return self.embed(input_ids, attention_mask, encoder)[1]
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, encoder: nn.Module | None = None,
+                lengths=None):
+        """Token ids (B, S) -> sentence embeddings (B, dim), with autograd; `encoder` may be a low-precision copy,
+        `lengths` each row's token count on the CPU (see Encoder.forward)."""
+        return self.embed(input_ids, attention_mask, encoder, lengths)[1]
 
-    def embed(self, input_ids, attention_mask, encoder: nn.Module | None = None):
-        """(token embeddings (B, S, D) in float32, sentence embeddings (B, dim))."""
-        token_embeddings = (self.encoder if encoder is None else encoder)(input_ids, attention_mask).float()
+    def embed(self, input_ids, attention_mask, encoder: nn.Module | None = None, lengths=None):
+        """(token embeddings (B, S, D) in float32, sentence embeddings (B, dim)); `lengths` as in Encoder.forward."""
+        encoder = self.encoder if encoder is None else encoder
+        token_embeddings = encoder(input_ids, attention_mask, lengths=lengths).float()
         embeddings = self.pooling(token_embeddings, attention_mask)  # pool and what follows in float32
         for module in self.after:
             embeddings = module(embeddings)
@@ -250,8 +253,11 @@ class SentenceTransformer(nn.Module):
                 for start in tqdm(batches, desc="Batches", disable=not show_progress_bar):
                     index = order[start:start + batch_size]
                     batch = self.tokenizer.pad([token_ids[i] for i in index])
+                    lengths = batch["attention_mask"].sum(1)  # on the CPU: the GPU need not be asked (Packing)
+                    if self.device.type == "cuda":  # pinned: the copy runs while the CPU pads the next batch
+                        batch = {k: v.pin_memory() for k, v in batch.items()}
                     batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                    tokens, embedded = self.embed(batch["input_ids"], batch["attention_mask"], encoder)
+                    tokens, embedded = self.embed(batch["input_ids"], batch["attention_mask"], encoder, lengths)
                     embedded = embedded[:, :truncate_dim] if truncate_dim else embedded
                     if normalize_embeddings:
                         embedded = F.normalize(embedded, p=2, dim=-1)

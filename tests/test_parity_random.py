@@ -40,6 +40,18 @@ def test_hidden_states_equal_transformers(name, request):
 
 
 @pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
+def test_hidden_states_with_lengths_from_the_cpu_equal_transformers(name, request):
+    # the row lengths encode() passes (no device sync on a GPU) must find the same real tokens as the mask
+    folder = request.getfixturevalue(name)
+    _, expected, batch, encoder = both_hidden_states(folder)
+    with torch.no_grad():
+        got = encoder(batch["input_ids"], batch["attention_mask"], lengths=batch["attention_mask"].sum(1))
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
+    assert got[~mask].abs().max() == 0
+
+
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
 def test_position_numbering_equals_transformers_with_padding_on_the_left(name, request):
     # Left padding moves the real tokens: BERT numbers positions from the start of the row, padding included;
     # RoBERTa counts real tokens only, from padding_idx + 1. Right padding cannot tell the two apart.
