@@ -55,6 +55,26 @@ def test_cuda_encoding_equals_the_cpu(random_minilm, dtype):
         assert torch.nn.functional.cosine_similarity(got, expected).min() > 0.999
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_flash_attention_on_packed_tokens_equals_padded_attention(random_minilm, dtype):
+    from minisbert import encoder as encoder_module
+    if encoder_module.varlen_attention() is None:
+        pytest.skip(f"torch {torch.__version__} has no torch.nn.attention.varlen")
+    encoder = Encoder(random_minilm.encoder.config).cuda().to(dtype).eval()
+    encoder.load_state_dict(random_minilm.encoder.state_dict())
+    batch = random_minilm.tokenize(TEXTS)
+    lengths = batch["attention_mask"].sum(1)
+    ids, mask = batch["input_ids"].cuda(), batch["attention_mask"].cuda()
+    packing = encoder_module.Packing(mask.bool(), True, lengths)
+    assert encoder.layers[0].attends_packed(packing, mask.bool(), dtype, 0.0)
+    with torch.inference_mode():
+        packed = encoder(ids, mask, lengths=lengths).float()
+        padded = encoder(ids, mask).float()
+    real = mask.bool()
+    assert torch.nn.functional.cosine_similarity(packed[real], padded[real]).min() > 0.999
+    assert packed[~real].abs().max() == 0
+
+
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16, torch.float16])
 def test_a_cuda_training_step_equals_the_cpu(random_minilm, dtype):
     losses = {}
@@ -62,10 +82,11 @@ def test_a_cuda_training_step_equals_the_cpu(random_minilm, dtype):
         torch.manual_seed(0)
         model = SentenceTransformer(encoder=Encoder(random_minilm.encoder.config), tokenizer=random_minilm.tokenizer)
         model.encoder.load_state_dict(random_minilm.encoder.state_dict())
-        model.to(device).train()
-        loss_fn = SoftmaxLoss(model, num_labels=3).to(device)
+        model.to("cpu").train()
+        loss_fn = SoftmaxLoss(model, num_labels=3)
         torch.manual_seed(1)
-        loss_fn.classifier.reset_parameters()
+        loss_fn.classifier.reset_parameters()  # on the CPU for both: CUDA's generator draws other numbers
+        loss_fn.to(device)
         optimizer = AdamW(parameter_groups(loss_fn), lr=1e-4)
         on_gpu = device == "cuda"
         scaler = torch.amp.GradScaler("cuda") if on_gpu and dtype == torch.float16 else None
