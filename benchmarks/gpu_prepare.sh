@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Fill .gpu/ (ignored by git) with what the GPU check needs and the GPU machine lacks: the STS benchmark's distinct
-# sentences, SNLI training pairs, and all-MiniLM-L6-v2's tokenizer.json (about 2 MB). The device run carries it:
-# carry [".gpu"]. Needs ../shared/data (or $MINISBERT_DATA) and the default-model extra.
+# sentences, SNLI training pairs, all-MiniLM-L6-v2's tokenizer.json (about 2 MB), and wheels of datasets and the two
+# packages it needs that the GPU machine's image lacks (dill, multiprocess; about 1 MB), without which
+# sentence-transformers' fit() cannot run there. The device run carries it: carry [".gpu"]. Needs ../shared/data (or
+# $MINISBERT_DATA), the default-model extra, and a package index for the wheels (the check runs without them, timing
+# sentence-transformers' model and loss in a plain loop only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .gpu
@@ -20,4 +23,11 @@ Path(".gpu/pairs.jsonl").write_text("".join(json.dumps({"sentence1": e.texts[0],
 Path(".gpu/tokenizer.json").write_bytes((default_model_folder() / "tokenizer.json").read_bytes())
 print(f"{len(sentences)} sentences, {len(pairs)} pairs, tokenizer.json in .gpu/")
 PY
+# the GPU machine's Python is 3.12; pure-Python wheels of the versions installed here
+python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .gpu/wheels \
+    "datasets==$(python -c 'import datasets; print(datasets.__version__)')" \
+    "dill==$(python -c 'import dill; print(dill.__version__)')" \
+    "multiprocess==$(python -c 'import multiprocess; print(multiprocess.__version__)')" \
+    || echo "no wheels of datasets: the GPU check will time sentence-transformers without fit()" >&2
 du -sh .gpu

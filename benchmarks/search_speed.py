@@ -34,7 +34,7 @@ def sts_sentences(data: Path, count: int) -> list[str]:
                                for example in read_sts_benchmark(data / "stsbenchmark" / f"sts-{split}.csv")])[:count]
 
 
-def timed(function, repeats: int, device: str):
+def timed(function, repeats: int, device: str, warm_up: bool = True):
     def once():
         if device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -44,7 +44,8 @@ def timed(function, repeats: int, device: str):
             torch.cuda.synchronize()
         return time.perf_counter() - start, result
 
-    once()  # warm-up: kernel compilation, allocator
+    if warm_up:
+        once()  # kernel compilation, allocator
     runs = [once() for _ in range(repeats)]
     return statistics.median(seconds for seconds, _ in runs), runs[-1][1]
 

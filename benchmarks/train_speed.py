@@ -59,14 +59,23 @@ def ours(folder, examples, batch_size, device, precision, packing=True):
         train_step(loss_fn, optimizer, tensors, lr, autocast_dtype=autocast, scaler=scaler).item()
 
 
+def reference_softmax_loss(model):
+    """sentence-transformers' SoftmaxLoss for `model`, under the names of 6.1 and later or of earlier versions."""
+    try:
+        from sentence_transformers.sentence_transformer.losses import SoftmaxLoss
+    except ImportError:
+        from sentence_transformers.losses import SoftmaxLoss
+    dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return SoftmaxLoss(model, dimension(), num_labels=3).to(model.device)
+
+
 def theirs(folder, examples, batch_size, device, precision):
     from sentence_transformers import InputExample
     from sentence_transformers import SentenceTransformer as Reference
-    from sentence_transformers.sentence_transformer.losses import SoftmaxLoss as ReferenceSoftmaxLoss
     from torch.utils.data import DataLoader
 
     model = Reference(str(folder), device=device)
-    loss = ReferenceSoftmaxLoss(model, model.get_embedding_dimension(), num_labels=3)
+    loss = reference_softmax_loss(model)
     loader = DataLoader([InputExample(texts=list(e.texts), label=e.label) for e in examples], shuffle=False,
                         batch_size=batch_size)
     with tempfile.TemporaryDirectory() as scratch:
