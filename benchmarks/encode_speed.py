@@ -2,9 +2,16 @@
 
     python benchmarks/encode_speed.py [--data ../shared/data] [--threads 2] [--batch-size 32] [--limit N]
 
-Embeds the distinct sentences of the STS benchmark (15,487) with both libraries in one run, in fp32 and bf16,
-checks that the outputs agree, and prints sentences/s and the ratio. Then starts fresh processes that import,
-load the default model and embed one sentence, and prints their wall time and peak memory (median of --repeats).
+Prints what the CPU has (the instructions that decide which compute type is fast). Embeds the distinct sentences of
+the STS benchmark (15,487) with both libraries in one run, in fp32 and bf16, checks that the outputs agree, and prints
+sentences/s and the ratio; then minisbert's candidates for a faster CPU path (bf16, and int8: PyTorch's dynamic
+quantization of the linear layers, per channel, which minisbert does not offer) with their STS benchmark test
+Spearman next to fp32's, and what dtype="auto" picks here. Then starts fresh processes that import, load the
+default model and embed one sentence, and prints their wall time and peak memory (median of --repeats).
+
+An AVX2-only CPU can be imitated on an AVX-512 one (PyTorch's kernels, oneDNN's and MKL's all capped at AVX2; int8's
+FBGEMM kernels are not, so its figure stays the AVX-512 one):
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python benchmarks/encode_speed.py
 """
 
 import argparse
@@ -15,6 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+import copy
+import json
+
 import numpy as np
 import torch
 
@@ -22,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minisbert import SentenceTransformer  # noqa: E402
 from minisbert.checkpoint import default_model_folder  # noqa: E402
 from minisbert.data import distinct_sentences, read_sts_benchmark  # noqa: E402
+from minisbert.evaluate import sts_correlations  # noqa: E402
+from minisbert.hardware import auto_dtype, cpu_capabilities  # noqa: E402
 
 COLD_START = {
     "sentence-transformers": "from sentence_transformers import SentenceTransformer",
@@ -62,6 +74,27 @@ def cold_start(name: str, model_folder: Path, repeats: int) -> tuple[float, floa
     return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
 
+def quantized_int8(encoder):
+    """PyTorch's dynamic int8 quantization of every linear layer, weights per output channel (a copy)."""
+    import warnings
+
+    from torch import nn
+    with warnings.catch_warnings():  # torch.ao.quantization's notice that it moves to torchao
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+        return quantize_dynamic(copy.deepcopy(encoder), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+
+
+def reference_spearman(folder, examples, batch_size) -> float:
+    """sentence-transformers' own STS evaluation of the model, fp32."""
+    from sentence_transformers import SentenceTransformer as Reference
+    from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator
+    evaluator = EmbeddingSimilarityEvaluator([e.texts[0] for e in examples], [e.texts[1] for e in examples],
+                                             [e.label for e in examples], batch_size=batch_size, name="test")
+    result = evaluator(Reference(str(folder), device="cpu"))
+    return result[f"{evaluator.primary_metric}"] if evaluator.primary_metric in result else result["test_spearman_cosine"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("MINISBERT_DATA", "../shared/data")))
@@ -79,7 +112,8 @@ def main():
     sentences = sts_sentences(args.data)[: args.limit]
     folder = default_model_folder()
     print(f"{len(sentences)} sentences, all-MiniLM-L6-v2, batch {args.batch_size}, {args.threads} threads, "
-          f"torch {torch.__version__}\n")
+          f"torch {torch.__version__}")
+    print("CPU: " + json.dumps(cpu_capabilities()) + "\n")
     print(f"{'precision':<10}{'sentence-transformers':>24}{'minisbert':>14}{'ratio':>8}   agreement")
     rates = {}
     for precision in ("fp32", "bf16"):
@@ -100,6 +134,22 @@ def main():
         print(f"{precision:<10}{theirs_rate:>18.0f} sent/s{ours_rate:>8.0f} sent/s{ours_rate / theirs_rate:>7.2f}x   {agreement}")
         rates[precision] = theirs_rate, ours_rate
     print(f"minisbert bf16 / sentence-transformers fp32: {rates['bf16'][1] / rates['fp32'][0]:.2f}x")
+
+    # the candidates for the fastest accurate CPU path, each with its STS benchmark test Spearman
+    test = read_sts_benchmark(args.data / "stsbenchmark" / "sts-test.csv")
+    candidates = {"fp32": (SentenceTransformer(folder), "fp32"), "bf16": (SentenceTransformer(folder), "bf16")}
+    int8 = SentenceTransformer(folder)
+    int8.encoder = quantized_int8(int8.encoder)
+    candidates["int8 (dynamic, per channel)"] = (int8, "fp32")
+    print(f"\nSTS benchmark test, Spearman x 100 (sentence-transformers fp32: "
+          f"{100 * reference_spearman(folder, test, args.batch_size):.2f})")
+    spearman = {}
+    for name, (model, dtype) in candidates.items():
+        rate, _ = throughput(lambda s, b: model.encode(s, batch_size=b, dtype=dtype), sentences, args.batch_size)
+        spearman[name] = 100 * sts_correlations(model, test, args.batch_size, dtype)["spearman"]
+        print(f"minisbert {name:<28}{rate:>6.0f} sent/s {rate / rates['fp32'][0]:>6.2f}x s-t fp32   Spearman "
+              f"{spearman[name]:.2f} ({spearman[name] - spearman['fp32']:+.2f})")
+    print(f"dtype='auto' picks {auto_dtype('cpu')} here")
 
     print(f"\ncold start (fresh process: import, load, embed one sentence), median of {args.repeats}")
     results = {name: cold_start(name, folder, args.repeats) for name in COLD_START}

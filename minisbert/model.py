@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, similarity
 from .encoder import Encoder
+from .hardware import auto_dtype
 from .pooling import Normalize, Pooling
 from .quantization import ALLOWED_PRECISIONS, quantize_embeddings
 from .tokenize import Tokenizer
@@ -36,11 +37,14 @@ def check_device(device) -> torch.device:
     return device
 
 
-def check_dtype(dtype) -> torch.dtype:
+def check_dtype(dtype, device: torch.device | None = None) -> torch.dtype:
+    """A dtype name (or torch dtype) as a torch dtype; "auto" is hardware.auto_dtype's choice for `device`."""
     if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
+    if dtype == "auto":
+        return DTYPES[auto_dtype(device or torch.device("cpu"))]
     if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        raise ValueError(f"dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
 
@@ -62,7 +66,8 @@ class SentenceTransformer(nn.Module):
 
         The other arguments are sentence-transformers': prompts and similarity_fn_name override what the folder's
         config_sentence_transformers.json says; cache_folder, revision, token and local_files_only steer a download.
-        `dtype` is the encoder's arithmetic in encode(): fp32, bf16 (CPU or GPU) or fp16 (GPU).
+        `dtype` is the encoder's arithmetic in encode(): fp32, bf16 (CPU or GPU), fp16 (GPU), or auto: the fastest
+        that stays accurate on the device (bf16 on a GPU and on CPUs with AVX-512 bf16 or AMX, else fp32).
         """
         super().__init__()
         config, settings = None, {}
@@ -209,7 +214,7 @@ class SentenceTransformer(nn.Module):
         output, `output_value="token_embeddings"` gives each text's token embeddings without padding, and None
         both (a dict per text); `device` may name several devices, which encode in processes of their own, as a
         `pool` from start_multi_process_pool does. `dtype` (minisbert's) is the encoder's arithmetic: fp32, bf16
-        (CPU or GPU) or fp16 (GPU); pooling and what follows run in fp32. Texts are sorted by token count so
+        (CPU or GPU), fp16 (GPU) or auto (see __init__); pooling and what follows run in fp32. Texts are sorted by token count so
         that each batch pads little; the output keeps the input order.
         """
         single = isinstance(sentences, str)
@@ -231,7 +236,7 @@ class SentenceTransformer(nn.Module):
                                        truncate_dim=truncate_dim, dtype=dtype)
         if device is not None:
             self.to(check_device(device))
-        dtype = check_dtype(dtype or self.dtype_name)
+        dtype = check_dtype(dtype or self.dtype_name, self.device)
         if dtype == torch.float16 and self.device.type == "cpu":
             raise ValueError("dtype fp16 needs a GPU; on the CPU use bf16 or fp32")
         prompt = self._resolve_prompt(prompt, prompt_name)

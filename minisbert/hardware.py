@@ -1,0 +1,66 @@
+"""What the processor can do, and the compute type `dtype="auto"` picks from it.
+
+On the CPU, bf16 matrix products are fast only with AVX-512 bf16 or AMX (about 1.7x fp32 on the AMD EPYC we
+measured); on an AVX2-only CPU PyTorch emulates them and bf16 runs about 5x slower than fp32. So "auto" is bf16
+where the instructions are there and fp32 elsewhere, never a type that is slower than fp32 on this machine. On a
+GPU it is bf16 (fp16 where the GPU has no bf16): within 10% of fp16's speed on an H200, and no overflow.
+The limits a user or a benchmark sets on the instructions used are honoured: ATEN_CPU_CAPABILITY (PyTorch's
+own kernels) and ONEDNN_MAX_CPU_ISA (oneDNN's, which run the bf16 products).
+"""
+
+import functools
+import os
+from pathlib import Path
+
+import torch
+
+# the instructions that matter for our compute types, as /proc/cpuinfo names them
+FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+# oneDNN's ISA names that still include AVX-512 bf16 (ONEDNN_MAX_CPU_ISA caps oneDNN at one of them)
+ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512",
+                    "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2", "DEFAULT", "ALL")
+
+
+@functools.cache
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (Linux); empty where that file is not there."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return {}
+    fields = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_flags() -> frozenset[str]:
+    return frozenset(_cpuinfo().get("flags", "").split())
+
+
+def cpu_capabilities() -> dict:
+    """The processor's name, the flags in FLAGS it has, and the vector width PyTorch's kernels use here."""
+    return {"cpu": _cpuinfo().get("model name", "unknown"), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch_kernels": torch.backends.cpu.get_cpu_capability(),
+            "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "not set"),
+            **{flag: flag in cpu_flags() for flag in FLAGS}}
+
+
+def fast_cpu_bf16() -> bool:
+    """Whether bf16 matrix products run on bf16 instructions here (AVX-512 bf16 or AMX), not emulated."""
+    flags = cpu_flags()
+    has_instructions = "avx512_bf16" in flags or "amx_bf16" in flags
+    torch_uses_avx512 = torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2", "NO AVX", "ZVECTOR")
+    onednn_allows = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() in ONEDNN_BF16_ISAS
+    return has_instructions and torch_uses_avx512 and onednn_allows
+
+
+def auto_dtype(device: torch.device | str) -> str:
+    """The fastest compute type that stays accurate (see the module's docstring) on `device`."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu":
+        return "bf16" if fast_cpu_bf16() else "fp32"
+    return "fp32"

@@ -1,0 +1,62 @@
+"""dtype="auto": bf16 only where the CPU has bf16 instructions and nothing caps their use, fp32 elsewhere."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from minisbert import SentenceTransformer, hardware
+
+
+@pytest.fixture(scope="module")
+def model(minilm_folder):
+    return SentenceTransformer(minilm_folder)
+
+
+@pytest.mark.parametrize("flags, kernels, onednn, expected", [
+    ({"avx2", "avx512f", "avx512_bf16"}, "AVX512", None, "bf16"),
+    ({"avx2", "amx_bf16", "avx512f"}, "AVX512", None, "bf16"),
+    ({"avx2", "fma"}, "AVX2", None, "fp32"),  # an AVX2-only CPU: bf16 is emulated, about 5x slower
+    ({"avx2", "avx512f"}, "AVX512", None, "fp32"),  # AVX-512 without its bf16 extension
+    ({"avx2", "avx512f", "avx512_bf16"}, "AVX2", None, "fp32"),  # PyTorch's kernels capped at AVX2
+    ({"avx2", "avx512f", "avx512_bf16"}, "AVX512", "AVX2", "fp32"),  # oneDNN capped below bf16
+    ({"avx2", "avx512f", "avx512_bf16"}, "AVX512", "avx512_core_bf16", "bf16"),
+    (set(), "DEFAULT", None, "fp32"),  # no /proc/cpuinfo (not Linux)
+])
+def test_auto_picks_bf16_only_where_the_cpu_runs_it_natively(monkeypatch, flags, kernels, onednn, expected):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: kernels)
+    if onednn is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn)
+    assert hardware.auto_dtype("cpu") == expected
+
+
+def test_auto_honours_a_cap_on_pytorchs_kernels_set_in_the_environment():
+    code = "from minisbert.hardware import auto_dtype; print(auto_dtype('cpu'))"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "fp32"
+
+
+def test_the_capabilities_name_the_cpu_and_its_flags():
+    capabilities = hardware.cpu_capabilities()
+    assert set(hardware.FLAGS) <= set(capabilities)
+    assert capabilities["torch_kernels"] == torch.backends.cpu.get_cpu_capability()
+    if os.path.exists("/proc/cpuinfo"):
+        assert capabilities["avx2"] == ("avx2" in open("/proc/cpuinfo").read())
+
+
+def test_encode_with_auto_equals_encode_with_the_dtype_it_picks(model):
+    texts = ["A man is playing guitar.", "", "Ça va très bien", "word " * 80]
+    picked = hardware.auto_dtype("cpu")
+    np.testing.assert_array_equal(model.encode(texts, dtype="auto"), model.encode(texts, dtype=picked))
+
+
+def test_an_unknown_dtype_lists_auto_among_the_choices(model):
+    with pytest.raises(ValueError, match="not one of auto, fp32"):
+        model.encode(["x"], dtype="int4")
