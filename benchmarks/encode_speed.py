@@ -3,10 +3,10 @@
     python benchmarks/encode_speed.py [--data ../shared/data] [--threads 2] [--batch-size 32] [--limit N]
 
 Prints what the CPU has (the instructions that decide which compute type is fast). Embeds the distinct sentences of
-the STS benchmark (15,487) with both libraries in one run, in fp32 and bf16, checks that the outputs agree, and prints
-sentences/s and the ratio; then minisbert's candidates for a faster CPU path (bf16, and int8: PyTorch's dynamic
-quantization of the linear layers, per channel, which minisbert does not offer) with their STS benchmark test
-Spearman next to fp32's, and what dtype="auto" picks here. Then starts fresh processes that import, load the
+the STS benchmark (15,487) along each path in turn, --rounds times: sentence-transformers in fp32 and bf16, minisbert
+in fp32 and bf16, and int8 (PyTorch's dynamic quantization of the linear layers, per channel, which minisbert does not
+offer); prints each path's median sentences/s, its ratio to sentence-transformers fp32, its STS benchmark test
+Spearman and its agreement with sentence-transformers, and what dtype="auto" picks here. Then starts fresh processes that import, load the
 default model and embed one sentence, and prints their wall time and peak memory (median of --repeats).
 
 An AVX2-only CPU can be imitated on an AVX-512 one (PyTorch's kernels, oneDNN's and MKL's all capped at AVX2; int8's
@@ -57,7 +57,7 @@ def sts_sentences(data: Path) -> list[str]:
 
 
 def throughput(encode, sentences, batch_size):
-    encode(sentences[:256], batch_size)  # warm-up: allocator, kernels, lazily made copies
+    encode(sentences[:64], batch_size)  # warm-up: allocator, kernels, lazily made copies
     start = time.perf_counter()
     embeddings = encode(sentences, batch_size)
     return len(sentences) / (time.perf_counter() - start), embeddings
@@ -88,7 +88,10 @@ def quantized_int8(encoder):
 def reference_spearman(folder, examples, batch_size) -> float:
     """sentence-transformers' own STS evaluation of the model, fp32."""
     from sentence_transformers import SentenceTransformer as Reference
-    from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator
+    try:
+        from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+    except ImportError:  # sentence-transformers before 6.1
+        from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator
     evaluator = EmbeddingSimilarityEvaluator([e.texts[0] for e in examples], [e.texts[1] for e in examples],
                                              [e.label for e in examples], batch_size=batch_size, name="test")
     result = evaluator(Reference(str(folder), device="cpu"))
@@ -102,6 +105,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--limit", type=int, help="embed only the first N sentences")
     parser.add_argument("--repeats", type=int, default=3, help="cold starts per library")
+    parser.add_argument("--rounds", type=int, default=3, help="timed runs of each path, taken in turn")
     args = parser.parse_args()
     from sentence_transformers import SentenceTransformer as Reference
     from transformers.utils import logging as reference_logging
@@ -114,43 +118,52 @@ def main():
     print(f"{len(sentences)} sentences, all-MiniLM-L6-v2, batch {args.batch_size}, {args.threads} threads, "
           f"torch {torch.__version__}")
     print("CPU: " + json.dumps(cpu_capabilities()) + "\n")
-    print(f"{'precision':<10}{'sentence-transformers':>24}{'minisbert':>14}{'ratio':>8}   agreement")
-    rates = {}
-    for precision in ("fp32", "bf16"):
-        reference = Reference(str(folder), device="cpu")
-        if precision == "bf16":
-            reference = reference.bfloat16()
-        ours = SentenceTransformer(folder)
-        theirs_rate, theirs = throughput(lambda s, b: reference.encode(s, batch_size=b, convert_to_numpy=False,
-                                                                       convert_to_tensor=True).float().numpy(),
-                                         sentences, args.batch_size)
-        ours_rate, mine = throughput(lambda s, b: ours.encode(s, batch_size=b, dtype=precision),
-                                     sentences, args.batch_size)
-        if precision == "fp32":
-            agreement = f"max |difference| {np.abs(mine - theirs).max():.1e}"
-        else:
-            cosine = (mine * theirs).sum(1) / np.linalg.norm(mine, axis=1) / np.linalg.norm(theirs, axis=1)
-            agreement = f"min cosine to sentence-transformers bf16 {cosine.min():.4f}"
-        print(f"{precision:<10}{theirs_rate:>18.0f} sent/s{ours_rate:>8.0f} sent/s{ours_rate / theirs_rate:>7.2f}x   {agreement}")
-        rates[precision] = theirs_rate, ours_rate
-    print(f"minisbert bf16 / sentence-transformers fp32: {rates['bf16'][1] / rates['fp32'][0]:.2f}x")
-
-    # the candidates for the fastest accurate CPU path, each with its STS benchmark test Spearman
-    test = read_sts_benchmark(args.data / "stsbenchmark" / "sts-test.csv")
-    candidates = {"fp32": (SentenceTransformer(folder), "fp32"), "bf16": (SentenceTransformer(folder), "bf16")}
+    reference = Reference(str(folder), device="cpu")
+    reference_bf16 = Reference(str(folder), device="cpu").bfloat16()
+    ours = SentenceTransformer(folder)
     int8 = SentenceTransformer(folder)
     int8.encoder = quantized_int8(int8.encoder)
-    candidates["int8 (dynamic, per channel)"] = (int8, "fp32")
-    print(f"\nSTS benchmark test, Spearman x 100 (sentence-transformers fp32: "
-          f"{100 * reference_spearman(folder, test, args.batch_size):.2f})")
-    spearman = {}
-    for name, (model, dtype) in candidates.items():
-        rate, _ = throughput(lambda s, b: model.encode(s, batch_size=b, dtype=dtype), sentences, args.batch_size)
-        spearman[name] = 100 * sts_correlations(model, test, args.batch_size, dtype)["spearman"]
-        print(f"minisbert {name:<28}{rate:>6.0f} sent/s {rate / rates['fp32'][0]:>6.2f}x s-t fp32   Spearman "
-              f"{spearman[name]:.2f} ({spearman[name] - spearman['fp32']:+.2f})")
-    print(f"dtype='auto' picks {auto_dtype('cpu')} here")
 
+    def theirs(model):
+        return lambda s, b: model.encode(s, batch_size=b, convert_to_tensor=True).float().numpy()
+
+    # every path, timed in turn, --rounds times: the machine's load drifts, and each path sees the same drift
+    paths = {"sentence-transformers fp32": theirs(reference), "sentence-transformers bf16": theirs(reference_bf16),
+             "minisbert fp32": lambda s, b: ours.encode(s, batch_size=b, dtype="fp32"),
+             "minisbert bf16": lambda s, b: ours.encode(s, batch_size=b, dtype="bf16"),
+             "minisbert int8 (dynamic, per channel)": lambda s, b: int8.encode(s, batch_size=b)}
+    runs = {name: [] for name in paths}
+    outputs = {}
+    for _ in range(args.rounds):
+        for name, encode in paths.items():
+            rate, outputs[name] = throughput(encode, sentences, args.batch_size)
+            runs[name].append(rate)
+    rates = {name: statistics.median(values) for name, values in runs.items()}
+
+    test = read_sts_benchmark(args.data / "stsbenchmark" / "sts-test.csv")
+    spearman = {"sentence-transformers fp32": 100 * reference_spearman(folder, test, args.batch_size),
+                "minisbert fp32": 100 * sts_correlations(ours, test, args.batch_size, "fp32")["spearman"],
+                "minisbert bf16": 100 * sts_correlations(ours, test, args.batch_size, "bf16")["spearman"],
+                "minisbert int8 (dynamic, per channel)": 100 * sts_correlations(int8, test, args.batch_size)["spearman"]}
+
+    def cosine_to(name, other):
+        a, b = outputs[name], outputs[other]
+        return ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min()
+
+    agreement = {"minisbert fp32": f"max |difference| to s-t fp32 "
+                                   f"{np.abs(outputs['minisbert fp32'] - outputs['sentence-transformers fp32']).max():.1e}",
+                 "minisbert bf16": f"min cosine to s-t bf16 {cosine_to('minisbert bf16', 'sentence-transformers bf16'):.4f}",
+                 "minisbert int8 (dynamic, per channel)":
+                     f"min cosine to s-t fp32 {cosine_to('minisbert int8 (dynamic, per channel)', 'sentence-transformers fp32'):.4f}"}
+    baseline = rates["sentence-transformers fp32"]
+    print(f"median of {args.rounds} rounds, each path in turn; STS benchmark test Spearman x 100\n")
+    print(f"{'path':<40}{'sent/s':>8}{'/ s-t fp32':>12}{'Spearman':>10}   agreement")
+    for name, rate in rates.items():
+        score = f"{spearman[name]:.2f}" if name in spearman else "-"
+        print(f"{name:<40}{rate:>8.0f}{rate / baseline:>11.2f}x{score:>10}   {agreement.get(name, '')}")
+    picked = auto_dtype("cpu")
+    print(f"\ndtype='auto' picks {picked} here: {rates[f'minisbert {picked}'] / baseline:.2f}x sentence-transformers fp32, "
+          f"Spearman {spearman[f'minisbert {picked}'] - spearman['minisbert fp32']:+.2f} against fp32")
     print(f"\ncold start (fresh process: import, load, embed one sentence), median of {args.repeats}")
     results = {name: cold_start(name, folder, args.repeats) for name in COLD_START}
     for name, (seconds, megabytes) in results.items():
