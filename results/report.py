@@ -83,8 +83,9 @@ def table6(record: dict, folder: Path) -> str:
 
 def table7(record: dict, gpu: dict | None) -> str:
     rows = record["rows"]
+    took = f", {duration(record['seconds'])} in all" if "seconds" in record else ""
     lines = [setup_line(record), "", f"{record['sentences']:,} sentences, {record['model']}, {record['precision']}, "
-             f"batch {record['arguments']['batch_size']}.", "",
+             f"batch {record['arguments']['batch_size']}, median of {record['arguments']['repeats']} runs{took}.", "",
              "| batches | sentence-transformers | minisbert | ratio |", "|---|---:|---:|---:|"]
     for label in ("unsorted", "sorted"):
         lines.append(f"| {label} | {rows[label]['sentence_transformers']:.0f} sent/s | {rows[label]['minisbert']:.0f} "

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import ROOT, default_data, run_record, write_json
+from common import ROOT, Clock, default_data, run_record, write_json
 
 from minisbert import SentenceTransformer
 from minisbert.checkpoint import default_model_folder
@@ -52,6 +52,7 @@ def main():
     from sentence_transformers import SentenceTransformer as Reference
 
     torch.set_num_threads(args.threads)
+    clock = Clock()
     sentences = distinct_sentences([e for split in ("train", "dev", "test") for e in
                                     read_sts_benchmark(args.data / "stsbenchmark" / f"sts-{split}.csv")])[:args.limit]
     folder = default_model_folder()
@@ -69,7 +70,8 @@ def main():
     for name in libraries:
         print(f"{name}: sorting gains {rows['sorted'][name] / rows['unsorted'][name]:.2f}x")
     record = run_record(args, model="all-MiniLM-L6-v2", sentences=len(sentences), precision="fp32", rows=rows,
-                        sorting_gain={name: rows["sorted"][name] / rows["unsorted"][name] for name in libraries})
+                        sorting_gain={name: rows["sorted"][name] / rows["unsorted"][name] for name in libraries},
+                        seconds=clock.seconds())
     write_json(args.json, record)
 
 
