@@ -142,6 +142,9 @@ class Packing:
             self.index = attention_mask.flatten().nonzero().squeeze(1)  # (N,) in the (B * S) grid
             return
         lengths = torch.as_tensor(lengths, dtype=torch.int64, device="cpu")
+        if lengths.shape != self.shape[:1] or (len(lengths) and not 0 < lengths.min() <= lengths.max() <= self.shape[1]):
+            raise ValueError(f"lengths {lengths.tolist()} do not fit a batch of shape {tuple(self.shape)}: one count "
+                             f"per row, each from 1 to {self.shape[1]}")
         on_gpu = attention_mask.is_cuda
 
         def to_device(t: torch.Tensor) -> torch.Tensor:
@@ -188,8 +191,8 @@ class Layer(nn.Module):
         dropout = self.attention_dropout if self.training else 0.0
         if self.attends_packed(packing, mask, q.dtype, dropout):  # flash attention on the packed tokens
             q, k, v = (t.view(N, H, D // H) for t in (q, k, v))
-            attended = varlen_attention()(q, k, v, packing.cu_seqlens, packing.cu_seqlens, packing.longest,
-                                   packing.longest).reshape(N, D)
+            cu_seqlens, longest = packing.cu_seqlens, packing.longest
+            attended = varlen_attention()(q, k, v, cu_seqlens, cu_seqlens, longest, longest).reshape(N, D)
         else:
             def heads(t):  # (N, D) -> (B, H, S, D/H)
                 return packing.unpack(t).view(B, S, H, D // H).transpose(1, 2)

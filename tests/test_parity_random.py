@@ -49,6 +49,8 @@ def test_hidden_states_with_lengths_from_the_cpu_equal_transformers(name, reques
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
     assert got[~mask].abs().max() == 0
+    with pytest.raises(ValueError, match=r"lengths .* do not fit a batch of shape"):
+        encoder(batch["input_ids"], batch["attention_mask"], lengths=batch["attention_mask"].sum(1)[:-1])
 
 
 @pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
