@@ -30,7 +30,7 @@ if triton is not None:
     def _cosine_top_k_kernel(query_ptr, corpus_ptr, query_scale_ptr, corpus_scale_ptr, out_scores_ptr, out_ids_ptr,
                              n_queries, n_corpus, dim, rows_per_split, n_splits, self_offset,
                              K_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr,
-                             BLOCK_D: tl.constexpr, EXCLUDE_SELF: tl.constexpr, IEEE_FP32: tl.constexpr):
+                             BLOCK_D: tl.constexpr, EXCLUDE_SELF: tl.constexpr, FP32_PRECISION: tl.constexpr):
         q_block, split = tl.program_id(0), tl.program_id(1)
         q_rows = q_block * BLOCK_Q + tl.arange(0, BLOCK_Q)
         q_valid = q_rows < n_queries
@@ -54,8 +54,8 @@ if triton is not None:
                             mask=q_valid[:, None] & (d[None, :] < dim), other=0.0)  # (BLOCK_Q, BLOCK_D)
                 c = tl.load(corpus_ptr + c_rows.to(tl.int64)[None, :] * dim + d[:, None],
                             mask=c_valid[None, :] & (d[:, None] < dim), other=0.0)  # (BLOCK_D, BLOCK_C)
-                if IEEE_FP32:  # fp32 in, fp32 products: no TF32 rounding, the same scores as the PyTorch path
-                    dots = tl.dot(q, c, dots, input_precision="ieee")
+                if FP32_PRECISION:  # fp32 in: "ieee", no TF32 rounding, the same scores as the PyTorch path
+                    dots = tl.dot(q, c, dots, input_precision=FP32_PRECISION)
                 else:
                     dots = tl.dot(q, c, dots)
             c_scale = tl.load(corpus_scale_ptr + c_rows, mask=c_valid, other=0.0)
@@ -111,8 +111,10 @@ def launch_config(dtype: torch.dtype, k: int) -> dict:
     # measured on an H200 (benchmarks/gpu_check.py --tune-seconds), 10,000 x 1,000,000 x 384, top-10: wide corpus
     # tiles won, fp32 394 ms against 646 ms with 128 columns, fp16 49 ms against 54 ms
     block_q, block_c, block_d, stages = (64, 256, 32, 2) if fp32 else (64, 256, 64, 3)
+    # FP32_PRECISION="tf32x3" (three TF32 products per fp32 one, on the tensor cores) is a candidate that
+    # benchmarks/gpu_check.py --tune-seconds times and compares; it has not run on a GPU yet
     return dict(K_PAD=max(16, triton.next_power_of_2(k)), BLOCK_Q=block_q, BLOCK_C=block_c, BLOCK_D=block_d,
-                IEEE_FP32=fp32, num_warps=8, num_stages=stages)
+                FP32_PRECISION="ieee" if fp32 else "", num_warps=8, num_stages=stages)
 
 
 def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offset: int | None = None,
