@@ -36,12 +36,23 @@ class AdamW(torch.optim.Optimizer):
         m <- beta1 * m + (1 - beta1) * g,  v <- beta2 * v + (1 - beta2) * g^2
         p <- p - lr / (1 - beta1^t) * m / (sqrt(v / (1 - beta2^t)) + eps)
     Subclassing torch.optim.Optimizer gives param_groups, state_dict() and load_state_dict() (for --resume).
-    The foreach ops apply each line to all tensors of a group at once, which keeps the GPU busy.
+
+    Written out below (`fused=False`), each line is one foreach op over all tensors of a group, a pass over memory
+    each. `fused=True` runs the same lines as PyTorch's fused kernel (torch._fused_adamw_), which makes one pass per
+    tensor: on a 2-core CPU the update of all-MiniLM-L6-v2 (22.6 M parameters, the word embeddings included) takes
+    a tenth of the time, and on a GPU it is one kernel launch instead of eight. The default, None, is fused where
+    PyTorch has the kernel (CUDA; the CPU from PyTorch 2.4). Both keep the same state, so a run can resume either way.
     """
 
     def __init__(self, params, lr: float = 2e-5, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01):
+                 weight_decay: float = 0.01, fused: bool | None = None):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self.fused = fused
+
+    def uses_fused_kernel(self, device: torch.device) -> bool:
+        if self.fused is not None:
+            return self.fused
+        return device.type == "cuda" or (device.type == "cpu" and torch.__version__ >= "2.4")
 
     @torch.no_grad()
     def step(self):
@@ -62,6 +73,17 @@ class AdamW(torch.optim.Optimizer):
             # bias corrections per tensor: one that had no gradient in some step has taken fewer steps
             steps = [s["step"] for s in states]
 
+            if self.uses_fused_kernel(params[0].device):
+                # the kernel reads each tensor's step from a tensor on its device; torch.full makes one per
+                # distinct step without a copy from the host (which would wait for the GPU)
+                step_tensors = {}
+                for t, p in zip(steps, params):
+                    step_tensors.setdefault((t, p.device), torch.full((), float(t), device=p.device))
+                torch._fused_adamw_(params, grads, exp_avg, exp_avg_sq, [],
+                                    [step_tensors[t, p.device] for t, p in zip(steps, params)], lr=lr, beta1=beta1,
+                                    beta2=beta2, weight_decay=group["weight_decay"], eps=eps, amsgrad=False,
+                                    maximize=False)
+                continue
             if group["weight_decay"]:
                 torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
             torch._foreach_lerp_(exp_avg, grads, 1 - beta1)
