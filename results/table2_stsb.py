@@ -4,15 +4,14 @@ trainer, with the same recipe and seeds: all-MiniLM-L6-v2, 4 epochs, batch 16, l
 steps then linear decay, weight decay 0.01, gradients clipped at 1. The dev set is evaluated every --eval-steps, for
 the curve of each run.
 
-    python results/table2_stsb.py                            # seeds 1 2 3, both libraries (not yet run in full)
+    python results/table2_stsb.py                            # seeds 1 2 3, both libraries (94 min on 2 cores)
     python results/table2_stsb.py --seeds 1 --max-steps 2 --eval-steps 1 --json /tmp/t2.json   # a tiny check (CI)
 
 sentence-transformers' side uses SentenceTransformerTrainer (what fit() runs; fit() itself takes no seed), with
 datasets and accelerate installed (pip install -e ".[results]"). Writes results/table2.json.
 
-Duration, estimated from benchmarks/train_speed.py's rates on a 2-core CPU (42.6 and 27.0 pairs/s): a run is 1,440
-steps of 16 pairs, about 9 minutes for minisbert and 14 for sentence-transformers, plus the dev evaluations; the
-three seeds of both libraries take about 75 minutes.
+Duration on the project's 2-core CPU (2026-11-27): a run is 1,440 steps of 16 pairs plus 16 dev evaluations, 12
+minutes for minisbert and 18 for sentence-transformers; the three seeds of both libraries took 94 minutes.
 """
 
 import argparse
