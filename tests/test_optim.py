@@ -108,8 +108,8 @@ def test_fused_kernel_equals_the_written_out_update_with_uneven_step_counts():
     fused = [nn.Parameter(torch.randn(40, 24)) for _ in range(3)]
     written = [nn.Parameter(p.detach().clone()) for p in fused]
     initial = [p.detach().clone() for p in fused]
-    optimizers = [AdamW([{"params": fused, "weight_decay": 0.01}, {"params": [], "weight_decay": 0.0}], lr=1e-2, fused=True),
-                  AdamW([{"params": written, "weight_decay": 0.01}, {"params": [], "weight_decay": 0.0}], lr=1e-2, fused=False)]
+    optimizers = [AdamW([{"params": fused, "weight_decay": 0.01}], lr=1e-2, fused=True),
+                  AdamW([{"params": written, "weight_decay": 0.01}], lr=1e-2, fused=False)]
     for step in range(60):
         gradients = [torch.randn(40, 24) for _ in range(3)]
         for params in (fused, written):
