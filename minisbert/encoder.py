@@ -171,6 +171,8 @@ class Layer(nn.Module):
         super().__init__()
         d, h = config.hidden_size, config.intermediate_size
         self.num_heads = config.num_attention_heads
+        self.head_dim = d // self.num_heads
+        self.hidden_act = config.hidden_act
         self.attention_dropout = config.attention_probs_dropout_prob
         self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
         self.attention_output = nn.Linear(d, d)
@@ -184,30 +186,33 @@ class Layer(nn.Module):
     def forward(self, x: torch.Tensor, packing: Packing, mask: torch.Tensor) -> torch.Tensor:
         # x: (N, D) packed tokens; mask: (B, 1, 1, S), True where a key is a real token, or for MPNet a float
         # (B, H, S, S) added to the scores: the relative position bias, -inf at padded keys
+        attended = self.attend(self.query(x), self.key(x), self.value(x), packing, mask)
+        x = self.attention_norm(x + self.dropout(self.attention_output(attended)))
+        return self.output_norm(x + self.dropout(self.output(self.activation(self.intermediate(x)))))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing,
+               mask: torch.Tensor) -> torch.Tensor:
+        """Multi-head attention of packed queries, keys and values (N, D) within each row: (N, D)."""
         B, S = packing.shape
-        N, D = x.shape
+        N, D = q.shape
         H = self.num_heads
-        q, k, v = self.query(x), self.key(x), self.value(x)
         dropout = self.attention_dropout if self.training else 0.0
         if self.attends_packed(packing, mask, q.dtype, dropout):  # flash attention on the packed tokens
             q, k, v = (t.view(N, H, D // H) for t in (q, k, v))
             cu_seqlens, longest = packing.cu_seqlens, packing.longest
-            attended = varlen_attention()(q, k, v, cu_seqlens, cu_seqlens, longest, longest).reshape(N, D)
-        else:
-            def heads(t):  # (N, D) -> (B, H, S, D/H)
-                return packing.unpack(t).view(B, S, H, D // H).transpose(1, 2)
+            return varlen_attention()(q, k, v, cu_seqlens, cu_seqlens, longest, longest).reshape(N, D)
 
-            attended = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask, dropout_p=dropout)
-            attended = packing.pack(attended.transpose(1, 2).reshape(B, S, D))  # (B, H, S, D/H) -> (N, D)
-        x = self.attention_norm(x + self.dropout(self.attention_output(attended)))
-        return self.output_norm(x + self.dropout(self.output(self.activation(self.intermediate(x)))))
+        def heads(t):  # (N, D) -> (B, H, S, D/H)
+            return packing.unpack(t).view(B, S, H, D // H).transpose(1, 2)
+
+        attended = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask, dropout_p=dropout)
+        return packing.pack(attended.transpose(1, 2).reshape(B, S, D))  # (B, H, S, D/H) -> (N, D)
 
     def attends_packed(self, packing: Packing, mask: torch.Tensor, dtype: torch.dtype, dropout: float) -> bool:
         """Whether attention can run as flash attention over the packed tokens: on a GPU, in fp16/bf16, with the
         rows' lengths known (Packing.cu_seqlens), no attention dropout and no added bias (MPNet's)."""
-        head_dim = self.attention_output.in_features // self.num_heads
         return (packing.cu_seqlens is not None and mask.dtype == torch.bool and dtype in (torch.float16, torch.bfloat16)
-                and dropout == 0.0 and head_dim % 8 == 0 and head_dim <= 256 and varlen_attention() is not None)
+                and dropout == 0.0 and self.head_dim % 8 == 0 and self.head_dim <= 256 and varlen_attention() is not None)
 
 
 class Encoder(nn.Module):
