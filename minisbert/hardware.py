@@ -19,6 +19,9 @@ FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "am
 # oneDNN's ISA names that still include AVX-512 bf16 (ONEDNN_MAX_CPU_ISA caps oneDNN at one of them)
 ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512",
                     "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2", "DEFAULT", "ALL")
+# and those that include AVX-512 VNNI, or AVX-VNNI (the 256-bit one, which comes before AVX-512 in oneDNN's order)
+ONEDNN_AVX512_VNNI_ISAS = ("AVX512_CORE_VNNI",) + ONEDNN_BF16_ISAS
+ONEDNN_AVX_VNNI_ISAS = ("AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE") + ONEDNN_AVX512_VNNI_ISAS
 
 
 @functools.cache
@@ -40,11 +43,12 @@ def cpu_flags() -> frozenset[str]:
 
 
 def cpu_capabilities() -> dict:
-    """The processor's name, the flags in FLAGS it has, and the vector width PyTorch's kernels use here."""
+    """The processor's name, the flags in FLAGS it has, the vector width PyTorch's kernels use here, and the bits
+    dtype="int8" gives the weights here."""
     return {"cpu": _cpuinfo().get("model name", "unknown"), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch_kernels": torch.backends.cpu.get_cpu_capability(),
             "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "not set"),
-            **{flag: flag in cpu_flags() for flag in FLAGS}}
+            **{flag: flag in cpu_flags() for flag in FLAGS}, "int8_weight_bits": int8_weight_bits()}
 
 
 def fast_cpu_bf16() -> bool:
@@ -54,6 +58,16 @@ def fast_cpu_bf16() -> bool:
     torch_uses_avx512 = torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2", "NO AVX", "ZVECTOR")
     onednn_allows = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() in ONEDNN_BF16_ISAS
     return has_instructions and torch_uses_avx512 and onednn_allows
+
+
+def int8_weight_bits() -> int:
+    """8 where oneDNN's int8 products run on VNNI instructions, which add up uint8 x int8 products in int32; 7
+    elsewhere, where they go through an instruction that sums pairs into int16 and would saturate (see int8.py)."""
+    flags = cpu_flags()
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    has_vnni = (("avx512_vnni" in flags and cap in ONEDNN_AVX512_VNNI_ISAS)
+                or ("avx_vnni" in flags and cap in ONEDNN_AVX_VNNI_ISAS))
+    return 8 if has_vnni else 7
 
 
 def auto_dtype(device: torch.device | str) -> str:

@@ -2,7 +2,7 @@
 
 The names, arguments and meanings are sentence-transformers' (5 and 6), so that inference code moves over
 unchanged: `precision` is the output's quantization ("float32", "int8", "uint8", "binary", "ubinary"); the
-arithmetic of the encoder is minisbert's own `dtype` ("fp32", "bf16", "fp16").
+arithmetic of the encoder is minisbert's own `dtype` ("fp32", "bf16", "fp16", "int8").
 """
 
 import copy
@@ -19,12 +19,13 @@ from tqdm.auto import tqdm
 from . import checkpoint, similarity
 from .encoder import Encoder
 from .hardware import auto_dtype
+from .int8 import int8_encoder
 from .pooling import Normalize, Pooling
 from .quantization import ALLOWED_PRECISIONS, quantize_embeddings
 from .tokenize import Tokenizer
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
+          "fp16": torch.float16, "float16": torch.float16, "int8": torch.int8}
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
 
 
@@ -66,8 +67,10 @@ class SentenceTransformer(nn.Module):
 
         The other arguments are sentence-transformers': prompts and similarity_fn_name override what the folder's
         config_sentence_transformers.json says; cache_folder, revision, token and local_files_only steer a download.
-        `dtype` is the encoder's arithmetic in encode(): fp32, bf16 (CPU or GPU), fp16 (GPU), or auto: the fastest
-        that stays accurate on the device (bf16 on a GPU and on CPUs with AVX-512 bf16 or AMX, else fp32).
+        `dtype` is the encoder's arithmetic in encode(): fp32, bf16 (CPU or GPU), fp16 (GPU), int8 (the linear
+        layers, on x86 CPUs; see int8.py: it costs some accuracy, how much depends on the model), or auto: the
+        fastest that stays as accurate as fp32 on the device (bf16 on a GPU and on CPUs with AVX-512 bf16 or AMX,
+        else fp32; never int8).
         """
         super().__init__()
         config, settings = None, {}
@@ -182,14 +185,23 @@ class SentenceTransformer(nn.Module):
         return token_embeddings, embeddings
 
     def _encoder_in(self, dtype: torch.dtype) -> nn.Module:
-        """The encoder in `dtype`: a cached copy for bf16/fp16, remade whenever the fp32 weights change."""
+        """The encoder in `dtype`: a cached copy for bf16, fp16 and int8 (int8.py), remade whenever the fp32 weights change."""
         if dtype == torch.float32:
             return self.encoder
+        if dtype == torch.int8 and self.device.type != "cpu":
+            raise ValueError(f"dtype int8 runs on the CPU only, not on {self.device}; on a GPU use bf16 or fp16")
         weights = tuple((p.data_ptr(), p._version) for p in self.encoder.parameters())  # _version counts in-place updates
         cached = self._low_precision_encoders.get(dtype)
         if cached is None or cached[0] != weights:
-            self._low_precision_encoders[dtype] = (weights, copy.deepcopy(self.encoder).to(dtype))
+            low_precision = (int8_encoder(self.encoder) if dtype == torch.int8
+                             else copy.deepcopy(self.encoder).to(dtype))
+            self._low_precision_encoders[dtype] = (weights, low_precision)
         return self._low_precision_encoders[dtype][1]
+
+    def __getstate__(self) -> dict:
+        # without the cached low-precision copies: a worker process remakes what it needs, and int8's oneDNN weights
+        # (int8.py) cannot be pickled
+        return {**self.__dict__, "_low_precision_encoders": {}}
 
     def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
         """As sentence-transformers: `prompt` wins, then `prompt_name`, then the default prompt name, if any."""
@@ -214,7 +226,7 @@ class SentenceTransformer(nn.Module):
         output, `output_value="token_embeddings"` gives each text's token embeddings without padding, and None
         both (a dict per text); `device` may name several devices, which encode in processes of their own, as a
         `pool` from start_multi_process_pool does. `dtype` (minisbert's) is the encoder's arithmetic: fp32, bf16
-        (CPU or GPU), fp16 (GPU) or auto (see __init__); pooling and what follows run in fp32. Texts are sorted by token count so
+        (CPU or GPU), fp16 (GPU), int8 (CPU) or auto (see __init__); pooling and what follows run in fp32. Texts are sorted by token count so
         that each batch pads little; the output keeps the input order.
         """
         single = isinstance(sentences, str)

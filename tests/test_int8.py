@@ -1,0 +1,160 @@
+"""dtype="int8": the linear layers as oneDNN int8 products, equal to the integer arithmetic they stand for, with 7-bit
+weights where the CPU has no VNNI; embeddings close to fp32's."""
+
+import os
+import platform
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minisbert import SentenceTransformer, hardware, int8
+
+pytestmark = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                                reason="oneDNN's int8 products are an x86 path")
+
+
+def integer_arithmetic(layer: int8.Int8Linear, linears: list[nn.Linear], x: torch.Tensor, weight_bits: int):
+    """What the int8 product stands for, in float64: the quantized input times the quantized weights, plus bias."""
+    x_q, scale, zero_point = int8.quantize_activations(x)
+    weight = torch.cat([linear.weight.detach() for linear in linears])
+    largest = 2 ** (weight_bits - 1) - 1
+    weight_scale = weight.abs().amax(dim=1) / largest
+    weight_q = torch.round(weight / weight_scale[:, None])  # in float32, as the layer rounds them
+    assert weight_q.abs().max() <= largest
+    return F.linear((x_q.double() - zero_point) * scale, weight_q.double() * weight_scale[:, None].double(),
+                    layer.bias.double())
+
+
+@pytest.mark.parametrize("tokens, inputs, outputs", [(1, 32, 8), (17, 384, 384), (300, 384, 1536), (64, 1536, 384)])
+@pytest.mark.parametrize("weight_bits", [hardware.int8_weight_bits(), 7])
+def test_the_int8_product_equals_the_integer_arithmetic(tokens, inputs, outputs, weight_bits):
+    torch.manual_seed(tokens)
+    linears = [nn.Linear(inputs, outputs), nn.Linear(inputs, outputs)]
+    x = torch.randn(tokens, inputs) * 3 + 1
+    residual = torch.randn(tokens, 2 * outputs)
+    plain = int8.Int8Linear(linears, weight_bits)
+    with_gelu = int8.Int8Linear(linears, weight_bits, hidden_act="gelu")
+    expected = integer_arithmetic(plain, linears, x, weight_bits)
+    tolerance = dict(rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    torch.testing.assert_close(plain(x).double(), expected, **tolerance)
+    torch.testing.assert_close(with_gelu(x).double(), F.gelu(expected), **tolerance)
+    torch.testing.assert_close(plain(x, residual=residual).double(), expected + residual.double(), **tolerance)
+
+
+def test_activations_take_the_nearest_of_254_steps_and_zero_stays_exact():
+    x = torch.cat([torch.linspace(-1.3, 4.1, 1000), torch.zeros(3)])[None, :].repeat(2, 1)
+    x_q, scale, zero_point = int8.quantize_activations(x)
+    assert x_q.dtype == torch.uint8 and x_q.min() == 0 and x_q.max() >= 254
+    assert (x_q[:, -3:] == zero_point).all()
+    error = ((x_q.double() - zero_point) * scale - x.double()).abs().max().item()
+    assert error <= scale / 2 * (1 + 1e-5)
+
+
+def test_all_positive_activations_start_the_range_at_zero():
+    x_q, scale, zero_point = int8.quantize_activations(torch.rand(4, 8) + 1)
+    assert zero_point == 0 and x_q.min() > 0
+
+
+def test_non_finite_activations_are_an_error():
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        int8.quantize_activations(torch.tensor([[1.0, float("nan")]]))
+
+
+@pytest.mark.parametrize("flags, onednn, expected", [
+    ({"avx2", "avx512f", "avx512_vnni"}, None, 8),
+    ({"avx2", "avx_vnni"}, None, 8),  # the 256-bit VNNI of newer desktop CPUs
+    ({"avx2", "fma"}, None, 7),  # AVX2 only: pairs summed into int16 would saturate
+    ({"avx2", "avx512f"}, None, 7),  # AVX-512 before VNNI
+    ({"avx2", "avx512f", "avx512_vnni"}, "AVX2", 7),  # oneDNN capped below VNNI
+    ({"avx2", "avx512f", "avx512_vnni"}, "avx512_core", 7),
+    ({"avx2", "avx512f", "avx512_vnni", "avx_vnni"}, "AVX2_VNNI", 8),
+    (set(), None, 7),  # no /proc/cpuinfo: assume the worst
+])
+def test_weights_take_7_bits_unless_onednn_can_use_vnni(monkeypatch, flags, onednn, expected):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    if onednn is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn)
+    assert hardware.int8_weight_bits() == expected
+
+
+def test_without_vnni_the_product_still_equals_the_integer_arithmetic():
+    """oneDNN capped at AVX2, as on an AVX2-only CPU: the 7-bit weights chosen there do not saturate."""
+    code = """
+import torch
+from torch import nn
+from minisbert import hardware, int8
+torch.manual_seed(0)
+linear = nn.Linear(384, 1536)
+x = torch.rand(100, 384) * 5  # GELU-like: non-negative, so the quantized inputs reach 255
+bits = hardware.int8_weight_bits()
+weight = linear.weight.detach()
+weight_scale = weight.abs().amax(dim=1) / (2 ** (bits - 1) - 1)
+x_q, scale, zero_point = int8.quantize_activations(x)
+weight_q = torch.round(weight / weight_scale[:, None]).double()
+expected = torch.nn.functional.linear((x_q.double() - zero_point) * scale, weight_q * weight_scale[:, None].double(),
+                                      linear.bias.double())
+print(bits, (int8.Int8Linear([linear], bits)(x).double() - expected).abs().max().item() / expected.abs().max().item())
+"""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    bits, relative_error = out.stdout.split()
+    assert bits == "7" and float(relative_error) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def model(minilm_folder):
+    return SentenceTransformer(minilm_folder)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_int8_embeddings_stay_close_to_sentence_transformers_fp32(model, minilm_folder, varied_texts):
+    from sentence_transformers import SentenceTransformer as Reference
+    reference = Reference(str(minilm_folder), device="cpu").encode(varied_texts, batch_size=4)
+    ours = model.encode(varied_texts, batch_size=4, dtype="int8")
+    assert ours.shape == reference.shape
+    assert cosines(ours, reference).min() > 0.95
+    # and not by accident: the texts are told apart as in fp32 (each one's nearest other text stays the same)
+    similarity, reference_similarity = ours @ ours.T, reference @ reference.T
+    np.fill_diagonal(similarity, -2)
+    np.fill_diagonal(reference_similarity, -2)
+    assert (similarity.argmax(1) == reference_similarity.argmax(1)).mean() >= 0.8
+
+
+@pytest.mark.parametrize("folder", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
+def test_int8_runs_every_architecture_close_to_fp32(request, folder, varied_texts):
+    model = SentenceTransformer(request.getfixturevalue(folder))
+    fp32 = model.encode(varied_texts, dtype="fp32")
+    assert cosines(model.encode(varied_texts, dtype="int8"), fp32).min() > 0.95
+
+
+def test_the_int8_copy_follows_updates_of_the_weights(model, minilm_folder):
+    fresh = SentenceTransformer(minilm_folder)
+    before = fresh.encode(["A man is playing guitar."], dtype="int8")
+    with torch.no_grad():
+        fresh.encoder.layers[0].intermediate.weight.mul_(0.5)
+    assert not np.allclose(fresh.encode(["A man is playing guitar."], dtype="int8"), before)
+
+
+def test_int8_runs_in_worker_processes_after_it_ran_in_this_one(model):
+    texts = ["A man is playing guitar.", "A woman slices tomatoes.", "x", "word " * 40]
+    model.encode(texts, dtype="int8")  # the model now holds its int8 copy, which does not pickle
+    in_workers = model.encode(texts, device=["cpu", "cpu"], dtype="int8")
+    # not equal to this process's: the activations' range is the batch's, and the workers batch the texts otherwise
+    assert cosines(in_workers, model.encode(texts, dtype="fp32")).min() > 0.95
+
+
+def test_int8_is_refused_on_other_processors(model, monkeypatch):
+    monkeypatch.setattr(platform, "machine", lambda: "arm64")
+    fresh = SentenceTransformer(encoder=model.encoder, tokenizer=model.tokenizer)
+    with pytest.raises(ValueError, match="int8 needs oneDNN's int8 kernels.*arm64"):
+        fresh.encode(["x"], dtype="int8")
