@@ -3,14 +3,16 @@
     python benchmarks/encode_speed.py [--data ../shared/data] [--threads 2] [--batch-size 32] [--limit N]
 
 Prints what the CPU has (the instructions that decide which compute type is fast). Embeds the distinct sentences of
-the STS benchmark (15,487) along each path in turn, --rounds times: sentence-transformers in fp32 and bf16, minisbert
-in fp32 and bf16, and int8 (PyTorch's dynamic quantization of the linear layers, per channel, which minisbert does not
-offer); prints each path's median sentences/s, its ratio to sentence-transformers fp32, its STS benchmark test
-Spearman and its agreement with sentence-transformers, and what dtype="auto" picks here. Then starts fresh processes that import, load the
+the STS benchmark (15,487) along each path in turn, --rounds times: sentence-transformers in fp32, bf16 and int8
+(PyTorch's dynamic quantization of its linear layers, weights per channel: what a user of sentence-transformers would
+do for int8 in PyTorch), and minisbert in fp32, bf16 and int8 (minisbert/int8.py); prints each path's median
+sentences/s, its ratio to sentence-transformers fp32, its STS benchmark test Spearman and its agreement with
+sentence-transformers, and what dtype="auto" picks here. Then starts fresh processes that import, load the
 default model and embed one sentence, and prints their wall time and peak memory (median of --repeats).
 
-An AVX2-only CPU can be imitated on an AVX-512 one (PyTorch's kernels, oneDNN's and MKL's all capped at AVX2; int8's
-FBGEMM kernels are not, so its figure stays the AVX-512 one):
+An AVX2-only CPU can be imitated on an AVX-512 one (PyTorch's kernels, oneDNN's and MKL's all capped at AVX2;
+minisbert's int8 runs on oneDNN, so it is capped too, but PyTorch's dynamic quantization runs on FBGEMM, which is not,
+so that row stays an AVX-512 figure):
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python benchmarks/encode_speed.py
 """
 
@@ -74,7 +76,7 @@ def cold_start(name: str, model_folder: Path, repeats: int) -> tuple[float, floa
     return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
 
-def quantized_int8(encoder):
+def quantized_int8(model):
     """PyTorch's dynamic int8 quantization of every linear layer, weights per output channel (a copy)."""
     import warnings
 
@@ -82,19 +84,18 @@ def quantized_int8(encoder):
     with warnings.catch_warnings():  # torch.ao.quantization's notice that it moves to torchao
         warnings.simplefilter("ignore")
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-        return quantize_dynamic(copy.deepcopy(encoder), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+        return quantize_dynamic(copy.deepcopy(model), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
 
 
-def reference_spearman(folder, examples, batch_size) -> float:
-    """sentence-transformers' own STS evaluation of the model, fp32."""
-    from sentence_transformers import SentenceTransformer as Reference
+def reference_spearman(model, examples, batch_size) -> float:
+    """sentence-transformers' own STS evaluation of `model` (a sentence-transformers model)."""
     try:
         from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
     except ImportError:  # sentence-transformers before 6.1
         from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator
     evaluator = EmbeddingSimilarityEvaluator([e.texts[0] for e in examples], [e.texts[1] for e in examples],
                                              [e.label for e in examples], batch_size=batch_size, name="test")
-    result = evaluator(Reference(str(folder), device="cpu"))
+    result = evaluator(model)
     return result[f"{evaluator.primary_metric}"] if evaluator.primary_metric in result else result["test_spearman_cosine"]
 
 
@@ -120,18 +121,17 @@ def main():
     print("CPU: " + json.dumps(cpu_capabilities()) + "\n")
     reference = Reference(str(folder), device="cpu")
     reference_bf16 = Reference(str(folder), device="cpu").bfloat16()
+    reference_int8 = quantized_int8(reference)
     ours = SentenceTransformer(folder)
-    int8 = SentenceTransformer(folder)
-    int8.encoder = quantized_int8(int8.encoder)
 
     def theirs(model):
         return lambda s, b: model.encode(s, batch_size=b, convert_to_tensor=True).float().numpy()
 
     # every path, timed in turn, --rounds times: the machine's load drifts, and each path sees the same drift
     paths = {"sentence-transformers fp32": theirs(reference), "sentence-transformers bf16": theirs(reference_bf16),
-             "minisbert fp32": lambda s, b: ours.encode(s, batch_size=b, dtype="fp32"),
-             "minisbert bf16": lambda s, b: ours.encode(s, batch_size=b, dtype="bf16"),
-             "minisbert int8 (dynamic, per channel)": lambda s, b: int8.encode(s, batch_size=b)}
+             "sentence-transformers int8": theirs(reference_int8),
+             **{f"minisbert {dtype}": lambda s, b, dtype=dtype: ours.encode(s, batch_size=b, dtype=dtype)
+                for dtype in ("fp32", "bf16", "int8")}}
     runs = {name: [] for name in paths}
     outputs = {}
     for _ in range(args.rounds):
@@ -141,10 +141,10 @@ def main():
     rates = {name: statistics.median(values) for name, values in runs.items()}
 
     test = read_sts_benchmark(args.data / "stsbenchmark" / "sts-test.csv")
-    spearman = {"sentence-transformers fp32": 100 * reference_spearman(folder, test, args.batch_size),
-                "minisbert fp32": 100 * sts_correlations(ours, test, args.batch_size, "fp32")["spearman"],
-                "minisbert bf16": 100 * sts_correlations(ours, test, args.batch_size, "bf16")["spearman"],
-                "minisbert int8 (dynamic, per channel)": 100 * sts_correlations(int8, test, args.batch_size)["spearman"]}
+    spearman = {"sentence-transformers fp32": 100 * reference_spearman(reference, test, args.batch_size),
+                "sentence-transformers int8": 100 * reference_spearman(reference_int8, test, args.batch_size),
+                **{f"minisbert {dtype}": 100 * sts_correlations(ours, test, args.batch_size, dtype)["spearman"]
+                   for dtype in ("fp32", "bf16", "int8")}}
 
     def cosine_to(name, other):
         a, b = outputs[name], outputs[other]
@@ -153,17 +153,22 @@ def main():
     agreement = {"minisbert fp32": f"max |difference| to s-t fp32 "
                                    f"{np.abs(outputs['minisbert fp32'] - outputs['sentence-transformers fp32']).max():.1e}",
                  "minisbert bf16": f"min cosine to s-t bf16 {cosine_to('minisbert bf16', 'sentence-transformers bf16'):.4f}",
-                 "minisbert int8 (dynamic, per channel)":
-                     f"min cosine to s-t fp32 {cosine_to('minisbert int8 (dynamic, per channel)', 'sentence-transformers fp32'):.4f}"}
+                 **{name: f"min cosine to s-t fp32 {cosine_to(name, 'sentence-transformers fp32'):.4f}"
+                    for name in ("sentence-transformers int8", "minisbert int8")}}
     baseline = rates["sentence-transformers fp32"]
     print(f"median of {args.rounds} rounds, each path in turn; STS benchmark test Spearman x 100\n")
-    print(f"{'path':<40}{'sent/s':>8}{'/ s-t fp32':>12}{'Spearman':>10}   agreement")
+    print(f"{'path':<30}{'sent/s':>8}{'/ s-t fp32':>12}{'Spearman':>10}   agreement")
     for name, rate in rates.items():
         score = f"{spearman[name]:.2f}" if name in spearman else "-"
-        print(f"{name:<40}{rate:>8.0f}{rate / baseline:>11.2f}x{score:>10}   {agreement.get(name, '')}")
+        print(f"{name:<30}{rate:>8.0f}{rate / baseline:>11.2f}x{score:>10}   {agreement.get(name, '')}")
     picked = auto_dtype("cpu")
     print(f"\ndtype='auto' picks {picked} here: {rates[f'minisbert {picked}'] / baseline:.2f}x sentence-transformers fp32, "
           f"Spearman {spearman[f'minisbert {picked}'] - spearman['minisbert fp32']:+.2f} against fp32")
+    accurate = [name for name in rates if name.startswith("minisbert") and name in spearman
+                and spearman[name] >= spearman["minisbert fp32"] - 0.3]
+    fastest = max(accurate, key=rates.get)
+    print(f"fastest minisbert path within 0.3 Spearman points of fp32: {fastest.split()[-1]}, "
+          f"{rates[fastest] / baseline:.2f}x sentence-transformers fp32")
     print(f"\ncold start (fresh process: import, load, embed one sentence), median of {args.repeats}")
     results = {name: cold_start(name, folder, args.repeats) for name in COLD_START}
     for name, (seconds, megabytes) in results.items():
