@@ -36,6 +36,14 @@ def check_int8_support() -> None:
         raise ValueError(f"dtype int8 needs oneDNN's int8 kernels, which PyTorch has on x86 CPUs; this is "
                          f"{platform.machine()} with oneDNN {'on' if torch.backends.mkldnn.is_available() else 'off'}: "
                          "use fp32 or bf16")
+    try:  # the operators' signatures have changed between PyTorch releases: one tiny product tells
+        x = torch.ones(2, 8)
+        Int8Linear([nn.Linear(8, 8)], hidden_act="gelu")(x)
+        Int8Linear([nn.Linear(8, 8)])(x, residual=x)
+    except (AttributeError, RuntimeError, TypeError) as error:
+        raise ValueError(f"dtype int8: PyTorch {torch.__version__}'s oneDNN int8 operators do not run here "
+                         f"({str(error).splitlines()[0]}); it was built and tested with PyTorch 2.13: "
+                         "use fp32 or bf16") from error
 
 
 def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:

@@ -158,3 +158,13 @@ def test_int8_is_refused_on_other_processors(model, monkeypatch):
     fresh = SentenceTransformer(encoder=model.encoder, tokenizer=model.tokenizer)
     with pytest.raises(ValueError, match="int8 needs oneDNN's int8 kernels.*arm64"):
         fresh.encode(["x"], dtype="int8")
+
+
+def test_int8_operators_that_do_not_run_are_a_clear_error(model, monkeypatch):
+    def missing(*args, **kwargs):
+        raise RuntimeError("onednn::qlinear_pointwise() is missing value for argument 'post_op_algorithm'")
+
+    monkeypatch.setattr(int8.Int8Linear, "forward", missing)
+    fresh = SentenceTransformer(encoder=model.encoder, tokenizer=model.tokenizer)
+    with pytest.raises(ValueError, match=r"PyTorch .*'s oneDNN int8 operators do not run here \(onednn::"):
+        fresh.encode(["x"], dtype="int8")
