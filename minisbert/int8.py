@@ -118,8 +118,9 @@ def int8_encoder(encoder: Encoder, weight_bits: int | None = None, attention_dty
     check_int8_support()
     weight_bits = weight_bits or int8_weight_bits()
     attention_dtype = attention_dtype or (torch.bfloat16 if fast_cpu_bf16() else torch.float32)
-    if encoder.word_embeddings.weight.device.type != "cpu":
-        raise ValueError("dtype int8 runs on the CPU only; on a GPU use bf16 or fp16")
+    device = encoder.word_embeddings.weight.device
+    if device.type != "cpu":
+        raise ValueError(f"dtype int8 runs on the CPU only, not on {device}; on a GPU use bf16 or fp16")
     quantized = copy.deepcopy(encoder).float().eval()
     quantized.layers = nn.ModuleList(Int8Layer(layer, weight_bits, attention_dtype) for layer in quantized.layers)
     return quantized

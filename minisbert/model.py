@@ -188,8 +188,6 @@ class SentenceTransformer(nn.Module):
         """The encoder in `dtype`: a cached copy for bf16, fp16 and int8 (int8.py), remade whenever the fp32 weights change."""
         if dtype == torch.float32:
             return self.encoder
-        if dtype == torch.int8 and self.device.type != "cpu":
-            raise ValueError(f"dtype int8 runs on the CPU only, not on {self.device}; on a GPU use bf16 or fp16")
         weights = tuple((p.data_ptr(), p._version) for p in self.encoder.parameters())  # _version counts in-place updates
         cached = self._low_precision_encoders.get(dtype)
         if cached is None or cached[0] != weights:

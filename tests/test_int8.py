@@ -1,6 +1,7 @@
 """dtype="int8": the linear layers as oneDNN int8 products, equal to the integer arithmetic they stand for, with 7-bit
 weights where the CPU has no VNNI; embeddings close to fp32's."""
 
+import copy
 import os
 import platform
 import subprocess
@@ -168,3 +169,9 @@ def test_int8_operators_that_do_not_run_are_a_clear_error(model, monkeypatch):
     fresh = SentenceTransformer(encoder=model.encoder, tokenizer=model.tokenizer)
     with pytest.raises(ValueError, match=r"PyTorch .*'s oneDNN int8 operators do not run here \(onednn::"):
         fresh.encode(["x"], dtype="int8")
+
+
+def test_int8_is_refused_off_the_cpu(model):
+    elsewhere = copy.deepcopy(model.encoder).to("meta")  # any device other than the CPU
+    with pytest.raises(ValueError, match="runs on the CPU only, not on meta"):
+        int8.int8_encoder(elsewhere)
