@@ -4,6 +4,7 @@
     python train.py --data stsb                       # cosine similarity regression (MSE) on the STS benchmark
     python train.py --data allnli --model bert-base-uncased --output sbert-nli   # the paper's setup
     torchrun --nproc_per_node 2 train.py --data snli  # data-parallel, --batch-size per process
+    python train.py --data allnli --precision bf16 --cuda-graphs   # one GPU: steps replayed as CUDA graphs
 
 Warmup over the first 10% of the steps, then linear decay; AdamW, weight decay 0.01, gradients clipped at 1.
 Evaluates on the STS benchmark dev set every --eval-steps and at the end of each epoch (and the test set before
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 from minisbert import SentenceTransformer
 from minisbert.checkpoint import DEFAULT_MODEL, output_folder
 from minisbert.cli import HelpFormatter, run
+from minisbert.cuda_graphs import GraphedLoss
 from minisbert.data import (OFFICIAL_ARCHIVES, DataError, batch_order, default_data_dir, ensure_downloaded,
                             find_sts_benchmark, nli_triplets, read_sts_benchmark, read_training_data, shard)
 from minisbert.evaluate import sts_correlations
@@ -69,6 +71,9 @@ def parse_args(argv=None):
                         help="cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=list(AUTOCAST), default="fp32",
                         help="mixed precision: bf16 (CPU or GPU) or fp16 (GPU); the weights stay fp32")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="one GPU: replay each step's forward and backward as a CUDA graph, one per batch shape "
+                             "(lengths padded to multiples of 16): far fewer kernel launches (minisbert/cuda_graphs.py)")
     parser.add_argument("--output", type=Path, default=Path("output/minisbert-model"),
                         help="the folder of this run: the final model, checkpoints/ and metrics.jsonl")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
@@ -254,6 +259,9 @@ def resume_command(world_size: int) -> str:
 def main():
     args = parse_args()
     rank, world_size, device = setup_distributed(args)
+    if args.cuda_graphs and (device.type != "cuda" or world_size > 1):
+        raise ValueError(f"--cuda-graphs needs one GPU and one process; this run has {world_size} "
+                         f"process{'es' if world_size > 1 else ''} on {device}")
     main_process = rank == 0
     # the lock lasts while its file is open, so it is held in a variable until the process ends, however it ends
     output_lock = claim_output(args.output, args.resume, args.overwrite) if main_process else None  # noqa: F841
@@ -283,6 +291,8 @@ def main():
         if main_process:
             print(f"resuming from {resume_from} (step {progress['step']})", file=sys.stderr)
     trained = torch.nn.parallel.DistributedDataParallel(loss_fn) if world_size > 1 else loss_fn
+    if args.cuda_graphs:
+        trained = GraphedLoss(loss_fn, autocast)
     log = MetricsLog(args.output / "metrics.jsonl", progress["step"] if resume_from else None) if main_process else None
 
     def checkpoint() -> Path:

@@ -28,6 +28,7 @@ from train_speed import SHAPES, reference_softmax_loss  # noqa: E402
 from train_speed import theirs as train_theirs_fit  # noqa: E402
 
 from minisbert import SentenceTransformer, paraphrase_mining_embeddings, semantic_search  # noqa: E402
+from minisbert.cuda_graphs import GraphedLoss  # noqa: E402
 from minisbert.data import Example  # noqa: E402
 from minisbert.encoder import Encoder, EncoderConfig  # noqa: E402
 from minisbert.losses import SoftmaxLoss, tokenize_batch  # noqa: E402
@@ -36,6 +37,7 @@ from minisbert.tokenize import Tokenizer  # noqa: E402
 from minisbert.training import train_step  # noqa: E402
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ALLNLI_PAIRS = 942_069  # the labelled training pairs of SNLI (549,367) and MultiNLI (392,702)
 
 
 def synchronize(device: str) -> None:
@@ -128,20 +130,30 @@ def search_and_mining(args, record: dict, failures: list) -> None:
         failures.append(f"mining: {wrong} pairs differ from sentence-transformers")
 
 
-def train_ours(folder, examples, batch_size, device, dtype):
+def train_ours(folder, examples, batch_size, device, dtype, cuda_graphs=False, passes=1) -> tuple[list[float], int]:
+    """`passes` runs over `examples`: (the seconds of each, the number of CUDA graphs recorded). With CUDA
+    graphs, the first pass records one graph per batch shape, and the next ones replay them."""
     model = SentenceTransformer(folder, device=device)
     loss_fn = SoftmaxLoss(model, num_labels=3)
     optimizer = AdamW(parameter_groups(loss_fn), lr=2e-5)
     autocast = None if dtype == "fp32" else TORCH_DTYPES[dtype]
     scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" else None
+    step_loss = GraphedLoss(loss_fn, autocast) if cuda_graphs else loss_fn
     steps = math.ceil(len(examples) / batch_size)
     model.train()
-    for step in range(steps):
-        batch = examples[step * batch_size:(step + 1) * batch_size]
-        tensors = tokenize_batch(model, [[e.texts[0] for e in batch], [e.texts[1] for e in batch]],
-                                 [e.label for e in batch])
-        lr = 2e-5 * warmup_then_linear_decay(step, math.ceil(0.1 * steps), steps)
-        train_step(loss_fn, optimizer, tensors, lr, autocast_dtype=autocast, scaler=scaler)
+    seconds = []
+    for _ in range(passes):
+        synchronize(device)
+        start = time.perf_counter()
+        for step in range(steps):
+            batch = examples[step * batch_size:(step + 1) * batch_size]
+            tensors = tokenize_batch(model, [[e.texts[0] for e in batch], [e.texts[1] for e in batch]],
+                                     [e.label for e in batch])
+            lr = 2e-5 * warmup_then_linear_decay(step, math.ceil(0.1 * steps), steps)
+            train_step(step_loss, optimizer, tensors, lr, autocast_dtype=autocast, scaler=scaler)
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return seconds, len(step_loss.graphs) if cuda_graphs else 0
 
 
 def train_theirs_plain(folder, examples, batch_size, device, dtype):
@@ -195,6 +207,22 @@ def training(args, examples, folder: Path, shape: str, record: dict, failures: l
                 row[f"ratio_{dtype}_to_{name}"] = mine / row[name]
                 print(f"train {shape:<9} batch 16: {name} ({amp}) {row[name]:.1f} pairs/s, minisbert {dtype} "
                       f"{mine:.1f} pairs/s, {mine / row[name]:.2f}x", flush=True)
+        if not args.device.startswith("cuda"):
+            continue
+        # CUDA graphs: the first pass records a graph per batch shape, the second replays them (steady state)
+        seconds, graphs = train_ours(folder, examples, 16, args.device, dtype, cuda_graphs=True, passes=2)
+        mine = len(examples) / seconds[1]
+        row[f"minisbert_{dtype}_cuda_graphs_pairs_per_s"] = mine
+        row[f"minisbert_{dtype}_cuda_graphs_first_pass_s"] = seconds[0]
+        row[f"minisbert_{dtype}_cuda_graphs_recorded"] = graphs
+        # an AllNLI epoch (batch 16): the steady rate, plus once the first pass's recording time
+        row[f"allnli_epoch_minutes_{dtype}_cuda_graphs"] = (ALLNLI_PAIRS / mine + seconds[0]) / 60
+        for name in references:
+            if name in row:
+                row[f"ratio_{dtype}_cuda_graphs_to_{name}"] = mine / row[name]
+                print(f"train {shape:<9} batch 16: {name} ({amp}) {row[name]:.1f} pairs/s, minisbert {dtype} with CUDA "
+                      f"graphs {mine:.1f} pairs/s, {mine / row[name]:.2f}x ({graphs} graphs, first pass {seconds[0]:.1f} "
+                      f"s); an AllNLI epoch {row[f'allnli_epoch_minutes_{dtype}_cuda_graphs']:.1f} min", flush=True)
     record[f"train_{shape}"] = row
 
 

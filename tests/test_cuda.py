@@ -4,6 +4,8 @@ machine without one; `bash benchmarks/gpu_check.sh` runs them where a GPU is len
 Tolerances: fp32 on the GPU runs without TF32 (the kernel) or with PyTorch's defaults (matrix products in fp32),
 so it equals the CPU to 1e-4; bf16 and fp16 round every product, so their embeddings are compared by cosine."""
 
+import dataclasses
+
 import pytest
 import torch
 from kernel_cases import GPU_CASES, check
@@ -98,3 +100,37 @@ def test_a_cuda_training_step_equals_the_cpu(random_minilm, dtype):
             losses[device].append(loss.item())
     tolerance = 1e-4 if dtype is None else 2e-2
     assert losses["cuda"] == pytest.approx(losses["cpu"], rel=tolerance, abs=tolerance)
+
+
+@pytest.mark.parametrize("dtype,dropout", [(None, 0.0), (None, 0.1), (torch.bfloat16, 0.1), (torch.float16, 0.1)])
+def test_cuda_graph_training_steps_equal_eager_steps(random_minilm, dtype, dropout):
+    """GraphedLoss (train.py --cuda-graphs) replays recorded graphs; eager train_step runs the same padded batches
+    with packing off, the graphs' layout, so that dropout draws the same random numbers in both."""
+    from minisbert.cuda_graphs import GraphedLoss, pad_to_bucket
+    config = dataclasses.replace(random_minilm.encoder.config, hidden_dropout_prob=dropout,
+                                 attention_probs_dropout_prob=dropout)
+    short = PAIRS[:6]
+    longer = [(a + " " + b, b, label) for a, b, label in PAIRS]  # another bucket of lengths
+    runs = {}
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        model = SentenceTransformer(encoder=Encoder(config), tokenizer=random_minilm.tokenizer)
+        model.encoder.load_state_dict(random_minilm.encoder.state_dict())
+        model.to("cuda").train()
+        model.encoder.packing = graphed  # GraphedLoss turns packing off while it records
+        loss_fn = SoftmaxLoss(model, num_labels=3)
+        optimizer = AdamW(parameter_groups(loss_fn), lr=1e-4)
+        scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+        step_loss = GraphedLoss(loss_fn, dtype) if graphed else loss_fn
+        losses = []
+        for pairs in (PAIRS, short, longer, PAIRS, short, longer):
+            batch = tokenize_batch(model, [[a for a, _, _ in pairs], [b for _, b, _ in pairs]], [y for _, _, y in pairs])
+            if not graphed:
+                batch = pad_to_bucket(batch, 16, config.pad_token_id, config.max_tokens)
+            loss = train_step(step_loss, optimizer, batch, 1e-4, autocast_dtype=dtype, scaler=scaler)
+            assert loss is not None, (graphed, dtype, len(losses))
+            losses.append(loss.item())
+        runs[graphed] = losses
+    assert len(step_loss.graphs) == 3
+    tolerance = 1e-4 if dtype is None else 2e-2
+    assert runs[True] == pytest.approx(runs[False], rel=tolerance, abs=tolerance)
