@@ -34,6 +34,25 @@ ACTIVATIONS = {
 
 ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
+# the activation functions oneDNN can apply within a product's own pass: (post-op, algorithm)
+POST_OPS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"), "gelu_pytorch_tanh": ("gelu", "tanh"),
+            "relu": ("relu", "")}
+
+
+@functools.cache
+def onednn_products() -> bool:
+    """Whether PyTorch's oneDNN products with the bias, an activation or a residual added in the same pass
+    (torch.ops.mkldnn._linear_pointwise, which torch.compile uses on CPUs) run here: one tiny product of each kind."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    x, weight, bias = torch.ones(2, 4), torch.ones(4, 4), torch.zeros(4)
+    try:
+        torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
+        torch.ops.mkldnn._linear_pointwise.binary(x, x, weight, bias, "add")
+    except (AttributeError, RuntimeError, TypeError, NotImplementedError):
+        return False
+    return True
+
 
 @functools.cache
 def varlen_attention():
@@ -186,9 +205,30 @@ class Layer(nn.Module):
     def forward(self, x: torch.Tensor, packing: Packing, mask: torch.Tensor) -> torch.Tensor:
         # x: (N, D) packed tokens; mask: (B, 1, 1, S), True where a key is a real token, or for MPNet a float
         # (B, H, S, S) added to the scores: the relative position bias, -inf at padded keys
+        if self.fuses_on_cpu(x):
+            return self.fused_forward(x, packing, mask)
         attended = self.attend(self.query(x), self.key(x), self.value(x), packing, mask)
         x = self.attention_norm(x + self.dropout(self.attention_output(attended)))
         return self.output_norm(x + self.dropout(self.output(self.activation(self.intermediate(x)))))
+
+    def fuses_on_cpu(self, x: torch.Tensor) -> bool:
+        """At inference on the CPU (no autograd, no dropout), each product runs through oneDNN, which adds the bias,
+        the activation and the residual in the product's own pass instead of one pass each over memory afterwards."""
+        return (x.device.type == "cpu" and not self.training and not torch.is_grad_enabled()
+                and x.dtype in (torch.float32, torch.bfloat16) and self.hidden_act in POST_OPS and onednn_products())
+
+    def fused_forward(self, x: torch.Tensor, packing: Packing, mask: torch.Tensor) -> torch.Tensor:
+        """forward() with oneDNN's fused products: the same sums (to rounding) in fewer passes."""
+        product = torch.ops.mkldnn._linear_pointwise
+
+        def linear(module: nn.Linear, inputs: torch.Tensor, post_op: str = "none", algorithm: str = "") -> torch.Tensor:
+            return product(inputs, module.weight, module.bias, post_op, [], algorithm)
+
+        attended = self.attend(linear(self.query, x), linear(self.key, x), linear(self.value, x), packing, mask)
+        x = self.attention_norm(product.binary(attended, x, self.attention_output.weight, self.attention_output.bias,
+                                               "add"))
+        hidden = linear(self.intermediate, x, *POST_OPS[self.hidden_act])
+        return self.output_norm(product.binary(hidden, x, self.output.weight, self.output.bias, "add"))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing,
                mask: torch.Tensor) -> torch.Tensor:

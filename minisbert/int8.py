@@ -23,12 +23,8 @@ import platform
 import torch
 from torch import nn
 
-from .encoder import Encoder, Layer, Packing
+from .encoder import POST_OPS, Encoder, Layer, Packing
 from .hardware import fast_cpu_bf16, int8_weight_bits
-
-# the activation functions oneDNN can apply to a product's output: (post-op, algorithm)
-POST_OPS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"), "gelu_pytorch_tanh": ("gelu", "tanh"),
-            "relu": ("relu", "")}
 
 
 def check_int8_support() -> None:

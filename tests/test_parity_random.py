@@ -2,6 +2,7 @@
 RobertaModel / MPNetModel, and the same sentence embeddings as sentence-transformers, for every pooling mode,
 Dense and Normalize."""
 
+import platform
 import shutil
 
 import numpy as np
@@ -159,3 +160,30 @@ def test_old_style_pytorch_model_bin_loads(tiny_bert, tmp_path):
     torch.save(old, tmp_path / "pytorch_model.bin")
     with pytest.raises(ValueError, match=r"pytorch_model\.bin.*unexpected tensors: bert\.encoder\.layer\.0\.attention\.self\.extra\.weight"):
         load_encoder(tmp_path)
+
+
+@pytest.mark.parametrize("hidden_act", ["gelu", "relu", "gelu_new", "gelu_pytorch_tanh"])
+def test_products_fused_by_onednn_at_inference_equal_transformers(hidden_act, minilm_folder, tmp_path, monkeypatch):
+    # at inference on the CPU each product adds its bias, activation and residual in oneDNN's pass (Layer.fuses_on_cpu)
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from minisbert.encoder import Layer, onednn_products
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+        pytest.skip("oneDNN's fused products are checked on x86 only")
+    assert onednn_products()  # on x86 a failing probe would silently leave the faster path unused
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=96, max_position_embeddings=128, hidden_act=hidden_act)
+    BertModel(config).save_pretrained(tmp_path)
+    BertTokenizerFast.from_pretrained(minilm_folder).save_pretrained(tmp_path)
+    fused_calls = []
+    fused_forward = Layer.fused_forward
+    monkeypatch.setattr(Layer, "fused_forward", lambda *a: fused_calls.append(1) or fused_forward(*a))
+    got, expected, batch, encoder = both_hidden_states(tmp_path)
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
+    assert len(fused_calls) == 2  # both layers
+    with torch.enable_grad():  # with autograd (training), the plain path
+        plain = encoder(batch["input_ids"], batch["attention_mask"])
+    assert len(fused_calls) == 2
+    torch.testing.assert_close(plain[mask].detach(), expected[mask], atol=1e-5, rtol=0)
