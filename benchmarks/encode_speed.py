@@ -1,13 +1,14 @@
 """Encoding speed and cold start: minisbert against sentence-transformers, same model, threads and batch size.
 
-    python benchmarks/encode_speed.py [--data ../shared/data] [--threads 2] [--batch-size 32] [--limit N]
+    python benchmarks/encode_speed.py [--data ../shared/data] [--threads 2] [--batch-size 32] [--limit N] [--unfused]
 
 Prints what the CPU has (the instructions that decide which compute type is fast). Embeds the distinct sentences of
 the STS benchmark (15,487) along each path in turn, --rounds times: sentence-transformers in fp32, bf16 and int8
 (PyTorch's dynamic quantization of its linear layers, weights per channel: what a user of sentence-transformers would
 do for int8 in PyTorch), and minisbert in fp32, bf16 and int8 (minisbert/int8.py); prints each path's median
 sentences/s, its ratio to sentence-transformers fp32, its STS benchmark test Spearman and its agreement with
-sentence-transformers, and what dtype="auto" picks here. Then starts fresh processes that import, load the
+sentence-transformers, and what dtype="auto" picks here. With --unfused, also minisbert fp32 with its products
+as plain F.linear calls followed by the GELU and the residual (what oneDNN's fused products gain). Then starts fresh processes that import, load the
 default model and embed one sentence, and prints their wall time and peak memory (median of --repeats).
 
 An AVX2-only CPU can be imitated on an AVX-512 one (PyTorch's kernels, oneDNN's and MKL's all capped at AVX2;
@@ -107,6 +108,9 @@ def main():
     parser.add_argument("--limit", type=int, help="embed only the first N sentences")
     parser.add_argument("--repeats", type=int, default=3, help="cold starts per library")
     parser.add_argument("--rounds", type=int, default=3, help="timed runs of each path, taken in turn")
+    parser.add_argument("--unfused", action="store_true",
+                        help="also time minisbert fp32 with its products unfused (plain F.linear, then GELU and "
+                             "residual), to measure what oneDNN's fused products gain")
     args = parser.parse_args()
     from sentence_transformers import SentenceTransformer as Reference
     from transformers.utils import logging as reference_logging
@@ -132,6 +136,11 @@ def main():
              "sentence-transformers int8": theirs(reference_int8),
              **{f"minisbert {dtype}": lambda s, b, dtype=dtype: ours.encode(s, batch_size=b, dtype=dtype)
                 for dtype in ("fp32", "bf16", "int8")}}
+    if args.unfused:
+        unfused = SentenceTransformer(folder)
+        for layer in unfused.encoder.layers:
+            layer.fused_products = False
+        paths["minisbert fp32, unfused"] = lambda s, b: unfused.encode(s, batch_size=b)
     runs = {name: [] for name in paths}
     outputs = {}
     for _ in range(args.rounds):
@@ -150,11 +159,13 @@ def main():
         a, b = outputs[name], outputs[other]
         return ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min()
 
-    agreement = {"minisbert fp32": f"max |difference| to s-t fp32 "
-                                   f"{np.abs(outputs['minisbert fp32'] - outputs['sentence-transformers fp32']).max():.1e}",
+    agreement = {name: f"max |difference| to s-t fp32 "
+                       f"{np.abs(outputs[name] - outputs['sentence-transformers fp32']).max():.1e}"
+                 for name in ("minisbert fp32", "minisbert fp32, unfused") if name in outputs}
+    agreement.update({
                  "minisbert bf16": f"min cosine to s-t bf16 {cosine_to('minisbert bf16', 'sentence-transformers bf16'):.4f}",
                  **{name: f"min cosine to s-t fp32 {cosine_to(name, 'sentence-transformers fp32'):.4f}"
-                    for name in ("sentence-transformers int8", "minisbert int8")}}
+                    for name in ("sentence-transformers int8", "minisbert int8")}})
     baseline = rates["sentence-transformers fp32"]
     print(f"median of {args.rounds} rounds, each path in turn; STS benchmark test Spearman x 100\n")
     print(f"{'path':<30}{'sent/s':>8}{'/ s-t fp32':>12}{'Spearman':>10}   agreement")

@@ -40,12 +40,13 @@ POST_OPS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"), "gelu_pytorc
 
 
 @functools.cache
-def onednn_products() -> bool:
+def onednn_products(dtype: torch.dtype = torch.float32) -> bool:
     """Whether PyTorch's oneDNN products with the bias, an activation or a residual added in the same pass
-    (torch.ops.mkldnn._linear_pointwise, which torch.compile uses on CPUs) run here: one tiny product of each kind."""
+    (torch.ops.mkldnn._linear_pointwise, which torch.compile uses on CPUs) run here in `dtype`: one tiny product
+    of each kind. oneDNN has no bf16 products on CPUs without AVX-512 (or with its kernels capped below it)."""
     if not torch.backends.mkldnn.is_available():
         return False
-    x, weight, bias = torch.ones(2, 4), torch.ones(4, 4), torch.zeros(4)
+    x, weight, bias = torch.ones(2, 4, dtype=dtype), torch.ones(4, 4, dtype=dtype), torch.zeros(4, dtype=dtype)
     try:
         torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
         torch.ops.mkldnn._linear_pointwise.binary(x, x, weight, bias, "add")
@@ -201,6 +202,7 @@ class Layer(nn.Module):
         self.output_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.activation = ACTIVATIONS[config.hidden_act]
+        self.fused_products = True  # at inference on the CPU, where oneDNN runs them (fuses_on_cpu); benchmarks turn it off
 
     def forward(self, x: torch.Tensor, packing: Packing, mask: torch.Tensor) -> torch.Tensor:
         # x: (N, D) packed tokens; mask: (B, 1, 1, S), True where a key is a real token, or for MPNet a float
@@ -214,8 +216,9 @@ class Layer(nn.Module):
     def fuses_on_cpu(self, x: torch.Tensor) -> bool:
         """At inference on the CPU (no autograd, no dropout), each product runs through oneDNN, which adds the bias,
         the activation and the residual in the product's own pass instead of one pass each over memory afterwards."""
-        return (x.device.type == "cpu" and not self.training and not torch.is_grad_enabled()
-                and x.dtype in (torch.float32, torch.bfloat16) and self.hidden_act in POST_OPS and onednn_products())
+        return (self.fused_products and x.device.type == "cpu" and not self.training and not torch.is_grad_enabled()
+                and x.dtype in (torch.float32, torch.bfloat16) and self.hidden_act in POST_OPS
+                and onednn_products(x.dtype))
 
     def fused_forward(self, x: torch.Tensor, packing: Packing, mask: torch.Tensor) -> torch.Tensor:
         """forward() with oneDNN's fused products: the same sums (to rounding) in fewer passes."""

@@ -2,8 +2,11 @@
 RobertaModel / MPNetModel, and the same sentence embeddings as sentence-transformers, for every pooling mode,
 Dense and Normalize."""
 
+import os
 import platform
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -187,3 +190,15 @@ def test_products_fused_by_onednn_at_inference_equal_transformers(hidden_act, mi
         plain = encoder(batch["input_ids"], batch["attention_mask"])
     assert len(fused_calls) == 2
     torch.testing.assert_close(plain[mask].detach(), expected[mask], atol=1e-5, rtol=0)
+
+
+def test_bf16_runs_the_plain_path_where_onednn_has_no_bf16_products(tiny_bert):
+    # oneDNN capped at AVX2 (as on CPUs without AVX-512) has fp32 products but no bf16 ones
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+        pytest.skip("oneDNN's fused products are checked on x86 only")
+    code = ("import sys, torch; from minisbert import SentenceTransformer; from minisbert.encoder import onednn_products;"
+            " e = SentenceTransformer(sys.argv[1]).encode(['A man plays.', 'word ' * 30], dtype='bf16');"
+            " print(onednn_products(torch.float32), onednn_products(torch.bfloat16), bool((abs(e).sum(1) > 0).all()))")
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_bert)], env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False", "True"]
