@@ -44,7 +44,7 @@ class LossOfTensors(nn.Module):
     def __init__(self, loss_fn: nn.Module, names: tuple[str, ...], columns: int):
         super().__init__()
         self.loss_fn, self.names, self.columns = loss_fn, names, columns
-        self.train(loss_fn.training)
+        self.training = loss_fn.training  # the mode the graph is recorded in (its parts keep their own)
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         return self.loss_fn({**dict(zip(self.names, tensors)), "columns": self.columns})
