@@ -222,16 +222,17 @@ class Layer(nn.Module):
 
     def fused_forward(self, x: torch.Tensor, packing: Packing, mask: torch.Tensor) -> torch.Tensor:
         """forward() with oneDNN's fused products: the same sums (to rounding) in fewer passes."""
-        product = torch.ops.mkldnn._linear_pointwise
-
-        def linear(module: nn.Linear, inputs: torch.Tensor, post_op: str = "none", algorithm: str = "") -> torch.Tensor:
+        def linear(module: nn.Linear, inputs: torch.Tensor, post_op: str = "none", algorithm: str = "",
+                   residual: torch.Tensor | None = None) -> torch.Tensor:
+            product = torch.ops.mkldnn._linear_pointwise
+            if residual is not None:
+                return product.binary(inputs, residual, module.weight, module.bias, "add")
             return product(inputs, module.weight, module.bias, post_op, [], algorithm)
 
         attended = self.attend(linear(self.query, x), linear(self.key, x), linear(self.value, x), packing, mask)
-        x = self.attention_norm(product.binary(attended, x, self.attention_output.weight, self.attention_output.bias,
-                                               "add"))
+        x = self.attention_norm(linear(self.attention_output, attended, residual=x))
         hidden = linear(self.intermediate, x, *POST_OPS[self.hidden_act])
-        return self.output_norm(product.binary(hidden, x, self.output.weight, self.output.bias, "add"))
+        return self.output_norm(linear(self.output, hidden, residual=x))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing,
                mask: torch.Tensor) -> torch.Tensor:
