@@ -91,6 +91,7 @@ class GraphedLoss:
     def _record(self, module: nn.Module, tensors: tuple[torch.Tensor, ...]) -> nn.Module:
         encoder = self.loss_fn.model.encoder
         packing, encoder.packing = encoder.packing, False  # static shapes: the padded batch throughout
+        encoder.capturable = True  # embedding gradients without a host sync (Encoder.lookup)
         # the recording runs the loss a few times first (dropout draws random numbers): the generators are put back
         devices = [self.device] if self.device.type == "cuda" else []
         try:
@@ -99,4 +100,4 @@ class GraphedLoss:
                     enabled=self.autocast_dtype is not None, cache_enabled=False):
                 return self.record(module, tensors)
         finally:
-            encoder.packing = packing
+            encoder.packing, encoder.capturable = packing, False

@@ -280,9 +280,18 @@ class Encoder(nn.Module):
         self.relative_attention_bias = (nn.Embedding(config.relative_attention_num_buckets, config.num_attention_heads)
                                         if config.model_type == "mpnet" else None)
         self.packing = True  # run the dense layers on the real tokens only (see Packing)
+        self.capturable = False  # set while CUDA graphs record a training step (see lookup)
         self.pooler_tensors = {}  # the checkpoint's pooler, unused by SBERT, written back on save
         if self.word_embeddings.weight.device.type != "meta":  # on the meta device a checkpoint fills every tensor
             self.init_weights()
+
+    def lookup(self, table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+        """table(ids). While CUDA graphs record a training step (`capturable`, set by cuda_graphs.GraphedLoss), the
+        gradient rows are added up by index_add_ instead: PyTorch's own backward sorts more than 3,072 indices with
+        a host sync, which a graph cannot record (pytorch/pytorch#82886)."""
+        if not self.capturable:
+            return table(ids)
+        return IndexAddEmbedding.apply(ids, table.weight, table.padding_idx)
 
     def positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.config.is_roberta:
@@ -295,16 +304,18 @@ class Encoder(nn.Module):
     def forward(self, input_ids, attention_mask, token_type_ids=None, lengths=None):
         """`lengths`: optionally, each row's token count on the CPU (rows padded on the right), which spares the
         GPU a host sync and lets attention run on the packed tokens (see Packing)."""
-        x = self.word_embeddings(input_ids)
+        x = self.lookup(self.word_embeddings, input_ids)
         if self.token_type_embeddings is not None:  # added in transformers' order: the sums then round alike
-            x = x + self.token_type_embeddings(torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
-        x = x + self.position_embeddings(self.positions(input_ids))
+            types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+            x = x + self.lookup(self.token_type_embeddings, types)
+        x = x + self.lookup(self.position_embeddings, self.positions(input_ids))
         x = self.dropout(self.embeddings_norm(x))  # (B, S, D)
         packing = Packing(attention_mask.bool(), self.packing, lengths)
         mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S): every position attends to its row's tokens
         if self.relative_attention_bias is not None:
-            bias = self.relative_attention_bias(relative_position_buckets(input_ids.shape[1], input_ids.device,
-                                                                          self.config.relative_attention_num_buckets))
+            buckets = relative_position_buckets(input_ids.shape[1], input_ids.device,
+                                                self.config.relative_attention_num_buckets)
+            bias = self.lookup(self.relative_attention_bias, buckets)
             bias = bias.permute(2, 0, 1).unsqueeze(0).to(x.dtype)  # (S, S, H) -> (1, H, S, S)
             mask = bias.masked_fill(~mask, float("-inf"))  # (B, H, S, S)
         x = packing.pack(x)
@@ -329,6 +340,26 @@ class Encoder(nn.Module):
             if isinstance(module, nn.LayerNorm):
                 module.weight.fill_(1.0)
                 module.bias.zero_()
+
+
+class IndexAddEmbedding(torch.autograd.Function):
+    """F.embedding whose backward adds each index's gradient rows into the table's with index_add_ (no sort, no
+    host sync; on a GPU the order of the additions, and so the last bits, may change from run to run). As
+    nn.Embedding, the padding index gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, ids: torch.Tensor, weight: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
+        ctx.save_for_backward(ids)
+        ctx.table_rows, ctx.padding_idx = weight.shape[0], padding_idx
+        return F.embedding(ids, weight, padding_idx)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (ids,) = ctx.saved_tensors
+        ids, grad = ids.reshape(-1), grad.reshape(-1, grad.shape[-1])
+        if ctx.padding_idx is not None:
+            grad = grad.masked_fill((ids == ctx.padding_idx)[:, None], 0)
+        return None, grad.new_zeros(ctx.table_rows, grad.shape[1]).index_add_(0, ids, grad), None
 
 
 def relative_position_buckets(length: int, device, num_buckets: int = 32, max_distance: int = 128) -> torch.Tensor:

@@ -56,7 +56,7 @@ class StandIn:
     def __call__(self, module, tensors):
         encoder = module.loss_fn.model.encoder
         self.calls.append({"shapes": [tuple(t.shape) for t in tensors], "packing": encoder.packing,
-                           "autocast_cache": torch.is_autocast_cache_enabled()})
+                           "capturable": encoder.capturable, "autocast_cache": torch.is_autocast_cache_enabled()})
         torch.rand(3)  # the recording's warm-up runs draw random numbers (dropout)
         return module
 
@@ -87,8 +87,8 @@ def test_graphed_steps_train_as_eager_steps_with_one_recording_per_shape(dropout
     # three shapes: 8 rows of the short pairs' length, 4 rows of the longer's, 6 rows; lengths in multiples of 16
     assert [call["shapes"][0] for call in stand_in.calls] == [(8, 16), (4, 32), (6, 16)]
     assert len(step_loss.graphs) == 3
-    assert all(not call["packing"] and not call["autocast_cache"] for call in stand_in.calls)
-    assert graphed.encoder.packing  # put back after each recording
+    assert all(not call["packing"] and call["capturable"] and not call["autocast_cache"] for call in stand_in.calls)
+    assert graphed.encoder.packing and not graphed.encoder.capturable  # put back after each recording
 
 
 def test_graphed_gradients_equal_eager_gradients(dropout_free_minilm):
@@ -103,6 +103,26 @@ def test_graphed_gradients_equal_eager_gradients(dropout_free_minilm):
     eager, graphed = gradients
     for name in eager:
         torch.testing.assert_close(graphed[name], eager[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("model_name", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
+def test_capturable_embeddings_give_the_gradients_of_nn_embedding(request, model_name):
+    # while graphs record, embedding gradients are summed by index_add_ (no sort, no host sync): the same sums
+    gradients = []
+    for capturable in (False, True):
+        model = SentenceTransformer(request.getfixturevalue(model_name))
+        model.eval()  # no dropout: the two runs see the same numbers
+        model.encoder.capturable = capturable
+        batch = tokenize_batch(model, *columns_and_labels(PAIRS + LONGER))  # padding and repeated tokens
+        torch.manual_seed(0)  # the same classifier for both
+        SoftmaxLoss(model, num_labels=3)(batch).backward()
+        gradients.append({name: p.grad.clone() for name, p in model.encoder.named_parameters() if p.grad is not None})
+    plain, capturable = gradients
+    assert plain.keys() == capturable.keys() and any("embeddings" in name or "bias" in name for name in plain)
+    for name in plain:
+        torch.testing.assert_close(capturable[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
+    padding = model.encoder.word_embeddings.padding_idx
+    assert capturable["word_embeddings.weight"][padding].abs().max() == 0
 
 
 def test_recording_leaves_the_random_numbers_as_they_were(dropout_free_minilm):
