@@ -31,6 +31,8 @@ def pad_to_bucket(batch: dict, bucket: int, pad_token_id: int, max_length: int) 
     than `max_length`, unless it is longer already). Padding is masked, so the loss does not change."""
     length = batch["input_ids"].shape[1]
     target = max(length, min(math.ceil(length / bucket) * bucket, max_length))
+    if target == length:
+        return batch
     padded = dict(batch)
     for name in TOKEN_INPUTS:
         if batch.get(name) is not None:
