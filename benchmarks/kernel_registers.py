@@ -28,9 +28,12 @@ def ptxas() -> Path:
     return next(p for p in (folder / "ptxas-blackwell", folder / "ptxas") if p.exists())
 
 
-def report(dtype: torch.dtype, k: int) -> str:
+def compile_for_hopper(dtype: torch.dtype, k: int, **overrides):
+    """The kernel compiled for sm_90 (Triton's front end, then PTX and ptxas), with launch_config's settings for
+    `dtype` and `k` and any `overrides` (FP32_PRECISION="tf32x3", say). No GPU needed: a construct that the GPU
+    compiler refuses but the interpreter accepts fails here."""
     kernel = topk_kernel._cosine_top_k_kernel
-    config = topk_kernel.launch_config(dtype, k)
+    config = {**topk_kernel.launch_config(dtype, k), **overrides}
     options = {"num_warps": config.pop("num_warps"), "num_stages": config.pop("num_stages")}
     config["EXCLUDE_SELF"] = False
     signature = {"query_ptr": POINTERS[dtype], "corpus_ptr": POINTERS[dtype], "query_scale_ptr": "*fp32",
@@ -39,7 +42,11 @@ def report(dtype: torch.dtype, k: int) -> str:
                  **{name: "constexpr" for name in config}}
     source = ASTSource(fn=kernel, signature=signature,
                        constexprs={(kernel.arg_names.index(name),): value for name, value in config.items()})
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def report(dtype: torch.dtype, k: int) -> str:
+    compiled = compile_for_hopper(dtype, k)
     with tempfile.TemporaryDirectory() as scratch:
         ptx = Path(scratch) / "kernel.ptx"
         ptx.write_text(compiled.asm["ptx"])

@@ -54,10 +54,8 @@ if triton is not None:
                             mask=q_valid[:, None] & (d[None, :] < dim), other=0.0)  # (BLOCK_Q, BLOCK_D)
                 c = tl.load(corpus_ptr + c_rows.to(tl.int64)[None, :] * dim + d[:, None],
                             mask=c_valid[None, :] & (d[:, None] < dim), other=0.0)  # (BLOCK_D, BLOCK_C)
-                if FP32_PRECISION:  # fp32 in: "ieee", no TF32 rounding, the same scores as the PyTorch path
-                    dots = tl.dot(q, c, dots, input_precision=FP32_PRECISION)
-                else:
-                    dots = tl.dot(q, c, dots)
+                # fp32 in: "ieee", no TF32 rounding, the same scores as the PyTorch path; None for bf16 and fp16
+                dots = tl.dot(q, c, dots, input_precision=FP32_PRECISION)
             c_scale = tl.load(corpus_scale_ptr + c_rows, mask=c_valid, other=0.0)
             scores = dots * q_scale[:, None] * c_scale[None, :]  # (BLOCK_Q, BLOCK_C)
             usable = q_valid[:, None] & c_valid[None, :]
@@ -114,7 +112,7 @@ def launch_config(dtype: torch.dtype, k: int) -> dict:
     # FP32_PRECISION="tf32x3" (three TF32 products per fp32 one, on the tensor cores) is a candidate that
     # benchmarks/gpu_check.py --tune-seconds times and compares; it has not run on a GPU yet
     return dict(K_PAD=max(16, triton.next_power_of_2(k)), BLOCK_Q=block_q, BLOCK_C=block_c, BLOCK_D=block_d,
-                FP32_PRECISION="ieee" if fp32 else "", num_warps=8, num_stages=stages)
+                FP32_PRECISION="ieee" if fp32 else None, num_warps=8, num_stages=stages)
 
 
 def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offset: int | None = None,
