@@ -241,8 +241,9 @@ def graphed_training(args, examples, folder: Path, shape: str, dtype: str, refer
 
 
 # the kernel's settings tried by --tune, in this order: (dtype, fp32 products, (BLOCK_Q, BLOCK_C, BLOCK_D, num_warps,
-# num_stages)); the first of each dtype is launch_config's. "tf32x3" (fp32 products as three TF32 ones, on the tensor
-# cores) comes early, as it has never run: it is kept only if its hits are those of "ieee", its scores within 1e-6
+# num_stages)); the first of each dtype is the reference its results are compared with. fp32 is timed both ways:
+# "ieee" (plain fp32 products) and "tf32x3" (three TF32 products on the tensor cores, launch_config's since it gave
+# "ieee"'s hits with scores within 3.4e-7 on 2026-11-27); tf32x3 results must be within 1e-6 of "ieee"'s
 TILES = [("fp32", "ieee", (64, 256, 32, 8, 2)), ("fp32", "tf32x3", (64, 256, 32, 8, 3)),
          ("fp32", "tf32x3", (128, 256, 32, 8, 3)), ("fp32", "tf32x3", (64, 256, 64, 8, 3)),
          ("fp32", "tf32x3", (128, 128, 32, 8, 3)), ("fp16", None, (64, 256, 64, 8, 3)),
@@ -276,7 +277,7 @@ def tune(args, record: dict, failures: list) -> None:
                                    args.repeats, args.device)
         except Exception as error:  # noqa: BLE001 - another setting the compiler refuses: reported, not fatal
             print(f"tune {dtype} {config}: {type(error).__name__}: {str(error)[:200]}", flush=True)
-            if dtype not in expected:  # launch_config's own setting, which searches use
+            if dtype not in expected:  # the reference setting of its dtype
                 failures.append(f"tune {dtype} {config}: {type(error).__name__}: {str(error)[:200]}")
             continue
         reference = expected.setdefault(dtype, found)
@@ -288,8 +289,8 @@ def tune(args, record: dict, failures: list) -> None:
                      "same_as_default": same})
         print(f"tune {dtype} {precision} Q{block_q} C{block_c} D{block_d} w{warps} s{stages}: {seconds * 1000:.1f} ms, "
               f"largest score gap {gaps.max().item():.1e}" + ("" if same else "  DIFFERENT RESULTS"), flush=True)
-        if not same and precision != "tf32x3":  # a candidate precision that differs is a finding, not a failure
-            failures.append(f"tune {dtype} {config}: results differ from launch_config's")
+        if not same:
+            failures.append(f"tune {dtype} {config}: results differ from the reference setting's")
     record["kernel_tiles"] = rows
 
 

@@ -54,7 +54,7 @@ if triton is not None:
                             mask=q_valid[:, None] & (d[None, :] < dim), other=0.0)  # (BLOCK_Q, BLOCK_D)
                 c = tl.load(corpus_ptr + c_rows.to(tl.int64)[None, :] * dim + d[:, None],
                             mask=c_valid[None, :] & (d[:, None] < dim), other=0.0)  # (BLOCK_D, BLOCK_C)
-                # fp32 in: "ieee", no TF32 rounding, the same scores as the PyTorch path; None for bf16 and fp16
+                # fp32 in: "tf32x3" (fp32's precision to about 1e-7) or "ieee"; None for bf16 and fp16
                 dots = tl.dot(q, c, dots, input_precision=FP32_PRECISION)
             c_scale = tl.load(corpus_scale_ptr + c_rows, mask=c_valid, other=0.0)
             scores = dots * q_scale[:, None] * c_scale[None, :]  # (BLOCK_Q, BLOCK_C)
@@ -102,17 +102,18 @@ def available(tensor: torch.Tensor, k: int) -> bool:
 def launch_config(dtype: torch.dtype, k: int) -> dict:
     """Tile sizes and kernel options for a search of the k best in `dtype`.
 
-    Chosen so that sm_90 code spills no registers for k <= 16 (larger k spill some, as the running lists grow);
-    benchmarks/kernel_registers.py compiles the kernel with these settings and prints what ptxas reports.
+    Chosen by timing (below). benchmarks/kernel_registers.py compiles the kernel with these settings for sm_90 and
+    prints what ptxas reports: the spills depend on Triton's version (with 3.9 every setting spills some registers,
+    more as k and the running lists grow).
     """
     fp32 = dtype == torch.float32
-    # measured on an H200 (benchmarks/gpu_check.py --tune-seconds), 10,000 x 1,000,000 x 384, top-10: wide corpus
-    # tiles won, fp32 394 ms against 646 ms with 128 columns, fp16 49 ms against 54 ms
-    block_q, block_c, block_d, stages = (64, 256, 32, 2) if fp32 else (64, 256, 64, 3)
-    # FP32_PRECISION="tf32x3" (three TF32 products per fp32 one, on the tensor cores) is a candidate that
-    # benchmarks/gpu_check.py --tune-seconds times and compares; it has not run on a GPU yet
+    # measured on an H200 (benchmarks/gpu_check.py --tune-seconds), 10,000 x 1,000,000 x 384, top-10, 2026-11-27:
+    # fp16 49 ms with these tiles (54 ms with 128 columns); fp32 as three TF32 products on the tensor cores
+    # ("tf32x3": each operand split into a TF32 part and its remainder, the remainders' product dropped) 167 ms,
+    # against 394 ms for plain fp32 ("ieee"), the same hits, scores within 3.4e-7 of plain fp32's
+    block_q, block_c, block_d, stages = (128, 128, 32, 3) if fp32 else (64, 256, 64, 3)
     return dict(K_PAD=max(16, triton.next_power_of_2(k)), BLOCK_Q=block_q, BLOCK_C=block_c, BLOCK_D=block_d,
-                FP32_PRECISION="ieee" if fp32 else None, num_warps=8, num_stages=stages)
+                FP32_PRECISION="tf32x3" if fp32 else None, num_warps=8, num_stages=stages)
 
 
 def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offset: int | None = None,
@@ -120,7 +121,8 @@ def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offse
     """Candidates for each query's k best corpus rows by cosine similarity: (scores (Q, S * k) float32, ids (Q, S * k)
     int64), the k best of each of S corpus slices, in no order; search.py merges them.
 
-    `queries` and `corpus` share one dtype (fp32, bf16 or fp16); products accumulate in fp32, without TF32.
+    `queries` and `corpus` share one dtype (fp32, bf16 or fp16); products accumulate in fp32; fp32 inputs
+    are multiplied as three TF32 products (launch_config), which keeps fp32's precision to about 1e-7.
     With `self_offset`, query row i never matches corpus row i + self_offset (the same sentence). `n_splits`
     overrides the number of corpus slices (the tests use it to check the merge of several). With
     `normalize=False` the scores are the dot products themselves. `config` overrides launch_config (for tuning).
