@@ -4,7 +4,7 @@
     python train.py --data stsb                       # cosine similarity regression (MSE) on the STS benchmark
     python train.py --data allnli --model bert-base-uncased --output sbert-nli   # the paper's setup
     torchrun --nproc_per_node 2 train.py --data snli  # data-parallel, --batch-size per process
-    python train.py --data allnli --precision bf16 --cuda-graphs   # one GPU: steps replayed as CUDA graphs
+    python train.py --data allnli --precision bf16   # one GPU: steps replayed as CUDA graphs (--no-cuda-graphs: eager)
 
 Warmup over the first 10% of the steps, then linear decay; AdamW, weight decay 0.01, gradients clipped at 1.
 Evaluates on the STS benchmark dev set every --eval-steps and at the end of each epoch (and the test set before
@@ -37,8 +37,8 @@ from minisbert.evaluate import sts_correlations
 from minisbert.losses import CONCATENATIONS, LOSSES, tokenize_batch
 from minisbert.optim import AdamW, parameter_groups, warmup_then_linear_decay
 from minisbert.pooling import Pooling
-from minisbert.training import (LossWindow, MetricsLog, list_checkpoints, load_training_state, read_run_arguments,
-                                save_checkpoint, train_step)
+from minisbert.training import (LossWindow, MetricsLog, NonFiniteWatch, list_checkpoints, load_training_state,
+                                read_run_arguments, save_checkpoint, train_step)
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -71,9 +71,10 @@ def parse_args(argv=None):
                         help="cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=list(AUTOCAST), default="fp32",
                         help="mixed precision: bf16 (CPU or GPU) or fp16 (GPU); the weights stay fp32")
-    parser.add_argument("--cuda-graphs", action="store_true",
-                        help="one GPU: replay each step's forward and backward as a CUDA graph, one per batch shape "
-                             "(lengths padded to multiples of 16): far fewer kernel launches (minisbert/cuda_graphs.py)")
+    parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction,
+                        help="replay each step's forward and backward as a CUDA graph, one per batch shape (lengths "
+                             "padded to multiples of 16): far fewer kernel launches (minisbert/cuda_graphs.py). The "
+                             "default on one GPU in one process; --no-cuda-graphs runs every step eagerly")
     parser.add_argument("--output", type=Path, default=Path("output/minisbert-model"),
                         help="the folder of this run: the final model, checkpoints/ and metrics.jsonl")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
@@ -262,6 +263,7 @@ def main():
     if args.cuda_graphs and (device.type != "cuda" or world_size > 1):
         raise ValueError(f"--cuda-graphs needs one GPU and one process; this run has {world_size} "
                          f"process{'es' if world_size > 1 else ''} on {device}")
+    cuda_graphs = args.cuda_graphs if args.cuda_graphs is not None else device.type == "cuda" and world_size == 1
     main_process = rank == 0
     # the lock lasts while its file is open, so it is held in a variable until the process ends, however it ends
     output_lock = claim_output(args.output, args.resume, args.overwrite) if main_process else None  # noqa: F841
@@ -291,11 +293,25 @@ def main():
         if main_process:
             print(f"resuming from {resume_from} (step {progress['step']})", file=sys.stderr)
     trained = torch.nn.parallel.DistributedDataParallel(loss_fn) if world_size > 1 else loss_fn
-    if args.cuda_graphs:
+    if cuda_graphs:
         trained = GraphedLoss(loss_fn, autocast)
     log = MetricsLog(args.output / "metrics.jsonl", progress["step"] if resume_from else None) if main_process else None
+    # one process: each step's finite test runs on the device, read below only before the weights are kept or shown
+    # (and at log records), so that a GPU step does not wait for the host; several processes agree on it at once
+    watch = NonFiniteWatch(device, progress["step"]) if world_size == 1 else None
+
+    def stop_if_not_finite(step: int | None = None, where: str = "") -> None:
+        """Raise if a step was not finite: `step` from train_step's own test, else the watch's (waits for the GPU)."""
+        step = step or (watch.first_failure() if watch else None)
+        if step is not None:
+            kept = list_checkpoints(args.output)
+            raise FloatingPointError(
+                f"the loss or its gradient is not finite at step {step}{where}; no weight was updated from then on. "
+                f"The last good checkpoint is {kept[-1] if kept else 'none (none written yet)'}. "
+                "Try a lower --lr or --precision fp32.")
 
     def checkpoint() -> Path:
+        stop_if_not_finite()
         return save_checkpoint(args.output, model, loss_fn, optimizer, scaler, dict(progress), arguments)
 
     if main_process:
@@ -323,21 +339,21 @@ def main():
             batch, weight = local_batch(model, examples, batches[b], rank, world_size)
             lr = args.lr * warmup_then_linear_decay(progress["step"], warmup_steps, total_steps)
             loss = train_step(trained, optimizer, batch, lr, autocast_dtype=autocast, scaler=scaler, weight=weight,
-                              is_finite=lambda finite: not agree([not finite], world_size, device)[0])
+                              is_finite=lambda finite: not agree([not finite], world_size, device)[0], watch=watch)
             if loss is None:
-                kept = list_checkpoints(args.output)
-                raise FloatingPointError(
-                    f"the loss or its gradient is not finite at step {progress['step'] + 1} (epoch {epoch}, batch {b}); "
-                    f"nothing was updated. The last good checkpoint is {kept[-1] if kept else 'none (none written yet)'}. "
-                    "Try a lower --lr or --precision fp32.")
+                stop_if_not_finite(progress["step"] + 1, f" (epoch {epoch}, batch {b})")
             progress["step"] += 1
-            window.add(mean_over_processes(loss, world_size), time.perf_counter() - started)
+            logging = main_process and progress["step"] % args.log_steps == 0
+            if logging:  # waits for the GPU, so that the window's seconds hold its work
+                stop_if_not_finite()
+            window.add(loss if world_size == 1 else mean_over_processes(loss, world_size), time.perf_counter() - started)
             bar.update()
-            if main_process and progress["step"] % args.log_steps == 0:
+            if logging:
                 record = window.record(progress["step"], epoch, lr, global_batch)
                 log.write(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", pairs_s=f"{record['pairs_per_s']:.0f}")
             if main_process and sts_dev and args.eval_steps and progress["step"] % args.eval_steps == 0:
+                stop_if_not_finite()
                 evaluate(model, sts_dev, "dev", log, progress["step"], epoch)
             due, stopping = agree([checkpoints.due(progress["step"]), stop.signal is not None], world_size, device)
             if due or stopping:
@@ -352,6 +368,7 @@ def main():
         if progress["batch"] == len(batches):  # the epoch is complete
             progress.update(epoch=epoch + 1, batch=0)
             if main_process and sts_dev:
+                stop_if_not_finite()
                 evaluate(model, sts_dev, "dev", log, progress["step"], epoch)
             checkpoint()
             checkpoints.written(progress["step"])
@@ -361,6 +378,7 @@ def main():
     if checkpoints.step != progress["step"]:  # a run that ends mid-epoch can still be resumed or extended
         checkpoint()
 
+    stop_if_not_finite()
     if main_process:
         model.eval()
         model.save(args.output)

@@ -34,7 +34,7 @@ from minisbert.encoder import Encoder, EncoderConfig  # noqa: E402
 from minisbert.losses import SoftmaxLoss, tokenize_batch  # noqa: E402
 from minisbert.optim import AdamW, parameter_groups, warmup_then_linear_decay  # noqa: E402
 from minisbert.tokenize import Tokenizer  # noqa: E402
-from minisbert.training import train_step  # noqa: E402
+from minisbert.training import NonFiniteWatch, train_step  # noqa: E402
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ALLNLI_PAIRS = 942_069  # the labelled training pairs of SNLI (549,367) and MultiNLI (392,702)
@@ -143,6 +143,7 @@ def train_ours(folder, examples, batch_size, device, dtype, cuda_graphs=False, p
     autocast = None if dtype == "fp32" else TORCH_DTYPES[dtype]
     scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" else None
     step_loss = GraphedLoss(loss_fn, autocast) if cuda_graphs else loss_fn
+    watch = NonFiniteWatch(device)  # as train.py in one process: the finite test on the device, no sync per step
     steps = math.ceil(len(examples) / batch_size)
     model.train()
     seconds = []
@@ -154,9 +155,11 @@ def train_ours(folder, examples, batch_size, device, dtype, cuda_graphs=False, p
             tensors = tokenize_batch(model, [[e.texts[0] for e in batch], [e.texts[1] for e in batch]],
                                      [e.label for e in batch])
             lr = 2e-5 * warmup_then_linear_decay(step, math.ceil(0.1 * steps), steps)
-            train_step(step_loss, optimizer, tensors, lr, autocast_dtype=autocast, scaler=scaler)
+            train_step(step_loss, optimizer, tensors, lr, autocast_dtype=autocast, scaler=scaler, watch=watch)
         synchronize(device)
         seconds.append(time.perf_counter() - start)
+        if watch.first_failure() is not None:
+            raise FloatingPointError(f"minisbert {dtype}: step {watch.first_failure()} was not finite")
     return seconds, len(step_loss.graphs) if cuda_graphs else 0
 
 

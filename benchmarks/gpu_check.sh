@@ -19,9 +19,9 @@ if compgen -G ".gpu/wheels/*.whl" >/dev/null; then  # datasets for sentence-tran
         && export PYTHONPATH=$PYTHONPATH:${TMPDIR:-/tmp}/gpu-check-site
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-timeout 150 "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/tests.log"
+timeout 200 "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/tests.log"
 tests=${PIPESTATUS[0]}
-timeout 330 "$PYTHON" benchmarks/gpu_check.py --assets .gpu --json "$OUT/gpu_check.json" --tune-seconds 25 "$@" 2>&1 \
+timeout 270 "$PYTHON" benchmarks/gpu_check.py --assets .gpu --json "$OUT/gpu_check.json" --tune-seconds 25 "$@" 2>&1 \
     | tee "$OUT/bench.log"
 bench=${PIPESTATUS[0]}
 echo "CUDA tests exit $tests, measurements exit $bench; figures in $OUT/gpu_check.json"

@@ -17,6 +17,7 @@ stay eager, a few launches each.
 """
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -61,21 +62,24 @@ class GraphedLoss:
     """Calls `loss_fn(batch)` as one recorded CUDA graph per batch shape (forward and backward), in place of the
     loss in train_step. `autocast_dtype` must be train_step's: the graph keeps the precision it was recorded in.
 
-    Up to `max_graphs` shapes are recorded (each holds its activations' memory); batches of further shapes run
-    eagerly. `record` makes a graphed module from a module and sample inputs: CUDA graphs by default, which need
-    the model on a GPU (the tests pass a stand-in that returns the module, to run the rest on the CPU).
+    Each graph holds its own activations' memory, so shapes are recorded only up to `max_graphs` of them, and while
+    at least `min_free` of the GPU's memory is free; batches of further shapes run eagerly. A recording that fails
+    (an operation a graph cannot hold, too little memory) is reported once with a warning, and the steps run
+    eagerly from then on. `record` makes a graphed module from a module and sample inputs: CUDA graphs by default,
+    which need the model on a GPU (the tests pass a stand-in that returns the module, to run the rest on the CPU).
     """
 
     def __init__(self, loss_fn: nn.Module, autocast_dtype: torch.dtype | None = None, bucket: int = 16,
-                 max_graphs: int = 32, record=record_cuda_graphs):
+                 max_graphs: int = 32, min_free: float = 0.25, record=record_cuda_graphs):
         self.device = next(loss_fn.parameters()).device
         if record is record_cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need the model on a GPU; it is on {self.device}")
         if bucket < 1:
             raise ValueError(f"bucket must be at least 1 token, not {bucket}")
         self.loss_fn, self.autocast_dtype, self.bucket = loss_fn, autocast_dtype, bucket
-        self.max_graphs, self.record = max_graphs, record
+        self.max_graphs, self.min_free, self.record = max_graphs, min_free, record
         self.graphs = {}  # (input names, shapes, dtypes, columns, training) -> graphed module
+        self.failure = None  # the error of a recording that failed: no more are tried
 
     def __call__(self, batch: dict) -> torch.Tensor:
         config = self.loss_fn.model.encoder.config
@@ -85,10 +89,23 @@ class GraphedLoss:
         key = (names, tuple(tuple(t.shape) for t in tensors), tuple(t.dtype for t in tensors), batch["columns"],
                self.loss_fn.training)
         if key not in self.graphs:
-            if len(self.graphs) >= self.max_graphs:
+            if self.failure is not None or len(self.graphs) >= self.max_graphs or not self._memory_left():
                 return self.loss_fn(batch)
-            self.graphs[key] = self._record(LossOfTensors(self.loss_fn, names, batch["columns"]), tensors)
+            try:
+                self.graphs[key] = self._record(LossOfTensors(self.loss_fn, names, batch["columns"]), tensors)
+            except Exception as error:  # noqa: BLE001 - eager steps compute the same loss: warned, not fatal
+                self.failure = error
+                warnings.warn(f"a CUDA graph could not record the training step of shape "
+                              f"{tuple(batch['input_ids'].shape)} ({type(error).__name__}: {error}); the steps of "
+                              f"shapes not yet recorded run eagerly from now on")
+                return self.loss_fn(batch)
         return self.graphs[key](*tensors)
+
+    def _memory_left(self) -> bool:
+        if self.device.type != "cuda":
+            return True
+        free, total = torch.cuda.mem_get_info(self.device)
+        return free >= self.min_free * total
 
     def _record(self, module: nn.Module, tensors: tuple[torch.Tensor, ...]) -> nn.Module:
         encoder = self.loss_fn.model.encoder

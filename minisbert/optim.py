@@ -55,7 +55,12 @@ class AdamW(torch.optim.Optimizer):
         return device.type == "cuda" or (device.type == "cpu" and torch.__version__ >= "2.4")
 
     @torch.no_grad()
-    def step(self):
+    def step(self, found_inf: torch.Tensor | None = None):
+        """One update of every parameter with a gradient. `found_inf`, a 0-dim float tensor on the parameters'
+        device, skips the update where it is not 0: on the device, without a host sync, in the fused kernel (the
+        steps are still counted: train.py stops the run before it keeps such a state)."""
+        if found_inf is not None and not self.uses_fused_kernel(found_inf.device) and found_inf.item():
+            return
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -82,7 +87,7 @@ class AdamW(torch.optim.Optimizer):
                 torch._fused_adamw_(params, grads, exp_avg, exp_avg_sq, [],
                                     [step_tensors[t, p.device] for t, p in zip(steps, params)], lr=lr, beta1=beta1,
                                     beta2=beta2, weight_decay=group["weight_decay"], eps=eps, amsgrad=False,
-                                    maximize=False)
+                                    maximize=False, found_inf=found_inf)
                 continue
             if group["weight_decay"]:
                 torch._foreach_mul_(params, 1 - lr * group["weight_decay"])

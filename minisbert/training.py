@@ -18,17 +18,42 @@ import torch.distributed as dist
 STATE_FILE = "training_state.pt"
 
 
+class NonFiniteWatch:
+    """The finite test of each step run on the device, read by the host only when asked (no wait for the GPU per step).
+
+    `first` holds the number of the first step whose loss or gradient norm was not finite (-1 while none was). From
+    that step on, AdamW skips every update on the device (its `found_inf`), so no weight changes after it, as when the
+    test stops the run at once. The caller reads it (`first_failure`, which waits for the GPU) before anything that
+    keeps or shows the weights: a checkpoint, an evaluation, the saved model; and at each log record.
+    """
+
+    def __init__(self, device, steps_done: int = 0):
+        self.first = torch.full((), -1, dtype=torch.int64, device=device)
+        self.step = steps_done  # the next step is number step + 1
+
+    def update(self, finite: torch.Tensor) -> torch.Tensor:
+        """Take this step's test; returns 1.0 on the device if the update must be skipped, else 0.0."""
+        self.step += 1
+        self.first.copy_(torch.where((self.first < 0) & ~finite, self.step, self.first))
+        return (self.first >= 0).float()
+
+    def first_failure(self) -> int | None:
+        first = int(self.first)
+        return None if first < 0 else first
+
+
 def train_step(loss_fn, optimizer, batch: dict, lr: float, max_grad_norm: float = 1.0,
                autocast_dtype: torch.dtype | None = None, scaler=None, is_finite=None,
-               weight: float = 1.0) -> torch.Tensor | None:
+               weight: float = 1.0, watch: NonFiniteWatch | None = None) -> torch.Tensor | None:
     """Forward, backward, clip at `max_grad_norm`, AdamW step at `lr`. Returns the loss, or None if the loss or the
     gradient is not finite (then nothing is updated). `is_finite` may widen that test to every process of a
-    distributed run. `weight` scales this process's loss (its share of an uneven global batch)."""
+    distributed run. `weight` scales this process's loss (its share of an uneven global batch). With a `watch`, the
+    test runs on the device instead, without a host sync, and the loss is always returned: see NonFiniteWatch."""
     device_type = batch["input_ids"].device.type
     with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         loss = loss_fn(batch) * weight
     finite = torch.isfinite(loss.detach())
-    if not (is_finite(finite) if is_finite else bool(finite)):
+    if watch is None and not (is_finite(finite) if is_finite else bool(finite)):
         optimizer.zero_grad(set_to_none=True)
         return None
     for group in optimizer.param_groups:
@@ -41,6 +66,11 @@ def train_step(loss_fn, optimizer, batch: dict, lr: float, max_grad_norm: float 
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
     # fp16's scaler skips a step with infinite gradients by itself (and lowers the scale); elsewhere they stop the run
+    if watch is not None:
+        skip = watch.update(finite if scaler is not None else finite & torch.isfinite(norm))
+        (scaler.step(optimizer, found_inf=skip), scaler.update()) if scaler else optimizer.step(found_inf=skip)
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
     if scaler is None and not (is_finite(torch.isfinite(norm)) if is_finite else bool(torch.isfinite(norm))):
         optimizer.zero_grad(set_to_none=True)
         return None
@@ -171,12 +201,13 @@ class LossWindow:
     def reset(self) -> None:
         self.loss, self.steps, self.seconds = 0.0, 0, 0.0
 
-    def add(self, loss: float, seconds: float) -> None:
+    def add(self, loss: float | torch.Tensor, seconds: float) -> None:
+        """A step's loss (a tensor is summed where it is, without waiting for the GPU) and its seconds."""
         self.loss, self.steps, self.seconds = self.loss + loss, self.steps + 1, self.seconds + seconds
 
     def record(self, step: int, epoch: int, lr: float, batch_size: int) -> dict:
         """The metrics record of the window, which then starts afresh."""
-        record = {"step": step, "epoch": epoch, "loss": self.loss / self.steps, "lr": lr,
+        record = {"step": step, "epoch": epoch, "loss": float(self.loss) / self.steps, "lr": lr,
                   "pairs_per_s": self.steps * batch_size / self.seconds}
         self.reset()
         return record

@@ -7,6 +7,7 @@ their embeddings are compared by cosine."""
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from kernel_cases import GPU_CASES, check
@@ -154,3 +155,33 @@ def test_cuda_graph_training_steps_equal_eager_steps(random_minilm, dtype, dropo
     assert len(step_loss.graphs) == 3
     tolerance = 1e-4 if dtype is None else 2e-2
     assert runs[True] == pytest.approx(runs[False], rel=tolerance, abs=tolerance)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "mpnet"])
+def test_train_py_on_one_gpu_records_every_shape_and_trains(tmp_path, gpu_tokenizer, model_type):
+    """train.py's defaults on one GPU: CUDA graphs (each architecture's step must record, or a warning says it ran
+    eagerly) and the finite test on the device; for BERT also a NaN, which must stop the run and name the step."""
+    import json
+
+    from test_train_cli import metrics, train
+
+    torch.manual_seed(0)
+    config = EncoderConfig(model_type=model_type, vocab_size=30522, hidden_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, intermediate_size=128, max_position_embeddings=514,
+                           type_vocab_size=2 if model_type == "bert" else 1)
+    SentenceTransformer(encoder=Encoder(config), tokenizer=gpu_tokenizer).save(tmp_path / "model")
+    labels = ["contradiction", "entailment", "neutral"]
+    pairs = [(" ".join([a] * repeat), b, y) for repeat in (1, 3, 6) for a, b, y in PAIRS]  # three lengths, shapes
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"sentence1": a, "sentence2": b, "gold_label": labels[y]})
+                                                  + "\n" for a, b, y in pairs))
+    options = ["--data", tmp_path / "pairs.jsonl", "--model", tmp_path / "model", "--device", "cuda", "--precision",
+               "bf16", "--batch-size", 8, "--epochs", 2, "--log-steps", 3, "--eval-steps", 0]
+    run = train(*options, "--lr", "1e-3", "--output", tmp_path / "out")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "could not record" not in run.stderr, run.stderr[-3000:]
+    losses = [record["loss"] for record in metrics(tmp_path / "out") if "loss" in record]
+    assert len(losses) == 4 and all(np.isfinite(losses)), losses
+    if model_type == "bert":
+        run = train(*options, "--lr", "1e20", "--warmup", 0, "--checkpoint-steps", 1, "--output", tmp_path / "nan")
+        assert run.returncode == 1 and "the loss or its gradient is not finite at step" in run.stderr, run.stderr[-3000:]
+

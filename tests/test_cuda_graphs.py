@@ -158,6 +158,30 @@ def test_shapes_beyond_max_graphs_run_eagerly(dropout_free_minilm):
     torch.testing.assert_close(loss, expected, atol=1e-6, rtol=0)
 
 
+def test_a_recording_that_fails_warns_once_and_the_steps_run_eagerly(dropout_free_minilm):
+    model = SentenceTransformer(dropout_free_minilm)
+    loss_fn = SoftmaxLoss(model, num_labels=3)
+    stand_in = StandIn()
+
+    def failing(module, tensors):
+        if stand_in.calls:  # the second shape: as an operation a graph cannot hold would fail
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return stand_in(module, tensors)
+
+    step_loss = GraphedLoss(loss_fn, record=failing)
+    batches = [tokenize_batch(model, *columns_and_labels(pairs)) for pairs in (PAIRS, LONGER, LONGER[:1])]
+    with torch.no_grad():
+        step_loss(batches[0])
+        with pytest.warns(UserWarning, match=r"could not record the training step of shape \(4, \d+\) \(RuntimeError: "
+                                             "operation not permitted") as warned:
+            losses = [step_loss(batch) for batch in batches[1:]]
+        expected = [loss_fn(batch) for batch in batches[1:]]
+    assert len(warned) == 1 and len(stand_in.calls) == 1 and len(step_loss.graphs) == 1
+    assert not model.encoder.capturable and model.encoder.packing  # put back after the failed recording
+    for loss, want in zip(losses, expected):
+        torch.testing.assert_close(loss, want, atol=1e-6, rtol=0)
+
+
 def test_cuda_graphs_off_the_gpu_are_refused_with_the_device_named(dropout_free_minilm):
     model = SentenceTransformer(dropout_free_minilm)
     with pytest.raises(ValueError, match="CUDA graphs need the model on a GPU; it is on cpu"):

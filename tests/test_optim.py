@@ -102,6 +102,30 @@ def test_train_step_clips_the_gradient_norm_at_1_and_skips_a_non_finite_loss():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_with_a_watch_the_first_non_finite_step_is_kept_on_the_device_and_no_weight_changes_after_it(fused):
+    from minisbert.training import NonFiniteWatch, train_step
+
+    model, reference = small_model(), small_model()
+    optimizer, reference_optimizer = (AdamW(parameter_groups(m), lr=1e-3, fused=fused) for m in (model, reference))
+    batch = {"input_ids": torch.zeros(1, 1, dtype=torch.long)}  # only its device is read; the loss ignores it
+    watch = NonFiniteWatch("cpu", steps_done=10)
+    for step in range(2):  # finite steps: the same update as without a watch
+        losses = [train_step(lambda _: loss_of(m, step), o, batch, lr=1e-3, watch=w)
+                  for m, o, w in ((model, optimizer, watch), (reference, reference_optimizer, None))]
+        assert torch.equal(losses[0], losses[1])
+    assert watch.first_failure() is None
+    before = [p.clone() for p in model.parameters()]
+    # step 13: a finite loss whose gradient is not (d sqrt(x)/dx at 0); step 14: a NaN loss; step 15: finite again
+    infinite_gradient = lambda _: loss_of(model, 0) + torch.sqrt(model["head"].weight.abs().sum() * 0)  # noqa: E731
+    assert torch.isfinite(train_step(infinite_gradient, optimizer, batch, lr=1e-3, watch=watch))
+    assert torch.isnan(train_step(lambda _: loss_of(model, 1) * float("nan"), optimizer, batch, lr=1e-3, watch=watch))
+    assert torch.isfinite(train_step(lambda _: loss_of(model, 2), optimizer, batch, lr=1e-3, watch=watch))
+    assert watch.first_failure() == 13
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_fused_kernel_equals_the_written_out_update_with_uneven_step_counts():
     # tensors without a gradient in some steps have taken fewer steps: their bias corrections differ
     torch.manual_seed(0)
