@@ -134,9 +134,12 @@ def search_and_mining(args, record: dict, failures: list) -> None:
         failures.append(f"mining: {wrong} pairs differ from sentence-transformers")
 
 
-def train_ours(folder, examples, batch_size, device, dtype, cuda_graphs=False, passes=1) -> tuple[list[float], int]:
+def train_ours(folder, examples, batch_size, device, dtype, cuda_graphs=False, passes=1,
+               host_seconds: list | None = None) -> tuple[list[float], int]:
     """`passes` runs over `examples`: (the seconds of each, the number of CUDA graphs recorded). With CUDA
-    graphs, the first pass records one graph per batch shape, and the next ones replay them."""
+    graphs, the first pass records one graph per batch shape, and the next ones replay them. `host_seconds`
+    receives, for each pass, when the host had queued its last step: near the pass's seconds, the host is what
+    limits; well below, the GPU is."""
     model = SentenceTransformer(folder, device=device)
     loss_fn = SoftmaxLoss(model, num_labels=3)
     optimizer = AdamW(parameter_groups(loss_fn), lr=2e-5)
@@ -156,6 +159,8 @@ def train_ours(folder, examples, batch_size, device, dtype, cuda_graphs=False, p
                                      [e.label for e in batch])
             lr = 2e-5 * warmup_then_linear_decay(step, math.ceil(0.1 * steps), steps)
             train_step(step_loss, optimizer, tensors, lr, autocast_dtype=autocast, scaler=scaler, watch=watch)
+        if host_seconds is not None:
+            host_seconds.append(time.perf_counter() - start)
         synchronize(device)
         seconds.append(time.perf_counter() - start)
         if watch.first_failure() is not None:
@@ -224,17 +229,22 @@ def training(args, examples, folder: Path, shape: str, record: dict, failures: l
 
 
 def graphed_training(args, examples, folder: Path, shape: str, dtype: str, references: dict, row: dict) -> None:
-    """train.py --cuda-graphs' steps: the first pass records a graph per batch shape, the second replays them."""
+    """train.py's steps on one GPU (CUDA graphs): the first pass records a graph per batch shape, the second
+    replays them."""
     amp = row["reference_dtype"]
-    seconds, graphs = train_ours(folder, examples, 16, args.device, dtype, cuda_graphs=True, passes=2)
+    host = []
+    seconds, graphs = train_ours(folder, examples, 16, args.device, dtype, cuda_graphs=True, passes=2,
+                                 host_seconds=host)
     mine = len(examples) / seconds[1]
+    row[f"minisbert_{dtype}_cuda_graphs_host_share"] = host[1] / seconds[1]
     row[f"minisbert_{dtype}_cuda_graphs_pairs_per_s"] = mine
     row[f"minisbert_{dtype}_cuda_graphs_first_pass_s"] = seconds[0]
     row[f"minisbert_{dtype}_cuda_graphs_recorded"] = graphs
     # an AllNLI epoch (batch 16): the steady rate, plus once the first pass's recording time
     row[f"allnli_epoch_minutes_{dtype}_cuda_graphs"] = (ALLNLI_PAIRS / mine + seconds[0]) / 60
     print(f"train {shape:<9} batch 16: minisbert {dtype} with CUDA graphs {mine:.1f} pairs/s ({graphs} graphs, first "
-          f"pass {seconds[0]:.1f} s); an AllNLI epoch {row[f'allnli_epoch_minutes_{dtype}_cuda_graphs']:.1f} min",
+          f"pass {seconds[0]:.1f} s, the host done queuing at {100 * host[1] / seconds[1]:.0f}% of the second); "
+          f"an AllNLI epoch {row[f'allnli_epoch_minutes_{dtype}_cuda_graphs']:.1f} min",
           flush=True)
     for name in references:
         if name in row:
