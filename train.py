@@ -346,7 +346,8 @@ def main():
             logging = main_process and progress["step"] % args.log_steps == 0
             if logging:  # waits for the GPU, so that the window's seconds hold its work
                 stop_if_not_finite()
-            window.add(loss if world_size == 1 else mean_over_processes(loss, world_size), time.perf_counter() - started)
+            loss = loss if world_size == 1 else mean_over_processes(loss, world_size)  # one process: stays on the GPU
+            window.add(loss, time.perf_counter() - started)
             bar.update()
             if logging:
                 record = window.record(progress["step"], epoch, lr, global_batch)

@@ -183,5 +183,6 @@ def test_train_py_on_one_gpu_records_every_shape_and_trains(tmp_path, gpu_tokeni
     assert len(losses) == 4 and all(np.isfinite(losses)), losses
     if model_type == "bert":
         run = train(*options, "--lr", "1e20", "--warmup", 0, "--checkpoint-steps", 1, "--output", tmp_path / "nan")
-        assert run.returncode == 1 and "the loss or its gradient is not finite at step" in run.stderr, run.stderr[-3000:]
+        assert run.returncode == 1, run.stderr[-3000:]
+        assert "the loss or its gradient is not finite at step" in run.stderr, run.stderr[-3000:]
 
