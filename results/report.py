@@ -166,8 +166,9 @@ def main():
         path = args.folder / f"{name}.json"
         return json.loads(path.read_text()) if path.exists() else None
 
-    gpu_files = sorted((ROOT / "benchmarks" / "results").glob("gpu_check_*.json"))
-    gpu = json.loads(gpu_files[-1].read_text()) if gpu_files else None
+    # the newest GPU check that measured encoding (some runs measure search only: gpu_check.py --parts)
+    gpu_runs = [json.loads(f.read_text()) for f in sorted((ROOT / "benchmarks" / "results").glob("gpu_check_*.json"))]
+    gpu = next((run for run in reversed(gpu_runs) if "encode_minilm" in run), None)
     not_run = "Not run yet: the command above writes `{name}.json`, then `python results/report.py` fills this in."
     sections = {"table1": lambda r: table1(r), "table2": lambda r: table2(r, args.folder),
                 "table6": lambda r: table6(r, args.folder), "table7": lambda r: table7(r, gpu)}
