@@ -126,10 +126,39 @@ def semantic_search(query_embeddings, corpus_embeddings, query_chunk_size: int =
                          f"and the corpus is {tuple(corpus.shape)}")
     if len(queries) == 0:
         return []
-    scores, ids = top_k_scores(queries, corpus, min(top_k, len(corpus)), score_function,
-                               query_chunk_size=query_chunk_size, corpus_chunk_size=corpus_chunk_size)
-    return [[{"corpus_id": i, "score": s} for i, s in zip(row_ids, row_scores)]
-            for row_scores, row_ids in zip(scores.tolist(), ids.tolist())]
+    # a GPU searches the queries a few thousand at a time, so that the host turns one chunk's hits into dicts (as
+    # long as the search itself, for 10,000 queries) while the GPU searches the next
+    chunk, results, previous = _overlap_chunk(queries), [], None
+    for start in range(0, len(queries), chunk):
+        found = _Hits(*top_k_scores(queries[start:start + chunk], corpus, min(top_k, len(corpus)), score_function,
+                                    query_chunk_size=query_chunk_size, corpus_chunk_size=corpus_chunk_size))
+        results += previous.as_dicts() if previous else []
+        previous = found
+    return results + previous.as_dicts()
+
+
+OVERLAP_QUERIES = 2048  # queries per search on a GPU: enough to fill it, few enough to overlap the host's work
+
+
+def _overlap_chunk(queries: torch.Tensor) -> int:
+    return OVERLAP_QUERIES if queries.is_cuda else len(queries)
+
+
+class _Hits:
+    """(scores, ids) on their way to the host: the copy is queued without waiting, and read once it is done."""
+
+    def __init__(self, scores: torch.Tensor, ids: torch.Tensor):
+        # non_blocking from a GPU copies into pinned memory; the event marks the copy's end
+        self.scores, self.ids = scores.to("cpu", non_blocking=True), ids.to("cpu", non_blocking=True)
+        self.copied = torch.cuda.Event() if scores.device.type == "cuda" else None
+        if self.copied is not None:
+            self.copied.record()
+
+    def as_dicts(self) -> list[list[dict]]:
+        if self.copied is not None:
+            self.copied.synchronize()
+        return [[{"corpus_id": i, "score": s} for i, s in zip(row_ids, row_scores)]
+                for row_scores, row_ids in zip(self.scores.tolist(), self.ids.tolist())]
 
 
 def _keep_best_pairs(scores: torch.Tensor, keys: torch.Tensor, max_pairs: int):

@@ -130,8 +130,9 @@ def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offse
     queries, corpus = queries.contiguous(), corpus.contiguous()
     n_queries, dim = queries.shape
     if normalize:  # cosine: each dot product times both inverse norms (clamped at the eps of F.normalize)
-        query_scale = 1 / queries.float().norm(dim=1).clamp_min(1e-12)
-        corpus_scale = 1 / corpus.float().norm(dim=1).clamp_min(1e-12)
+        # summed in fp32 without an fp32 copy of the corpus (1.5 GB for 1,000,000 x 384 in fp16)
+        query_scale = 1 / torch.linalg.vector_norm(queries, dim=1, dtype=torch.float32).clamp_min(1e-12)
+        corpus_scale = 1 / torch.linalg.vector_norm(corpus, dim=1, dtype=torch.float32).clamp_min(1e-12)
     else:  # the dot product itself
         query_scale = torch.ones(len(queries), device=queries.device)
         corpus_scale = torch.ones(len(corpus), device=corpus.device)

@@ -51,6 +51,21 @@ def test_fused_fp32_kernel_keeps_fp32_precision_on_random_vectors(k):
     assert not ((got_ids != ids) & (gaps > 1e-6)).any()
 
 
+def test_semantic_search_on_the_gpu_in_overlapped_chunks_equals_the_cpu():
+    # 5,000 queries: three chunks of OVERLAP_QUERIES, each copied to the host while the next is searched
+    from kernel_cases import exact_rows
+
+    from minisbert import semantic_search
+    from minisbert.search import OVERLAP_QUERIES
+
+    corpus = exact_rows(20_000, 384, torch.Generator().manual_seed(1))
+    queries = exact_rows(5_000, 384, torch.Generator().manual_seed(2))
+    assert len(queries) > 2 * OVERLAP_QUERIES
+    for dtype in (torch.float32, torch.float16):
+        expected = semantic_search(queries.to(dtype), corpus.to(dtype), top_k=10)
+        assert semantic_search(queries.to("cuda", dtype), corpus.to("cuda", dtype), top_k=10) == expected, dtype
+
+
 @pytest.fixture(scope="module")
 def random_minilm(gpu_tokenizer) -> SentenceTransformer:
     """all-MiniLM-L6-v2's shape with random weights (speed and agreement depend on shapes, not values)."""

@@ -41,6 +41,18 @@ def test_semantic_search_equals_brute_force_with_duplicates_and_ties(n_queries, 
         assert [hit["score"] for hit in row] == pytest.approx([full[q, i].item() for i in expected[q]], abs=1e-6)
 
 
+def test_semantic_search_in_overlapped_query_chunks_gives_the_same_hits(monkeypatch):
+    # on a GPU the queries go in chunks (the host builds one chunk's hits while the GPU searches the next): the
+    # same chunking here, on the CPU, must give the same lists in the same order
+    from minisbert import search
+
+    corpus = tied_vectors(40, seed=6)
+    expected = semantic_search(corpus[:11], corpus, top_k=5, corpus_chunk_size=16)
+    monkeypatch.setattr(search, "_overlap_chunk", lambda queries: 3)
+    assert semantic_search(corpus[:11], corpus, top_k=5, corpus_chunk_size=16) == expected
+    assert [[hit["corpus_id"] for hit in row] for row in expected] == brute_force(corpus[:11], corpus, 5)
+
+
 def test_semantic_search_on_real_embeddings(minilm_folder):
     from minisbert import SentenceTransformer
     texts = ["A man is playing guitar.", "A man plays a guitar.", "A woman is slicing an onion.", "A cat sleeps.",
