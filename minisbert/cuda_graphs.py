@@ -16,6 +16,7 @@ through autograd as usual. train_step runs unchanged: gradient clipping, fp16's 
 stay eager, a few launches each.
 """
 
+import contextlib
 import math
 import warnings
 
@@ -113,8 +114,10 @@ class GraphedLoss:
         encoder.capturable = True  # embedding gradients without a host sync (Encoder.lookup)
         # the recording runs the loss a few times first (dropout draws random numbers): the generators are put back
         devices = [self.device] if self.device.type == "cuda" else []
+        # the recording's streams are the current GPU's: the model's, also when it is not cuda:0 (--device cuda:1)
+        on_model_gpu = torch.cuda.device(self.device) if devices else contextlib.nullcontext()
         try:
-            with torch.random.fork_rng(devices=devices), torch.autocast(
+            with on_model_gpu, torch.random.fork_rng(devices=devices), torch.autocast(
                     self.device.type, dtype=self.autocast_dtype or torch.float32,
                     enabled=self.autocast_dtype is not None, cache_enabled=False):
                 return self.record(module, tensors)
