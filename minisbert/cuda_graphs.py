@@ -1,8 +1,9 @@
-"""Training steps whose forward and backward replay as CUDA graphs (train.py --cuda-graphs).
+"""Training steps whose forward and backward replay as CUDA graphs (train.py's default on one GPU).
 
 On a GPU, a training step of these encoders is mostly kernel launches: a bert-base step of batch 16 holds about
 2 ms of arithmetic, and eager PyTorch took about 48 ms a step on an H200, launching its forward and backward
-kernels one by one from Python. A CUDA graph records those kernels once and replays them with one launch.
+kernels one by one from Python. A CUDA graph records those kernels once and replays them with one launch: on the
+H200, 13 ms a step (benchmarks/gpu_check.py, 2026-11-27).
 
 A graph is fixed to the shapes and addresses of its tensors, so:
 - each batch is padded on the right to a bucket, its length rounded up to a multiple of `bucket` tokens, and one
