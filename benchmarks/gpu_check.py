@@ -290,9 +290,10 @@ def tune(args, record: dict, failures: list) -> None:
             seconds, found = timed(lambda: _merge_lowest_id_first(*topk_kernel.cosine_top_k(q, c, 10, config=config), 10),
                                    args.repeats, args.device)
         except Exception as error:  # noqa: BLE001 - another setting the compiler refuses: reported, not fatal
-            print(f"tune {dtype} {config}: {type(error).__name__}: {str(error)[:200]}", flush=True)
+            message = f"tune {dtype} {config}: {type(error).__name__}: {str(error)[:200]}"
+            print(message, flush=True)
             if dtype not in expected:  # the reference setting of its dtype
-                failures.append(f"tune {dtype} {config}: {type(error).__name__}: {str(error)[:200]}")
+                failures.append(message)
             continue
         reference = expected.setdefault(dtype, found)
         # another BLOCK_D sums in another order: the same hits, scores equal to fp32 rounding
@@ -372,8 +373,9 @@ def main():
         record["failures"] = failures
         args.json.write_text(json.dumps(record, indent=2) + "\n")
 
+    models_needed = "encode" in args.parts or "train" in args.parts or args.profile
     with tempfile.TemporaryDirectory() as scratch:
-        for shape in ("minilm", "bert-base"):
+        for shape in ("minilm", "bert-base") if models_needed else ():
             folder = random_model(shape, args.assets, Path(scratch) / shape)
             if "encode" in args.parts:
                 section(f"encode {shape}", encoding, args, sentences, folder, shape, record, failures)

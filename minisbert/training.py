@@ -19,7 +19,7 @@ STATE_FILE = "training_state.pt"
 
 
 class NonFiniteWatch:
-    """The finite test of each step run on the device, read by the host only when asked (no wait for the GPU per step).
+    """Each step's finite test, run on the device and read by the host only when asked: no wait for the GPU per step.
 
     `first` holds the number of the first step whose loss or gradient norm was not finite (-1 while none was). From
     that step on, AdamW skips every update on the device (its `found_inf`), so no weight changes after it, as when the
@@ -66,19 +66,18 @@ def train_step(loss_fn, optimizer, batch: dict, lr: float, max_grad_norm: float 
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
     # fp16's scaler skips a step with infinite gradients by itself (and lowers the scale); elsewhere they stop the run
+    skip = None  # with a watch: 1.0 on the device where AdamW must skip the update
     if watch is not None:
         skip = watch.update(finite if scaler is not None else finite & torch.isfinite(norm))
-        (scaler.step(optimizer, found_inf=skip), scaler.update()) if scaler else optimizer.step(found_inf=skip)
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-    if scaler is None and not (is_finite(torch.isfinite(norm)) if is_finite else bool(torch.isfinite(norm))):
+    elif scaler is None and not (is_finite(torch.isfinite(norm)) if is_finite else bool(torch.isfinite(norm))):
         optimizer.zero_grad(set_to_none=True)
         return None
+    skipping = {} if skip is None else {"found_inf": skip}  # (so that any optimizer works without a watch)
     if scaler is not None:
-        scaler.step(optimizer)
+        scaler.step(optimizer, **skipping)
         scaler.update()
     else:
-        optimizer.step()
+        optimizer.step(**skipping)
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()
 
