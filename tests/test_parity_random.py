@@ -23,12 +23,12 @@ TEXTS = ["The quick brown fox", "", "Ça va très bien, naïve café", "emoji �
          "the lazy dog " * 30, "Москва", "  spaces around  "]
 
 
-def both_hidden_states(folder, padding_side: str = "right"):
-    """(ours, transformers', the real-token mask, our encoder) on TEXTS padded on `padding_side`."""
+def both_hidden_states(folder, padding_side: str = "right", texts: list[str] = TEXTS):
+    """(ours, transformers', the batch, our encoder) on `texts` padded on `padding_side`."""
     reference = AutoModel.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = padding_side
-    batch = tokenizer(TEXTS, padding=True, truncation=True, max_length=60, return_tensors="pt")
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=60, return_tensors="pt")
     encoder, _ = load_encoder(folder)
     with torch.no_grad():
         expected = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
@@ -41,6 +41,44 @@ def test_hidden_states_equal_transformers(name, request):
     got, expected, batch, _ = both_hidden_states(request.getfixturevalue(name))
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
+def test_attention_over_short_rows_through_two_products_equals_transformers(name, request, monkeypatch):
+    # on the CPU at inference, rows of at most SHORT_ROWS tokens skip the fused attention kernel (Layer.attend);
+    # TEXTS' longest row (60 tokens) keeps it, which the test above checks
+    from minisbert.encoder import SHORT_ROWS, Layer
+    choices = []
+    attends_with_products = Layer.attends_with_products
+    monkeypatch.setattr(Layer, "attends_with_products",
+                        staticmethod(lambda *a: choices.append(attends_with_products(*a)) or choices[-1]))
+    got, expected, batch, _ = both_hidden_states(request.getfixturevalue(name), texts=TEXTS[:5] + TEXTS[6:])
+    assert 8 < batch["input_ids"].shape[1] <= SHORT_ROWS and choices and all(choices)
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
+    both_hidden_states(request.getfixturevalue(name))
+    assert not choices[-1]
+
+
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
+def test_a_batch_that_pads_little_runs_unpacked_on_the_cpu_and_equals_transformers(name, request, monkeypatch):
+    # packing costs more than it saves where padding is under PACK_ABOVE of the batch (Encoder.packs)
+    from minisbert import encoder as encoder_module
+    packed, pack = [], encoder_module.Packing.pack
+
+    def watched_pack(self, x):
+        packed.append(self.index is not None)
+        return pack(self, x)
+
+    monkeypatch.setattr(encoder_module.Packing, "pack", watched_pack)
+    texts = ["one two three four five six seven eight"] * 30 + ["one two three four five six seven"]
+    got, expected, batch, _ = both_hidden_states(request.getfixturevalue(name), texts=texts)
+    mask = batch["attention_mask"].bool()
+    assert 0 < (~mask).sum() < encoder_module.PACK_ABOVE * mask.numel() and packed and not any(packed)
+    torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
+    assert got[~mask].abs().max() == 0
+    both_hidden_states(request.getfixturevalue(name))  # TEXTS pad a lot: packed
+    assert packed[-1]
 
 
 @pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
