@@ -158,15 +158,17 @@ class Packing:
     def __init__(self, attention_mask: torch.Tensor, enabled: bool = True, lengths: torch.Tensor | None = None):
         self.shape = attention_mask.shape
         self.index = self.cu_seqlens = None
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, dtype=torch.int64, device="cpu")
+            fits = not len(lengths) or 0 < lengths.min() <= lengths.max() <= self.shape[1]
+            if lengths.shape != self.shape[:1] or not fits:
+                raise ValueError(f"lengths {lengths.tolist()} do not fit a batch of shape {tuple(self.shape)}: one "
+                                 f"count per row, each from 1 to {self.shape[1]}")
         if not enabled:
             return
         if lengths is None:
             self.index = attention_mask.flatten().nonzero().squeeze(1)  # (N,) in the (B * S) grid
             return
-        lengths = torch.as_tensor(lengths, dtype=torch.int64, device="cpu")
-        if lengths.shape != self.shape[:1] or (len(lengths) and not 0 < lengths.min() <= lengths.max() <= self.shape[1]):
-            raise ValueError(f"lengths {lengths.tolist()} do not fit a batch of shape {tuple(self.shape)}: one count "
-                             f"per row, each from 1 to {self.shape[1]}")
         on_gpu = attention_mask.is_cuda
 
         def to_device(t: torch.Tensor) -> torch.Tensor:
@@ -328,7 +330,7 @@ class Encoder(nn.Module):
             x = x + self.lookup(self.token_type_embeddings, types)
         x = x + self.lookup(self.position_embeddings, self.positions(input_ids))
         x = self.dropout(self.embeddings_norm(x))  # (B, S, D)
-        packing = Packing(attention_mask.bool(), self.packs(attention_mask, lengths), lengths)
+        packing = Packing(attention_mask.bool(), self.packs(attention_mask), lengths)
         mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S): every position attends to its row's tokens
         if self.relative_attention_bias is not None:
             buckets = relative_position_buckets(input_ids.shape[1], input_ids.device,
@@ -345,15 +347,14 @@ class Encoder(nn.Module):
         x = packing.unpack(x)  # (B, S, D)
         return x if packing.index is not None else x * attention_mask[..., None].to(x.dtype)  # zeros at padding
 
-    def packs(self, attention_mask: torch.Tensor, lengths: torch.Tensor | None) -> bool:
+    def packs(self, attention_mask: torch.Tensor) -> bool:
         """Whether this batch's dense layers run on its real tokens only (see Packing): always on a GPU, where
         attention then runs on the packed tokens too; on the CPU where padding is more than PACK_ABOVE of the
         batch. There moving the tokens between the two layouts costs a few percent of a forward pass, more than a
         batch of texts sorted by length, as encode() makes them, usually pads (0.5% on the STS benchmark)."""
         if not self.packing or attention_mask.device.type != "cpu":
             return self.packing
-        real = lengths.sum() if lengths is not None else attention_mask.sum()
-        return int(real) < (1 - PACK_ABOVE) * attention_mask.numel()
+        return int(attention_mask.sum()) < (1 - PACK_ABOVE) * attention_mask.numel()
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02):

@@ -72,11 +72,13 @@ def test_a_batch_that_pads_little_runs_unpacked_on_the_cpu_and_equals_transforme
 
     monkeypatch.setattr(encoder_module.Packing, "pack", watched_pack)
     texts = ["one two three four five six seven eight"] * 30 + ["one two three four five six seven"]
-    got, expected, batch, _ = both_hidden_states(request.getfixturevalue(name), texts=texts)
+    got, expected, batch, encoder = both_hidden_states(request.getfixturevalue(name), texts=texts)
     mask = batch["attention_mask"].bool()
     assert 0 < (~mask).sum() < encoder_module.PACK_ABOVE * mask.numel() and packed and not any(packed)
     torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
     assert got[~mask].abs().max() == 0
+    with pytest.raises(ValueError, match=r"lengths .* do not fit a batch of shape"):  # checked, packed or not
+        encoder(batch["input_ids"], batch["attention_mask"], lengths=batch["attention_mask"].sum(1)[:-1])
     both_hidden_states(request.getfixturevalue(name))  # TEXTS pad a lot: packed
     assert packed[-1]
 
