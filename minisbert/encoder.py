@@ -147,7 +147,8 @@ class Packing:
     """Where the real tokens of a padded batch (B, S) sit, to move activations between two layouts:
     packed (N, D), the N real tokens only, on which the dense layers run, so padding costs them nothing;
     padded (B, S, D), zeros at the padding, which attention needs. With `enabled=False` both are the padded
-    batch, flattened for the dense layers (the benchmarks measure what packing gains).
+    batch, flattened for the dense layers: on the CPU for a batch that pads little (Encoder.packs), and for the
+    benchmarks, which measure what packing gains.
 
     Finding the real tokens in a mask on the GPU makes the CPU wait for the GPU (a host sync per forward). A
     caller that knows each row's token count on the CPU (`lengths`, rows padded on the right, as the tokenizer
@@ -299,7 +300,7 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
         self.relative_attention_bias = (nn.Embedding(config.relative_attention_num_buckets, config.num_attention_heads)
                                         if config.model_type == "mpnet" else None)
-        self.packing = True  # run the dense layers on the real tokens only (see Packing)
+        self.packing = True  # run the dense layers on the real tokens only, where that pays (see packs)
         self.capturable = False  # set while CUDA graphs record a training step (see lookup)
         self.pooler_tensors = {}  # the checkpoint's pooler, unused by SBERT, written back on save
         if self.word_embeddings.weight.device.type != "meta":  # on the meta device a checkpoint fills every tensor
