@@ -2,12 +2,16 @@
 
 Each of a layer's products runs on int8 integers through oneDNN, which PyTorch ships (`torch.ops.onednn`):
 - the weights once, per output channel: w = scale_c * w_q, w_q integers in [-127, 127];
-- the activations at every call, per tensor, asymmetric: x = scale * (x_q - zero_point), x_q in [0, 255], so
-  that a tensor of GELU outputs (almost all >= 0) uses the whole range. The range is the batch's: an embedding
-  moves slightly with the texts batched with it;
+- the activations at every call, asymmetric: x = scale * (x_q - zero_point), x_q in [0, 255], so that a tensor
+  of GELU outputs (almost all >= 0) uses the whole range. The range is the batch's: an embedding moves slightly
+  with the texts batched with it;
+- where the input is a LayerNorm's output (the query/key/value and the first feed-forward products), its channels
+  are smoothed first (SmoothQuant, with divisors found from the LayerNorm's weights, no data: see smoothing), and
+  the tensor takes one range; the second feed-forward product's input (GELU outputs) takes one range per token
+  (quantize_rows), the attention output one per tensor;
 - oneDNN adds the int32 products up, scales them back to fp32 and adds the bias, the GELU and the residual in the
-  same pass. LayerNorm and pooling stay in fp32; attention runs in bf16 where the CPU has bf16 instructions
-  (hardware.fast_cpu_bf16), else in fp32.
+  same pass (per token, the tokens' scales are applied after it). LayerNorm and pooling stay in fp32; attention
+  runs in bf16 where the CPU has bf16 instructions (hardware.fast_cpu_bf16), else in fp32.
 The three products of the query, key and value share one quantized input and run as one product.
 
 CPUs without VNNI (AVX2, and AVX-512 before Cascade Lake) multiply uint8 by int8 with an instruction that adds pairs
@@ -35,37 +39,84 @@ def check_int8_support() -> None:
     try:  # the operators' signatures have changed between PyTorch releases: one tiny product tells
         x = torch.ones(2, 8)
         Int8Linear([nn.Linear(8, 8)], hidden_act="gelu")(x)
-        Int8Linear([nn.Linear(8, 8)])(x, residual=x)
+        Int8Linear([nn.Linear(8, 8)], input_norm=nn.LayerNorm(8))(x, residual=x)
+        Int8Linear([nn.Linear(8, 8)], per_row=True)(x, residual=x)
     except (AttributeError, RuntimeError, TypeError) as error:
         raise ValueError(f"dtype int8: PyTorch {torch.__version__}'s oneDNN int8 operators do not run here "
                          f"({str(error).splitlines()[0]}); it was built and tested with PyTorch 2.13: "
                          "use fp32 or bf16") from error
 
 
-def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
-    """x (N, K) float32 -> (x_q uint8 (N, K), scale, zero_point), over the range [min(x, 0), max(x, 0)].
+def quantize_activations(x: torch.Tensor, divisors: torch.Tensor | None = None) -> tuple[torch.Tensor, float, int]:
+    """x (N, K) float32 -> (x_q uint8 (N, K), scale, zero_point), over the range [min(x, 0), max(x, 0)]. With
+    `divisors` (K,), the quantized tensor is x / divisors, column by column (see smoothing), in the same pass.
 
     254 steps, not 255: then x / scale + zero_point + 0.5 lies within [0, 255] and truncation to uint8 rounds it,
     in one pass with no clamp."""
-    low, high = (value.item() for value in x.aminmax())
+    if divisors is None:
+        low, high = (value.item() for value in x.aminmax())
+    else:  # each column's range, divided by its divisor (all positive)
+        lows, highs = x.amin(dim=0), x.amax(dim=0)  # (aminmax along a dimension is slower than the two apart)
+        low, high = (lows / divisors).min().item(), (highs / divisors).max().item()
     if not math.isfinite(low) or not math.isfinite(high):
         raise ValueError("dtype int8: the encoder's activations hold NaN or infinite values; try fp32")
     low, high = min(low, 0.0), max(high, 0.0)
     scale = max(high - low, 1e-30) / 254
     zero_point = round(-low / scale)
-    return torch.add(torch.tensor(zero_point + 0.5), x, alpha=1 / scale).to(torch.uint8), scale, zero_point
+    offset = torch.tensor(zero_point + 0.5)
+    if divisors is None:
+        return torch.add(offset, x, alpha=1 / scale).to(torch.uint8), scale, zero_point
+    return torch.addcmul(offset, x, 1 / (divisors * scale)).to(torch.uint8), scale, zero_point
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x (N, K) float32 -> (x_q uint8 (N, K), scales (N,), zero_points (N,)): quantize_activations row by row, each
+    token over its own range, so that a few tokens that reach far (often the first and the last of a text) do not
+    leave the others few steps."""
+    lows, highs = x.amin(dim=1), x.amax(dim=1)
+    if not (lows.min().isfinite() and highs.max().isfinite()):
+        raise ValueError("dtype int8: the encoder's activations hold NaN or infinite values; try fp32")
+    lows, highs = lows.clamp(max=0.0), highs.clamp(min=0.0)
+    scales = (highs - lows).clamp(min=1e-30) / 254
+    zero_points = torch.round(-lows / scales)
+    return torch.addcmul((zero_points + 0.5)[:, None], x, (1 / scales)[:, None]).to(torch.uint8), scales, zero_points
+
+
+def smoothing(norm: nn.LayerNorm, linears: list[nn.Linear]) -> torch.Tensor:
+    """SmoothQuant's divisors (Xiao et al., 2023) for the input of `linears`, which is the output of `norm`, found
+    without data: (K,), all positive.
+
+    A few channels of a LayerNorm's output reach far further than the rest (those whose gamma or beta is large),
+    and one scale for the whole tensor leaves the other channels few steps. Dividing channel k of the input by s_k
+    and multiplying column k of the weights by s_k leaves the product unchanged and moves part of the reach from
+    the activations to the weights, which are quantized per output channel: s_k = sqrt(a_k / w_k), with a_k the
+    reach of channel k and w_k that of column k of the weights (alpha = 0.5 in the paper). A LayerNorm's output is
+    gamma * n + beta with n of mean 0 and variance 1 over each token's channels, so a_k = 3 |gamma_k| + |beta_k|
+    bounds channel k for all but rare tokens, with no text seen."""
+    reach = 3 * norm.weight.detach().float().abs() + norm.bias.detach().float().abs()
+    weight_reach = torch.cat([linear.weight.detach().float() for linear in linears]).abs().amax(dim=0)
+    return (reach.clamp(min=1e-6) / weight_reach.clamp(min=1e-6)).sqrt()
 
 
 class Int8Linear(nn.Module):
     """One or more nn.Linear on the same input as one int8 product, their outputs side by side, and optionally an
-    activation function (`hidden_act`) applied in the same pass, in `output_dtype`. Inference only: the weights are
-    frozen."""
+    activation function (`hidden_act`) applied in the same pass, in `output_dtype`. With `input_norm`, the
+    LayerNorm whose output the input is, the input's channels are balanced against the weights' first (smoothing).
+    With `per_row`, each row of the input is quantized over its own range (quantize_rows; no activation function,
+    float32 out). Inference only: the weights are frozen."""
 
     def __init__(self, linears: list[nn.Linear], weight_bits: int = 8, hidden_act: str | None = None,
-                 output_dtype: torch.dtype = torch.float32):
+                 output_dtype: torch.dtype = torch.float32, input_norm: nn.LayerNorm | None = None,
+                 per_row: bool = False):
         super().__init__()
+        if per_row and (hidden_act or output_dtype != torch.float32 or input_norm is not None):
+            raise ValueError("Int8Linear: per_row takes no hidden_act, input_norm or output_dtype")
+        self.per_row = per_row
         self.output_dtype = output_dtype
         weight = torch.cat([linear.weight.detach().float() for linear in linears])  # (out, in)
+        self.divisors = None if input_norm is None else smoothing(input_norm, linears)  # (in,)
+        if self.divisors is not None:
+            weight = weight * self.divisors
         self.bias = torch.cat([linear.bias.detach().float() for linear in linears])
         largest = 2 ** (weight_bits - 1) - 1
         self.weight_scale = weight.abs().amax(dim=1).clamp(min=1e-30) / largest  # (out,)
@@ -73,10 +124,15 @@ class Int8Linear(nn.Module):
         self.weight = torch.ops.onednn.qlinear_prepack(weight_int8, None)  # oneDNN's own layout
         self.weight_zero_point = torch.zeros(len(weight), dtype=torch.int64)
         self.post_op, self.post_op_algorithm = POST_OPS[hidden_act] if hidden_act else ("none", "")
+        # per row, oneDNN's scale and zero point are one for the whole input: the rows' own are applied after the
+        # product, y_ij = scale_i * (product_ij - zero_point_i * column_sum_j) + bias_j, with these two rows
+        self.row_terms = torch.stack([(weight_int8.float() * self.weight_scale[:, None]).sum(dim=1), self.bias])
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """x (N, in) float32 or bf16 -> (N, out) in output_dtype; or, with `residual` (N, out) float32, their sum."""
-        x_q, scale, zero_point = quantize_activations(x.float())
+        if self.per_row:
+            return self.forward_per_row(x.float(), residual)
+        x_q, scale, zero_point = quantize_activations(x.float(), self.divisors)
         quantized = (x_q, scale, zero_point, self.weight, self.weight_scale, self.weight_zero_point)
         if residual is None:
             return torch.ops.onednn.qlinear_pointwise(*quantized, self.bias, 1.0, 0, self.output_dtype,
@@ -84,18 +140,28 @@ class Int8Linear(nn.Module):
         return torch.ops.onednn.qlinear_pointwise.binary(*quantized, residual, self.bias, 1.0, 0, torch.float32,
                                                          1.0, 0, "add", 1.0, self.post_op, [], self.post_op_algorithm)
 
+    def forward_per_row(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        x_q, scales, zero_points = quantize_rows(x)
+        product = torch.ops.onednn.qlinear_pointwise(x_q, 1.0, 0, self.weight, self.weight_scale,
+                                                     self.weight_zero_point, None, 1.0, 0, torch.float32, "none", [], "")
+        terms = torch.stack([-scales * zero_points, torch.ones_like(scales)], dim=1)  # (N, 2)
+        out = terms @ self.row_terms if residual is None else torch.addmm(residual, terms, self.row_terms)
+        return out.addcmul_(product, scales[:, None])
+
 
 class Int8Layer(nn.Module):
-    """An encoder Layer whose six products run in int8 (inference only): the Layer's attention and LayerNorms."""
+    """An encoder Layer whose six products run in int8 (inference only): the Layer's attention and LayerNorms.
+    `input_norm` is the LayerNorm the layer's input comes out of (the previous layer's last, or the embeddings')."""
 
-    def __init__(self, layer: Layer, weight_bits: int, attention_dtype: torch.dtype):
+    def __init__(self, layer: Layer, weight_bits: int, attention_dtype: torch.dtype, input_norm: nn.LayerNorm):
         super().__init__()
         fused = layer.hidden_act in POST_OPS
         self.query_key_value = Int8Linear([layer.query, layer.key, layer.value], weight_bits,
-                                          output_dtype=attention_dtype)
+                                          output_dtype=attention_dtype, input_norm=input_norm)
         self.attention_output = Int8Linear([layer.attention_output], weight_bits)
-        self.intermediate = Int8Linear([layer.intermediate], weight_bits, layer.hidden_act if fused else None)
-        self.output = Int8Linear([layer.output], weight_bits)
+        self.intermediate = Int8Linear([layer.intermediate], weight_bits, layer.hidden_act if fused else None,
+                                       input_norm=layer.attention_norm)
+        self.output = Int8Linear([layer.output], weight_bits, per_row=True)
         self.activation = nn.Identity() if fused else layer.activation
         del layer.query, layer.key, layer.value, layer.attention_output, layer.intermediate, layer.output
         self.layer = layer  # what is left: attention and the LayerNorms
@@ -118,5 +184,7 @@ def int8_encoder(encoder: Encoder, weight_bits: int | None = None, attention_dty
     if device.type != "cpu":
         raise ValueError(f"dtype int8 runs on the CPU only, not on {device}; on a GPU use bf16 or fp16")
     quantized = copy.deepcopy(encoder).float().eval()
-    quantized.layers = nn.ModuleList(Int8Layer(layer, weight_bits, attention_dtype) for layer in quantized.layers)
+    input_norms = [quantized.embeddings_norm] + [layer.output_norm for layer in quantized.layers[:-1]]
+    quantized.layers = nn.ModuleList(Int8Layer(layer, weight_bits, attention_dtype, norm)
+                                     for layer, norm in zip(quantized.layers, input_norms))
     return quantized

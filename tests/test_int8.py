@@ -19,10 +19,19 @@ pytestmark = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "am
                                 reason="oneDNN's int8 products are an x86 path")
 
 
-def integer_arithmetic(layer: int8.Int8Linear, linears: list[nn.Linear], x: torch.Tensor, weight_bits: int):
-    """What the int8 product stands for, in float64: the quantized input times the quantized weights, plus bias."""
-    x_q, scale, zero_point = int8.quantize_activations(x)
+def integer_arithmetic(layer: int8.Int8Linear, linears: list[nn.Linear], x: torch.Tensor, weight_bits: int,
+                       divisors: torch.Tensor | None = None, per_row: bool = False):
+    """What the int8 product stands for, in float64: the quantized input times the quantized weights, plus bias.
+    With `divisors`, the input's columns are divided by them and the weights' columns multiplied; `per_row`, each
+    row of the input has its own scale and zero point."""
     weight = torch.cat([linear.weight.detach() for linear in linears])
+    if divisors is not None:
+        x, weight = x / divisors, weight * divisors
+    if per_row:
+        x_q, scale, zero_point = int8.quantize_rows(x)
+        scale, zero_point = scale[:, None].double(), zero_point[:, None].double()
+    else:
+        x_q, scale, zero_point = int8.quantize_activations(x)
     largest = 2 ** (weight_bits - 1) - 1
     weight_scale = weight.abs().amax(dim=1) / largest
     weight_q = torch.round(weight / weight_scale[:, None])  # in float32, as the layer rounds them
@@ -47,6 +56,81 @@ def test_the_int8_product_equals_the_integer_arithmetic(tokens, inputs, outputs,
     torch.testing.assert_close(plain(x, residual=residual).double(), expected + residual.double(), **tolerance)
 
 
+def layer_norm_with_outliers(channels: int) -> nn.LayerNorm:
+    """A LayerNorm as trained encoders have them: a few channels whose gamma and beta are far larger than the rest."""
+    norm = nn.LayerNorm(channels)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.2, 0.2)
+        norm.weight[:3] = torch.tensor([12.0, -9.0, 15.0])
+        norm.bias[:3] = torch.tensor([-6.0, 4.0, 8.0])
+    return norm
+
+
+@pytest.mark.parametrize("tokens, inputs, outputs", [(1, 32, 8), (17, 384, 384), (300, 384, 1536)])
+@pytest.mark.parametrize("weight_bits", [hardware.int8_weight_bits(), 7])
+def test_with_smoothing_the_product_equals_the_integer_arithmetic_it_stands_for(tokens, inputs, outputs, weight_bits):
+    torch.manual_seed(tokens)
+    linears = [nn.Linear(inputs, outputs), nn.Linear(inputs, outputs)]
+    norm = layer_norm_with_outliers(inputs)
+    x = norm(torch.randn(tokens, inputs)).detach()
+    residual = torch.randn(tokens, 2 * outputs)
+    smoothed = int8.Int8Linear(linears, weight_bits, input_norm=norm)
+    divisors = int8.smoothing(norm, linears)
+    assert divisors.shape == (inputs,) and (divisors > 0).all()
+    expected = integer_arithmetic(smoothed, linears, x, weight_bits, divisors=divisors)
+    tolerance = dict(rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    torch.testing.assert_close(smoothed(x).double(), expected, **tolerance)
+    torch.testing.assert_close(smoothed(x, residual=residual).double(), expected + residual.double(), **tolerance)
+
+
+@pytest.mark.parametrize("tokens, inputs, outputs", [(1, 32, 8), (17, 384, 384), (64, 1536, 384)])
+@pytest.mark.parametrize("weight_bits", [hardware.int8_weight_bits(), 7])
+def test_per_row_the_product_equals_the_integer_arithmetic_it_stands_for(tokens, inputs, outputs, weight_bits):
+    torch.manual_seed(tokens)
+    linears = [nn.Linear(inputs, outputs)]
+    x = F.gelu(torch.randn(tokens, inputs) * 2) * torch.linspace(0.1, 30, tokens)[:, None]  # rows of unlike reach
+    residual = torch.randn(tokens, outputs)
+    per_row = int8.Int8Linear(linears, weight_bits, per_row=True)
+    expected = integer_arithmetic(per_row, linears, x, weight_bits, per_row=True)
+    tolerance = dict(rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    torch.testing.assert_close(per_row(x).double(), expected, **tolerance)
+    torch.testing.assert_close(per_row(x, residual=residual).double(), expected + residual.double(), **tolerance)
+
+
+def relative_error(output: torch.Tensor, linear: nn.Linear, x: torch.Tensor) -> float:
+    exact = F.linear(x.double(), linear.weight.double(), linear.bias.double())
+    return ((output.double() - exact).norm() / exact.norm()).item()
+
+
+@pytest.mark.parametrize("weight_bits", [8, 7])
+def test_smoothing_makes_a_layer_norms_output_with_outlier_channels_lose_less(weight_bits):
+    torch.manual_seed(0)
+    linear = nn.Linear(384, 384)
+    norm = layer_norm_with_outliers(384)
+    x = norm(torch.randn(200, 384)).detach()
+    plain = relative_error(int8.Int8Linear([linear], weight_bits)(x), linear, x)
+    smoothed = relative_error(int8.Int8Linear([linear], weight_bits, input_norm=norm)(x), linear, x)
+    assert smoothed < plain / 2
+
+
+@pytest.mark.parametrize("weight_bits", [8, 7])
+def test_per_row_a_few_tokens_that_reach_far_cost_the_others_nothing(weight_bits):
+    torch.manual_seed(0)
+    linear = nn.Linear(1536, 384)
+    x = F.gelu(torch.randn(200, 1536))
+    x[::50] *= 40  # as the first token of each text often does
+    others = x[1:50]
+    per_tensor, per_row = int8.Int8Linear([linear], weight_bits), int8.Int8Linear([linear], weight_bits, per_row=True)
+    torch.testing.assert_close(per_row(x)[1:50], per_row(others))  # each row on its own
+    assert relative_error(per_tensor(x)[1:50], linear, others) > 3 * relative_error(per_row(others), linear, others)
+
+
+def test_per_row_takes_no_activation_function():
+    with pytest.raises(ValueError, match="per_row takes no hidden_act"):
+        int8.Int8Linear([nn.Linear(8, 8)], hidden_act="gelu", per_row=True)
+
+
 def test_activations_take_the_nearest_of_254_steps_and_zero_stays_exact():
     x = torch.cat([torch.linspace(-1.3, 4.1, 1000), torch.zeros(3)])[None, :].repeat(2, 1)
     x_q, scale, zero_point = int8.quantize_activations(x)
@@ -61,9 +145,22 @@ def test_all_positive_activations_start_the_range_at_zero():
     assert zero_point == 0 and x_q.min() > 0
 
 
-def test_non_finite_activations_are_an_error():
-    with pytest.raises(ValueError, match="NaN or infinite"):
-        int8.quantize_activations(torch.tensor([[1.0, float("nan")]]))
+@pytest.mark.parametrize("quantize", [int8.quantize_activations, int8.quantize_rows,
+                                      lambda x: int8.quantize_activations(x, divisors=torch.ones(x.shape[1]))])
+def test_non_finite_activations_are_an_error(quantize):
+    for value in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            quantize(torch.tensor([[1.0, value], [0.5, 2.0]]))
+
+
+def test_each_row_takes_the_nearest_of_its_own_254_steps_and_zero_stays_exact():
+    x = torch.cat([torch.linspace(-1.3, 4.1, 1000), torch.zeros(3)])[None, :] * torch.tensor([[1.0], [0.01], [50.0]])
+    x_q, scales, zero_points = int8.quantize_rows(x)
+    assert x_q.dtype == torch.uint8 and (x_q.amin(1) == 0).all() and (x_q.amax(1) >= 254).all()
+    assert (x_q[:, -3:] == zero_points[:, None]).all()
+    torch.testing.assert_close(scales, (x.amax(1) - x.amin(1)) / 254)
+    error = ((x_q.double() - zero_points[:, None]) * scales[:, None] - x.double()).abs().amax(1)
+    assert (error <= scales / 2 * (1 + 1e-5)).all()
 
 
 @pytest.mark.parametrize("flags, onednn, expected", [
