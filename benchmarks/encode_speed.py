@@ -1,11 +1,15 @@
 """Encoding speed and cold start: minisbert against sentence-transformers, same model, threads and batch size.
 
-    python benchmarks/encode_speed.py [--data ../shared/data] [--threads 2] [--batch-size 32] [--limit N] [--unfused]
+    python benchmarks/encode_speed.py [--data ../shared/data] [--threads 2] [--batch-size 32] [--limit N] [--rounds 3]
+                                      [--chunk 1000] [--unfused]
 
 Prints what the CPU has (the instructions that decide which compute type is fast). Embeds the distinct sentences of
-the STS benchmark (15,487) along each path in turn, --rounds times: sentence-transformers in fp32, bf16 and int8
+the STS benchmark (15,487), --rounds times, chunk by chunk (--chunk sentences): each chunk along every path in turn, in
+the opposite order for the next chunk, so that the machine's load, which drifts over minutes on a shared machine,
+weighs on every path alike; a path's rate is the sentences it embedded over the sum of its times. The paths:
+sentence-transformers in fp32, bf16 and int8
 (PyTorch's dynamic quantization of its linear layers, weights per channel: what a user of sentence-transformers would
-do for int8 in PyTorch), and minisbert in fp32, bf16 and int8 (minisbert/int8.py); prints each path's median
+do for int8 in PyTorch), and minisbert in fp32, bf16 and int8 (minisbert/int8.py); prints each path's
 sentences/s, its ratio to sentence-transformers fp32, its STS benchmark test Spearman and its agreement with
 sentence-transformers, and what dtype="auto" picks here. With --unfused, also minisbert fp32 with its products
 as plain F.linear calls followed by the GELU and the residual (what oneDNN's fused products gain). Then starts fresh processes that import, load the
@@ -59,11 +63,10 @@ def sts_sentences(data: Path) -> list[str]:
                                for example in read_sts_benchmark(data / "stsbenchmark" / f"sts-{split}.csv")])
 
 
-def throughput(encode, sentences, batch_size):
-    encode(sentences[:64], batch_size)  # warm-up: allocator, kernels, lazily made copies
+def timed(encode, sentences, batch_size):
     start = time.perf_counter()
     embeddings = encode(sentences, batch_size)
-    return len(sentences) / (time.perf_counter() - start), embeddings
+    return time.perf_counter() - start, embeddings
 
 
 def cold_start(name: str, model_folder: Path, repeats: int) -> tuple[float, float]:
@@ -107,7 +110,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--limit", type=int, help="embed only the first N sentences")
     parser.add_argument("--repeats", type=int, default=3, help="cold starts per library")
-    parser.add_argument("--rounds", type=int, default=3, help="timed runs of each path, taken in turn")
+    parser.add_argument("--rounds", type=int, default=3, help="times each path embeds all the sentences")
+    parser.add_argument("--chunk", type=int, default=1000, help="sentences each path embeds in turn")
     parser.add_argument("--unfused", action="store_true",
                         help="also time minisbert fp32 with its products unfused (plain F.linear, then GELU and "
                              "residual), to measure what oneDNN's fused products gain")
@@ -131,7 +135,7 @@ def main():
     def theirs(model):
         return lambda s, b: model.encode(s, batch_size=b, convert_to_tensor=True).float().numpy()
 
-    # every path, timed in turn, --rounds times: the machine's load drifts, and each path sees the same drift
+    # every path on each chunk in turn (see the docstring)
     paths = {"sentence-transformers fp32": theirs(reference), "sentence-transformers bf16": theirs(reference_bf16),
              "sentence-transformers int8": theirs(reference_int8),
              **{f"minisbert {dtype}": lambda s, b, dtype=dtype: ours.encode(s, batch_size=b, dtype=dtype)
@@ -141,13 +145,20 @@ def main():
         for layer in unfused.encoder.layers:
             layer.fused_products = False
         paths["minisbert fp32, unfused"] = lambda s, b: unfused.encode(s, batch_size=b)
-    runs = {name: [] for name in paths}
-    outputs = {}
-    for _ in range(args.rounds):
-        for name, encode in paths.items():
-            rate, outputs[name] = throughput(encode, sentences, args.batch_size)
-            runs[name].append(rate)
-    rates = {name: statistics.median(values) for name, values in runs.items()}
+    for encode in paths.values():
+        encode(sentences[:64], args.batch_size)  # warm-up: allocator, kernels, lazily made copies
+    seconds = dict.fromkeys(paths, 0.0)
+    outputs = {name: [] for name in paths}  # each path's embeddings, from the last round
+    chunks = [sentences[start:start + args.chunk] for start in range(0, len(sentences), args.chunk)]
+    for turn in range(args.rounds * len(chunks)):
+        chunk = chunks[turn % len(chunks)]
+        for name in list(paths)[:: 1 if turn % 2 == 0 else -1]:
+            taken, embeddings = timed(paths[name], chunk, args.batch_size)
+            seconds[name] += taken
+            if turn >= (args.rounds - 1) * len(chunks):
+                outputs[name].append(embeddings)
+    rates = {name: args.rounds * len(sentences) / taken for name, taken in seconds.items()}
+    outputs = {name: np.concatenate(parts) for name, parts in outputs.items()}
 
     test = read_sts_benchmark(args.data / "stsbenchmark" / "sts-test.csv")
     spearman = {"sentence-transformers fp32": 100 * reference_spearman(reference, test, args.batch_size),
@@ -167,7 +178,8 @@ def main():
                  **{name: f"min cosine to s-t fp32 {cosine_to(name, 'sentence-transformers fp32'):.4f}"
                     for name in ("sentence-transformers int8", "minisbert int8")}})
     baseline = rates["sentence-transformers fp32"]
-    print(f"median of {args.rounds} rounds, each path in turn; STS benchmark test Spearman x 100\n")
+    print(f"{args.rounds} rounds in chunks of {args.chunk}, every path on each chunk in turn; "
+          "STS benchmark test Spearman x 100\n")
     print(f"{'path':<30}{'sent/s':>8}{'/ s-t fp32':>12}{'Spearman':>10}   agreement")
     for name, rate in rates.items():
         score = f"{spearman[name]:.2f}" if name in spearman else "-"
