@@ -71,8 +71,7 @@ def quantize_activations(x: torch.Tensor, divisors: torch.Tensor | None = None) 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x (N, K) float32 -> (x_q uint8 (N, K), scales (N,), zero_points (N,)): quantize_activations row by row, each
-    token over its own range, so that a few tokens that reach far (often the first and the last of a text) do not
-    leave the others few steps."""
+    token over its own range, so that the few tokens that reach far do not leave the others few steps."""
     lows, highs = x.amin(dim=1), x.amax(dim=1)
     if not (lows.min().isfinite() and highs.max().isfinite()):
         raise ValueError("dtype int8: the encoder's activations hold NaN or infinite values; try fp32")
@@ -143,7 +142,8 @@ class Int8Linear(nn.Module):
     def forward_per_row(self, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         x_q, scales, zero_points = quantize_rows(x)
         product = torch.ops.onednn.qlinear_pointwise(x_q, 1.0, 0, self.weight, self.weight_scale,
-                                                     self.weight_zero_point, None, 1.0, 0, torch.float32, "none", [], "")
+                                                     self.weight_zero_point, None, 1.0, 0, torch.float32, "none",
+                                                     [], "")
         terms = torch.stack([-scales * zero_points, torch.ones_like(scales)], dim=1)  # (N, 2)
         out = terms @ self.row_terms if residual is None else torch.addmm(residual, terms, self.row_terms)
         return out.addcmul_(product, scales[:, None])
