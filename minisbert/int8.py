@@ -125,7 +125,8 @@ class Int8Linear(nn.Module):
         self.post_op, self.post_op_algorithm = POST_OPS[hidden_act] if hidden_act else ("none", "")
         # per row, oneDNN's scale and zero point are one for the whole input: the rows' own are applied after the
         # product, y_ij = scale_i * (product_ij - zero_point_i * column_sum_j) + bias_j, with these two rows
-        self.row_terms = torch.stack([(weight_int8.float() * self.weight_scale[:, None]).sum(dim=1), self.bias])
+        column_sums = (weight_int8.float() * self.weight_scale[:, None]).sum(dim=1)
+        self.row_terms = torch.stack([column_sums, self.bias]) if per_row else None
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """x (N, in) float32 or bf16 -> (N, out) in output_dtype; or, with `residual` (N, out) float32, their sum."""
