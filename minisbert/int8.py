@@ -31,6 +31,9 @@ from .encoder import POST_OPS, Encoder, Layer, Packing
 from .hardware import fast_cpu_bf16, int8_weight_bits
 
 
+NOT_FINITE = "dtype int8: the encoder's activations hold NaN or infinite values; try fp32"
+
+
 def check_int8_support() -> None:
     if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
         raise ValueError(f"dtype int8 needs oneDNN's int8 kernels, which PyTorch has on x86 CPUs; this is "
@@ -59,7 +62,7 @@ def quantize_activations(x: torch.Tensor, divisors: torch.Tensor | None = None) 
         lows, highs = x.amin(dim=0), x.amax(dim=0)  # (aminmax along a dimension is slower than the two apart)
         low, high = (lows / divisors).min().item(), (highs / divisors).max().item()
     if not math.isfinite(low) or not math.isfinite(high):
-        raise ValueError("dtype int8: the encoder's activations hold NaN or infinite values; try fp32")
+        raise ValueError(NOT_FINITE)
     low, high = min(low, 0.0), max(high, 0.0)
     scale = max(high - low, 1e-30) / 254
     zero_point = round(-low / scale)
@@ -74,7 +77,7 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     token over its own range, so that the few tokens that reach far do not leave the others few steps."""
     lows, highs = x.amin(dim=1), x.amax(dim=1)
     if not (lows.min().isfinite() and highs.max().isfinite()):
-        raise ValueError("dtype int8: the encoder's activations hold NaN or infinite values; try fp32")
+        raise ValueError(NOT_FINITE)
     lows, highs = lows.clamp(max=0.0), highs.clamp(min=0.0)
     scales = (highs - lows).clamp(min=1e-30) / 254
     zero_points = torch.round(-lows / scales)
