@@ -159,6 +159,7 @@ class Packing:
     def __init__(self, attention_mask: torch.Tensor, enabled: bool = True, lengths: torch.Tensor | None = None):
         self.shape = attention_mask.shape
         self.index = self.cu_seqlens = None
+        self.grids = {}  # length -> grid(length)
         if lengths is not None:
             lengths = torch.as_tensor(lengths, dtype=torch.int64, device="cpu")
             fits = not len(lengths) or 0 < lengths.min() <= lengths.max() <= self.shape[1]
@@ -181,14 +182,42 @@ class Packing:
             self.cu_seqlens = to_device(F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32))
             self.longest = int(lengths.max()) if len(lengths) else 0
 
-    def pack(self, x: torch.Tensor) -> torch.Tensor:  # (B, S, D) -> (N, D)
-        x = x.reshape(-1, x.shape[-1])
-        return x if self.index is None else x.index_select(0, self.index)
+    def pack(self, x: torch.Tensor) -> torch.Tensor:  # (B, S, D) -> (N, D); or from (B, L, D), L > S
+        B, S = self.shape
+        if self.index is None:
+            return (x if x.shape[1] == S else x[:, :S]).reshape(-1, x.shape[-1])
+        return x.reshape(-1, x.shape[-1]).index_select(0, self.grid(x.shape[1]))
 
-    def unpack(self, x: torch.Tensor) -> torch.Tensor:  # (N, D) -> (B, S, D)
-        if self.index is not None:
-            x = x.new_zeros(self.shape.numel(), x.shape[-1]).index_copy(0, self.index, x)
-        return x.view(*self.shape, x.shape[-1])
+    def unpack(self, x: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        """(N, D) -> (B, S, D); or (B, length, D), rows lengthened with zeros (see attention_length)."""
+        B, S = self.shape
+        length = length or S
+        if self.index is None:
+            x = x.view(B, S, x.shape[-1])
+            return x if length == S else F.pad(x, (0, 0, 0, length - S))
+        x = x.new_zeros(B * length, x.shape[-1]).index_copy(0, self.grid(length), x)
+        return x.view(B, length, x.shape[-1])
+
+    def grid(self, length: int) -> torch.Tensor:
+        """Where the real tokens sit in the (B * length) grid of rows `length` long."""
+        S = self.shape[1]
+        if length == S:
+            return self.index
+        if length not in self.grids:
+            self.grids[length] = self.index + self.index.div(S, rounding_mode="floor") * (length - S)
+        return self.grids[length]
+
+
+def attention_length(length: int, x: torch.Tensor, training: bool) -> int:
+    """The length of the rows attention runs on: `length`, or on the CPU at inference the next multiple of 16 where
+    that adds at most 8 tokens (the added keys are masked, the added queries dropped). PyTorch's fused attention on
+    the CPU (2.13) is fastest on rows a multiple of 16 long and slows with each token past one: for 32 rows and 12
+    heads of 32 (all-MiniLM-L6-v2), 16 tokens took 200 us in fp32 and 347 us in bf16, 15 tokens 863 and 1,200 us
+    (Intel Xeon with AMX, scratch timings; heads of 64 alike), so the added tokens cost less than the tail they
+    replace. Training keeps `length`: attention's dropout draws from the random stream by shape."""
+    if x.device.type != "cpu" or training or torch.is_grad_enabled() or length % 16 < 8:
+        return length
+    return length + 16 - length % 16
 
 
 class Layer(nn.Module):
@@ -210,8 +239,8 @@ class Layer(nn.Module):
         self.fused_products = True  # at inference on the CPU, where oneDNN runs them (fuses_on_cpu); benchmarks turn it off
 
     def forward(self, x: torch.Tensor, packing: Packing, mask: torch.Tensor) -> torch.Tensor:
-        # x: (N, D) packed tokens; mask: (B, 1, 1, S), True where a key is a real token, or for MPNet a float
-        # (B, H, S, S) added to the scores: the relative position bias, -inf at padded keys
+        # x: (N, D) packed tokens; mask: (B, 1, 1, L), L >= S (attention_length), True where a key is a real
+        # token, or for MPNet a float (B, H, L, L) added to the scores: the relative position bias, -inf at padded keys
         if self.fuses_on_cpu(x):
             return self.fused_forward(x, packing, mask)
         attended = self.attend(self.query(x), self.key(x), self.value(x), packing, mask)
@@ -251,8 +280,10 @@ class Layer(nn.Module):
             cu_seqlens, longest = packing.cu_seqlens, packing.longest
             return varlen_attention()(q, k, v, cu_seqlens, cu_seqlens, longest, longest).reshape(N, D)
 
-        def heads(t):  # (N, D) -> (B, H, S, D/H)
-            return packing.unpack(t).view(B, S, H, D // H).transpose(1, 2)
+        L = mask.shape[-1]  # the rows' length in attention: S, or more (attention_length)
+
+        def heads(t):  # (N, D) -> (B, H, L, D/H)
+            return packing.unpack(t, L).view(B, L, H, D // H).transpose(1, 2)
 
         q, k, v = heads(q), heads(k), heads(v)
         if self.attends_with_products(q, dropout):
@@ -261,7 +292,7 @@ class Layer(nn.Module):
             attended = torch.matmul(scores.softmax(-1), v)
         else:
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        return packing.pack(attended.transpose(1, 2).reshape(B, S, D))  # (B, H, S, D/H) -> (N, D)
+        return packing.pack(attended.transpose(1, 2).reshape(B, L, D))  # (B, H, L, D/H) -> (N, D)
 
     @staticmethod
     def attends_with_products(q: torch.Tensor, dropout: float) -> bool:
@@ -332,13 +363,15 @@ class Encoder(nn.Module):
         x = x + self.lookup(self.position_embeddings, self.positions(input_ids))
         x = self.dropout(self.embeddings_norm(x))  # (B, S, D)
         packing = Packing(attention_mask.bool(), self.packs(attention_mask), lengths)
-        mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S): every position attends to its row's tokens
+        L = attention_length(input_ids.shape[1], x, self.training)
+        # (B, 1, 1, L): every position attends to its row's tokens
+        mask = F.pad(attention_mask.bool(), (0, L - input_ids.shape[1]))[:, None, None, :]
         if self.relative_attention_bias is not None:
-            buckets = relative_position_buckets(input_ids.shape[1], input_ids.device,
+            buckets = relative_position_buckets(L, input_ids.device,
                                                 self.config.relative_attention_num_buckets)
             bias = self.lookup(self.relative_attention_bias, buckets)
-            bias = bias.permute(2, 0, 1).unsqueeze(0).to(x.dtype)  # (S, S, H) -> (1, H, S, S)
-            mask = bias.masked_fill(~mask, float("-inf"))  # (B, H, S, S)
+            bias = bias.permute(2, 0, 1).unsqueeze(0).to(x.dtype)  # (L, L, H) -> (1, H, L, L)
+            mask = bias.masked_fill(~mask, float("-inf"))  # (B, H, L, L)
         x = packing.pack(x)
         # on a GPU, not cuDNN's attention: it builds a graph for every new (batch, length) shape, which costs more
         # than the attention itself when batches of sorted texts each have a length of their own

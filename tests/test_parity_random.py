@@ -61,6 +61,39 @@ def test_attention_over_short_rows_through_two_products_equals_transformers(name
 
 
 @pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("short_rows", [0, 32])  # 0: the fused kernel only; 32: two products for short rows
+def test_attention_on_rows_lengthened_to_a_multiple_of_16_equals_transformers(name, packed, short_rows, request,
+                                                                              monkeypatch):
+    # on the CPU at inference, attention runs on rows of the next multiple of 16 tokens where that adds at most 8
+    # (encoder.attention_length), in the packed layout and the padded one alike
+    from minisbert import encoder as encoder_module
+    monkeypatch.setattr(encoder_module, "SHORT_ROWS", short_rows)
+    seen, attend = [], encoder_module.Layer.attend
+
+    def watched_attend(self, q, k, v, packing, mask):
+        seen.append((packing.shape[1], mask.shape[-1], packing.index is not None))
+        return attend(self, q, k, v, packing, mask)
+
+    monkeypatch.setattr(encoder_module.Layer, "attend", watched_attend)
+    folder = request.getfixturevalue(name)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    longest = next(text for text in ("word " * n for n in range(4, 40)) if len(tokenizer(text)["input_ids"]) % 16 >= 8)
+    # many short rows pad a lot (packed); many of the longest, a little (not packed: Encoder.packs)
+    texts = [longest] + TEXTS[:5] if packed else [longest] * 40 + [longest[:-5]]
+    got, expected, batch, encoder = both_hidden_states(folder, texts=texts)
+    S = batch["input_ids"].shape[1]
+    assert S % 16 >= 8 and seen and set(seen) == {(S, S + 16 - S % 16, packed)}
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
+    assert got[~mask].abs().max() == 0
+    with torch.enable_grad():  # training and autograd keep the rows' length (dropout draws by shape)
+        trained = encoder(batch["input_ids"], batch["attention_mask"])
+    assert seen[-1][:2] == (S, S)
+    torch.testing.assert_close(trained[mask], expected[mask], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
 def test_a_batch_that_pads_little_runs_unpacked_on_the_cpu_and_equals_transformers(name, request, monkeypatch):
     # packing costs more than it saves where padding is under PACK_ABOVE of the batch (Encoder.packs)
     from minisbert import encoder as encoder_module
