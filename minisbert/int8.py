@@ -75,13 +75,15 @@ def quantize_activations(x: torch.Tensor, divisors: torch.Tensor | None = None) 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x (N, K) float32 -> (x_q uint8 (N, K), scales (N,), zero_points (N,)): quantize_activations row by row, each
     token over its own range, so that the few tokens that reach far do not leave the others few steps."""
-    lows, highs = x.amin(dim=1), x.amax(dim=1)
-    if not (lows.min().isfinite() and highs.max().isfinite()):
+    lows, highs = x.amin(dim=1).clamp_(max=0.0), x.amax(dim=1).clamp_(min=0.0)
+    scales = (highs - lows).clamp_(min=1e-30).div_(254)
+    if not scales.isfinite().all():  # NaN or infinity anywhere in a row makes its range so
         raise ValueError(NOT_FINITE)
-    lows, highs = lows.clamp(max=0.0), highs.clamp(min=0.0)
-    scales = (highs - lows).clamp(min=1e-30) / 254
-    zero_points = torch.round(-lows / scales)
-    return torch.addcmul((zero_points + 0.5)[:, None], x, (1 / scales)[:, None]).to(torch.uint8), scales, zero_points
+    zero_points = lows.div_(scales).neg_().round_()
+    # x * (1 / scale) + (zero point + 0.5), row by row: a product and an in-place sum run in about half the time
+    # of one addcmul with the two columns broadcast (measured on (480, 1536))
+    x_q = torch.mul(x, scales.reciprocal()[:, None]).add_((zero_points + 0.5)[:, None]).to(torch.uint8)
+    return x_q, scales, zero_points
 
 
 def smoothing(norm: nn.LayerNorm, linears: list[nn.Linear]) -> torch.Tensor:
