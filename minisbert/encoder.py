@@ -211,10 +211,11 @@ class Packing:
 def attention_length(length: int, x: torch.Tensor, training: bool) -> int:
     """The length of the rows attention runs on: `length`, or on the CPU at inference the next multiple of 16 where
     that adds at most 8 tokens (the added keys are masked, the added queries dropped). PyTorch's fused attention on
-    the CPU (2.13) is fastest on rows a multiple of 16 long and slows with each token past such a multiple: for
-    32 rows and 12 heads of 32 (all-MiniLM-L6-v2), 16 tokens took 200 us in fp32 and 347 us in bf16, 15 tokens 863
-    and 1,200 us (Intel Xeon with AMX, scratch timings; heads of 64 alike), so the added tokens cost less than the
-    tail they replace. Training keeps `length`: attention's dropout draws from the random stream by shape."""
+    the CPU (2.13) is fastest on rows a multiple of 16 long and slows with each token past such a multiple, so the
+    added tokens cost less than the tail they replace: benchmarks/attention_lengths.py times every length against
+    the one picked here (on an Intel Xeon with AMX, 15 tokens took 3.6x as long as 16 in fp32, 3.2x in bf16; no
+    length ran slower lengthened). Training keeps `length`: attention's dropout draws from the random stream by
+    shape."""
     if x.device.type != "cpu" or training or torch.is_grad_enabled() or length % 16 < 8:
         return length
     return length + 16 - length % 16
