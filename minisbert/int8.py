@@ -68,8 +68,8 @@ def quantize_activations(x: torch.Tensor, divisors: torch.Tensor | None = None) 
     zero_point = round(-low / scale)
     offset = torch.tensor(zero_point + 0.5)
     if divisors is None:
-        return torch.add(offset, x, alpha=1 / scale).to(torch.uint8), scale, zero_point
-    return torch.addcmul(offset, x, 1 / (divisors * scale)).to(torch.uint8), scale, zero_point
+        return to_uint8(torch.add(offset, x, alpha=1 / scale)), scale, zero_point
+    return to_uint8(torch.addcmul(offset, x, 1 / (divisors * scale))), scale, zero_point
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -82,8 +82,14 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     zero_points = lows.div_(scales).neg_().round_()
     # x * (1 / scale) + (zero point + 0.5), row by row: a product and an in-place sum run in about half the time
     # of one addcmul with the two columns broadcast (measured on (480, 1536))
-    x_q = torch.mul(x, scales.reciprocal()[:, None]).add_((zero_points + 0.5)[:, None]).to(torch.uint8)
+    x_q = to_uint8(torch.mul(x, scales.reciprocal()[:, None]).add_((zero_points + 0.5)[:, None]))
     return x_q, scales, zero_points
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """x float32, all in [0, 256) -> uint8, truncated (as x.to(torch.uint8)), by way of int16: PyTorch 2.13's
+    direct conversion took 3.5x as long on (288, 1536) on an AMD EPYC (158 against 45 us), 2.2x on (288, 384)."""
+    return x.to(torch.int16).to(torch.uint8)
 
 
 def smoothing(norm: nn.LayerNorm, linears: list[nn.Linear]) -> torch.Tensor:

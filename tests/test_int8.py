@@ -140,6 +140,11 @@ def test_activations_take_the_nearest_of_254_steps_and_zero_stays_exact():
     assert error <= scale / 2 * (1 + 1e-5)
 
 
+def test_conversion_to_uint8_truncates_every_value_in_range():
+    x = torch.cat([torch.arange(0, 256, 0.25), torch.tensor([0.4999, 254.5001, 255.9999, 1e-7])]).reshape(4, -1)
+    assert torch.equal(int8.to_uint8(x), torch.floor(x).to(torch.int64).to(torch.uint8))
+
+
 def test_all_positive_activations_start_the_range_at_zero():
     x_q, scale, zero_point = int8.quantize_activations(torch.rand(4, 8) + 1)
     assert zero_point == 0 and x_q.min() > 0
