@@ -22,6 +22,8 @@ ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "
 # and those that include AVX-512 VNNI, or AVX-VNNI (the 256-bit one, which comes before AVX-512 in oneDNN's order)
 ONEDNN_AVX512_VNNI_ISAS = ("AVX512_CORE_VNNI",) + ONEDNN_BF16_ISAS
 ONEDNN_AVX_VNNI_ISAS = ("AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE") + ONEDNN_AVX512_VNNI_ISAS
+# and those that include AMX
+ONEDNN_AMX_ISAS = tuple(isa for isa in ONEDNN_BF16_ISAS if "AMX" in isa) + ("DEFAULT", "ALL")
 
 
 @functools.cache
@@ -58,6 +60,12 @@ def fast_cpu_bf16() -> bool:
     torch_uses_avx512 = torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2", "NO AVX", "ZVECTOR")
     onednn_allows = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() in ONEDNN_BF16_ISAS
     return has_instructions and torch_uses_avx512 and onednn_allows
+
+
+def cpu_amx() -> bool:
+    """Whether bf16 products may run on AMX tiles here (Intel Xeon since Sapphire Rapids): the flag, and oneDNN
+    not capped below AMX."""
+    return "amx_bf16" in cpu_flags() and os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() in ONEDNN_AMX_ISAS
 
 
 def int8_weight_bits() -> int:

@@ -36,6 +36,21 @@ def test_auto_picks_bf16_only_where_the_cpu_runs_it_natively(monkeypatch, flags,
     assert hardware.auto_dtype("cpu") == expected
 
 
+@pytest.mark.parametrize("flags, onednn, expected", [
+    ({"avx512_bf16", "amx_bf16"}, None, True),
+    ({"avx512_bf16", "amx_bf16"}, "avx512_core_amx", True),
+    ({"avx512_bf16", "amx_bf16"}, "AVX512_CORE_BF16", False),  # oneDNN capped below AMX
+    ({"avx512_bf16"}, None, False),
+])
+def test_amx_is_seen_where_the_cpu_has_it_and_onednn_may_use_it(monkeypatch, flags, onednn, expected):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    if onednn is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn)
+    assert hardware.cpu_amx() == expected
+
+
 def test_auto_honours_a_cap_on_pytorchs_kernels_set_in_the_environment():
     code = "from minisbert.hardware import auto_dtype; print(auto_dtype('cpu'))"
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
