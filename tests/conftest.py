@@ -36,6 +36,20 @@ VARIED_TEXTS = [
 ]
 
 
+@pytest.fixture
+def pretend_cpu(monkeypatch):
+    """pretend_cpu(flags, onednn): the CPU flags minisbert.hardware sees, and ONEDNN_MAX_CPU_ISA (unset for None)."""
+    from minisbert import hardware
+
+    def pretend(flags: set[str], onednn: str | None = None) -> None:
+        monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+        if onednn is None:
+            monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+        else:
+            monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn)
+    return pretend
+
+
 @pytest.fixture(scope="session")
 def minilm_folder() -> Path:
     folder = default_model_folder()

@@ -26,13 +26,10 @@ def model(minilm_folder):
     ({"avx2", "avx512f", "avx512_bf16"}, "AVX512", "avx512_core_bf16", "bf16"),
     (set(), "DEFAULT", None, "fp32"),  # no /proc/cpuinfo (not Linux)
 ])
-def test_auto_picks_bf16_only_where_the_cpu_runs_it_natively(monkeypatch, flags, kernels, onednn, expected):
-    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+def test_auto_picks_bf16_only_where_the_cpu_runs_it_natively(monkeypatch, pretend_cpu, flags, kernels, onednn,
+                                                            expected):
+    pretend_cpu(flags, onednn)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: kernels)
-    if onednn is None:
-        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
-    else:
-        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn)
     assert hardware.auto_dtype("cpu") == expected
 
 
@@ -42,12 +39,8 @@ def test_auto_picks_bf16_only_where_the_cpu_runs_it_natively(monkeypatch, flags,
     ({"avx512_bf16", "amx_bf16"}, "AVX512_CORE_BF16", False),  # oneDNN capped below AMX
     ({"avx512_bf16"}, None, False),
 ])
-def test_amx_is_seen_where_the_cpu_has_it_and_onednn_may_use_it(monkeypatch, flags, onednn, expected):
-    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
-    if onednn is None:
-        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
-    else:
-        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn)
+def test_amx_is_seen_where_the_cpu_has_it_and_onednn_may_use_it(pretend_cpu, flags, onednn, expected):
+    pretend_cpu(flags, onednn)
     assert hardware.cpu_amx() == expected
 
 

@@ -178,12 +178,8 @@ def test_each_row_takes_the_nearest_of_its_own_254_steps_and_zero_stays_exact():
     ({"avx2", "avx512f", "avx512_vnni", "avx_vnni"}, "AVX2_VNNI", 8),
     (set(), None, 7),  # no /proc/cpuinfo: assume the worst
 ])
-def test_weights_take_7_bits_unless_onednn_can_use_vnni(monkeypatch, flags, onednn, expected):
-    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
-    if onednn is None:
-        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
-    else:
-        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn)
+def test_weights_take_7_bits_unless_onednn_can_use_vnni(pretend_cpu, flags, onednn, expected):
+    pretend_cpu(flags, onednn)
     assert hardware.int8_weight_bits() == expected
 
 
