@@ -70,5 +70,6 @@ def main():
                 print(f"{length:4d} {timed(length, False):8.0f} {timed(length, True):8.0f}   | {picked:4d} "
                       f"{'products' if products else 'fused':>8} {chosen:8.0f} {chosen / timed(length, False):5.2f}x")
 
+
 if __name__ == "__main__":
     main()

@@ -309,8 +309,8 @@ class Layer(nn.Module):
         inference on the CPU over rows of at most SHORT_ROWS tokens, in fp32, and in bf16 on CPUs without AMX. There
         the fused kernel's work per (row, head) costs more than the sums themselves (benchmarks/attention_lengths.py
         times both at every length). On an AMD EPYC (AVX-512 bf16), all-MiniLM-L6-v2 embedded the STS benchmark's
-        sentences 1.08x faster so in fp32, 1.11x in int8 under an AVX2 cap (fp32 attention), and 1.02-1.03x in bf16
-        and up to 1.06x in int8 (bf16 attention), in same-process comparisons over 6,000 of them. In bf16 the scores
+        sentences this way 1.08x faster in fp32, 1.11x in int8 under an AVX2 cap (fp32 attention), and 1.02-1.03x in
+        bf16 and up to 1.06x in int8 (bf16 attention), in same-process comparisons over 6,000 of them. In bf16 the scores
         are rounded to bf16 before the softmax (the fused kernel keeps them in fp32): the embeddings moved by at most
         1e-4 in cosine. With AMX the fused kernel runs on its tiles; the products were not measured there, so it
         keeps the kernel."""
