@@ -310,9 +310,9 @@ class Layer(nn.Module):
         the fused kernel's work per (row, head) costs more than the sums themselves (benchmarks/attention_lengths.py
         times both at every length). On an AMD EPYC (AVX-512 bf16), all-MiniLM-L6-v2 embedded the STS benchmark's
         sentences this way 1.08x faster in fp32, 1.11x in int8 under an AVX2 cap (fp32 attention), and 1.02-1.03x in
-        bf16 and up to 1.06x in int8 (bf16 attention), in same-process comparisons over 6,000 of them. In bf16 the scores
-        are rounded to bf16 before the softmax (the fused kernel keeps them in fp32): the embeddings moved by at most
-        1e-4 in cosine. With AMX the fused kernel runs on its tiles; the products were not measured there, so it
+        bf16 and up to 1.06x in int8 (bf16 attention), in same-process comparisons over 6,000 of them. In bf16 the
+        scores are rounded to bf16 before the softmax (the fused kernel keeps them in fp32): the embeddings moved by at
+        most 1e-4 in cosine. With AMX the fused kernel runs on its tiles; the products were not measured there, so it
         keeps the kernel."""
         bf16_products = q.dtype == torch.bfloat16 and not cpu_amx()
         return (q.device.type == "cpu" and (q.dtype == torch.float32 or bf16_products) and q.shape[-2] <= SHORT_ROWS
