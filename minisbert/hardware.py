@@ -53,26 +53,31 @@ def cpu_capabilities() -> dict:
             **{flag: flag in cpu_flags() for flag in FLAGS}, "int8_weight_bits": int8_weight_bits()}
 
 
+def onednn_cap() -> str:
+    """The instruction set oneDNN is capped at (ONEDNN_MAX_CPU_ISA, upper case), ALL where none is set."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+
+
 def fast_cpu_bf16() -> bool:
     """Whether bf16 matrix products run on bf16 instructions here (AVX-512 bf16 or AMX), not emulated."""
     flags = cpu_flags()
     has_instructions = "avx512_bf16" in flags or "amx_bf16" in flags
     torch_uses_avx512 = torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2", "NO AVX", "ZVECTOR")
-    onednn_allows = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() in ONEDNN_BF16_ISAS
+    onednn_allows = onednn_cap() in ONEDNN_BF16_ISAS
     return has_instructions and torch_uses_avx512 and onednn_allows
 
 
 def cpu_amx() -> bool:
     """Whether bf16 products may run on AMX tiles here (Intel Xeon since Sapphire Rapids): the flag, and oneDNN
     not capped below AMX."""
-    return "amx_bf16" in cpu_flags() and os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() in ONEDNN_AMX_ISAS
+    return "amx_bf16" in cpu_flags() and onednn_cap() in ONEDNN_AMX_ISAS
 
 
 def int8_weight_bits() -> int:
     """8 where oneDNN's int8 products run on VNNI instructions, which add up uint8 x int8 products in int32; 7
     elsewhere, where they go through an instruction that sums pairs into int16 and would saturate (see int8.py)."""
     flags = cpu_flags()
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    cap = onednn_cap()
     has_vnni = (("avx512_vnni" in flags and cap in ONEDNN_AVX512_VNNI_ISAS)
                 or ("avx_vnni" in flags and cap in ONEDNN_AVX_VNNI_ISAS))
     return 8 if has_vnni else 7
