@@ -36,6 +36,7 @@ ACTIVATIONS = {
 
 ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 PACK_ABOVE = 0.04  # on the CPU, a batch is packed where more than this share of it is padding (Encoder.packs)
+FLOAT_SOFTMAX_ROWS = 16  # see attention_products
 SHORT_ROWS = 32  # on the CPU, attention over rows of at most this many tokens skips the fused kernel (Layer.attend)
 
 # the activation functions oneDNN can apply within a product's own pass: (post-op, algorithm)
@@ -225,10 +226,19 @@ def attention_length(length: int, x: torch.Tensor, training: bool) -> int:
 
 def attention_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Attention as two batched products and a softmax, without dropout (see Layer.attends_with_products): q, k, v
-    (B, H, L, d); mask (B, 1, 1, L) True at real keys, or a float (B, H, L, L) added to the scores."""
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(1 / math.sqrt(q.shape[-1]))  # (B, H, L, L)
-    scores = scores.masked_fill_(~mask, float("-inf")) if mask.dtype == torch.bool else scores.add_(mask)
-    return torch.matmul(scores.softmax(-1), v)
+    (B, H, L, d); mask (B, 1, 1, L) True at real keys, or a float (B, H, L, L) added to the scores.
+
+    A boolean mask is added as 0 / -inf: filling the scores took 5x as long as adding a float mask on
+    (32, 12, 16, 16) on an AMD EPYC (rows this short defeat the vector loops of masked_fill). bf16 scores over rows
+    of at least FLOAT_SOFTMAX_ROWS keys are converted to float32 for the softmax: there PyTorch 2.13's bf16 softmax
+    took about twice as long as the conversion and float32's together; over shorter rows float32's was the slower."""
+    if mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
+    scores = torch.matmul(q, k.transpose(-1, -2))  # (B, H, L, L)
+    if scores.shape[-1] >= FLOAT_SOFTMAX_ROWS:
+        scores = scores.float()
+    scores = scores.mul_(1 / math.sqrt(q.shape[-1])).add_(mask)
+    return torch.matmul(scores.softmax(-1).to(v.dtype), v)
 
 
 class Layer(nn.Module):
@@ -300,6 +310,7 @@ class Layer(nn.Module):
         if self.attends_with_products(q, dropout):
             attended = attention_products(q, k, v, mask)
         else:
+            mask = mask if mask.dtype in (torch.bool, q.dtype) else mask.to(q.dtype)  # int8: bf16 attention
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return packing.pack(attended.transpose(1, 2).reshape(B, L, D))  # (B, H, L, D/H) -> (N, D)
 

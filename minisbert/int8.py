@@ -187,7 +187,7 @@ class Int8Layer(nn.Module):
 
     def forward(self, x: torch.Tensor, packing: Packing, mask: torch.Tensor) -> torch.Tensor:
         q, k, v = self.query_key_value(x).chunk(3, dim=1)  # (N, 3D) -> 3 x (N, D)
-        attended = self.layer.attend(q, k, v, packing, mask if mask.dtype == torch.bool else mask.to(q.dtype))
+        attended = self.layer.attend(q, k, v, packing, mask)
         x = self.layer.attention_norm(self.attention_output(attended, residual=x))
         return self.layer.output_norm(self.output(self.activation(self.intermediate(x)), residual=x))
 
