@@ -40,6 +40,7 @@ def _cpuinfo() -> dict[str, str]:
     return fields
 
 
+@functools.cache
 def cpu_flags() -> frozenset[str]:
     return frozenset(_cpuinfo().get("flags", "").split())
 
