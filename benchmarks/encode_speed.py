@@ -1,7 +1,7 @@
 """Encoding speed and cold start: minisbert against sentence-transformers, same model, threads and batch size.
 
     python benchmarks/encode_speed.py [--data ../shared/data] [--threads 2] [--batch-size 32] [--limit N] [--rounds 3]
-                                      [--chunk 1000] [--unfused]
+                                      [--chunk 1000] [--unfused] [--serial]
 
 Prints what the CPU has (the instructions that decide which compute type is fast). Embeds the distinct sentences of
 the STS benchmark (15,487), --rounds times, chunk by chunk (--chunk sentences): each chunk along every path in turn, in
@@ -12,7 +12,9 @@ sentence-transformers in fp32, bf16 and int8
 do for int8 in PyTorch), and minisbert in fp32, bf16 and int8 (minisbert/int8.py); prints each path's
 sentences/s, its ratio to sentence-transformers fp32, its STS benchmark test Spearman and its agreement with
 sentence-transformers, and what dtype="auto" picks here. With --unfused, also minisbert fp32 with its products
-as plain F.linear calls followed by the GELU and the residual (what oneDNN's fused products gain). Then starts fresh processes that import, load the
+as plain F.linear calls followed by the GELU and the residual (what oneDNN's fused products gain). With --serial,
+also minisbert fp32 and int8 one batch at a time on all the threads (what two batches in flight gain, see
+hardware.in_flight). Then starts fresh processes that import, load the
 default model and embed one sentence, and prints their wall time and peak memory (median of --repeats).
 
 An AVX2-only CPU can be imitated on an AVX-512 one (PyTorch's kernels, oneDNN's and MKL's all capped at AVX2;
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from minisbert import SentenceTransformer  # noqa: E402
+from minisbert import SentenceTransformer, hardware  # noqa: E402
 from minisbert.checkpoint import default_model_folder  # noqa: E402
 from minisbert.data import distinct_sentences, read_sts_benchmark  # noqa: E402
 from minisbert.evaluate import sts_correlations  # noqa: E402
@@ -115,6 +117,9 @@ def main():
     parser.add_argument("--unfused", action="store_true",
                         help="also time minisbert fp32 with its products unfused (plain F.linear, then GELU and "
                              "residual), to measure what oneDNN's fused products gain")
+    parser.add_argument("--serial", action="store_true",
+                        help="also time minisbert fp32 and int8 one batch at a time on all the threads, to measure "
+                             "what two batches in flight gain (hardware.in_flight)")
     args = parser.parse_args()
     from sentence_transformers import SentenceTransformer as Reference
     from transformers.utils import logging as reference_logging
@@ -145,6 +150,16 @@ def main():
         for layer in unfused.encoder.layers:
             layer.fused_products = False
         paths["minisbert fp32, unfused"] = lambda s, b: unfused.encode(s, batch_size=b)
+    if args.serial:
+        def serial(dtype):
+            def encode(s, b):
+                hardware.IN_FLIGHT = False
+                try:
+                    return ours.encode(s, batch_size=b, dtype=dtype)
+                finally:
+                    hardware.IN_FLIGHT = True
+            return encode
+        paths.update({f"minisbert {dtype}, serial": serial(dtype) for dtype in ("fp32", "int8")})
     for encode in paths.values():
         encode(sentences[:64], args.batch_size)  # warm-up: allocator, kernels, lazily made copies
     seconds = dict.fromkeys(paths, 0.0)
@@ -172,11 +187,12 @@ def main():
 
     agreement = {name: f"max |difference| to s-t fp32 "
                        f"{np.abs(outputs[name] - outputs['sentence-transformers fp32']).max():.1e}"
-                 for name in ("minisbert fp32", "minisbert fp32, unfused") if name in outputs}
+                 for name in ("minisbert fp32", "minisbert fp32, unfused", "minisbert fp32, serial") if name in outputs}
     agreement.update({
                  "minisbert bf16": f"min cosine to s-t bf16 {cosine_to('minisbert bf16', 'sentence-transformers bf16'):.4f}",
                  **{name: f"min cosine to s-t fp32 {cosine_to(name, 'sentence-transformers fp32'):.4f}"
-                    for name in ("sentence-transformers int8", "minisbert int8")}})
+                    for name in ("sentence-transformers int8", "minisbert int8", "minisbert int8, serial")
+                    if name in outputs}})
     baseline = rates["sentence-transformers fp32"]
     print(f"{args.rounds} rounds in chunks of {args.chunk}, every path on each chunk in turn; "
           "STS benchmark test Spearman x 100\n")

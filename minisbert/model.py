@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, similarity
 from .encoder import Encoder
-from .hardware import auto_dtype
+from .hardware import auto_dtype, in_flight
 from .int8 import int8_encoder
 from .pooling import Normalize, Pooling
 from .quantization import ALLOWED_PRECISIONS, quantize_embeddings
@@ -263,27 +263,33 @@ class SentenceTransformer(nn.Module):
         was_training = self.training
         self.eval()
         encoder = self._encoder_in(dtype)
-        try:
+        def embed_batch(start: int):
+            index = order[start:start + batch_size]
+            batch = self.tokenizer.pad([token_ids[i] for i in index])
+            lengths = batch["attention_mask"].sum(1)  # on the CPU: the GPU need not be asked (Packing)
+            if self.device.type == "cuda":  # pinned: the copy runs while the CPU pads the next batch
+                batch = {k: v.pin_memory() for k, v in batch.items()}
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with torch.inference_mode():
-                for start in tqdm(batches, desc="Batches", disable=not show_progress_bar):
-                    index = order[start:start + batch_size]
-                    batch = self.tokenizer.pad([token_ids[i] for i in index])
-                    lengths = batch["attention_mask"].sum(1)  # on the CPU: the GPU need not be asked (Packing)
-                    if self.device.type == "cuda":  # pinned: the copy runs while the CPU pads the next batch
-                        batch = {k: v.pin_memory() for k, v in batch.items()}
-                    batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                    tokens, embedded = self.embed(batch["input_ids"], batch["attention_mask"], encoder, lengths)
-                    embedded = embedded[:, :truncate_dim] if truncate_dim else embedded
-                    if normalize_embeddings:
-                        embedded = F.normalize(embedded, p=2, dim=-1)
-                    embeddings[torch.from_numpy(index).to(self.device)] = embedded
-                    if output_value != "sentence_embedding":
-                        for row, i in enumerate(index):
-                            length = len(token_ids[i])
-                            per_text[i] = {"input_ids": batch["input_ids"][row, :length],
-                                           "attention_mask": batch["attention_mask"][row, :length],
-                                           "token_embeddings": tokens[row, :length], "sentence_embedding": embedded[row]}
+                tokens, embedded = self.embed(batch["input_ids"], batch["attention_mask"], encoder, lengths)
+                embedded = embedded[:, :truncate_dim] if truncate_dim else embedded
+                if normalize_embeddings:
+                    embedded = F.normalize(embedded, p=2, dim=-1)
+            return index, batch, tokens, embedded
+
+        results = in_flight(embed_batch, batches, self.device)
+        try:
+            for index, batch, tokens, embedded in tqdm(results, total=len(batches), desc="Batches",
+                                                       disable=not show_progress_bar):
+                embeddings[torch.from_numpy(index).to(self.device)] = embedded
+                if output_value != "sentence_embedding":
+                    for row, i in enumerate(index):
+                        length = len(token_ids[i])
+                        per_text[i] = {"input_ids": batch["input_ids"][row, :length],
+                                       "attention_mask": batch["attention_mask"][row, :length],
+                                       "token_embeddings": tokens[row, :length], "sentence_embedding": embedded[row]}
         finally:
+            results.close()  # the threads stopped and the thread count restored, also when a batch failed
             self.train(was_training)
         broken = (~torch.isfinite(embeddings)).any(dim=1).nonzero()
         if len(broken):

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -68,3 +69,44 @@ def test_encode_with_auto_equals_encode_with_the_dtype_it_picks(model):
 def test_an_unknown_dtype_lists_auto_among_the_choices(model):
     with pytest.raises(ValueError, match="not one of auto, fp32"):
         model.encode(["x"], dtype="int4")
+
+
+@pytest.fixture
+def two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_two_batches_in_flight_keep_the_order_and_restore_the_thread_count(two_threads):
+    seen = hardware.in_flight(lambda i: (i, torch.get_num_threads()), range(7), torch.device("cpu"))
+    items, counts = zip(*seen)
+    assert items == tuple(range(7))
+    assert set(counts) == ({1} if hardware.openmp_threads() else {2})
+    assert torch.get_num_threads() == 2
+
+
+def test_an_error_in_a_batch_in_flight_reaches_the_caller_and_stops_the_threads(two_threads):
+    def fails_at_three(i):
+        if i == 3:
+            raise ValueError("batch 3")
+        return i
+
+    before = threading.active_count()
+    with pytest.raises(ValueError, match="batch 3"):
+        list(hardware.in_flight(fails_at_three, range(9), torch.device("cpu")))
+    assert torch.get_num_threads() == 2
+    assert threading.active_count() == before
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_batches_in_flight_embed_as_one_batch_at_a_time(model, two_threads, monkeypatch, dtype):
+    texts = [f"text number {i}: " + "word " * (i % 37) for i in range(90)] + ["", "A man is playing guitar."]
+    in_flight = model.encode(texts, batch_size=8, dtype=dtype)
+    tokens_in_flight = model.encode(texts, batch_size=8, dtype=dtype, output_value="token_embeddings")
+    monkeypatch.setattr(hardware, "IN_FLIGHT", False)
+    np.testing.assert_allclose(in_flight, model.encode(texts, batch_size=8, dtype=dtype), atol=1e-5)
+    for ours, serial in zip(tokens_in_flight, model.encode(texts, batch_size=8, dtype=dtype,
+                                                           output_value="token_embeddings")):
+        torch.testing.assert_close(ours, serial, atol=1e-5, rtol=0)
