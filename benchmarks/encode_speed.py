@@ -11,8 +11,9 @@ sentence-transformers in fp32, bf16 and int8
 (PyTorch's dynamic quantization of its linear layers, weights per channel: what a user of sentence-transformers would
 do for int8 in PyTorch), and minisbert in fp32, bf16 and int8 (minisbert/int8.py); prints each path's
 sentences/s, its ratio to sentence-transformers fp32, its STS benchmark test Spearman and its agreement with
-sentence-transformers, and what dtype="auto" picks here. With --unfused, also minisbert fp32 with its products
-as plain F.linear calls followed by the GELU and the residual (what oneDNN's fused products gain). With --serial,
+sentence-transformers, and what dtype="auto" picks here. With --unfused, also minisbert fp32 with the products fp32
+does not take here (hardware.fused_fp32_products): "unfused", plain F.linear calls followed by the GELU and the
+residual, where fp32 takes oneDNN's fused products, and "fused" where it does not. With --serial,
 also minisbert fp32 and int8 one batch at a time on all the threads (what two batches in flight gain, see
 hardware.in_flight). Then starts fresh processes that import, load the
 default model and embed one sentence, and prints their wall time and peak memory (median of --repeats).
@@ -115,8 +116,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="times each path embeds all the sentences")
     parser.add_argument("--chunk", type=int, default=1000, help="sentences each path embeds in turn")
     parser.add_argument("--unfused", action="store_true",
-                        help="also time minisbert fp32 with its products unfused (plain F.linear, then GELU and "
-                             "residual), to measure what oneDNN's fused products gain")
+                        help="also time minisbert fp32 with the products fp32 does not take here: unfused (plain "
+                             "F.linear, then GELU and residual) where it takes oneDNN's fused ones, else fused, to "
+                             "measure what the choice (hardware.fused_fp32_products) gains")
     parser.add_argument("--serial", action="store_true",
                         help="also time minisbert fp32 and int8 one batch at a time on all the threads, to measure "
                              "what two batches in flight gain (hardware.in_flight)")
@@ -145,11 +147,12 @@ def main():
              "sentence-transformers int8": theirs(reference_int8),
              **{f"minisbert {dtype}": lambda s, b, dtype=dtype: ours.encode(s, batch_size=b, dtype=dtype)
                 for dtype in ("fp32", "bf16", "int8")}}
+    other_products = "unfused" if hardware.fused_fp32_products() else "fused"
     if args.unfused:
-        unfused = SentenceTransformer(folder)
-        for layer in unfused.encoder.layers:
-            layer.fused_products = False
-        paths["minisbert fp32, unfused"] = lambda s, b: unfused.encode(s, batch_size=b)
+        other = SentenceTransformer(folder)
+        for layer in other.encoder.layers:
+            layer.fused_products = other_products == "fused"
+        paths[f"minisbert fp32, {other_products}"] = lambda s, b: other.encode(s, batch_size=b)
     if args.serial:
         def serial(dtype):
             def encode(s, b):
@@ -187,7 +190,8 @@ def main():
 
     agreement = {name: f"max |difference| to s-t fp32 "
                        f"{np.abs(outputs[name] - outputs['sentence-transformers fp32']).max():.1e}"
-                 for name in ("minisbert fp32", "minisbert fp32, unfused", "minisbert fp32, serial") if name in outputs}
+                 for name in ("minisbert fp32", f"minisbert fp32, {other_products}", "minisbert fp32, serial")
+                 if name in outputs}
     agreement.update({
                  "minisbert bf16": f"min cosine to s-t bf16 {cosine_to('minisbert bf16', 'sentence-transformers bf16'):.4f}",
                  **{name: f"min cosine to s-t fp32 {cosine_to(name, 'sentence-transformers fp32'):.4f}"

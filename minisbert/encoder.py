@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .hardware import cpu_amx
+from .hardware import cpu_amx, fused_fp32_products
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "mpnet")  # xlm-roberta: RoBERTa, another vocabulary
 ARCHITECTURES = {"bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel",
@@ -257,7 +257,9 @@ class Layer(nn.Module):
         self.output_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.activation = ACTIVATIONS[config.hidden_act]
-        self.fused_products = True  # at inference on the CPU, where oneDNN runs them (fuses_on_cpu); benchmarks turn it off
+        # at inference on the CPU, fuse the products where that pays here (None), always where oneDNN can (True), or
+        # never (False): fuses_on_cpu. Benchmarks and tests set it.
+        self.fused_products: bool | None = None
 
     def forward(self, x: torch.Tensor, packing: Packing, mask: torch.Tensor) -> torch.Tensor:
         # x: (N, D) packed tokens; mask: (B, 1, 1, L), L >= S (attention_length), True where a key is a real
@@ -270,8 +272,11 @@ class Layer(nn.Module):
 
     def fuses_on_cpu(self, x: torch.Tensor) -> bool:
         """At inference on the CPU (no autograd, no dropout), each product runs through oneDNN, which adds the bias,
-        the activation and the residual in the product's own pass instead of one pass each over memory afterwards."""
-        return (self.fused_products and x.device.type == "cpu" and not self.training and not torch.is_grad_enabled()
+        the activation and the residual in the product's own pass instead of one pass each over memory afterwards:
+        in bf16 always, in fp32 where that is the faster (hardware.fused_fp32_products), or as fused_products says."""
+        pays = self.fused_products if self.fused_products is not None else (
+            x.dtype == torch.bfloat16 or fused_fp32_products())
+        return (pays and x.device.type == "cpu" and not self.training and not torch.is_grad_enabled()
                 and x.dtype in (torch.float32, torch.bfloat16) and self.hidden_act in POST_OPS
                 and onednn_products(x.dtype))
 

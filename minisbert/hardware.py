@@ -25,6 +25,8 @@ ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "
 # and those that include AVX-512 VNNI, or AVX-VNNI (the 256-bit one, which comes before AVX-512 in oneDNN's order)
 ONEDNN_AVX512_VNNI_ISAS = ("AVX512_CORE_VNNI",) + ONEDNN_BF16_ISAS
 ONEDNN_AVX_VNNI_ISAS = ("AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE") + ONEDNN_AVX512_VNNI_ISAS
+# and those that include AVX-512 (the core set: fp32 products)
+ONEDNN_AVX512_ISAS = ("AVX512_CORE",) + ONEDNN_AVX512_VNNI_ISAS
 # and those that include AMX
 ONEDNN_AMX_ISAS = tuple(isa for isa in ONEDNN_BF16_ISAS if "AMX" in isa) + ("DEFAULT", "ALL")
 IN_FLIGHT = True  # encode() on the CPU keeps two batches in flight (in_flight); benchmarks turn it off
@@ -76,6 +78,17 @@ def cpu_amx() -> bool:
     """Whether bf16 products may run on AMX tiles here (Intel Xeon since Sapphire Rapids): the flag, and oneDNN
     not capped below AMX."""
     return "amx_bf16" in cpu_flags() and onednn_cap() in ONEDNN_AMX_ISAS
+
+
+def fused_fp32_products() -> bool:
+    """Whether fp32 products at inference run faster through oneDNN, which adds the bias, the activation and the
+    residual in the product's own pass (encoder.Layer.fused_forward), than as F.linear (MKL) and passes of their own.
+    Measured on whole encodings of all-MiniLM-L6-v2 (encode_speed.py --unfused): on an AMD EPYC (Zen 4) 1.02-1.13x
+    over five runs, oneDNN running AVX-512; with oneDNN and MKL capped at AVX2 on the same EPYC 0.94x (and 0.97x,
+    0.98x in same-process comparisons); on an Intel Xeon, where MKL runs AVX-512 too, 0.94x. So: where oneDNN may
+    run AVX-512 and the CPU is not Intel's."""
+    avx512 = "avx512f" in cpu_flags() and onednn_cap() in ONEDNN_AVX512_ISAS
+    return avx512 and _cpuinfo().get("vendor_id") != "GenuineIntel"
 
 
 def int8_weight_bits() -> int:

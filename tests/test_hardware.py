@@ -45,6 +45,38 @@ def test_amx_is_seen_where_the_cpu_has_it_and_onednn_may_use_it(pretend_cpu, fla
     assert hardware.cpu_amx() == expected
 
 
+@pytest.mark.parametrize("vendor, flags, onednn, expected", [
+    ("AuthenticAMD", {"avx2", "avx512f", "avx512_bf16"}, None, True),  # Zen 4: oneDNN's AVX-512 beats MKL's
+    ("AuthenticAMD", {"avx2", "avx512f"}, "avx512_core", True),
+    ("AuthenticAMD", {"avx2", "avx512f", "avx512_bf16"}, "AVX2", False),  # oneDNN capped: MKL's products are faster
+    ("AuthenticAMD", {"avx2", "fma"}, None, False),  # an AVX2-only CPU
+    ("GenuineIntel", {"avx2", "avx512f", "amx_bf16"}, None, False),  # MKL runs AVX-512 on Intel's CPUs
+    (None, set(), None, False),  # no /proc/cpuinfo
+])
+def test_fp32_products_are_fused_where_that_was_measured_faster(monkeypatch, pretend_cpu, vendor, flags, onednn,
+                                                               expected):
+    pretend_cpu(flags, onednn)
+    monkeypatch.setattr(hardware, "_cpuinfo", lambda: {"vendor_id": vendor} if vendor else {})
+    assert hardware.fused_fp32_products() == expected
+
+
+@pytest.mark.parametrize("fused_fp32, fused_products, dtype, expected", [
+    (True, None, torch.float32, True), (False, None, torch.float32, False),
+    (False, None, torch.bfloat16, True),  # bf16 products run on oneDNN either way
+    (False, True, torch.float32, True), (True, False, torch.float32, False), (True, False, torch.bfloat16, False),
+])
+def test_a_layer_fuses_its_products_as_the_cpu_or_its_setting_says(monkeypatch, model, fused_fp32, fused_products,
+                                                                   dtype, expected):
+    from minisbert import encoder
+    if not encoder.onednn_products(torch.float32) or not encoder.onednn_products(torch.bfloat16):
+        pytest.skip("oneDNN's fused products do not run here")
+    monkeypatch.setattr(encoder, "fused_fp32_products", lambda: fused_fp32)
+    layer = model.encoder.layers[0]
+    monkeypatch.setattr(layer, "fused_products", fused_products)
+    with torch.inference_mode():
+        assert layer.fuses_on_cpu(torch.zeros(2, layer.query.in_features, dtype=dtype)) == expected
+
+
 def test_auto_honours_a_cap_on_pytorchs_kernels_set_in_the_environment():
     code = "from minisbert.hardware import auto_dtype; print(auto_dtype('cpu'))"
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
