@@ -1,4 +1,5 @@
-"""What the processor can do, the compute type `dtype="auto"` picks from it, and how encode() shares its threads.
+"""What the processor can do, the compute type `dtype="auto"` picks from it, whether fp32 products are fused
+(fused_fp32_products), and how encode() shares its threads.
 
 On the CPU, bf16 matrix products are fast only with AVX-512 bf16 or AMX (about 1.7x fp32 on the AMD EPYC we
 measured); on an AVX2-only CPU PyTorch emulates them and bf16 runs about 5x slower than fp32. So "auto" is bf16
