@@ -274,11 +274,13 @@ class Layer(nn.Module):
         """At inference on the CPU (no autograd, no dropout), each product runs through oneDNN, which adds the bias,
         the activation and the residual in the product's own pass instead of one pass each over memory afterwards:
         in bf16 always, in fp32 where that is the faster (hardware.fused_fp32_products), or as fused_products says."""
-        pays = self.fused_products if self.fused_products is not None else (
-            x.dtype == torch.bfloat16 or fused_fp32_products())
-        return (pays and x.device.type == "cpu" and not self.training and not torch.is_grad_enabled()
+        if not (x.device.type == "cpu" and not self.training and not torch.is_grad_enabled()
                 and x.dtype in (torch.float32, torch.bfloat16) and self.hidden_act in POST_OPS
-                and onednn_products(x.dtype))
+                and onednn_products(x.dtype)):
+            return False
+        if self.fused_products is not None:
+            return self.fused_products
+        return x.dtype == torch.bfloat16 or fused_fp32_products()
 
     def fused_forward(self, x: torch.Tensor, packing: Packing, mask: torch.Tensor) -> torch.Tensor:
         """forward() with oneDNN's fused products: the same sums (to rounding) in fewer passes."""

@@ -84,10 +84,10 @@ def cpu_amx() -> bool:
 def fused_fp32_products() -> bool:
     """Whether fp32 products at inference run faster through oneDNN, which adds the bias, the activation and the
     residual in the product's own pass (encoder.Layer.fused_forward), than as F.linear (MKL) and passes of their own.
-    Measured on whole encodings of all-MiniLM-L6-v2 (encode_speed.py --unfused): on an AMD EPYC (Zen 4) 1.02-1.13x
-    over five runs, oneDNN running AVX-512; with oneDNN and MKL capped at AVX2 on the same EPYC 0.94x (and 0.97x,
-    0.98x in same-process comparisons); on an Intel Xeon, where MKL runs AVX-512 too, 0.94x. So: where oneDNN may
-    run AVX-512 and the CPU is not Intel's."""
+    Measured on whole encodings of all-MiniLM-L6-v2 (benchmarks/encode_speed.py --unfused): on an AMD EPYC (Zen 4)
+    1.02-1.13x over five runs, oneDNN running AVX-512; with oneDNN and MKL capped at AVX2 on the same EPYC 0.94x and
+    0.89x (see the README); on an Intel Xeon, where MKL runs AVX-512 too, 0.94x. So: where oneDNN may run AVX-512
+    and the CPU is not Intel's."""
     avx512 = "avx512f" in cpu_flags() and onednn_cap() in ONEDNN_AVX512_ISAS
     return avx512 and _cpuinfo().get("vendor_id") != "GenuineIntel"
 
@@ -122,9 +122,9 @@ def in_flight(function, items, device: torch.device):
     """function(item) for each item, the results in order. On the CPU, where PyTorch's threads come from OpenMP,
     two threads take every other item, each on half of PyTorch's threads (one each on 2 cores): one batch's serial
     stretches (Python between operators, operators too small to share out, the threads' meeting points) then
-    overlap the other's. Same-process comparisons over 8,000 STS benchmark sentences, all-MiniLM-L6-v2, batches of
-    32, 2 cores of an AMD EPYC: 1.10x in int8, 1.09x in fp32, 1.03x in bf16 against one batch at a time on both
-    threads; the embeddings are the same. The half count is set here before the two threads start, and they begin
+    overlap the other's. benchmarks/encode_speed.py --serial, all-MiniLM-L6-v2, batches of 32, 2 cores of an AMD
+    EPYC: 1.15x in int8 and 1.10x in fp32 against one batch at a time on both threads (1.16x and 1.12x with the
+    kernels capped at AVX2; see the README); the embeddings are the same. The half count is set here before the two threads start, and they begin
     with it (PyTorch starts a thread with the count last set); set in the two threads themselves instead, they ran
     no faster than one batch at a time. Threads started elsewhere meanwhile also begin with the half count."""
     threads = torch.get_num_threads()
