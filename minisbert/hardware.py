@@ -124,9 +124,10 @@ def in_flight(function, items, device: torch.device):
     stretches (Python between operators, operators too small to share out, the threads' meeting points) then
     overlap the other's. benchmarks/encode_speed.py --serial, all-MiniLM-L6-v2, batches of 32, 2 cores of an AMD
     EPYC: 1.15x in int8 and 1.10x in fp32 against one batch at a time on both threads (1.16x and 1.12x with the
-    kernels capped at AVX2; see the README); the embeddings are the same. The half count is set here before the two threads start, and they begin
-    with it (PyTorch starts a thread with the count last set); set in the two threads themselves instead, they ran
-    no faster than one batch at a time. Threads started elsewhere meanwhile also begin with the half count."""
+    kernels capped at AVX2; see the README); the embeddings are the same. The half count is set here before the
+    two threads start, and they begin with it (PyTorch starts a thread with the count last set); set in the two
+    threads themselves instead, they ran no faster than one batch at a time. Threads started elsewhere meanwhile
+    also begin with the half count."""
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads < 2 or len(items) < 2 or not IN_FLIGHT or not openmp_threads():
         yield from map(function, items)
