@@ -83,7 +83,8 @@ class AdamW(torch.optim.Optimizer):
                 # distinct step without a copy from the host (which would wait for the GPU)
                 step_tensors = {}
                 for t, p in zip(steps, params):
-                    step_tensors.setdefault((t, p.device), torch.full((), float(t), device=p.device))
+                    if (t, p.device) not in step_tensors:  # (setdefault would make a tensor for every parameter)
+                        step_tensors[t, p.device] = torch.full((), float(t), device=p.device)
                 torch._fused_adamw_(params, grads, exp_avg, exp_avg_sq, [],
                                     [step_tensors[t, p.device] for t, p in zip(steps, params)], lr=lr, beta1=beta1,
                                     beta2=beta2, weight_decay=group["weight_decay"], eps=eps, amsgrad=False,

@@ -145,3 +145,28 @@ def test_fused_kernel_equals_the_written_out_update_with_uneven_step_counts():
     for a, b, start in zip(fused, written, initial):
         assert (a - start).abs().max() > 0.1  # they moved, and moved alike
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_the_fused_kernel_gets_one_step_tensor_per_distinct_step_count_not_one_per_parameter():
+    # on a GPU each tensor made is a kernel launch: with 199 parameters (bert-base), 199 launches a step
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountTensorsMade(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.made = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.made += func.overloadpacket in (torch.ops.aten.full, torch.ops.aten.scalar_tensor)
+            return func(*args, **(kwargs or {}))
+
+    params = [nn.Parameter(torch.randn(3)) for _ in range(8)]
+    optimizer = AdamW([{"params": params[:6]}, {"params": params[6:], "weight_decay": 0.0}], fused=True)
+    for step in range(3):
+        for p in params:
+            p.grad = None if (p is params[0] and step == 1) else torch.randn(3)
+        with CountTensorsMade() as counter:
+            optimizer.step()
+    # the last step: params[0] has taken 2 steps, the rest of its group 3; the second group 3
+    assert optimizer.state[params[0]]["step"] == 2 and optimizer.state[params[1]]["step"] == 3
+    assert counter.made == 3
