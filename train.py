@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from minisbert import SentenceTransformer
 from minisbert.checkpoint import DEFAULT_MODEL, output_folder
 from minisbert.cli import HelpFormatter, run
-from minisbert.cuda_graphs import GraphedLoss
+from minisbert.cuda_graphs import GraphedLoss, GraphedStep
 from minisbert.data import (OFFICIAL_ARCHIVES, DataError, batch_order, default_data_dir, ensure_downloaded,
                             find_sts_benchmark, nli_triplets, read_sts_benchmark, read_training_data, shard)
 from minisbert.evaluate import sts_correlations
@@ -75,6 +75,9 @@ def parse_args(argv=None):
                         help="replay each step's forward and backward as a CUDA graph, one per batch shape (lengths "
                              "padded to multiples of 16): far fewer kernel launches (minisbert/cuda_graphs.py). The "
                              "default on one GPU in one process; --no-cuda-graphs runs every step eagerly")
+    parser.add_argument("--graph-whole-step", action="store_true",
+                        help="with CUDA graphs, record the whole step: also clipping, the finite test and AdamW, one "
+                             "replay a step (bf16 or fp32; not yet timed on a GPU, so not the default)")
     parser.add_argument("--output", type=Path, default=Path("output/minisbert-model"),
                         help="the folder of this run: the final model, checkpoints/ and metrics.jsonl")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
@@ -264,6 +267,10 @@ def main():
         raise ValueError(f"--cuda-graphs needs one GPU and one process; this run has {world_size} "
                          f"process{'es' if world_size > 1 else ''} on {device}")
     cuda_graphs = args.cuda_graphs if args.cuda_graphs is not None else device.type == "cuda" and world_size == 1
+    if args.graph_whole_step and (not cuda_graphs or args.precision == "fp16"):
+        has = "--precision fp16" if cuda_graphs else f"no CUDA graphs ({device}, {world_size} process(es))"
+        raise ValueError(f"--graph-whole-step needs CUDA graphs (one GPU, one process) and bf16 or fp32; this run has "
+                         f"{has}")
     main_process = rank == 0
     # the lock lasts while its file is open, so it is held in a variable until the process ends, however it ends
     output_lock = claim_output(args.output, args.resume, args.overwrite) if main_process else None  # noqa: F841
@@ -292,13 +299,14 @@ def main():
         progress = load_training_state(resume_from, loss_fn, optimizer, scaler)
         if main_process:
             print(f"resuming from {resume_from} (step {progress['step']})", file=sys.stderr)
-    trained = torch.nn.parallel.DistributedDataParallel(loss_fn) if world_size > 1 else loss_fn
-    if cuda_graphs:
-        trained = GraphedLoss(loss_fn, autocast)
     log = MetricsLog(args.output / "metrics.jsonl", progress["step"] if resume_from else None) if main_process else None
     # one process: each step's finite test runs on the device, read below only before the weights are kept or shown
     # (and at log records), so that a GPU step does not wait for the host; several processes agree on it at once
     watch = NonFiniteWatch(device, progress["step"]) if world_size == 1 else None
+    trained = torch.nn.parallel.DistributedDataParallel(loss_fn) if world_size > 1 else loss_fn
+    whole_step = GraphedStep(loss_fn, optimizer, watch, autocast) if args.graph_whole_step else None
+    if cuda_graphs and whole_step is None:
+        trained = GraphedLoss(loss_fn, autocast)
 
     def stop_if_not_finite(step: int | None = None, where: str = "") -> None:
         """Raise if a step was not finite: `step` from train_step's own test, else the watch's (waits for the GPU)."""
@@ -338,8 +346,11 @@ def main():
             started = time.perf_counter()
             batch, weight = local_batch(model, examples, batches[b], rank, world_size)
             lr = args.lr * warmup_then_linear_decay(progress["step"], warmup_steps, total_steps)
-            loss = train_step(trained, optimizer, batch, lr, autocast_dtype=autocast, scaler=scaler, weight=weight,
-                              is_finite=lambda finite: not agree([not finite], world_size, device)[0], watch=watch)
+            if whole_step is not None:
+                loss = whole_step.step(batch, lr)
+            else:
+                loss = train_step(trained, optimizer, batch, lr, autocast_dtype=autocast, scaler=scaler, weight=weight,
+                                  is_finite=lambda finite: not agree([not finite], world_size, device)[0], watch=watch)
             if loss is None:
                 stop_if_not_finite(progress["step"] + 1, f" (epoch {epoch}, batch {b})")
             progress["step"] += 1

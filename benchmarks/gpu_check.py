@@ -28,7 +28,7 @@ from train_speed import SHAPES, reference_softmax_loss  # noqa: E402
 from train_speed import theirs as train_theirs_fit  # noqa: E402
 
 from minisbert import SentenceTransformer, paraphrase_mining_embeddings, semantic_search  # noqa: E402
-from minisbert.cuda_graphs import GraphedLoss  # noqa: E402
+from minisbert.cuda_graphs import GraphedLoss, GraphedStep  # noqa: E402
 from minisbert.data import Example  # noqa: E402
 from minisbert.encoder import Encoder, EncoderConfig  # noqa: E402
 from minisbert.losses import SoftmaxLoss, tokenize_batch  # noqa: E402
@@ -135,9 +135,10 @@ def search_and_mining(args, record: dict, failures: list) -> None:
 
 
 def train_ours(folder, examples, batch_size, device, dtype, cuda_graphs=False, passes=1,
-               host_seconds: list | None = None) -> tuple[list[float], int]:
+               host_seconds: list | None = None, whole_step=False) -> tuple[list[float], int]:
     """`passes` runs over `examples`: (the seconds of each, the number of CUDA graphs recorded). With CUDA
-    graphs, the first pass records one graph per batch shape, and the next ones replay them. `host_seconds`
+    graphs, the first pass records one graph per batch shape, and the next ones replay them; `whole_step`: graphs
+    of the whole step (GraphedStep, train.py --graph-whole-step), else of forward and backward. `host_seconds`
     receives, for each pass, when the host had queued its last step: near the pass's seconds, the host is what
     limits; well below, the GPU is."""
     model = SentenceTransformer(folder, device=device)
@@ -145,8 +146,9 @@ def train_ours(folder, examples, batch_size, device, dtype, cuda_graphs=False, p
     optimizer = AdamW(parameter_groups(loss_fn), lr=2e-5)
     autocast = None if dtype == "fp32" else TORCH_DTYPES[dtype]
     scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" else None
-    step_loss = GraphedLoss(loss_fn, autocast) if cuda_graphs else loss_fn
+    step_loss = GraphedLoss(loss_fn, autocast) if cuda_graphs and not whole_step else loss_fn
     watch = NonFiniteWatch(device)  # as train.py in one process: the finite test on the device, no sync per step
+    stepper = GraphedStep(loss_fn, optimizer, watch, autocast) if whole_step else None
     steps = math.ceil(len(examples) / batch_size)
     model.train()
     seconds = []
@@ -158,14 +160,17 @@ def train_ours(folder, examples, batch_size, device, dtype, cuda_graphs=False, p
             tensors = tokenize_batch(model, [[e.texts[0] for e in batch], [e.texts[1] for e in batch]],
                                      [e.label for e in batch])
             lr = 2e-5 * warmup_then_linear_decay(step, math.ceil(0.1 * steps), steps)
-            train_step(step_loss, optimizer, tensors, lr, autocast_dtype=autocast, scaler=scaler, watch=watch)
+            if stepper is not None:
+                stepper.step(tensors, lr)
+            else:
+                train_step(step_loss, optimizer, tensors, lr, autocast_dtype=autocast, scaler=scaler, watch=watch)
         if host_seconds is not None:
             host_seconds.append(time.perf_counter() - start)
         synchronize(device)
         seconds.append(time.perf_counter() - start)
         if watch.first_failure() is not None:
             raise FloatingPointError(f"minisbert {dtype}: step {watch.first_failure()} was not finite")
-    return seconds, len(step_loss.graphs) if cuda_graphs else 0
+    return seconds, len((stepper or step_loss).graphs) if cuda_graphs or whole_step else 0
 
 
 def train_theirs_plain(folder, examples, batch_size, device, dtype):
@@ -230,27 +235,29 @@ def training(args, examples, folder: Path, shape: str, record: dict, failures: l
 
 def graphed_training(args, examples, folder: Path, shape: str, dtype: str, references: dict, row: dict) -> None:
     """train.py's steps on one GPU (CUDA graphs): the first pass records a graph per batch shape, the second
-    replays them."""
+    replays them. Graphs of forward and backward (train.py's default), and in bf16 also of the whole step
+    (--graph-whole-step; tests/test_cuda.py checks its steps against eager ones)."""
     amp = row["reference_dtype"]
-    host = []
-    seconds, graphs = train_ours(folder, examples, 16, args.device, dtype, cuda_graphs=True, passes=2,
-                                 host_seconds=host)
-    mine = len(examples) / seconds[1]
-    row[f"minisbert_{dtype}_cuda_graphs_host_share"] = host[1] / seconds[1]
-    row[f"minisbert_{dtype}_cuda_graphs_pairs_per_s"] = mine
-    row[f"minisbert_{dtype}_cuda_graphs_first_pass_s"] = seconds[0]
-    row[f"minisbert_{dtype}_cuda_graphs_recorded"] = graphs
-    # an AllNLI epoch (batch 16): the steady rate, plus once the first pass's recording time
-    row[f"allnli_epoch_minutes_{dtype}_cuda_graphs"] = (ALLNLI_PAIRS / mine + seconds[0]) / 60
-    print(f"train {shape:<9} batch 16: minisbert {dtype} with CUDA graphs {mine:.1f} pairs/s ({graphs} graphs, first "
-          f"pass {seconds[0]:.1f} s, the host done queuing at {100 * host[1] / seconds[1]:.0f}% of the second); "
-          f"an AllNLI epoch {row[f'allnli_epoch_minutes_{dtype}_cuda_graphs']:.1f} min",
-          flush=True)
-    for name in references:
-        if name in row:
-            row[f"ratio_{dtype}_cuda_graphs_to_{name}"] = mine / row[name]
-            print(f"train {shape:<9} batch 16: {name} ({amp}) {row[name]:.1f} pairs/s, minisbert {dtype} with CUDA "
-                  f"graphs {mine / row[name]:.2f}x", flush=True)
+    for kind in ["cuda_graphs"] + (["whole_step_graphs"] if dtype != "fp16" else []):
+        host = []
+        seconds, graphs = train_ours(folder, examples, 16, args.device, dtype, cuda_graphs=True, passes=2,
+                                     host_seconds=host, whole_step=kind == "whole_step_graphs")
+        mine = len(examples) / seconds[1]
+        row[f"minisbert_{dtype}_{kind}_host_share"] = host[1] / seconds[1]
+        row[f"minisbert_{dtype}_{kind}_pairs_per_s"] = mine
+        row[f"minisbert_{dtype}_{kind}_first_pass_s"] = seconds[0]
+        row[f"minisbert_{dtype}_{kind}_recorded"] = graphs
+        # an AllNLI epoch (batch 16): the steady rate, plus once the first pass's recording time
+        row[f"allnli_epoch_minutes_{dtype}_{kind}"] = (ALLNLI_PAIRS / mine + seconds[0]) / 60
+        what = "CUDA graphs" if kind == "cuda_graphs" else "whole-step CUDA graphs"
+        print(f"train {shape:<9} batch 16: minisbert {dtype} with {what} {mine:.1f} pairs/s ({graphs} graphs, first "
+              f"pass {seconds[0]:.1f} s, the host done queuing at {100 * host[1] / seconds[1]:.0f}% of the second); "
+              f"an AllNLI epoch {row[f'allnli_epoch_minutes_{dtype}_{kind}']:.1f} min", flush=True)
+        for name in references:
+            if name in row:
+                row[f"ratio_{dtype}_{kind}_to_{name}"] = mine / row[name]
+                print(f"train {shape:<9} batch 16: {name} ({amp}) {row[name]:.1f} pairs/s, minisbert {dtype} with "
+                      f"{what} {mine / row[name]:.2f}x", flush=True)
 
 
 # the kernel's settings tried by --tune, in this order: (dtype, fp32 products, (BLOCK_Q, BLOCK_C, BLOCK_D, num_warps,

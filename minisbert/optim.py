@@ -54,6 +54,32 @@ class AdamW(torch.optim.Optimizer):
             return self.fused
         return device.type == "cuda" or (device.type == "cpu" and torch.__version__ >= "2.4")
 
+    def add_state(self, params: list[torch.Tensor]) -> None:
+        """Create the state of each of `params` that has none yet (no step taken): zero moments, step 0."""
+        for p in params:
+            if not self.state[p]:
+                self.state[p].update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+
+    @torch.no_grad()
+    def step_on_device(self, params: list[torch.Tensor], lr: torch.Tensor, step: torch.Tensor,
+                       found_inf: torch.Tensor) -> None:
+        """The fused update of `params` (each with a gradient and a state, see add_state), with the learning rate
+        `lr` and the step number `step` (this step included) read from tensors on the device when the kernel runs:
+        the form a CUDA graph can record once and replay every step (cuda_graphs.GraphedStep), with the tensors
+        filled anew before each replay. All of `params` must have taken the same number of steps. The host's step
+        counts (state["step"]) and the groups' "lr" are left to the caller."""
+        chosen = {id(p) for p in params}
+        for group in self.param_groups:
+            group_params = [p for p in group["params"] if id(p) in chosen]
+            if not group_params:
+                continue
+            states = [self.state[p] for p in group_params]
+            (beta1, beta2), eps = group["betas"], group["eps"]
+            torch._fused_adamw_(group_params, [p.grad for p in group_params], [s["exp_avg"] for s in states],
+                                [s["exp_avg_sq"] for s in states], [], [step] * len(group_params), lr=lr,
+                                beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=eps, amsgrad=False,
+                                maximize=False, found_inf=found_inf)
+
     @torch.no_grad()
     def step(self, found_inf: torch.Tensor | None = None):
         """One update of every parameter with a gradient. `found_inf`, a 0-dim float tensor on the parameters'
@@ -66,9 +92,7 @@ class AdamW(torch.optim.Optimizer):
             if not params:
                 continue
             grads = [p.grad for p in params]
-            for p in params:
-                if not self.state[p]:
-                    self.state[p].update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+            self.add_state(params)
             states = [self.state[p] for p in params]
             exp_avg = [s["exp_avg"] for s in states]
             exp_avg_sq = [s["exp_avg_sq"] for s in states]

@@ -34,7 +34,12 @@ class NonFiniteWatch:
     def update(self, finite: torch.Tensor) -> torch.Tensor:
         """Take this step's test; returns 1.0 on the device if the update must be skipped, else 0.0."""
         self.step += 1
-        self.first.copy_(torch.where((self.first < 0) & ~finite, self.step, self.first))
+        return self.take(finite, self.step)
+
+    def take(self, finite: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
+        """update() for step number `step`, which may be a tensor on the device (a CUDA graph reads it when it
+        replays: cuda_graphs.GraphedStep); `self.step` is left to the caller."""
+        self.first.copy_(torch.where((self.first < 0) & ~finite, step, self.first))
         return (self.first >= 0).float()
 
     def first_failure(self) -> int | None:

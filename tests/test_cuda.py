@@ -172,6 +172,53 @@ def test_cuda_graph_training_steps_equal_eager_steps(random_minilm, dtype, dropo
     assert runs[True] == pytest.approx(runs[False], rel=tolerance, abs=tolerance)
 
 
+@pytest.mark.parametrize("dtype,dropout", [(None, 0.0), (None, 0.1), (torch.bfloat16, 0.1)])
+def test_whole_step_cuda_graphs_equal_eager_steps(random_minilm, dtype, dropout):
+    """GraphedStep (train.py --graph-whole-step) replays forward, backward, clipping, the finite test and AdamW as one
+    graph; eager train_step with a NonFiniteWatch runs the same padded batches with packing off. Then a NaN in the
+    classifier: both must count it at the same step and update nothing from then on."""
+    from minisbert.cuda_graphs import GraphedStep, pad_to_bucket
+    from minisbert.training import NonFiniteWatch
+    config = dataclasses.replace(random_minilm.encoder.config, hidden_dropout_prob=dropout,
+                                 attention_probs_dropout_prob=dropout)
+    short = PAIRS[:6]
+    longer = [(" ".join([a, b] * 10), b, label) for a, b, label in PAIRS]
+    runs, weights = {}, {}
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        model = SentenceTransformer(encoder=Encoder(config), tokenizer=random_minilm.tokenizer)
+        model.encoder.load_state_dict(random_minilm.encoder.state_dict())
+        model.to("cuda").train()
+        model.encoder.packing = graphed  # GraphedStep turns packing off while it records
+        loss_fn = SoftmaxLoss(model, num_labels=3)
+        optimizer = AdamW(parameter_groups(loss_fn), lr=1e-4)
+        watch = NonFiniteWatch("cuda")
+        stepper = GraphedStep(loss_fn, optimizer, watch, dtype) if graphed else None
+        losses = []
+        for number, pairs in enumerate((PAIRS, short, longer, PAIRS, short, longer, PAIRS, short)):
+            if number == 6:
+                with torch.no_grad():
+                    loss_fn.classifier.bias[0] = float("nan")
+                kept = [p.detach().clone() for p in model.parameters()]
+            batch = tokenize_batch(model, [[a for a, _, _ in pairs], [b for _, b, _ in pairs]], [y for _, _, y in pairs])
+            if graphed:
+                loss = stepper.step(batch, 1e-4)
+            else:
+                batch = pad_to_bucket(batch, 16, config.pad_token_id, config.max_tokens)
+                loss = train_step(loss_fn, optimizer, batch, 1e-4, autocast_dtype=dtype, watch=watch)
+            losses.append(loss.item())
+        assert watch.first_failure() == 7 and watch.step == 8, (graphed, watch.first_failure())
+        for a, b in zip(kept, model.parameters()):  # nothing moved after the NaN
+            torch.testing.assert_close(b, a, atol=0, rtol=0, equal_nan=True)
+        assert {state["step"] for state in optimizer.state.values()} == {8}
+        runs[graphed], weights[graphed] = losses[:6], kept
+    assert len(stepper.graphs) == 3
+    tolerance = 1e-4 if dtype is None else 2e-2
+    assert runs[True] == pytest.approx(runs[False], rel=tolerance, abs=tolerance)
+    for a, b in zip(weights[True], weights[False]):
+        torch.testing.assert_close(a, b, atol=1e-3 if dtype is None else 3e-3, rtol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "mpnet"])
 def test_train_py_on_one_gpu_records_every_shape_and_trains(tmp_path, gpu_tokenizer, model_type):
     """train.py's defaults on one GPU: CUDA graphs (each architecture's step must record, or a warning says it ran

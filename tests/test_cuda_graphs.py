@@ -1,15 +1,18 @@
 """Training with CUDA graphs (minisbert/cuda_graphs.py), on the CPU: padding to a bucket keeps the loss, and
-GraphedLoss records one graph per batch shape and trains as train_step does eagerly. The recording itself needs a
-GPU: here a stand-in returns the module as it is; tests/test_cuda.py replays real graphs against eager steps."""
+GraphedLoss and GraphedStep record one graph per batch shape and train as train_step does eagerly. The recording
+itself needs a GPU: here a stand-in returns the module (GraphedLoss) or the step's body (GraphedStep) to run as it
+is; tests/test_cuda.py replays real graphs against eager steps."""
+
+import math
 
 import pytest
 import torch
 
 from minisbert import SentenceTransformer
-from minisbert.cuda_graphs import GraphedLoss, pad_to_bucket
+from minisbert.cuda_graphs import GraphedLoss, GraphedStep, pad_to_bucket
 from minisbert.losses import CosineSimilarityLoss, MultipleNegativesRankingLoss, SoftmaxLoss, tokenize_batch
 from minisbert.optim import AdamW, parameter_groups
-from minisbert.training import train_step
+from minisbert.training import NonFiniteWatch, train_step
 from test_train_cli import train
 
 PAIRS = [("A man plays a guitar.", "A man plays an instrument.", 0), ("A dog runs.", "A cat sleeps on the sofa.", 2),
@@ -192,4 +195,116 @@ def test_train_py_refuses_cuda_graphs_on_the_cpu_before_writing_anything(tmp_pat
     run = train("--data", "stsb", "--device", "cpu", "--cuda-graphs", "--output", tmp_path / "out")
     assert run.returncode == 1
     assert "--cuda-graphs needs one GPU and one process; this run has 1 process on cpu" in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+class StepStandIn:
+    """GraphedStep's recording on the CPU: runs the warm-up (which must change no weight and leave no gradient), then
+    returns the step's body to be run as it is at each step."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def __call__(self, body, warm_up, tensors):
+        before = [p.detach().clone() for p in self.model.parameters()]
+        warm_up(*tensors)
+        assert all(torch.equal(a, b) for a, b in zip(before, self.model.parameters()))
+        assert all(p.grad is None for p in self.model.parameters())
+        self.calls.append([tuple(t.shape) for t in tensors])
+        return body
+
+
+def whole_steps(folder, graphed: bool, batches, lr=1e-3, poison_after=None, **options):
+    """(model, optimizer, watch, losses, step) after training on `batches` eagerly or with GraphedStep; with
+    `poison_after`, the classifier's bias turns NaN after that many steps."""
+    torch.manual_seed(0)
+    model = SentenceTransformer(folder)
+    model.train()
+    loss_fn = SoftmaxLoss(model, num_labels=3)
+    optimizer = AdamW(parameter_groups(loss_fn), lr=lr)
+    watch = NonFiniteWatch("cpu")
+    stepper = GraphedStep(loss_fn, optimizer, watch, record=StepStandIn(model), **options) if graphed else None
+    losses = []
+    for number, (columns, labels) in enumerate(batches):
+        if number == poison_after:
+            with torch.no_grad():
+                loss_fn.classifier.bias[0] = float("nan")
+        batch = tokenize_batch(model, columns, labels)
+        loss = stepper.step(batch, lr) if graphed else train_step(loss_fn, optimizer, batch, lr, watch=watch)
+        losses.append(loss.item())
+    return loss_fn, optimizer, watch, losses, stepper
+
+
+def test_whole_step_graphs_train_as_eager_steps_with_one_recording_per_shape(dropout_free_minilm):
+    short, longer = columns_and_labels(PAIRS), columns_and_labels(LONGER)
+    batches = [short, longer, short, short, longer, columns_and_labels(PAIRS[:3])]
+    eager, eager_optimizer, eager_watch, eager_losses, _ = whole_steps(dropout_free_minilm, False, batches)
+    graphed, optimizer, watch, losses, stepper = whole_steps(dropout_free_minilm, True, batches)
+    assert losses == pytest.approx(eager_losses, abs=1e-5)
+    # input ids and attention mask, lengths in multiples of 16, and the labels
+    assert stepper.record.calls == [[(8, 16)] * 2 + [(4,)], [(4, 32)] * 2 + [(2,)], [(6, 16)] * 2 + [(3,)]]
+    # what the host keeps: every parameter's step count, the groups' learning rate, the watch's step
+    assert ([optimizer.state[p]["step"] for p in graphed.parameters()]
+            == [eager_optimizer.state[p]["step"] for p in eager.parameters()] == [6] * len(stepper.params))
+    assert watch.step == eager_watch.step == 6 and watch.first_failure() is None
+    assert all(group["lr"] == 1e-3 for group in optimizer.param_groups)
+    assert all(p.grad is None for p in graphed.parameters())
+    # the weights moved alike: AdamW's first steps amplify rounding noise in near-zero gradients (1.6e-4 apart when
+    # written), so the bound is loose, but well below the moves themselves (up to 6 * lr = 6e-3)
+    for (name, a), b in zip(graphed.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=0, msg=name)
+
+
+def test_whole_step_graphs_stop_updating_at_the_first_non_finite_step_as_eager_steps_do(dropout_free_minilm):
+    batches = [columns_and_labels(PAIRS)] * 5
+    runs = [whole_steps(dropout_free_minilm, graphed, batches, poison_after=2) for graphed in (False, True)]
+    for loss_fn, optimizer, watch, losses, _ in runs:
+        assert watch.first_failure() == 3 and watch.step == 5
+        assert all(math.isfinite(x) for x in losses[:2]) and not any(math.isfinite(x) for x in losses[2:])
+    (eager, *_), (graphed, *_) = runs
+    for (name, a), b in zip(graphed.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=0, msg=name, equal_nan=True)
+
+
+def test_whole_step_graphs_beyond_max_graphs_and_after_a_failed_recording_run_eagerly(dropout_free_minilm):
+    short, longer = columns_and_labels(PAIRS), columns_and_labels(LONGER)
+    batches = [short, longer, short, longer]
+    _, _, _, eager_losses, _ = whole_steps(dropout_free_minilm, False, batches)
+    _, optimizer, watch, losses, stepper = whole_steps(dropout_free_minilm, True, batches, max_graphs=1)
+    assert losses == pytest.approx(eager_losses, abs=1e-5)
+    assert len(stepper.record.calls) == 1 and watch.step == 4
+    assert {state["step"] for state in optimizer.state.values()} == {4}
+
+
+def test_whole_step_graphs_with_uneven_step_counts_warn_and_run_eagerly(dropout_free_minilm):
+    model = SentenceTransformer(dropout_free_minilm)
+    loss_fn = SoftmaxLoss(model, num_labels=3)
+    optimizer = AdamW(parameter_groups(loss_fn), lr=1e-3)
+    stepper = GraphedStep(loss_fn, optimizer, NonFiniteWatch("cpu"), record=StepStandIn(model))
+    batch = tokenize_batch(model, *columns_and_labels(PAIRS))
+    stepper.step(batch, 1e-3)
+    optimizer.state[loss_fn.classifier.bias]["step"] = 7  # as after steps in which it had no gradient
+    with pytest.warns(UserWarning, match=r"different numbers of steps \(\[1, 7\]\)"):
+        stepper.step(batch, 1e-3)
+    stepper.step(batch, 1e-3)  # warned once
+    assert optimizer.state[loss_fn.classifier.bias]["step"] == 9 and optimizer.state[loss_fn.classifier.weight]["step"] == 3
+
+
+def test_whole_step_graphs_refuse_fp16_and_steps_without_a_watch(dropout_free_minilm):
+    model = SentenceTransformer(dropout_free_minilm)
+    loss_fn = SoftmaxLoss(model, num_labels=3)
+    optimizer = AdamW(parameter_groups(loss_fn))
+    with pytest.raises(ValueError, match="fp16 needs a loss scaler"):
+        GraphedStep(loss_fn, optimizer, NonFiniteWatch("cpu"), torch.float16, record=StepStandIn(model))
+    with pytest.raises(ValueError, match="needs a NonFiniteWatch"):
+        GraphedStep(loss_fn, optimizer, None, record=StepStandIn(model))
+    with pytest.raises(ValueError, match="CUDA graphs need the model on a GPU; it is on cpu"):
+        GraphedStep(loss_fn, optimizer, NonFiniteWatch("cpu"))
+
+
+def test_train_py_refuses_whole_step_graphs_without_cuda_graphs_before_writing_anything(tmp_path):
+    run = train("--data", "stsb", "--device", "cpu", "--graph-whole-step", "--output", tmp_path / "out")
+    assert run.returncode == 1
+    assert ("--graph-whole-step needs CUDA graphs (one GPU, one process) and bf16 or fp32; this run has no CUDA "
+            "graphs (cpu, 1 process(es))") in run.stderr
     assert not (tmp_path / "out").exists()
