@@ -247,4 +247,23 @@ def test_train_py_on_one_gpu_records_every_shape_and_trains(tmp_path, gpu_tokeni
         run = train(*options, "--lr", "1e20", "--warmup", 0, "--checkpoint-steps", 1, "--output", tmp_path / "nan")
         assert run.returncode == 1, run.stderr[-3000:]
         assert "the loss or its gradient is not finite at step" in run.stderr, run.stderr[-3000:]
+        # the same with the whole step as one graph: it trains, resumes from a checkpoint (the newest removed, as if
+        # the run had been killed before its last step) to the same weights, and stops on a NaN
+        import shutil
+
+        from safetensors.torch import load_file
+        whole = [*options, "--graph-whole-step", "--lr", "1e-3", "--checkpoint-steps", 1, "--output", tmp_path / "whole"]
+        run = train(*whole)
+        assert run.returncode == 0 and "could not record" not in run.stderr, run.stderr[-3000:]
+        uninterrupted = load_file(tmp_path / "whole" / "model.safetensors")
+        shutil.rmtree(tmp_path / "whole" / "checkpoints" / "step-00000012")
+        run = train(*whole, "--resume")
+        assert run.returncode == 0 and "resuming from" in run.stderr, run.stderr[-3000:]
+        assert [record["step"] for record in metrics(tmp_path / "whole") if "loss" in record] == [3, 6, 9, 12]
+        resumed = load_file(tmp_path / "whole" / "model.safetensors")
+        for name, tensor in uninterrupted.items():  # the embedding sums' order may differ in the last bits
+            torch.testing.assert_close(resumed[name], tensor, atol=1e-4, rtol=0, msg=name)
+        run = train(*options, "--graph-whole-step", "--lr", "1e20", "--warmup", 0, "--output", tmp_path / "whole-nan")
+        assert run.returncode == 1, run.stderr[-3000:]
+        assert "the loss or its gradient is not finite at step" in run.stderr, run.stderr[-3000:]
 
