@@ -6,6 +6,7 @@ in one pass, so no score matrix is ever stored. Elsewhere PyTorch scores a (quer
 time and selects from it.
 """
 
+import contextlib
 import gc
 
 import torch
@@ -157,8 +158,23 @@ class _Hits:
     def as_dicts(self) -> list[list[dict]]:
         if self.copied is not None:
             self.copied.synchronize()
-        return [[{"corpus_id": i, "score": s} for i, s in zip(row_ids, row_scores)]
-                for row_scores, row_ids in zip(self.scores.tolist(), self.ids.tolist())]
+        with _no_garbage_collection():
+            return [[{"corpus_id": i, "score": s} for i, s in zip(row_ids, row_scores)]
+                    for row_scores, row_ids in zip(self.scores.tolist(), self.ids.tolist())]
+
+
+@contextlib.contextmanager
+def _no_garbage_collection():
+    """Python's cycle collector off while results are built: many small new containers (10,000 queries' top 10 are
+    100,000 dicts) set off collections that find no cycle, and full ones scan every object the program holds, so
+    they can cost several times the building itself. As the collector was, afterwards."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _keep_best_pairs(scores: torch.Tensor, keys: torch.Tensor, max_pairs: int):
@@ -211,13 +227,8 @@ def paraphrase_mining_embeddings(embeddings, query_chunk_size: int = 5000, corpu
         best_scores, best_keys = _keep_best_pairs(torch.cat([best_scores, scores[keep]]),
                                                   torch.cat([best_keys, keys[keep]]), max_pairs)
     columns = best_scores.tolist(), (best_keys // n).tolist(), (best_keys % n).tolist()
-    collecting = gc.isenabled()
-    gc.disable()  # building up to max_pairs small lists would set off many full collections, for nothing
-    try:
+    with _no_garbage_collection():
         return [[score, i, j] for score, i, j in zip(*columns)]
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def paraphrase_mining(model, sentences: list[str], show_progress_bar: bool = False, batch_size: int = 32,

@@ -12,6 +12,7 @@ import torch
 from sentence_transformers import util
 
 from minisbert.data import distinct_sentences, read_sts_benchmark
+from minisbert import search
 from minisbert.search import paraphrase_mining, paraphrase_mining_embeddings, semantic_search, top_k_scores
 from minisbert.similarity import cos_sim, dot_score, pairwise_cos_sim, pairwise_dot_score
 
@@ -272,3 +273,39 @@ def test_the_losses_and_similarity_functions_do_not_import_triton():
     code = "import sys, minisbert.losses, minisbert; print([m for m in ('triton', 'minisbert.topk_kernel') if m in sys.modules])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_search_and_mining_leave_the_garbage_collector_as_they_found_it(collecting):
+    # both turn the collector off while they build their results; an error inside must not leave it off either
+    import gc
+    embeddings = torch.randn(30, 8)
+    was = gc.isenabled()
+    try:
+        (gc.enable if collecting else gc.disable)()
+        assert len(semantic_search(embeddings[:5], embeddings, top_k=3)) == 5
+        assert gc.isenabled() == collecting
+        assert len(paraphrase_mining_embeddings(embeddings, top_k=2)) > 0
+        assert gc.isenabled() == collecting
+        with pytest.raises(RuntimeError, match="stop"), search._no_garbage_collection():
+            raise RuntimeError("stop")
+        assert gc.isenabled() == collecting
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+def test_building_search_results_sets_off_no_garbage_collection():
+    # 200,000 new dicts would set off hundreds of collections (each 700 new containers), all finding nothing
+    import gc
+    collections = []
+
+    def count(phase, info):
+        collections.append(phase)
+    found = search._Hits(torch.rand(20_000, 10), torch.randint(0, 10**6, (20_000, 10)))
+    gc.callbacks.append(count)
+    try:
+        hits = found.as_dicts()
+    finally:
+        gc.callbacks.remove(count)
+    # (at most one, set off by what the call allocates before the collector is turned off)
+    assert len(hits) == 20_000 and collections.count("start") <= 1, collections.count("start")
