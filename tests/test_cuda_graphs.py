@@ -261,9 +261,9 @@ def test_whole_step_graphs_stop_updating_at_the_first_non_finite_step_as_eager_s
     for loss_fn, optimizer, watch, losses, _ in runs:
         assert watch.first_failure() == 3 and watch.step == 5
         assert all(math.isfinite(x) for x in losses[:2]) and not any(math.isfinite(x) for x in losses[2:])
-    (eager, *_), (graphed, *_) = runs
+    (eager, *_), (graphed, *_) = runs  # two steps moved the weights up to 2e-3; 1.2e-4 apart when written
     for (name, a), b in zip(graphed.named_parameters(), eager.parameters()):
-        torch.testing.assert_close(a, b, atol=1e-3, rtol=0, msg=name, equal_nan=True)
+        torch.testing.assert_close(a, b, atol=5e-4, rtol=0, msg=name, equal_nan=True)
 
 
 def test_whole_step_graphs_beyond_max_graphs_and_after_a_failed_recording_run_eagerly(dropout_free_minilm):
