@@ -137,33 +137,47 @@ def test_a_cuda_training_step_equals_the_cpu(random_minilm, dtype):
     assert losses["cuda"] == pytest.approx(losses["cpu"], rel=tolerance, abs=tolerance)
 
 
-@pytest.mark.parametrize("dtype,dropout", [(None, 0.0), (None, 0.1), (torch.bfloat16, 0.1), (torch.float16, 0.1)])
-def test_cuda_graph_training_steps_equal_eager_steps(random_minilm, dtype, dropout):
-    """GraphedLoss (train.py --cuda-graphs) replays recorded graphs; eager train_step runs the same padded batches
-    with packing off, the graphs' layout, so that dropout draws the same random numbers in both."""
-    from minisbert.cuda_graphs import GraphedLoss, pad_to_bucket
+# batches of three shapes for the graphed steps; the longer: 32 rows of up to 112 tokens, 3,584 token ids, beyond the
+# 3,072 from which PyTorch's embedding backward syncs
+GRAPH_BATCHES = (PAIRS, PAIRS[:6], [(" ".join([a, b] * 10), b, label) for a, b, label in PAIRS])
+
+
+def training_for_graphs(random_minilm, dropout: float, graphed: bool):
+    """(model, loss, AdamW) on the GPU, the same for a graphed run and an eager one. Packing stays on for the graphed
+    run, whose recordings turn it off; the eager run takes the padded batches (graph_batch) with packing off, the
+    graphs' layout, so that dropout draws the same random numbers in both."""
     config = dataclasses.replace(random_minilm.encoder.config, hidden_dropout_prob=dropout,
                                  attention_probs_dropout_prob=dropout)
-    short = PAIRS[:6]
-    # 32 rows of up to 112 tokens: 3,584 token ids, beyond the 3,072 from which PyTorch's embedding backward syncs
-    longer = [(" ".join([a, b] * 10), b, label) for a, b, label in PAIRS]
+    torch.manual_seed(0)
+    model = SentenceTransformer(encoder=Encoder(config), tokenizer=random_minilm.tokenizer)
+    model.encoder.load_state_dict(random_minilm.encoder.state_dict())
+    model.to("cuda").train()
+    model.encoder.packing = graphed
+    loss_fn = SoftmaxLoss(model, num_labels=3)
+    return model, loss_fn, AdamW(parameter_groups(loss_fn), lr=1e-4)
+
+
+def graph_batch(model, pairs, graphed: bool) -> dict:
+    """The pairs as tensors; for the eager run padded as the graphs pad them."""
+    from minisbert.cuda_graphs import pad_to_bucket
+    batch = tokenize_batch(model, [[a for a, _, _ in pairs], [b for _, b, _ in pairs]], [y for _, _, y in pairs])
+    config = model.encoder.config
+    return batch if graphed else pad_to_bucket(batch, 16, config.pad_token_id, config.max_tokens)
+
+
+@pytest.mark.parametrize("dtype,dropout", [(None, 0.0), (None, 0.1), (torch.bfloat16, 0.1), (torch.float16, 0.1)])
+def test_cuda_graph_training_steps_equal_eager_steps(random_minilm, dtype, dropout):
+    """GraphedLoss (train.py --cuda-graphs) replays recorded graphs; eager train_step runs the same padded batches."""
+    from minisbert.cuda_graphs import GraphedLoss
     runs = {}
     for graphed in (False, True):
-        torch.manual_seed(0)
-        model = SentenceTransformer(encoder=Encoder(config), tokenizer=random_minilm.tokenizer)
-        model.encoder.load_state_dict(random_minilm.encoder.state_dict())
-        model.to("cuda").train()
-        model.encoder.packing = graphed  # GraphedLoss turns packing off while it records
-        loss_fn = SoftmaxLoss(model, num_labels=3)
-        optimizer = AdamW(parameter_groups(loss_fn), lr=1e-4)
+        model, loss_fn, optimizer = training_for_graphs(random_minilm, dropout, graphed)
         scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
         step_loss = GraphedLoss(loss_fn, dtype) if graphed else loss_fn
         losses = []
-        for pairs in (PAIRS, short, longer, PAIRS, short, longer):
-            batch = tokenize_batch(model, [[a for a, _, _ in pairs], [b for _, b, _ in pairs]], [y for _, _, y in pairs])
-            if not graphed:
-                batch = pad_to_bucket(batch, 16, config.pad_token_id, config.max_tokens)
-            loss = train_step(step_loss, optimizer, batch, 1e-4, autocast_dtype=dtype, scaler=scaler)
+        for pairs in GRAPH_BATCHES * 2:
+            loss = train_step(step_loss, optimizer, graph_batch(model, pairs, graphed), 1e-4, autocast_dtype=dtype,
+                              scaler=scaler)
             assert loss is not None, (graphed, dtype, len(losses))
             losses.append(loss.item())
         runs[graphed] = losses
@@ -175,37 +189,24 @@ def test_cuda_graph_training_steps_equal_eager_steps(random_minilm, dtype, dropo
 @pytest.mark.parametrize("dtype,dropout", [(None, 0.0), (None, 0.1), (torch.bfloat16, 0.1)])
 def test_whole_step_cuda_graphs_equal_eager_steps(random_minilm, dtype, dropout):
     """GraphedStep (train.py --graph-whole-step) replays forward, backward, clipping, the finite test and AdamW as one
-    graph; eager train_step with a NonFiniteWatch runs the same padded batches with packing off. Then a NaN in the
-    classifier: both must count it at the same step and update nothing from then on."""
-    from minisbert.cuda_graphs import GraphedStep, pad_to_bucket
+    graph; eager train_step with a NonFiniteWatch runs the same padded batches. Then a NaN in the classifier: both
+    must count it at the same step and update nothing from then on."""
+    from minisbert.cuda_graphs import GraphedStep
     from minisbert.training import NonFiniteWatch
-    config = dataclasses.replace(random_minilm.encoder.config, hidden_dropout_prob=dropout,
-                                 attention_probs_dropout_prob=dropout)
-    short = PAIRS[:6]
-    longer = [(" ".join([a, b] * 10), b, label) for a, b, label in PAIRS]
     runs, weights = {}, {}
     for graphed in (False, True):
-        torch.manual_seed(0)
-        model = SentenceTransformer(encoder=Encoder(config), tokenizer=random_minilm.tokenizer)
-        model.encoder.load_state_dict(random_minilm.encoder.state_dict())
-        model.to("cuda").train()
-        model.encoder.packing = graphed  # GraphedStep turns packing off while it records
-        loss_fn = SoftmaxLoss(model, num_labels=3)
-        optimizer = AdamW(parameter_groups(loss_fn), lr=1e-4)
+        model, loss_fn, optimizer = training_for_graphs(random_minilm, dropout, graphed)
         watch = NonFiniteWatch("cuda")
         stepper = GraphedStep(loss_fn, optimizer, watch, dtype) if graphed else None
         losses = []
-        for number, pairs in enumerate((PAIRS, short, longer, PAIRS, short, longer, PAIRS, short)):
+        for number, pairs in enumerate(GRAPH_BATCHES * 2 + GRAPH_BATCHES[:2]):
             if number == 6:
                 with torch.no_grad():
                     loss_fn.classifier.bias[0] = float("nan")
                 kept = [p.detach().clone() for p in model.parameters()]
-            batch = tokenize_batch(model, [[a for a, _, _ in pairs], [b for _, b, _ in pairs]], [y for _, _, y in pairs])
-            if graphed:
-                loss = stepper.step(batch, 1e-4)
-            else:
-                batch = pad_to_bucket(batch, 16, config.pad_token_id, config.max_tokens)
-                loss = train_step(loss_fn, optimizer, batch, 1e-4, autocast_dtype=dtype, watch=watch)
+            batch = graph_batch(model, pairs, graphed)
+            loss = stepper.step(batch, 1e-4) if graphed else train_step(loss_fn, optimizer, batch, 1e-4,
+                                                                        autocast_dtype=dtype, watch=watch)
             losses.append(loss.item())
         assert watch.first_failure() == 7 and watch.step == 8, (graphed, watch.first_failure())
         for a, b in zip(kept, model.parameters()):  # nothing moved after the NaN
