@@ -71,14 +71,19 @@ class AdamW(torch.optim.Optimizer):
         chosen = {id(p) for p in params}
         for group in self.param_groups:
             group_params = [p for p in group["params"] if id(p) in chosen]
-            if not group_params:
-                continue
-            states = [self.state[p] for p in group_params]
-            (beta1, beta2), eps = group["betas"], group["eps"]
-            torch._fused_adamw_(group_params, [p.grad for p in group_params], [s["exp_avg"] for s in states],
-                                [s["exp_avg_sq"] for s in states], [], [step] * len(group_params), lr=lr,
-                                beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=eps, amsgrad=False,
-                                maximize=False, found_inf=found_inf)
+            if group_params:
+                self._fused_update(group, group_params, [step] * len(group_params), lr, found_inf)
+
+    def _fused_update(self, group: dict, params: list[torch.Tensor], steps: list[torch.Tensor], lr,
+                      found_inf: torch.Tensor | None) -> None:
+        """PyTorch's fused kernel on `params` of `group`, each with its step number (this step included) in a
+        tensor on its device, and the learning rate as a number or such a tensor."""
+        states = [self.state[p] for p in params]
+        (beta1, beta2), eps = group["betas"], group["eps"]
+        torch._fused_adamw_(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                            [s["exp_avg_sq"] for s in states], [], steps, lr=lr, beta1=beta1, beta2=beta2,
+                            weight_decay=group["weight_decay"], eps=eps, amsgrad=False, maximize=False,
+                            found_inf=found_inf)
 
     @torch.no_grad()
     def step(self, found_inf: torch.Tensor | None = None):
@@ -109,10 +114,8 @@ class AdamW(torch.optim.Optimizer):
                 for t, p in zip(steps, params):
                     if (t, p.device) not in step_tensors:  # (setdefault would make a tensor for every parameter)
                         step_tensors[t, p.device] = torch.full((), float(t), device=p.device)
-                torch._fused_adamw_(params, grads, exp_avg, exp_avg_sq, [],
-                                    [step_tensors[t, p.device] for t, p in zip(steps, params)], lr=lr, beta1=beta1,
-                                    beta2=beta2, weight_decay=group["weight_decay"], eps=eps, amsgrad=False,
-                                    maximize=False, found_inf=found_inf)
+                self._fused_update(group, params, [step_tensors[t, p.device] for t, p in zip(steps, params)], lr,
+                                   found_inf)
                 continue
             if group["weight_decay"]:
                 torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
