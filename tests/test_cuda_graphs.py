@@ -214,13 +214,13 @@ class StepStandIn:
         return body
 
 
-def whole_steps(folder, graphed: bool, batches, lr=1e-3, poison_after=None, **options):
-    """(model, optimizer, watch, losses, step) after training on `batches` eagerly or with GraphedStep; with
+def whole_steps(folder, graphed: bool, batches, lr=1e-3, poison_after=None, loss_class=SoftmaxLoss, **options):
+    """(loss, optimizer, watch, losses, step) after training on `batches` eagerly or with GraphedStep; with
     `poison_after`, the classifier's bias turns NaN after that many steps."""
     torch.manual_seed(0)
     model = SentenceTransformer(folder)
     model.train()
-    loss_fn = SoftmaxLoss(model, num_labels=3)
+    loss_fn = loss_class(model, num_labels=3) if loss_class is SoftmaxLoss else loss_class(model)
     optimizer = AdamW(parameter_groups(loss_fn), lr=lr)
     watch = NonFiniteWatch("cpu")
     stepper = GraphedStep(loss_fn, optimizer, watch, record=StepStandIn(model), **options) if graphed else None
@@ -253,6 +253,18 @@ def test_whole_step_graphs_train_as_eager_steps_with_one_recording_per_shape(dro
     # written), so the bound is loose, but well below the moves themselves (up to 6 * lr = 6e-3)
     for (name, a), b in zip(graphed.named_parameters(), eager.parameters()):
         torch.testing.assert_close(a, b, atol=1e-3, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("loss_class", [CosineSimilarityLoss, MultipleNegativesRankingLoss])
+def test_whole_step_graphs_of_other_losses_train_as_eager_steps(dropout_free_minilm, loss_class):
+    labels = [0.2, 0.9, 0.5, 0.1] if loss_class is CosineSimilarityLoss else None  # MNRL: no labels, no head
+    batches = [([c[0], c[1]], labels) for c, _ in [columns_and_labels(PAIRS)] * 3]
+    eager, _, _, eager_losses, _ = whole_steps(dropout_free_minilm, False, batches, loss_class=loss_class)
+    graphed, optimizer, _, losses, stepper = whole_steps(dropout_free_minilm, True, batches, loss_class=loss_class)
+    assert losses == pytest.approx(eager_losses, abs=1e-5)
+    assert len(stepper.record.calls) == 1 and {state["step"] for state in optimizer.state.values()} == {3}
+    for (name, a), b in zip(graphed.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(a, b, atol=5e-4, rtol=0, msg=name)
 
 
 def test_whole_step_graphs_stop_updating_at_the_first_non_finite_step_as_eager_steps_do(dropout_free_minilm):
