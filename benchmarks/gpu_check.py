@@ -266,7 +266,7 @@ def graphed_training(args, examples, folder: Path, shape: str, dtype: str, refer
 # within 1e-6 of it, and launch_config's for fp16. Settings timed on the H200 before (benchmarks/results) are left
 # out but for the references and launch_config's. The fp16 candidates hold 128 queries a program, twice
 # launch_config's, so that each corpus tile read serves twice the queries; compiled for sm_90 by Triton 3.9
-# (benchmarks/kernel_registers.py's compile_for_hopper), launch_config's fp16 tiles spill 436 bytes, these none
+# (python benchmarks/kernel_registers.py --tiles), launch_config's fp16 tiles spill 436 bytes, these none
 # with BLOCK_D 32 (348 bytes with 64)
 TILES = [("fp32", "ieee", (64, 256, 32, 8, 2)), ("fp32", "tf32x3", (128, 128, 32, 8, 3)),
          ("fp16", None, (64, 256, 64, 8, 3)), ("fp16", None, (128, 128, 32, 8, 3)), ("fp16", None, (128, 128, 32, 8, 4)),

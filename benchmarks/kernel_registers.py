@@ -1,6 +1,7 @@
 """Compile the fused top-k kernel for an H100 (sm_90) without a GPU and print ptxas's register and spill report.
 
     python benchmarks/kernel_registers.py          # needs triton (pip install triton); no GPU
+    python benchmarks/kernel_registers.py --tiles  # also each setting benchmarks/gpu_check.py --tune-seconds tries
 
 For each dtype and k, the kernel is compiled with the launch settings `topk_kernel.launch_config` would use, then
 assembled by the ptxas that ships with Triton. A spill in the main loop (stores to the stack) costs speed.
@@ -45,8 +46,8 @@ def compile_for_hopper(dtype: torch.dtype, k: int, **overrides):
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 
 
-def report(dtype: torch.dtype, k: int) -> str:
-    compiled = compile_for_hopper(dtype, k)
+def report(dtype: torch.dtype, k: int, **overrides) -> str:
+    compiled = compile_for_hopper(dtype, k, **overrides)
     with tempfile.TemporaryDirectory() as scratch:
         ptx = Path(scratch) / "kernel.ptx"
         ptx.write_text(compiled.asm["ptx"])
@@ -61,6 +62,14 @@ def main():
     for dtype in POINTERS:
         for k in (10, 32, 100):
             print(f"{str(dtype)[6:]:<9} k={k:<4} {report(dtype, k)}", flush=True)
+    if "--tiles" in sys.argv[1:]:
+        from gpu_check import TILES
+        dtypes = {"fp32": torch.float32, "fp16": torch.float16}
+        for dtype, precision, (block_q, block_c, block_d, warps, stages) in TILES:
+            overrides = dict(BLOCK_Q=block_q, BLOCK_C=block_c, BLOCK_D=block_d, num_warps=warps, num_stages=stages,
+                             FP32_PRECISION=precision)
+            print(f"{dtype} {precision} Q{block_q} C{block_c} D{block_d} w{warps} s{stages} k=10  "
+                  f"{report(dtypes[dtype], 10, **overrides)}", flush=True)
 
 
 if __name__ == "__main__":
