@@ -260,18 +260,19 @@ def graphed_training(args, examples, folder: Path, shape: str, dtype: str, refer
                       f"{what} {mine / row[name]:.2f}x", flush=True)
 
 
-# the kernel's settings tried by --tune, in this order: (dtype, fp32 products, (BLOCK_Q, BLOCK_C, BLOCK_D, num_warps,
-# num_stages)); the first of each dtype is the reference its results are compared with: "ieee" (plain fp32 products)
-# for fp32, whose "tf32x3" results (three TF32 products on the tensor cores, launch_config's since 2026-11-27) must be
-# within 1e-6 of it, and launch_config's for fp16. Settings timed on the H200 before (benchmarks/results) are left
-# out but for the references and launch_config's. The fp16 candidates hold 128 queries a program, twice
-# launch_config's, so that each corpus tile read serves twice the queries; compiled for sm_90 by Triton 3.9
-# (python benchmarks/kernel_registers.py --tiles), launch_config's fp16 tiles spill 436 bytes, these none
-# with BLOCK_D 32 (348 bytes with 64)
-TILES = [("fp32", "ieee", (64, 256, 32, 8, 2)), ("fp32", "tf32x3", (128, 128, 32, 8, 3)),
-         ("fp16", None, (64, 256, 64, 8, 3)), ("fp16", None, (128, 128, 32, 8, 3)), ("fp16", None, (128, 128, 32, 8, 4)),
-         ("fp16", None, (128, 128, 64, 8, 3)), ("fp16", None, (128, 128, 16, 8, 4)),
-         ("fp32", "tf32x3", (128, 128, 32, 8, 4)), ("fp32", "tf32x3", (128, 128, 16, 8, 4))]
+# the kernel's settings tried by --tune, in this order: (dtype, fp32 products, FLATTEN, (BLOCK_Q, BLOCK_C, BLOCK_D,
+# num_warps, num_stages)); the first of each dtype is the reference its results are compared with: launch_config's
+# for fp16, and "ieee" (plain fp32 products) for fp32, whose "tf32x3" results (three TF32 products on the tensor
+# cores, launch_config's since 2026-11-27) must be within 1e-6 of it. fp16 first: its search goal is the one not met.
+# FLATTEN (one loop over tiles and dimension slices, so the loads are pipelined across tiles) has never been timed;
+# the fp16 tiles of 128 queries a program make each corpus tile read serve twice launch_config's queries.
+# python benchmarks/kernel_registers.py --tiles compiles each for sm_90 (Triton 3.9: every one pipelined; no spills in
+# fp16, 16 to 68 bytes in tf32x3, 580 in the "ieee" reference)
+TILES = [("fp16", None, False, (64, 256, 64, 8, 3)), ("fp16", None, True, (64, 256, 64, 8, 3)),
+         ("fp16", None, True, (128, 128, 64, 8, 3)), ("fp16", None, True, (128, 128, 32, 8, 4)),
+         ("fp16", None, False, (128, 128, 64, 8, 3)), ("fp16", None, True, (64, 256, 32, 8, 4)),
+         ("fp32", "ieee", False, (64, 256, 32, 8, 2)), ("fp32", "tf32x3", False, (128, 128, 32, 8, 3)),
+         ("fp32", "tf32x3", True, (128, 128, 32, 8, 3)), ("fp32", "tf32x3", True, (128, 128, 32, 8, 4))]
 
 
 def tune(args, record: dict, failures: list) -> None:
@@ -289,12 +290,12 @@ def tune(args, record: dict, failures: list) -> None:
     queries = torch.randn(n_queries, 384, device=args.device, generator=generator)
     deadline = time.perf_counter() + args.tune_seconds
     rows, expected = [], {}
-    for dtype, precision, (block_q, block_c, block_d, warps, stages) in TILES:
+    for dtype, precision, flatten, (block_q, block_c, block_d, warps, stages) in TILES:
         if time.perf_counter() > deadline:
             break
         q, c = queries.to(TORCH_DTYPES[dtype]), corpus.to(TORCH_DTYPES[dtype])
         config = dict(BLOCK_Q=block_q, BLOCK_C=block_c, BLOCK_D=block_d, num_warps=warps, num_stages=stages,
-                      FP32_PRECISION=precision)
+                      FP32_PRECISION=precision, FLATTEN=flatten)
         try:
             seconds, found = timed(lambda: _merge_lowest_id_first(*topk_kernel.cosine_top_k(q, c, 10, config=config), 10),
                                    args.repeats, args.device)
@@ -311,7 +312,8 @@ def tune(args, record: dict, failures: list) -> None:
         same = gaps.max().item() < tolerance and not ((found[1] != reference[1]) & (gaps > tolerance)).any().item()
         rows.append({"dtype": dtype, **config, "seconds": seconds, "largest_score_gap": gaps.max().item(),
                      "same_as_default": same})
-        print(f"tune {dtype} {precision} Q{block_q} C{block_c} D{block_d} w{warps} s{stages}: {seconds * 1000:.1f} ms, "
+        print(f"tune {dtype} {precision} {'flat' if flatten else 'nested'} Q{block_q} C{block_c} D{block_d} w{warps} "
+              f"s{stages}: {seconds * 1000:.1f} ms, "
               f"largest score gap {gaps.max().item():.1e}" + ("" if same else "  DIFFERENT RESULTS"), flush=True)
         if not same:
             failures.append(f"tune {dtype} {config}: results differ from the reference setting's")

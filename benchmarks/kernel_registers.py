@@ -4,7 +4,12 @@
     python benchmarks/kernel_registers.py --tiles  # also each setting benchmarks/gpu_check.py --tune-seconds tries
 
 For each dtype and k, the kernel is compiled with the launch settings `topk_kernel.launch_config` would use, then
-assembled by the ptxas that ships with Triton. A spill in the main loop (stores to the stack) costs speed.
+assembled by the ptxas that ships with Triton. A spill in the main loop (stores to the stack) costs speed. It is
+compiled as Triton's JIT compiles it for a search whose sizes are multiples of 16 (10,000 x 1,000,000 x 384, say):
+the pointers and those sizes known to be multiples of 16, which is what lets the loads be vectorised and pipelined
+(without that knowledge the loads are not pipelined and the report shows spills the GPU never runs). "pipelined
+loads" counts the asynchronous copies into shared memory that Triton's software pipelining writes: 0 means every tile
+waits for its loads.
 """
 
 import subprocess
@@ -41,8 +46,13 @@ def compile_for_hopper(dtype: torch.dtype, k: int, **overrides):
                  "corpus_scale_ptr": "*fp32", "out_scores_ptr": "*fp32", "out_ids_ptr": "*i32", "n_queries": "i32",
                  "n_corpus": "i32", "dim": "i32", "rows_per_split": "i32", "n_splits": "i32", "self_offset": "i32",
                  **{name: "constexpr" for name in config}}
+    # what the JIT knows of aligned tensors and of sizes that are multiples of 16 (rows_per_split is 250,000 for
+    # 10,000 x 1,000,000: four slices)
+    aligned = [name for name, kind in signature.items() if kind.startswith("*")]
+    aligned += ["n_queries", "n_corpus", "dim", "rows_per_split"]
     source = ASTSource(fn=kernel, signature=signature,
-                       constexprs={(kernel.arg_names.index(name),): value for name, value in config.items()})
+                       constexprs={(kernel.arg_names.index(name),): value for name, value in config.items()},
+                       attrs={(kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in aligned})
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 
 
@@ -53,8 +63,14 @@ def report(dtype: torch.dtype, k: int, **overrides) -> str:
         ptx.write_text(compiled.asm["ptx"])
         out = subprocess.run([str(ptxas()), "-arch=sm_90a", "-v", str(ptx), "-o", str(ptx.with_suffix(".cubin"))],
                              capture_output=True, text=True, check=True).stderr
-    return " | ".join(line.split("info    :")[-1].strip() for line in out.splitlines()
-                      if "registers" in line or "spill" in line)
+    ptxas_says = " | ".join(line.split("info    :")[-1].strip() for line in out.splitlines()
+                            if "registers" in line or "spill" in line)
+    return f"pipelined loads {pipelined_loads(compiled)} | {ptxas_says}"
+
+
+def pipelined_loads(compiled) -> int:
+    """How many asynchronous copies to shared memory Triton's pipelining wrote into the compiled kernel."""
+    return compiled.asm["ttgir"].count("ttg.async_copy_global_to_local")
 
 
 def main():
@@ -65,10 +81,11 @@ def main():
     if "--tiles" in sys.argv[1:]:
         from gpu_check import TILES
         dtypes = {"fp32": torch.float32, "fp16": torch.float16}
-        for dtype, precision, (block_q, block_c, block_d, warps, stages) in TILES:
+        for dtype, precision, flatten, (block_q, block_c, block_d, warps, stages) in TILES:
             overrides = dict(BLOCK_Q=block_q, BLOCK_C=block_c, BLOCK_D=block_d, num_warps=warps, num_stages=stages,
-                             FP32_PRECISION=precision)
-            print(f"{dtype} {precision} Q{block_q} C{block_c} D{block_d} w{warps} s{stages} k=10  "
+                             FP32_PRECISION=precision, FLATTEN=flatten)
+            print(f"{dtype} {precision} {'flat' if flatten else 'nested'} Q{block_q} C{block_c} D{block_d} w{warps} "
+                  f"s{stages} k=10  "
                   f"{report(dtypes[dtype], 10, **overrides)}", flush=True)
 
 

@@ -4,6 +4,9 @@ Each program takes BLOCK_Q queries and one slice ("split") of the corpus. It wal
 rows, computes the (BLOCK_Q, BLOCK_C) tile of dot products on the tensor cores, scales it by the inverse norms,
 and folds it into a running top-k held in registers. Once the running lists are full, almost no score of a tile
 beats a row's k-th best, so folding costs one comparison per score. The splits' lists are merged by PyTorch.
+With FLATTEN, Triton turns the two loops (corpus tiles, and slices of the dimension within a tile) into one, so
+that the next tile's rows are loaded while this one is folded; without it, the loads are pipelined within a tile
+only, and each tile begins by waiting for its first slice.
 
 Equal scores go to the lower corpus id, as in the PyTorch path: a program scans its slice in increasing id
 order, takes a tile's candidates best first (the lower column first among equals), admits only scores strictly
@@ -30,21 +33,25 @@ if triton is not None:
     def _cosine_top_k_kernel(query_ptr, corpus_ptr, query_scale_ptr, corpus_scale_ptr, out_scores_ptr, out_ids_ptr,
                              n_queries, n_corpus, dim, rows_per_split, n_splits, self_offset,
                              K_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr,
-                             BLOCK_D: tl.constexpr, EXCLUDE_SELF: tl.constexpr, FP32_PRECISION: tl.constexpr):
+                             BLOCK_D: tl.constexpr, EXCLUDE_SELF: tl.constexpr, FP32_PRECISION: tl.constexpr,
+                             FLATTEN: tl.constexpr):
         q_block, split = tl.program_id(0), tl.program_id(1)
         q_rows = q_block * BLOCK_Q + tl.arange(0, BLOCK_Q)
         q_valid = q_rows < n_queries
         q_scale = tl.load(query_scale_ptr + q_rows, mask=q_valid, other=0.0)
         slots = tl.arange(0, K_PAD)
         tile_columns = tl.arange(0, BLOCK_C)
-        # this program's running lists live in its slice of the output and are read only when a tile has a
-        # score above a row's k-th best, which after the first tiles is rare: the score tile keeps the registers
+        # this program's running lists, in registers from their initial values in its slice of the output to
+        # their final ones (kept in memory between tiles, they need a barrier after each write, and a barrier
+        # stops Triton from pipelining the loads across tiles)
         lists = (q_rows.to(tl.int64)[:, None] * n_splits + split) * K_PAD + slots[None, :]  # (BLOCK_Q, K_PAD)
+        best = tl.load(out_scores_ptr + lists, mask=q_valid[:, None], other=float("inf"))
+        best_ids = tl.load(out_ids_ptr + lists, mask=q_valid[:, None], other=0)
         kth_best = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
 
         c_begin = split * rows_per_split
         c_end = tl.minimum(c_begin + rows_per_split, n_corpus)
-        for c_start in range(c_begin, c_end, BLOCK_C):
+        for c_start in tl.range(c_begin, c_end, BLOCK_C, flatten=FLATTEN):
             c_rows = c_start + tile_columns
             c_valid = c_rows < c_end
             dots = tl.zeros((BLOCK_Q, BLOCK_C), tl.float32)
@@ -64,24 +71,20 @@ if triton is not None:
             scores = tl.where(usable, scores, float("-inf"))
 
             pending = scores > kth_best[:, None]
-            if tl.max(pending.to(tl.int32), axis=None) > 0:
-                best = tl.load(out_scores_ptr + lists, mask=q_valid[:, None], other=float("inf"))
-                best_ids = tl.load(out_ids_ptr + lists, mask=q_valid[:, None], other=0)
-                while tl.max(pending.to(tl.int32), axis=None) > 0:
-                    candidates = tl.where(pending, scores, float("-inf"))
-                    top = tl.max(candidates, axis=1)
-                    column = tl.argmax(candidates, axis=1, tie_break_left=True)
-                    admitted = top > kth_best
-                    at_kth = best == kth_best[:, None]
-                    evicted = tl.argmax(tl.where(at_kth, best_ids, -1), axis=1, tie_break_left=True)
-                    replace = admitted[:, None] & (slots[None, :] == evicted[:, None])
-                    best = tl.where(replace, top[:, None], best)
-                    best_ids = tl.where(replace, (c_start + column)[:, None], best_ids)
-                    kth_best = tl.min(best, axis=1)
-                    pending = pending & (tile_columns[None, :] != column[:, None]) & (scores > kth_best[:, None])
-                tl.store(out_scores_ptr + lists, best, mask=q_valid[:, None])
-                tl.store(out_ids_ptr + lists, best_ids, mask=q_valid[:, None])
-                tl.debug_barrier()  # the next tile's load may come from other threads than this store
+            while tl.max(pending.to(tl.int32), axis=None) > 0:
+                candidates = tl.where(pending, scores, float("-inf"))
+                top = tl.max(candidates, axis=1)
+                column = tl.argmax(candidates, axis=1, tie_break_left=True)
+                admitted = top > kth_best
+                at_kth = best == kth_best[:, None]
+                evicted = tl.argmax(tl.where(at_kth, best_ids, -1), axis=1, tie_break_left=True)
+                replace = admitted[:, None] & (slots[None, :] == evicted[:, None])
+                best = tl.where(replace, top[:, None], best)
+                best_ids = tl.where(replace, (c_start + column)[:, None], best_ids)
+                kth_best = tl.min(best, axis=1)
+                pending = pending & (tile_columns[None, :] != column[:, None]) & (scores > kth_best[:, None])
+        tl.store(out_scores_ptr + lists, best, mask=q_valid[:, None])
+        tl.store(out_ids_ptr + lists, best_ids, mask=q_valid[:, None])
 
 
 _failure = None  # set when the kernel failed here once (another Triton version, another GPU): not tried again
@@ -103,17 +106,19 @@ def launch_config(dtype: torch.dtype, k: int) -> dict:
     """Tile sizes and kernel options for a search of the k best in `dtype`.
 
     Chosen by timing (below). benchmarks/kernel_registers.py compiles the kernel with these settings for sm_90 and
-    prints what ptxas reports: the spills depend on Triton's version (with 3.9 every setting spills some registers,
-    more as k and the running lists grow).
+    prints what ptxas reports and whether the loads are pipelined: with Triton 3.9, no spill at k = 10 in fp16 and
+    bf16 (68 bytes in fp32), spills from k = 32 as the running lists grow.
     """
     fp32 = dtype == torch.float32
     # measured on an H200 (benchmarks/gpu_check.py --tune-seconds), 10,000 x 1,000,000 x 384, top-10, 2026-11-27:
     # fp16 49 ms with these tiles (54 ms with 128 columns); fp32 as three TF32 products on the tensor cores
     # ("tf32x3": each operand split into a TF32 part and its remainder, the remainders' product dropped) 167 ms,
-    # against 394 ms for plain fp32 ("ieee"), the same hits, scores within 3.4e-7 of plain fp32's
+    # against 394 ms for plain fp32 ("ieee"), the same hits, scores within 3.4e-7 of plain fp32's. Those times were
+    # of the running lists kept in memory; in registers and with FLATTEN (pipelined across tiles) the kernel has not
+    # run on a GPU yet: FLATTEN stays off until the GPU check's tuning has timed it and compared its results
     block_q, block_c, block_d, stages = (128, 128, 32, 3) if fp32 else (64, 256, 64, 3)
     return dict(K_PAD=max(16, triton.next_power_of_2(k)), BLOCK_Q=block_q, BLOCK_C=block_c, BLOCK_D=block_d,
-                FP32_PRECISION="tf32x3" if fp32 else None, num_warps=8, num_stages=stages)
+                FP32_PRECISION="tf32x3" if fp32 else None, FLATTEN=False, num_warps=8, num_stages=stages)
 
 
 def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offset: int | None = None,

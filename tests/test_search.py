@@ -217,15 +217,20 @@ def test_fused_kernel_equals_pytorch_path_in_triton_interpreter():
 
 
 @pytest.mark.parametrize("dtype,k,overrides", [(torch.float32, 10, {}), (torch.float32, 10, {"FP32_PRECISION": "ieee"}),
-                                               (torch.bfloat16, 10, {}), (torch.float16, 128, {})])
+                                               (torch.bfloat16, 10, {}), (torch.float16, 128, {}),
+                                               (torch.float16, 10, {"FLATTEN": True}),
+                                               (torch.float32, 10, {"FLATTEN": True})])
 def test_fused_kernel_compiles_for_hopper_without_a_gpu(dtype, k, overrides):
     # The interpreter runs the kernel as Python, so it accepts what the GPU compiler refuses (an `if` on a string
-    # constexpr did, on the H200): compile it for sm_90 here, with the settings the search launches it with.
+    # constexpr did, on the H200): compile it for sm_90 here, with the settings the search launches it with. And
+    # its loads must be pipelined (a barrier in the loop, say, stops that, and every tile waits for its loads).
     pytest.importorskip("triton")
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-    from kernel_registers import compile_for_hopper
+    from kernel_registers import compile_for_hopper, pipelined_loads
 
-    assert ".target sm_90" in compile_for_hopper(dtype, k, **overrides).asm["ptx"]
+    compiled = compile_for_hopper(dtype, k, **overrides)
+    assert ".target sm_90" in compiled.asm["ptx"]
+    assert pipelined_loads(compiled) > 0
 
 
 def test_a_kernel_failure_warns_once_and_falls_back_to_the_pytorch_path(monkeypatch):
