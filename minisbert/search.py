@@ -158,9 +158,11 @@ class _Hits:
     def as_dicts(self) -> list[list[dict]]:
         if self.copied is not None:
             self.copied.synchronize()
-        with _no_garbage_collection():
-            return [[{"corpus_id": i, "score": s} for i, s in zip(row_ids, row_scores)]
-                    for row_scores, row_ids in zip(self.scores.tolist(), self.ids.tolist())]
+        rows, k = self.ids.shape
+        with _no_garbage_collection():  # one flat pass, then rows: faster than a comprehension per row
+            hits = [{"corpus_id": i, "score": s} for i, s in zip(self.ids.reshape(-1).tolist(),
+                                                                  self.scores.reshape(-1).tolist())]
+            return [hits[row * k:(row + 1) * k] for row in range(rows)]
 
 
 @contextlib.contextmanager
