@@ -318,6 +318,40 @@ def tune(args, record: dict, failures: list) -> None:
         if not same:
             failures.append(f"tune {dtype} {config}: results differ from the reference setting's")
     record["kernel_tiles"] = rows
+    search_with_fastest_tiles(args, record, failures, rows, queries, corpus)
+
+
+def search_with_fastest_tiles(args, record: dict, failures: list, rows: list, queries, corpus) -> None:
+    """semantic_search timed again with the fastest setting of each dtype that is not launch_config's (its results
+    the reference's): the figure a change of launch_config would give, against the sentence-transformers time of
+    this run's search part (the same vectors), without another run on a GPU."""
+    from minisbert import topk_kernel
+
+    chosen = topk_kernel.launch_config
+    for dtype in dict.fromkeys(row["dtype"] for row in rows):
+        default = {key: value for key, value in chosen(TORCH_DTYPES[dtype], 10).items() if key != "K_PAD"}
+        fastest = min((row for row in rows if row["dtype"] == dtype and row["same_as_default"]),
+                      key=lambda row: row["seconds"])
+        setting = {key: fastest[key] for key in default}
+        theirs = record.get(f"search_{dtype}", {})
+        if setting == default or "minisbert_s" not in theirs:
+            continue
+        q, c = queries.to(TORCH_DTYPES[dtype]), corpus.to(TORCH_DTYPES[dtype])
+        before = semantic_search(q, c, top_k=10)
+        topk_kernel.launch_config = lambda dtype, k: {**chosen(dtype, k), **setting}
+        try:
+            ours_s, ours = timed(lambda: semantic_search(q, c, top_k=10), args.repeats, args.device)
+        finally:
+            topk_kernel.launch_config = chosen
+        tolerance = 1e-6 if setting["FP32_PRECISION"] == "tf32x3" else 1e-5
+        wrong = differing(hits(ours), hits(before), tolerance)
+        ratio = theirs["sentence_transformers_s"] / ours_s
+        record[f"search_{dtype}_fastest_tiles"] = {**setting, "minisbert_s": ours_s, "ratio": ratio,
+                                                   "differing_hits_from_launch_config": wrong}
+        print(f"search {dtype} with the fastest tiles {setting}: {ours_s:.3f} s (launch_config's "
+              f"{theirs['minisbert_s']:.3f} s), {ratio:.1f}x sentence-transformers, differing hits {wrong}", flush=True)
+        if wrong:
+            failures.append(f"search {dtype} with {setting}: {wrong} hits differ from launch_config's")
 
 
 def profile(args, sentences, examples, folder: Path, shape: str) -> None:
