@@ -134,11 +134,12 @@ def search_and_mining(args, record: dict, failures: list) -> None:
         failures.append(f"mining: {wrong} pairs differ from sentence-transformers")
 
 
-def train_ours(folder, examples, batch_size, device, dtype, cuda_graphs=False, passes=1,
-               host_seconds: list | None = None, whole_step=False) -> tuple[list[float], int]:
-    """`passes` runs over `examples`: (the seconds of each, the number of CUDA graphs recorded). With CUDA
-    graphs, the first pass records one graph per batch shape, and the next ones replay them; `whole_step`: graphs
-    of the whole step (GraphedStep, train.py --graph-whole-step), else of forward and backward. `host_seconds`
+def train_ours(folder, examples, batch_size, device, dtype, graphs: str | None = None, passes=1,
+               host_seconds: list | None = None) -> tuple[list[float], int]:
+    """`passes` runs over `examples`: (the seconds of each, the number of CUDA graphs recorded). `graphs`: None for
+    eager steps, "forward_backward" for CUDA graphs of forward and backward (GraphedLoss, train.py's default on a
+    GPU), "whole_step" for graphs of the whole step (GraphedStep, train.py --graph-whole-step); the first pass
+    records one graph per batch shape, and the next ones replay them. `host_seconds`
     receives, for each pass, when the host had queued its last step: near the pass's seconds, the host is what
     limits; well below, the GPU is."""
     model = SentenceTransformer(folder, device=device)
@@ -146,9 +147,9 @@ def train_ours(folder, examples, batch_size, device, dtype, cuda_graphs=False, p
     optimizer = AdamW(parameter_groups(loss_fn), lr=2e-5)
     autocast = None if dtype == "fp32" else TORCH_DTYPES[dtype]
     scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" else None
-    step_loss = GraphedLoss(loss_fn, autocast) if cuda_graphs and not whole_step else loss_fn
+    step_loss = GraphedLoss(loss_fn, autocast) if graphs == "forward_backward" else loss_fn
     watch = NonFiniteWatch(device)  # as train.py in one process: the finite test on the device, no sync per step
-    stepper = GraphedStep(loss_fn, optimizer, watch, autocast) if whole_step else None
+    stepper = GraphedStep(loss_fn, optimizer, watch, autocast) if graphs == "whole_step" else None
     steps = math.ceil(len(examples) / batch_size)
     model.train()
     seconds = []
@@ -170,7 +171,7 @@ def train_ours(folder, examples, batch_size, device, dtype, cuda_graphs=False, p
         seconds.append(time.perf_counter() - start)
         if watch.first_failure() is not None:
             raise FloatingPointError(f"minisbert {dtype}: step {watch.first_failure()} was not finite")
-    return seconds, len((stepper or step_loss).graphs) if cuda_graphs or whole_step else 0
+    return seconds, len((stepper or step_loss).graphs) if graphs else 0
 
 
 def train_theirs_plain(folder, examples, batch_size, device, dtype):
@@ -238,10 +239,11 @@ def graphed_training(args, examples, folder: Path, shape: str, dtype: str, refer
     replays them. Graphs of forward and backward (train.py's default), and in bf16 also of the whole step
     (--graph-whole-step; tests/test_cuda.py checks its steps against eager ones)."""
     amp = row["reference_dtype"]
+    kinds = {"cuda_graphs": "forward_backward", "whole_step_graphs": "whole_step"}  # a figure's name: the graphs recorded
     for kind in ["cuda_graphs"] + (["whole_step_graphs"] if dtype != "fp16" else []):
         host = []
-        seconds, graphs = train_ours(folder, examples, 16, args.device, dtype, cuda_graphs=True, passes=2,
-                                     host_seconds=host, whole_step=kind == "whole_step_graphs")
+        seconds, graphs = train_ours(folder, examples, 16, args.device, dtype, kinds[kind], passes=2,
+                                     host_seconds=host)
         mine = len(examples) / seconds[1]
         row[f"minisbert_{dtype}_{kind}_host_share"] = host[1] / seconds[1]
         row[f"minisbert_{dtype}_{kind}_pairs_per_s"] = mine
