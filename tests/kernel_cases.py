@@ -45,15 +45,16 @@ def brute_force(queries, corpus, k: int, self_offset) -> list[list[int]]:
     return scores.argsort(dim=1, descending=True, stable=True)[:, :k].tolist()
 
 
-def check(case, device: str = "cpu", seed: int = 0) -> None:
-    """The kernel (cosine and dot product) against the PyTorch path and brute force, on `device`; AssertionError
-    naming the case on any difference."""
+def check(case, device: str = "cpu", seed: int = 0, config: dict | None = None) -> None:
+    """The kernel (cosine and dot product) against the PyTorch path and brute force, on `device`, with launch_config's
+    settings or `config`'s; AssertionError naming the case on any difference."""
     n_queries, n_corpus, dim, k, self_offset, dtype, n_splits = case
     generator = torch.Generator().manual_seed(seed)
     corpus = exact_rows(n_corpus, dim, generator).to(device=device, dtype=dtype)
     queries = torch.cat([corpus[-2:], exact_rows(n_queries, dim, generator).to(device=device, dtype=dtype)])[:n_queries]
     k = min(k, n_corpus)
-    fused = _merge_lowest_id_first(*topk_kernel.cosine_top_k(queries, corpus, k, self_offset, n_splits), k)
+    fused = _merge_lowest_id_first(*topk_kernel.cosine_top_k(queries, corpus, k, self_offset, n_splits,
+                                                             config=config), k)
     plain = _block_top_k(queries, corpus, k, self_offset, query_chunk_size=4 if n_queries < 100 else 256)
     expected = brute_force(queries, corpus, k, self_offset)
     assert plain[1].tolist() == expected, ("PyTorch path", case)
@@ -61,6 +62,6 @@ def check(case, device: str = "cpu", seed: int = 0) -> None:
     assert torch.equal(fused[0], plain[0]), ("kernel scores", case)
     # the dot product (normalize=False) against the PyTorch path's dot_score: exact on these rows too
     fused_dot = _merge_lowest_id_first(*topk_kernel.cosine_top_k(queries, corpus, k, self_offset, n_splits,
-                                                                 normalize=False), k)
+                                                                 normalize=False, config=config), k)
     plain_dot = _block_top_k(queries, corpus, k, self_offset, 4 if n_queries < 100 else 256, dot_score)
     assert fused_dot[1].tolist() == plain_dot[1].tolist() and torch.equal(fused_dot[0], plain_dot[0]), ("dot", case)

@@ -33,6 +33,13 @@ def test_fused_kernel_equals_pytorch_path_and_brute_force_on_the_gpu(case):
     check(case, device="cuda")
 
 
+@pytest.mark.parametrize("case", [case for case in GPU_CASES if case[1] == 20_000 and case[3] in (10, 128)], ids=str)
+def test_fused_kernel_with_its_loops_flattened_gives_the_same_results(case):
+    # FLATTEN (off in launch_config until timed) changes how Triton schedules the loops, which the interpreter
+    # ignores: only a GPU can check it, on the cases of many tiles per slice
+    check(case, device="cuda", config={"FLATTEN": True})
+
+
 @pytest.mark.parametrize("k", [10, 100])
 def test_fused_fp32_kernel_keeps_fp32_precision_on_random_vectors(k):
     # kernel_cases' rows are exact in TF32 too; here the products round, and the kernel's three TF32 products
