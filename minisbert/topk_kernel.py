@@ -16,6 +16,7 @@ in exact arithmetic (a duplicated row, say) can differ in the last bit between t
 product, which sum in another order; so the two paths agree exactly only where the scores themselves do.
 """
 
+import inspect
 import warnings
 
 import torch
@@ -27,6 +28,9 @@ except ImportError:  # CPU builds of PyTorch come without Triton
     triton = None
 
 LARGEST_K = 128  # above this the running lists no longer fit in registers; the PyTorch path takes over
+# the kernel's loop takes tl.range's `flatten`, which came with Triton 3.3 (PyTorch 2.7): with an older Triton the
+# first search on a GPU warns and all take the PyTorch path
+TRITON_TOO_OLD = triton is not None and "flatten" not in inspect.signature(tl.range.__init__).parameters
 
 if triton is not None:
     @triton.jit
@@ -132,6 +136,8 @@ def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offse
     overrides the number of corpus slices (the tests use it to check the merge of several). With
     `normalize=False` the scores are the dot products themselves. `config` overrides launch_config (for tuning).
     """
+    if TRITON_TOO_OLD:
+        raise RuntimeError(f"Triton {triton.__version__} is older than 3.3, whose tl.range(flatten=...) the kernel uses")
     queries, corpus = queries.contiguous(), corpus.contiguous()
     n_queries, dim = queries.shape
     if normalize:  # cosine: each dot product times both inverse norms (clamped at the eps of F.normalize)

@@ -250,6 +250,17 @@ def test_a_kernel_failure_warns_once_and_falls_back_to_the_pytorch_path(monkeypa
     assert not topk_kernel.available(corpus, 4)
 
 
+def test_a_triton_older_than_3_3_is_refused_with_its_version(monkeypatch):
+    # caught by the search, which warns once with this message and takes the PyTorch path (test above)
+    pytest.importorskip("triton")
+    from minisbert import topk_kernel
+
+    monkeypatch.setattr(topk_kernel, "TRITON_TOO_OLD", True)
+    corpus = tied_vectors(30, seed=4)
+    with pytest.raises(RuntimeError, match=r"Triton .* is older than 3\.3"):
+        topk_kernel.cosine_top_k(corpus[:3], corpus, 4)
+
+
 @pytest.mark.parametrize("call,message", [
     (lambda e: semantic_search(e, e, top_k=0), "top_k must be a positive integer, not 0"),
     (lambda e: semantic_search(e, e, query_chunk_size=2.5), "query_chunk_size must be a positive integer"),
