@@ -239,7 +239,8 @@ def graphed_training(args, examples, folder: Path, shape: str, dtype: str, refer
     replays them. Graphs of forward and backward (train.py's default), and in bf16 also of the whole step
     (--graph-whole-step; tests/test_cuda.py checks its steps against eager ones)."""
     amp = row["reference_dtype"]
-    kinds = {"cuda_graphs": "forward_backward", "whole_step_graphs": "whole_step"}  # a figure's name: the graphs recorded
+    # a figure's name: the graphs recorded
+    kinds = {"cuda_graphs": "forward_backward", "whole_step_graphs": "whole_step"}
     for kind in ["cuda_graphs"] + (["whole_step_graphs"] if dtype != "fp16" else []):
         host = []
         seconds, graphs = train_ours(folder, examples, 16, args.device, dtype, kinds[kind], passes=2,
@@ -262,19 +263,30 @@ def graphed_training(args, examples, folder: Path, shape: str, dtype: str, refer
                       f"{what} {mine / row[name]:.2f}x", flush=True)
 
 
-# the kernel's settings tried by --tune, in this order: (dtype, fp32 products, FLATTEN, (BLOCK_Q, BLOCK_C, BLOCK_D,
-# num_warps, num_stages)); the first of each dtype is the reference its results are compared with: launch_config's
-# for fp16, and "ieee" (plain fp32 products) for fp32, whose "tf32x3" results (three TF32 products on the tensor
-# cores, launch_config's since 2026-11-27) must be within 1e-6 of it. fp16 first: its search goal is the one not met.
-# FLATTEN (one loop over tiles and dimension slices, so the loads are pipelined across tiles) has never been timed;
-# the fp16 tiles of 128 queries a program make each corpus tile read serve twice launch_config's queries.
-# python benchmarks/kernel_registers.py --tiles compiles each for sm_90 (Triton 3.9: every one pipelined; no spills in
-# fp16, 16 to 68 bytes in tf32x3, 580 in the "ieee" reference)
-TILES = [("fp16", None, False, (64, 256, 64, 8, 3)), ("fp16", None, True, (64, 256, 64, 8, 3)),
-         ("fp16", None, True, (128, 128, 64, 8, 3)), ("fp16", None, True, (128, 128, 32, 8, 4)),
-         ("fp16", None, False, (128, 128, 64, 8, 3)), ("fp16", None, True, (64, 256, 32, 8, 4)),
-         ("fp32", "ieee", False, (64, 256, 32, 8, 2)), ("fp32", "tf32x3", False, (128, 128, 32, 8, 3)),
-         ("fp32", "tf32x3", True, (128, 128, 32, 8, 3)), ("fp32", "tf32x3", True, (128, 128, 32, 8, 4))]
+# the kernel's settings tried by --tune, in this order: (dtype, what differs from launch_config's); the first of each
+# dtype is the reference its results are compared with: launch_config's for fp16, and "ieee" (plain fp32 products)
+# for fp32, whose "tf32x3" results (three TF32 products on the tensor cores, launch_config's since 2026-11-27) must
+# be within 1e-6 of it. fp16 first, the most promising first: its search goal is the one not met. Never timed yet:
+# HOLD_QUERIES (the queries held in shared memory, see topk_kernel.kernel_options: a tile of 128 queries and 64
+# corpus rows reads 48 KB against launch_config's 240 KB for twice the products) and FLATTEN (one loop over tiles and
+# dimension slices, so the loads are pipelined across tiles). python benchmarks/kernel_registers.py --tiles compiles
+# each for sm_90 (Triton 3.9: every one pipelined; no spills in fp16, 16 to 68 bytes in tf32x3, 580 in "ieee")
+HELD = dict(HOLD_QUERIES=True, num_stages=2)
+TILES = [("fp16", {}), ("fp16", dict(HELD, BLOCK_Q=128, BLOCK_C=64, BLOCK_D=128)), ("fp16", dict(FLATTEN=True)),
+         ("fp16", dict(HELD, BLOCK_Q=128, BLOCK_C=64, BLOCK_D=64)),
+         ("fp16", dict(FLATTEN=True, BLOCK_Q=128, BLOCK_C=128, BLOCK_D=64)),
+         ("fp16", dict(HELD, BLOCK_Q=128, BLOCK_C=32, BLOCK_D=128, num_stages=3)),
+         ("fp16", dict(FLATTEN=True, BLOCK_Q=128, BLOCK_C=128, BLOCK_D=32, num_stages=4)),
+         ("fp32", dict(FP32_PRECISION="ieee", BLOCK_Q=64, BLOCK_C=256, BLOCK_D=32, num_stages=2)), ("fp32", {}),
+         ("fp32", dict(FLATTEN=True)), ("fp32", dict(HELD, BLOCK_Q=64, BLOCK_C=32, BLOCK_D=128)),
+         ("fp32", dict(FLATTEN=True, num_stages=4))]
+
+
+def describe(config: dict) -> str:
+    """A kernel setting in one short line: tiles, warps, stages and the options that are on."""
+    options = [name for name in ("FLATTEN", "HOLD_QUERIES") if config[name]]
+    return (f"{config['FP32_PRECISION'] or ''} Q{config['BLOCK_Q']} C{config['BLOCK_C']} D{config['BLOCK_D']} "
+            f"w{config['num_warps']} s{config['num_stages']} {' '.join(options)}").strip()
 
 
 def tune(args, record: dict, failures: list) -> None:
@@ -292,17 +304,17 @@ def tune(args, record: dict, failures: list) -> None:
     queries = torch.randn(n_queries, 384, device=args.device, generator=generator)
     deadline = time.perf_counter() + args.tune_seconds
     rows, expected = [], {}
-    for dtype, precision, flatten, (block_q, block_c, block_d, warps, stages) in TILES:
+    for dtype, overrides in TILES:
         if time.perf_counter() > deadline:
             break
         q, c = queries.to(TORCH_DTYPES[dtype]), corpus.to(TORCH_DTYPES[dtype])
-        config = dict(BLOCK_Q=block_q, BLOCK_C=block_c, BLOCK_D=block_d, num_warps=warps, num_stages=stages,
-                      FP32_PRECISION=precision, FLATTEN=flatten)
+        config = {key: value for key, value in topk_kernel.launch_config(TORCH_DTYPES[dtype], 10).items()
+                  if key != "K_PAD"} | overrides
         try:
             seconds, found = timed(lambda: _merge_lowest_id_first(*topk_kernel.cosine_top_k(q, c, 10, config=config), 10),
                                    args.repeats, args.device)
         except Exception as error:  # noqa: BLE001 - another setting the compiler refuses: reported, not fatal
-            message = f"tune {dtype} {config}: {type(error).__name__}: {str(error)[:200]}"
+            message = f"tune {dtype} {describe(config)}: {type(error).__name__}: {str(error)[:200]}"
             print(message, flush=True)
             if dtype not in expected:  # the reference setting of its dtype
                 failures.append(message)
@@ -310,15 +322,14 @@ def tune(args, record: dict, failures: list) -> None:
         reference = expected.setdefault(dtype, found)
         # another BLOCK_D sums in another order: the same hits, scores equal to fp32 rounding
         gaps = (found[0] - reference[0]).abs()
-        tolerance = 1e-6 if precision == "tf32x3" else 1e-5
+        tolerance = 1e-6 if config["FP32_PRECISION"] == "tf32x3" else 1e-5
         same = gaps.max().item() < tolerance and not ((found[1] != reference[1]) & (gaps > tolerance)).any().item()
         rows.append({"dtype": dtype, **config, "seconds": seconds, "largest_score_gap": gaps.max().item(),
                      "same_as_default": same})
-        print(f"tune {dtype} {precision} {'flat' if flatten else 'nested'} Q{block_q} C{block_c} D{block_d} w{warps} "
-              f"s{stages}: {seconds * 1000:.1f} ms, "
-              f"largest score gap {gaps.max().item():.1e}" + ("" if same else "  DIFFERENT RESULTS"), flush=True)
+        print(f"tune {dtype} {describe(config)}: {seconds * 1000:.1f} ms, largest score gap {gaps.max().item():.1e}"
+              + ("" if same else "  DIFFERENT RESULTS"), flush=True)
         if not same:
-            failures.append(f"tune {dtype} {config}: results differ from the reference setting's")
+            failures.append(f"tune {dtype} {describe(config)}: results differ from the reference setting's")
     record["kernel_tiles"] = rows
     search_with_fastest_tiles(args, record, failures, rows, queries, corpus)
 
@@ -350,10 +361,10 @@ def search_with_fastest_tiles(args, record: dict, failures: list, rows: list, qu
         ratio = theirs["sentence_transformers_s"] / ours_s
         record[f"search_{dtype}_fastest_tiles"] = {**setting, "minisbert_s": ours_s, "ratio": ratio,
                                                    "differing_hits_from_launch_config": wrong}
-        print(f"search {dtype} with the fastest tiles {setting}: {ours_s:.3f} s (launch_config's "
+        print(f"search {dtype} with the fastest setting ({describe(setting)}): {ours_s:.3f} s (launch_config's "
               f"{theirs['minisbert_s']:.3f} s), {ratio:.1f}x sentence-transformers, differing hits {wrong}", flush=True)
         if wrong:
-            failures.append(f"search {dtype} with {setting}: {wrong} hits differ from launch_config's")
+            failures.append(f"search {dtype} with {describe(setting)}: {wrong} hits differ from launch_config's")
 
 
 def profile(args, sentences, examples, folder: Path, shape: str) -> None:

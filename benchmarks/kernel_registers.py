@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minisbert import topk_kernel  # noqa: E402
 
 POINTERS = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}
+DIM = 384  # all-MiniLM-L6-v2's, and the GPU check's search
 
 
 def ptxas() -> Path:
@@ -39,7 +40,7 @@ def compile_for_hopper(dtype: torch.dtype, k: int, **overrides):
     `dtype` and `k` and any `overrides` (FP32_PRECISION="tf32x3", say). No GPU needed: a construct that the GPU
     compiler refuses but the interpreter accepts fails here."""
     kernel = topk_kernel._cosine_top_k_kernel
-    config = {**topk_kernel.launch_config(dtype, k), **overrides}
+    config = topk_kernel.kernel_options({**topk_kernel.launch_config(dtype, k), **overrides}, DIM, dtype)
     options = {"num_warps": config.pop("num_warps"), "num_stages": config.pop("num_stages")}
     config["EXCLUDE_SELF"] = False
     signature = {"query_ptr": POINTERS[dtype], "corpus_ptr": POINTERS[dtype], "query_scale_ptr": "*fp32",
@@ -79,13 +80,13 @@ def main():
         for k in (10, 32, 100):
             print(f"{str(dtype)[6:]:<9} k={k:<4} {report(dtype, k)}", flush=True)
     if "--tiles" in sys.argv[1:]:
-        from gpu_check import TILES
+        from gpu_check import TILES, describe
         dtypes = {"fp32": torch.float32, "fp16": torch.float16}
-        for dtype, precision, flatten, (block_q, block_c, block_d, warps, stages) in TILES:
-            overrides = dict(BLOCK_Q=block_q, BLOCK_C=block_c, BLOCK_D=block_d, num_warps=warps, num_stages=stages,
-                             FP32_PRECISION=precision, FLATTEN=flatten)
-            print(f"{dtype} {precision} {'flat' if flatten else 'nested'} Q{block_q} C{block_c} D{block_d} w{warps} "
-                  f"s{stages} k=10  "
+        for dtype, overrides in TILES:
+            config = topk_kernel.kernel_options({**topk_kernel.launch_config(dtypes[dtype], 10), **overrides}, DIM,
+                                                dtypes[dtype])
+            held = f" (held in {config['HELD_SLICES']} slices)" if config["HELD_SLICES"] else ""
+            print(f"{dtype} {describe({**config, 'HOLD_QUERIES': bool(held)})}{held} k=10  "
                   f"{report(dtypes[dtype], 10, **overrides)}", flush=True)
 
 

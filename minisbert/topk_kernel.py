@@ -6,7 +6,8 @@ and folds it into a running top-k held in registers. Once the running lists are 
 beats a row's k-th best, so folding costs one comparison per score. The splits' lists are merged by PyTorch.
 With FLATTEN, Triton turns the two loops (corpus tiles, and slices of the dimension within a tile) into one, so
 that the next tile's rows are loaded while this one is folded; without it, the loads are pipelined within a tile
-only, and each tile begins by waiting for its first slice.
+only, and each tile begins by waiting for its first slice. With HELD_SLICES, the queries are loaded once and held,
+and the loop over corpus tiles is the only one: its loads are pipelined across tiles.
 
 Equal scores go to the lower corpus id, as in the PyTorch path: a program scans its slice in increasing id
 order, takes a tile's candidates best first (the lower column first among equals), admits only scores strictly
@@ -34,11 +35,23 @@ TRITON_TOO_OLD = triton is not None and "flatten" not in inspect.signature(tl.ra
 
 if triton is not None:
     @triton.jit
+    def _query_slice(query_ptr, q_rows, q_valid, d, dim):
+        """Dimensions `d` of the queries `q_rows`: (BLOCK_Q, BLOCK_D)."""
+        return tl.load(query_ptr + q_rows.to(tl.int64)[:, None] * dim + d[None, :],
+                       mask=q_valid[:, None] & (d[None, :] < dim), other=0.0)
+
+    @triton.jit
+    def _corpus_slice(corpus_ptr, c_rows, c_valid, d, dim):
+        """Dimensions `d` of the corpus rows `c_rows`, transposed: (BLOCK_D, BLOCK_C)."""
+        return tl.load(corpus_ptr + c_rows.to(tl.int64)[None, :] * dim + d[:, None],
+                       mask=c_valid[None, :] & (d[:, None] < dim), other=0.0)
+
+    @triton.jit
     def _cosine_top_k_kernel(query_ptr, corpus_ptr, query_scale_ptr, corpus_scale_ptr, out_scores_ptr, out_ids_ptr,
                              n_queries, n_corpus, dim, rows_per_split, n_splits, self_offset,
                              K_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr,
                              BLOCK_D: tl.constexpr, EXCLUDE_SELF: tl.constexpr, FP32_PRECISION: tl.constexpr,
-                             FLATTEN: tl.constexpr):
+                             FLATTEN: tl.constexpr, HELD_SLICES: tl.constexpr):
         q_block, split = tl.program_id(0), tl.program_id(1)
         q_rows = q_block * BLOCK_Q + tl.arange(0, BLOCK_Q)
         q_valid = q_rows < n_queries
@@ -52,21 +65,28 @@ if triton is not None:
         best = tl.load(out_scores_ptr + lists, mask=q_valid[:, None], other=float("inf"))
         best_ids = tl.load(out_ids_ptr + lists, mask=q_valid[:, None], other=0)
         kth_best = tl.full((BLOCK_Q,), float("-inf"), tl.float32)
+        if HELD_SLICES:  # the queries loaded once (into shared memory), not again for every corpus tile
+            held = ()
+            for i in tl.static_range(HELD_SLICES):
+                held = held + (_query_slice(query_ptr, q_rows, q_valid, i * BLOCK_D + tl.arange(0, BLOCK_D), dim),)
 
         c_begin = split * rows_per_split
         c_end = tl.minimum(c_begin + rows_per_split, n_corpus)
         for c_start in tl.range(c_begin, c_end, BLOCK_C, flatten=FLATTEN):
             c_rows = c_start + tile_columns
             c_valid = c_rows < c_end
+            # fp32 in: "tf32x3" products (fp32's precision to about 1e-7) or "ieee"; None for bf16 and fp16
             dots = tl.zeros((BLOCK_Q, BLOCK_C), tl.float32)
-            for d_start in range(0, dim, BLOCK_D):
-                d = d_start + tl.arange(0, BLOCK_D)
-                q = tl.load(query_ptr + q_rows.to(tl.int64)[:, None] * dim + d[None, :],
-                            mask=q_valid[:, None] & (d[None, :] < dim), other=0.0)  # (BLOCK_Q, BLOCK_D)
-                c = tl.load(corpus_ptr + c_rows.to(tl.int64)[None, :] * dim + d[:, None],
-                            mask=c_valid[None, :] & (d[:, None] < dim), other=0.0)  # (BLOCK_D, BLOCK_C)
-                # fp32 in: "tf32x3" (fp32's precision to about 1e-7) or "ieee"; None for bf16 and fp16
-                dots = tl.dot(q, c, dots, input_precision=FP32_PRECISION)
+            if HELD_SLICES:
+                for i in tl.static_range(HELD_SLICES):
+                    c = _corpus_slice(corpus_ptr, c_rows, c_valid, i * BLOCK_D + tl.arange(0, BLOCK_D), dim)
+                    dots = tl.dot(held[i], c, dots, input_precision=FP32_PRECISION)
+            else:
+                for d_start in range(0, dim, BLOCK_D):
+                    d = d_start + tl.arange(0, BLOCK_D)
+                    q = _query_slice(query_ptr, q_rows, q_valid, d, dim)
+                    dots = tl.dot(q, _corpus_slice(corpus_ptr, c_rows, c_valid, d, dim), dots,
+                                  input_precision=FP32_PRECISION)
             c_scale = tl.load(corpus_scale_ptr + c_rows, mask=c_valid, other=0.0)
             scores = dots * q_scale[:, None] * c_scale[None, :]  # (BLOCK_Q, BLOCK_C)
             usable = q_valid[:, None] & c_valid[None, :]
@@ -75,18 +95,21 @@ if triton is not None:
             scores = tl.where(usable, scores, float("-inf"))
 
             pending = scores > kth_best[:, None]
-            while tl.max(pending.to(tl.int32), axis=None) > 0:
-                candidates = tl.where(pending, scores, float("-inf"))
-                top = tl.max(candidates, axis=1)
-                column = tl.argmax(candidates, axis=1, tie_break_left=True)
-                admitted = top > kth_best
-                at_kth = best == kth_best[:, None]
-                evicted = tl.argmax(tl.where(at_kth, best_ids, -1), axis=1, tie_break_left=True)
-                replace = admitted[:, None] & (slots[None, :] == evicted[:, None])
-                best = tl.where(replace, top[:, None], best)
-                best_ids = tl.where(replace, (c_start + column)[:, None], best_ids)
-                kth_best = tl.min(best, axis=1)
-                pending = pending & (tile_columns[None, :] != column[:, None]) & (scores > kth_best[:, None])
+            # the `if` tests what the while does; but a loop placed directly in the tile loop keeps Triton from
+            # pipelining the tile loop's loads (with HELD_SLICES, the only loop they are in)
+            if tl.max(pending.to(tl.int32), axis=None) > 0:
+                while tl.max(pending.to(tl.int32), axis=None) > 0:
+                    candidates = tl.where(pending, scores, float("-inf"))
+                    top = tl.max(candidates, axis=1)
+                    column = tl.argmax(candidates, axis=1, tie_break_left=True)
+                    admitted = top > kth_best
+                    at_kth = best == kth_best[:, None]
+                    evicted = tl.argmax(tl.where(at_kth, best_ids, -1), axis=1, tie_break_left=True)
+                    replace = admitted[:, None] & (slots[None, :] == evicted[:, None])
+                    best = tl.where(replace, top[:, None], best)
+                    best_ids = tl.where(replace, (c_start + column)[:, None], best_ids)
+                    kth_best = tl.min(best, axis=1)
+                    pending = pending & (tile_columns[None, :] != column[:, None]) & (scores > kth_best[:, None])
         tl.store(out_scores_ptr + lists, best, mask=q_valid[:, None])
         tl.store(out_ids_ptr + lists, best_ids, mask=q_valid[:, None])
 
@@ -118,11 +141,30 @@ def launch_config(dtype: torch.dtype, k: int) -> dict:
     # fp16 49 ms with these tiles (54 ms with 128 columns); fp32 as three TF32 products on the tensor cores
     # ("tf32x3": each operand split into a TF32 part and its remainder, the remainders' product dropped) 167 ms,
     # against 394 ms for plain fp32 ("ieee"), the same hits, scores within 3.4e-7 of plain fp32's. Those times were
-    # of the running lists kept in memory; in registers and with FLATTEN (pipelined across tiles) the kernel has not
-    # run on a GPU yet: FLATTEN stays off until the GPU check's tuning has timed it and compared its results
+    # of the running lists kept in memory; in registers, with FLATTEN (pipelined across tiles) or HOLD_QUERIES (see
+    # kernel_options) the kernel has not run on a GPU yet: both stay off until the GPU check's tuning has timed
+    # them and compared their results
     block_q, block_c, block_d, stages = (128, 128, 32, 3) if fp32 else (64, 256, 64, 3)
     return dict(K_PAD=max(16, triton.next_power_of_2(k)), BLOCK_Q=block_q, BLOCK_C=block_c, BLOCK_D=block_d,
-                FP32_PRECISION="tf32x3" if fp32 else None, FLATTEN=False, num_warps=8, num_stages=stages)
+                FP32_PRECISION="tf32x3" if fp32 else None, FLATTEN=False, HOLD_QUERIES=False, num_warps=8,
+                num_stages=stages)
+
+
+SHARED_MEMORY = 200 * 1024  # bytes of the 227 KB a program may have on an H100, leaving some to the reductions
+
+
+def kernel_options(config: dict, dim: int, dtype: torch.dtype) -> dict:
+    """launch_config's settings as the kernel takes them. HOLD_QUERIES (each program keeps its queries in shared
+    memory while it walks its corpus slice, instead of loading them again with every corpus tile: a tile of 128
+    queries and 64 corpus rows of 384 fp16 dimensions then reads 48 KB, not 144) becomes HELD_SLICES, the number
+    of BLOCK_D slices the queries are held in, or 0 where they would not fit in shared memory beside the corpus
+    tiles in flight."""
+    options = dict(config)
+    slices = triton.cdiv(dim, options["BLOCK_D"])
+    row_bytes = slices * options["BLOCK_D"] * torch.finfo(dtype).bits // 8
+    fits = (options["BLOCK_Q"] + options["num_stages"] * options["BLOCK_C"]) * row_bytes <= SHARED_MEMORY
+    options["HELD_SLICES"] = slices if options.pop("HOLD_QUERIES") and fits else 0
+    return options
 
 
 def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offset: int | None = None,
@@ -137,7 +179,8 @@ def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offse
     `normalize=False` the scores are the dot products themselves. `config` overrides launch_config (for tuning).
     """
     if TRITON_TOO_OLD:
-        raise RuntimeError(f"Triton {triton.__version__} is older than 3.3, whose tl.range(flatten=...) the kernel uses")
+        raise RuntimeError(f"Triton {triton.__version__} is older than 3.3, "
+                           "whose tl.range(flatten=...) the kernel uses")
     queries, corpus = queries.contiguous(), corpus.contiguous()
     n_queries, dim = queries.shape
     if normalize:  # cosine: each dot product times both inverse norms (clamped at the eps of F.normalize)
@@ -147,7 +190,7 @@ def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offse
     else:  # the dot product itself
         query_scale = torch.ones(len(queries), device=queries.device)
         corpus_scale = torch.ones(len(corpus), device=corpus.device)
-    config = {**launch_config(queries.dtype, k), **(config or {})}
+    config = kernel_options({**launch_config(queries.dtype, k), **(config or {})}, dim, queries.dtype)
     q_blocks = triton.cdiv(n_queries, config["BLOCK_Q"])
     # enough programs to fill the GPU a few times over; consecutive programs share a split, so its corpus
     # tiles are read from L2 by all the query blocks that run at once

@@ -203,8 +203,13 @@ interpreter.InterpreterBuilder.create_dot = lambda self, a, b, *rest: dot(self, 
 
 sys.path.insert(0, sys.argv[1])
 import kernel_cases
+from minisbert import topk_kernel
+held = {"HOLD_QUERIES": True, "BLOCK_D": 16}  # the queries held for the whole corpus slice, in 1 to 5 slices
 for case in kernel_cases.CASES:
     kernel_cases.check(case)
+    dtype, dim = case[5], case[2]
+    assert topk_kernel.kernel_options({**topk_kernel.launch_config(dtype, case[3]), **held}, dim, dtype)["HELD_SLICES"]
+    kernel_cases.check(case, config=held)
 print("kernel equals the PyTorch path and brute force")
 """
 
@@ -219,7 +224,9 @@ def test_fused_kernel_equals_pytorch_path_in_triton_interpreter():
 @pytest.mark.parametrize("dtype,k,overrides", [(torch.float32, 10, {}), (torch.float32, 10, {"FP32_PRECISION": "ieee"}),
                                                (torch.bfloat16, 10, {}), (torch.float16, 128, {}),
                                                (torch.float16, 10, {"FLATTEN": True}),
-                                               (torch.float32, 10, {"FLATTEN": True})])
+                                               (torch.float32, 10, {"FLATTEN": True}),
+                                               (torch.float16, 10, {"HOLD_QUERIES": True, "BLOCK_Q": 128, "BLOCK_C": 64,
+                                                                    "BLOCK_D": 128, "num_stages": 2})])
 def test_fused_kernel_compiles_for_hopper_without_a_gpu(dtype, k, overrides):
     # The interpreter runs the kernel as Python, so it accepts what the GPU compiler refuses (an `if` on a string
     # constexpr did, on the H200): compile it for sm_90 here, with the settings the search launches it with. And
@@ -231,6 +238,21 @@ def test_fused_kernel_compiles_for_hopper_without_a_gpu(dtype, k, overrides):
     compiled = compile_for_hopper(dtype, k, **overrides)
     assert ".target sm_90" in compiled.asm["ptx"]
     assert pipelined_loads(compiled) > 0
+
+
+def test_queries_are_held_only_where_they_fit_in_shared_memory_beside_the_tiles_in_flight():
+    pytest.importorskip("triton")
+    from minisbert.topk_kernel import SHARED_MEMORY, kernel_options, launch_config
+
+    held = {**launch_config(torch.float16, 10), "HOLD_QUERIES": True, "BLOCK_Q": 128, "BLOCK_C": 64, "BLOCK_D": 128,
+            "num_stages": 2}
+    # 128 queries and 2 x 64 corpus rows of 384 fp16 dimensions: 196,608 bytes
+    assert (128 + 2 * 64) * 384 * 2 <= SHARED_MEMORY < (128 + 2 * 64) * 384 * 4
+    assert kernel_options(held, 384, torch.float16)["HELD_SLICES"] == 3
+    assert kernel_options(held, 384, torch.float32)["HELD_SLICES"] == 0  # twice the bytes
+    assert kernel_options(held, 300, torch.float16)["HELD_SLICES"] == 3  # padded to 3 slices of 128
+    assert kernel_options({**held, "HOLD_QUERIES": False}, 384, torch.float16)["HELD_SLICES"] == 0
+    assert "HOLD_QUERIES" not in kernel_options(held, 384, torch.float16)  # not a kernel argument
 
 
 def test_a_kernel_failure_warns_once_and_falls_back_to_the_pytorch_path(monkeypatch):
