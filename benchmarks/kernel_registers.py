@@ -83,11 +83,10 @@ def main():
         from gpu_check import TILES, describe
         dtypes = {"fp32": torch.float32, "fp16": torch.float16}
         for dtype, overrides in TILES:
-            config = topk_kernel.kernel_options({**topk_kernel.launch_config(dtypes[dtype], 10), **overrides}, DIM,
-                                                dtypes[dtype])
-            held = f" (held in {config['HELD_SLICES']} slices)" if config["HELD_SLICES"] else ""
-            print(f"{dtype} {describe({**config, 'HOLD_QUERIES': bool(held)})}{held} k=10  "
-                  f"{report(dtypes[dtype], 10, **overrides)}", flush=True)
+            settings = {**topk_kernel.launch_config(dtypes[dtype], 10), **overrides}
+            slices = topk_kernel.kernel_options(settings, DIM, dtypes[dtype])["HELD_SLICES"]
+            held = f" (held in {slices} slices)" if slices else ""
+            print(f"{dtype} {describe(settings)}{held} k=10  {report(dtypes[dtype], 10, **overrides)}", flush=True)
 
 
 if __name__ == "__main__":

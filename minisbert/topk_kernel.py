@@ -134,7 +134,7 @@ def launch_config(dtype: torch.dtype, k: int) -> dict:
 
     Chosen by timing (below). benchmarks/kernel_registers.py compiles the kernel with these settings for sm_90 and
     prints what ptxas reports and whether the loads are pipelined: with Triton 3.9, no spill at k = 10 in fp16 and
-    bf16 (68 bytes in fp32), spills from k = 32 as the running lists grow.
+    bf16 (64 bytes in fp32), spills from k = 32 as the running lists grow.
     """
     fp32 = dtype == torch.float32
     # measured on an H200 (benchmarks/gpu_check.py --tune-seconds), 10,000 x 1,000,000 x 384, top-10, 2026-11-27:

@@ -34,8 +34,6 @@ def test_fused_kernel_equals_pytorch_path_and_brute_force_on_the_gpu(case):
 
 
 HELD = {"HOLD_QUERIES": True, "BLOCK_Q": 128, "BLOCK_C": 64, "BLOCK_D": 128, "num_stages": 2}  # 16-bit: fits
-
-
 MANY_TILES = [case for case in GPU_CASES if case[1] == 20_000 and case[3] in (10, 128)]
 
 
