@@ -33,12 +33,16 @@ def test_fused_kernel_equals_pytorch_path_and_brute_force_on_the_gpu(case):
     check(case, device="cuda")
 
 
+FLATTEN = {"FLATTEN": True}
 HELD = {"HOLD_QUERIES": True, "BLOCK_Q": 128, "BLOCK_C": 64, "BLOCK_D": 128, "num_stages": 2}  # 16-bit: fits
-MANY_TILES = [case for case in GPU_CASES if case[1] == 20_000 and case[3] in (10, 128)]
+MANY_TILES = {(case[5], case[3]): case for case in GPU_CASES if case[1] == 20_000}  # (dtype, k): case
 
 
-@pytest.mark.parametrize("case,config", [(case, config) for case in MANY_TILES for config in ({"FLATTEN": True}, HELD)
-                                         if config is not HELD or case[5] != torch.float32], ids=str)
+# each a compilation of its own (a few seconds): every dtype, k = 10 and k = 128 with self-exclusion among them
+@pytest.mark.parametrize("case,config", [
+    (MANY_TILES[torch.float16, 10], FLATTEN), (MANY_TILES[torch.bfloat16, 128], FLATTEN),
+    (MANY_TILES[torch.float32, 10], FLATTEN), (MANY_TILES[torch.float16, 128], HELD),
+    (MANY_TILES[torch.bfloat16, 10], HELD)], ids=str)
 def test_fused_kernel_with_other_loops_gives_the_same_results(case, config):
     # FLATTEN and HOLD_QUERIES (off in launch_config until timed) change how Triton schedules the loops and where
     # the queries live, which the interpreter does not model: only a GPU can check them, on many tiles per slice
