@@ -150,19 +150,20 @@ def launch_config(dtype: torch.dtype, k: int) -> dict:
                 num_stages=stages)
 
 
-SHARED_MEMORY = 200 * 1024  # bytes of the 227 KB a program may have on an H100, leaving some to the reductions
+H100_SHARED_MEMORY = 227 * 1024  # bytes of shared memory a program may have on an H100 or H200 (164 KB on an A100)
+SCRATCH = 27 * 1024  # of those, left to the reductions and to Triton's own buffers
 
 
-def kernel_options(config: dict, dim: int, dtype: torch.dtype) -> dict:
+def kernel_options(config: dict, dim: int, dtype: torch.dtype, shared_memory: int = H100_SHARED_MEMORY) -> dict:
     """launch_config's settings as the kernel takes them. HOLD_QUERIES (each program keeps its queries in shared
     memory while it walks its corpus slice, instead of loading them again with every corpus tile: a tile of 128
     queries and 64 corpus rows of 384 fp16 dimensions then reads 48 KB, not 144) becomes HELD_SLICES, the number
-    of BLOCK_D slices the queries are held in, or 0 where they would not fit in shared memory beside the corpus
-    tiles in flight."""
+    of BLOCK_D slices the queries are held in, or 0 where they would not fit beside the corpus tiles in flight in
+    `shared_memory` (the GPU's, less SCRATCH)."""
     options = dict(config)
     slices = triton.cdiv(dim, options["BLOCK_D"])
     row_bytes = slices * options["BLOCK_D"] * torch.finfo(dtype).bits // 8
-    fits = (options["BLOCK_Q"] + options["num_stages"] * options["BLOCK_C"]) * row_bytes <= SHARED_MEMORY
+    fits = (options["BLOCK_Q"] + options["num_stages"] * options["BLOCK_C"]) * row_bytes <= shared_memory - SCRATCH
     options["HELD_SLICES"] = slices if options.pop("HOLD_QUERIES") and fits else 0
     return options
 
@@ -190,7 +191,9 @@ def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offse
     else:  # the dot product itself
         query_scale = torch.ones(len(queries), device=queries.device)
         corpus_scale = torch.ones(len(corpus), device=corpus.device)
-    config = kernel_options({**launch_config(queries.dtype, k), **(config or {})}, dim, queries.dtype)
+    shared_memory = (triton.runtime.driver.active.utils.get_device_properties(queries.device.index)["max_shared_mem"]
+                     if queries.is_cuda else H100_SHARED_MEMORY)
+    config = kernel_options({**launch_config(queries.dtype, k), **(config or {})}, dim, queries.dtype, shared_memory)
     q_blocks = triton.cdiv(n_queries, config["BLOCK_Q"])
     # enough programs to fill the GPU a few times over; consecutive programs share a split, so its corpus
     # tiles are read from L2 by all the query blocks that run at once

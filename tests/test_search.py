@@ -242,15 +242,16 @@ def test_fused_kernel_compiles_for_hopper_without_a_gpu(dtype, k, overrides):
 
 def test_queries_are_held_only_where_they_fit_in_shared_memory_beside_the_tiles_in_flight():
     pytest.importorskip("triton")
-    from minisbert.topk_kernel import SHARED_MEMORY, kernel_options, launch_config
+    from minisbert.topk_kernel import H100_SHARED_MEMORY, SCRATCH, kernel_options, launch_config
 
     held = {**launch_config(torch.float16, 10), "HOLD_QUERIES": True, "BLOCK_Q": 128, "BLOCK_C": 64, "BLOCK_D": 128,
             "num_stages": 2}
     # 128 queries and 2 x 64 corpus rows of 384 fp16 dimensions: 196,608 bytes
-    assert (128 + 2 * 64) * 384 * 2 <= SHARED_MEMORY < (128 + 2 * 64) * 384 * 4
+    assert (128 + 2 * 64) * 384 * 2 <= H100_SHARED_MEMORY - SCRATCH < (128 + 2 * 64) * 384 * 4
     assert kernel_options(held, 384, torch.float16)["HELD_SLICES"] == 3
     assert kernel_options(held, 384, torch.float32)["HELD_SLICES"] == 0  # twice the bytes
     assert kernel_options(held, 300, torch.float16)["HELD_SLICES"] == 3  # padded to 3 slices of 128
+    assert kernel_options(held, 384, torch.float16, shared_memory=164 * 1024)["HELD_SLICES"] == 0  # an A100's
     assert kernel_options({**held, "HOLD_QUERIES": False}, 384, torch.float16)["HELD_SLICES"] == 0
     assert "HOLD_QUERIES" not in kernel_options(held, 384, torch.float16)  # not a kernel argument
 
