@@ -282,6 +282,15 @@ TILES = [("fp16", {}), ("fp16", dict(HELD, BLOCK_Q=128, BLOCK_C=64, BLOCK_D=128)
          ("fp32", dict(FLATTEN=True, num_stages=4))]
 
 
+def launch_settings(dtype: str, overrides: dict | None = None) -> dict:
+    """launch_config's settings for a top-10 search in `dtype` (K_PAD left to the kernel's caller), `overrides` over
+    them."""
+    from minisbert import topk_kernel
+
+    settings = topk_kernel.launch_config(TORCH_DTYPES[dtype], 10)
+    return {key: value for key, value in settings.items() if key != "K_PAD"} | (overrides or {})
+
+
 def describe(config: dict) -> str:
     """A kernel setting in one short line: tiles, warps, stages and the options that are on."""
     options = [name for name in ("FLATTEN", "HOLD_QUERIES") if config[name]]
@@ -308,8 +317,7 @@ def tune(args, record: dict, failures: list) -> None:
         if time.perf_counter() > deadline:
             break
         q, c = queries.to(TORCH_DTYPES[dtype]), corpus.to(TORCH_DTYPES[dtype])
-        config = {key: value for key, value in topk_kernel.launch_config(TORCH_DTYPES[dtype], 10).items()
-                  if key != "K_PAD"} | overrides
+        config = launch_settings(dtype, overrides)
         try:
             seconds, found = timed(lambda: _merge_lowest_id_first(*topk_kernel.cosine_top_k(q, c, 10, config=config), 10),
                                    args.repeats, args.device)
@@ -342,7 +350,7 @@ def search_with_fastest_tiles(args, record: dict, failures: list, rows: list, qu
 
     chosen = topk_kernel.launch_config
     for dtype in dict.fromkeys(row["dtype"] for row in rows):
-        default = {key: value for key, value in chosen(TORCH_DTYPES[dtype], 10).items() if key != "K_PAD"}
+        default = launch_settings(dtype)
         fastest = min((row for row in rows if row["dtype"] == dtype and row["same_as_default"]),
                       key=lambda row: row["seconds"])
         setting = {key: fastest[key] for key in default}
