@@ -25,6 +25,7 @@ import torch
 try:
     import triton
     import triton.language as tl
+    from triton.runtime.errors import OutOfResources
 except ImportError:  # CPU builds of PyTorch come without Triton
     triton = None
 
@@ -150,22 +151,31 @@ def launch_config(dtype: torch.dtype, k: int) -> dict:
                 num_stages=stages)
 
 
-H100_SHARED_MEMORY = 227 * 1024  # bytes of shared memory a program may have on an H100 or H200 (164 KB on an A100)
-SCRATCH = 27 * 1024  # of those, left to the reductions and to Triton's own buffers
-
-
-def kernel_options(config: dict, dim: int, dtype: torch.dtype, shared_memory: int = H100_SHARED_MEMORY) -> dict:
-    """launch_config's settings as the kernel takes them. HOLD_QUERIES (each program keeps its queries in shared
+def kernel_options(config: dict, dim: int) -> dict:
+    """launch_config's settings as the kernel takes them: HOLD_QUERIES (each program keeps its queries in shared
     memory while it walks its corpus slice, instead of loading them again with every corpus tile: a tile of 128
     queries and 64 corpus rows of 384 fp16 dimensions then reads 48 KB, not 144) becomes HELD_SLICES, the number
-    of BLOCK_D slices the queries are held in, or 0 where they would not fit beside the corpus tiles in flight in
-    `shared_memory` (the GPU's, less SCRATCH)."""
+    of BLOCK_D slices the queries are held in, or 0."""
     options = dict(config)
-    slices = triton.cdiv(dim, options["BLOCK_D"])
-    row_bytes = slices * options["BLOCK_D"] * torch.finfo(dtype).bits // 8
-    fits = (options["BLOCK_Q"] + options["num_stages"] * options["BLOCK_C"]) * row_bytes <= shared_memory - SCRATCH
-    options["HELD_SLICES"] = slices if options.pop("HOLD_QUERIES") and fits else 0
+    options["HELD_SLICES"] = triton.cdiv(dim, options["BLOCK_D"]) if options.pop("HOLD_QUERIES") else 0
     return options
+
+
+def smaller_setting(config: dict) -> dict | None:
+    """The next setting to try where a GPU has too little shared memory per program for `config` (an A100 has 164
+    KB, consumer GPUs about 100, 227 on an H100; how much a setting takes is the compiler's to say: held fp32
+    queries take twice their size as three TF32 products): the queries streamed instead of held, then fewer
+    stages in flight (down to 2), then half the corpus tile, then half the query tile (down to 32 each), then
+    half the dimension slice (down to 16). None when there is nothing left to shrink."""
+    steps = [("HELD_SLICES", 0, lambda n: 0), ("num_stages", 2, lambda n: n - 1), ("BLOCK_C", 32, lambda n: n // 2),
+             ("BLOCK_Q", 32, lambda n: n // 2), ("BLOCK_D", 16, lambda n: n // 2)]
+    for name, least, shrink in steps:
+        if config[name] > least:
+            return {**config, name: shrink(config[name])}
+    return None
+
+
+_fitted = {}  # (device, the setting asked for) -> the setting that fits that GPU's shared memory
 
 
 def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offset: int | None = None,
@@ -191,9 +201,29 @@ def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offse
     else:  # the dot product itself
         query_scale = torch.ones(len(queries), device=queries.device)
         corpus_scale = torch.ones(len(corpus), device=corpus.device)
-    shared_memory = (triton.runtime.driver.active.utils.get_device_properties(queries.device.index)["max_shared_mem"]
-                     if queries.is_cuda else H100_SHARED_MEMORY)
-    config = kernel_options({**launch_config(queries.dtype, k), **(config or {})}, dim, queries.dtype, shared_memory)
+    asked = kernel_options({**launch_config(queries.dtype, k), **(config or {})}, dim)
+    key = (queries.device, tuple(sorted(asked.items())))
+    config = _fitted.get(key, asked)
+    while True:
+        try:
+            found = _launch(queries, corpus, query_scale, corpus_scale, k, self_offset, n_splits, config)
+        except OutOfResources as error:  # compiled, but more shared memory than this GPU gives a program
+            smaller = smaller_setting(config) if error.name == "shared memory" else None
+            if smaller is None:
+                raise
+            change = ", ".join(f"{name} {config[name]} -> {smaller[name]}" for name in smaller
+                               if smaller[name] != config[name])
+            warnings.warn(f"the fused top-k kernel's setting needs {error.required} bytes of shared memory per "
+                          f"program and this GPU has {error.limit}: trying {change}")
+            config = smaller
+        else:
+            _fitted[key] = config
+            return found
+
+
+def _launch(queries, corpus, query_scale, corpus_scale, k: int, self_offset, n_splits, config: dict):
+    """One launch of the kernel with `config`: the candidates as cosine_top_k returns them."""
+    n_queries, dim = queries.shape
     q_blocks = triton.cdiv(n_queries, config["BLOCK_Q"])
     # enough programs to fill the GPU a few times over; consecutive programs share a split, so its corpus
     # tiles are read from L2 by all the query blocks that run at once

@@ -4,6 +4,7 @@ sentence_transformers.util; the Triton kernel against the PyTorch path, in Trito
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -208,7 +209,7 @@ held = {"HOLD_QUERIES": True, "BLOCK_D": 16}  # the queries held for the whole c
 for case in kernel_cases.CASES:
     kernel_cases.check(case)
     dtype, dim = case[5], case[2]
-    assert topk_kernel.kernel_options({**topk_kernel.launch_config(dtype, case[3]), **held}, dim, dtype)["HELD_SLICES"]
+    assert topk_kernel.kernel_options({**topk_kernel.launch_config(dtype, case[3]), **held}, dim)["HELD_SLICES"]
     kernel_cases.check(case, config=held)
 print("kernel equals the PyTorch path and brute force")
 """
@@ -240,20 +241,87 @@ def test_fused_kernel_compiles_for_hopper_without_a_gpu(dtype, k, overrides):
     assert pipelined_loads(compiled) > 0
 
 
-def test_queries_are_held_only_where_they_fit_in_shared_memory_beside_the_tiles_in_flight():
+def test_held_queries_take_one_slice_per_block_d_of_their_dimensions():
     pytest.importorskip("triton")
-    from minisbert.topk_kernel import H100_SHARED_MEMORY, SCRATCH, kernel_options, launch_config
+    from minisbert.topk_kernel import kernel_options, launch_config
 
-    held = {**launch_config(torch.float16, 10), "HOLD_QUERIES": True, "BLOCK_Q": 128, "BLOCK_C": 64, "BLOCK_D": 128,
-            "num_stages": 2}
-    # 128 queries and 2 x 64 corpus rows of 384 fp16 dimensions: 196,608 bytes
-    assert (128 + 2 * 64) * 384 * 2 <= H100_SHARED_MEMORY - SCRATCH < (128 + 2 * 64) * 384 * 4
-    assert kernel_options(held, 384, torch.float16)["HELD_SLICES"] == 3
-    assert kernel_options(held, 384, torch.float32)["HELD_SLICES"] == 0  # twice the bytes
-    assert kernel_options(held, 300, torch.float16)["HELD_SLICES"] == 3  # padded to 3 slices of 128
-    assert kernel_options(held, 384, torch.float16, shared_memory=164 * 1024)["HELD_SLICES"] == 0  # an A100's
-    assert kernel_options({**held, "HOLD_QUERIES": False}, 384, torch.float16)["HELD_SLICES"] == 0
-    assert "HOLD_QUERIES" not in kernel_options(held, 384, torch.float16)  # not a kernel argument
+    held = {**launch_config(torch.float16, 10), "HOLD_QUERIES": True, "BLOCK_D": 128}
+    assert kernel_options(held, 384)["HELD_SLICES"] == 3
+    assert kernel_options(held, 300)["HELD_SLICES"] == 3  # the last slice padded (masked loads)
+    assert kernel_options(held, 768)["HELD_SLICES"] == 6
+    assert kernel_options({**held, "HOLD_QUERIES": False}, 384)["HELD_SLICES"] == 0
+    assert "HOLD_QUERIES" not in kernel_options(held, 384)  # not a kernel argument
+
+
+def test_a_setting_too_large_for_the_gpus_shared_memory_steps_down_until_one_fits(monkeypatch):
+    # Triton compiles any setting and refuses at launch one that needs more shared memory than the GPU gives a
+    # program (OutOfResources). A stand-in launch refuses by the bytes of the tiles in flight (what Triton 3.9
+    # allocates for streamed tiles exactly, benchmarks/kernel_registers.py; held queries add their own).
+    pytest.importorskip("triton")
+    from triton.runtime.errors import OutOfResources
+
+    from minisbert import topk_kernel
+
+    limit, tried = 100 * 1024, []  # about a consumer GPU's
+
+    def launch(queries, corpus, query_scale, corpus_scale, k, self_offset, n_splits, config):
+        tried.append(config)
+        need = config["num_stages"] * (config["BLOCK_Q"] + config["BLOCK_C"]) * config["BLOCK_D"] * 2
+        need += config["HELD_SLICES"] * config["BLOCK_Q"] * config["BLOCK_D"] * 2
+        if need > limit:
+            raise OutOfResources(need, limit, "shared memory")
+        return "candidates"
+
+    monkeypatch.setattr(topk_kernel, "_launch", launch)
+    monkeypatch.setattr(topk_kernel, "_fitted", {})
+    queries, corpus = torch.randn(4, 384).half(), torch.randn(50, 384).half()
+    with pytest.warns(UserWarning, match=r"needs 122880 bytes .* has 102400: trying num_stages 3 -> 2"):
+        assert topk_kernel.cosine_top_k(queries, corpus, 10) == "candidates"  # launch_config's fp16: 120 KB
+    assert [config["num_stages"] for config in tried] == [3, 2]
+    tried.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the setting that fitted is remembered: no second warning, no second try
+        topk_kernel.cosine_top_k(queries, corpus, 10)
+    assert [config["num_stages"] for config in tried] == [2]
+
+    held = dict(HOLD_QUERIES=True, BLOCK_Q=128, BLOCK_C=64, BLOCK_D=128, num_stages=2)
+    tried.clear()
+    with pytest.warns(UserWarning, match="HELD_SLICES 3 -> 0"):
+        topk_kernel.cosine_top_k(queries, corpus, 10, config=held)
+    assert [(config["HELD_SLICES"], config["num_stages"]) for config in tried] == [(3, 2), (0, 2)]
+
+    # the whole way down, then the launch's own error
+    limit = 1024
+    tried.clear()
+    with pytest.warns(UserWarning), pytest.raises(OutOfResources):
+        topk_kernel.cosine_top_k(queries, corpus, 10, config={**held, "num_stages": 3})
+    assert [(c["HELD_SLICES"], c["num_stages"], c["BLOCK_C"], c["BLOCK_Q"], c["BLOCK_D"]) for c in tried] == [
+        (3, 3, 64, 128, 128), (0, 3, 64, 128, 128), (0, 2, 64, 128, 128), (0, 2, 32, 128, 128), (0, 2, 32, 64, 128),
+        (0, 2, 32, 32, 128), (0, 2, 32, 32, 64), (0, 2, 32, 32, 32), (0, 2, 32, 32, 16)]
+
+    def out_of_threads(*arguments):
+        raise OutOfResources(512, 256, "threads")
+
+    monkeypatch.setattr(topk_kernel, "_launch", out_of_threads)
+    with pytest.raises(OutOfResources, match="threads"):  # not a question of shared memory: not retried
+        topk_kernel.cosine_top_k(queries, corpus, 10, config={"num_warps": 16})
+
+
+def test_the_first_smaller_setting_takes_less_shared_memory_as_the_compiler_counts_it():
+    # What each setting takes, from Triton compiling the kernel for sm_90: one step down from launch_config's fp16
+    # setting (120 KB) and from held queries (192 KB) must fit a consumer GPU's 99 KB.
+    pytest.importorskip("triton")
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from kernel_registers import DIM, compile_with_options
+
+    from minisbert.topk_kernel import kernel_options, launch_config, smaller_setting
+
+    held = dict(HOLD_QUERIES=True, BLOCK_Q=128, BLOCK_C=64, BLOCK_D=128, num_stages=2)
+    for overrides in [{}, held]:
+        options = kernel_options({**launch_config(torch.float16, 10), **overrides}, DIM)
+        before = compile_with_options(torch.float16, options).metadata.shared
+        after = compile_with_options(torch.float16, smaller_setting(options)).metadata.shared
+        assert after < before and after <= 99 * 1024, (overrides, before, after)
 
 
 def test_a_kernel_failure_warns_once_and_falls_back_to_the_pytorch_path(monkeypatch):
