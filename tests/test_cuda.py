@@ -6,6 +6,7 @@ PyTorch's defaults (matrix products in fp32), so it equals the CPU to 1e-4; bf16
 their embeddings are compared by cosine."""
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -34,7 +35,8 @@ def test_fused_kernel_equals_pytorch_path_and_brute_force_on_the_gpu(case):
 
 
 FLATTEN = {"FLATTEN": True}
-HELD = {"HOLD_QUERIES": True, "BLOCK_Q": 128, "BLOCK_C": 64, "BLOCK_D": 128, "num_stages": 2}  # 16-bit: fits
+# 192 KB of shared memory in fp16 and bf16 (benchmarks/kernel_registers.py), within an H100's 227
+HELD = {"HOLD_QUERIES": True, "BLOCK_Q": 128, "BLOCK_C": 64, "BLOCK_D": 128, "num_stages": 2}
 MANY_TILES = {(case[5], case[3]): case for case in GPU_CASES if case[1] == 20_000}  # (dtype, k): case
 
 
@@ -46,7 +48,9 @@ MANY_TILES = {(case[5], case[3]): case for case in GPU_CASES if case[1] == 20_00
 def test_fused_kernel_with_other_loops_gives_the_same_results(case, config):
     # FLATTEN and HOLD_QUERIES (off in launch_config until timed) change how Triton schedules the loops and where
     # the queries live, which the interpreter does not model: only a GPU can check them, on many tiles per slice
-    check(case, device="cuda", config=config)
+    with warnings.catch_warnings():  # the setting itself, not a smaller one stepped down to
+        warnings.filterwarnings("error", message="the fused top-k kernel's setting needs")
+        check(case, device="cuda", config=config)
 
 
 @pytest.mark.parametrize("k", [10, 100])
