@@ -265,15 +265,15 @@ def graphed_training(args, examples, folder: Path, shape: str, dtype: str, refer
 
 
 # the kernel's settings tried by --tune, in this order: (dtype, what differs from launch_config's); the first of each
-# dtype is the reference its results are compared with: launch_config's for fp16, and "ieee" (plain fp32 products)
-# for fp32, whose "tf32x3" results (three TF32 products on the tensor cores, launch_config's since 2026-11-27) must
-# be within 1e-6 of it. fp16 first, the most promising first: its search goal is the one not met. Never timed yet:
-# HOLD_QUERIES (the queries held in shared memory, see topk_kernel.kernel_options: a tile of 128 queries and 64
-# corpus rows reads 48 KB against launch_config's 240 KB for twice the products) and FLATTEN (one loop over tiles and
-# dimension slices, so the loads are pipelined across tiles). python benchmarks/kernel_registers.py --tiles compiles
-# each for sm_90 (Triton 3.9: every one pipelined; spills of 0 to 8 bytes in fp16, 8 to 64 in tf32x3, 580 in "ieee";
-# shared memory 40 to 194 KB, within an H100's 227: held fp32 queries take twice their size as TF32 parts, so fp32
-# holds 32 of them, not 64, which would take 272 KB)
+# dtype is the reference its results are compared with: launch_config's for fp16, and "ieee" (plain fp32 products) for
+# fp32, whose "tf32x3" results (three TF32 products on the tensor cores, launch_config's since 2026-11-27) must be
+# within 1e-6 of it. fp16 first, the most promising first: its search goal is the one not met. Never timed yet:
+# HOLD_QUERIES (the queries held in shared memory, see topk_kernel.kernel_options: a tile of 128 queries and 64 corpus
+# rows reads 48 KB against launch_config's 240 KB for twice the products) and FLATTEN (one loop over tiles and
+# dimension slices, so the loads are pipelined across tiles; Triton 3.9 or newer, refused and reported before). python
+# benchmarks/kernel_registers.py --tiles compiles each for sm_90 (Triton 3.9: every one pipelined; spills of 0 to 8
+# bytes in fp16, 8 to 64 in tf32x3, 580 in "ieee"; shared memory 40 to 194 KB, within an H100's 227: held fp32 queries
+# take twice their size as TF32 parts, so fp32 holds 32 of them, not 64, which would take 272 KB)
 HELD = dict(HOLD_QUERIES=True, num_stages=2)
 TILES = [("fp16", {}), ("fp16", dict(HELD, BLOCK_Q=128, BLOCK_C=64, BLOCK_D=128)), ("fp16", dict(FLATTEN=True)),
          ("fp16", dict(HELD, BLOCK_Q=128, BLOCK_C=64, BLOCK_D=64)),

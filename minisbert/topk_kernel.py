@@ -4,7 +4,7 @@ Each program takes BLOCK_Q queries and one slice ("split") of the corpus. It wal
 rows, computes the (BLOCK_Q, BLOCK_C) tile of dot products on the tensor cores, scales it by the inverse norms,
 and folds it into a running top-k held in registers. Once the running lists are full, almost no score of a tile
 beats a row's k-th best, so folding costs one comparison per score. The splits' lists are merged by PyTorch.
-With FLATTEN, Triton turns the two loops (corpus tiles, and slices of the dimension within a tile) into one, so
+With FLATTEN (Triton 3.9 and later), Triton turns the two loops (corpus tiles, and slices of the dimension within a tile) into one, so
 that the next tile's rows are loaded while this one is folded; without it, the loads are pipelined within a tile
 only, and each tile begins by waiting for its first slice. With HELD_SLICES, the queries are loaded once and held,
 and the loop over corpus tiles is the only one: its loads are pipelined across tiles.
@@ -17,7 +17,7 @@ in exact arithmetic (a duplicated row, say) can differ in the last bit between t
 product, which sum in another order; so the two paths agree exactly only where the scores themselves do.
 """
 
-import inspect
+import re
 import warnings
 
 import torch
@@ -30,9 +30,21 @@ except ImportError:  # CPU builds of PyTorch come without Triton
     triton = None
 
 LARGEST_K = 128  # above this the running lists no longer fit in registers; the PyTorch path takes over
-# the kernel's loop takes tl.range's `flatten`, which came with Triton 3.3 (PyTorch 2.7): with an older Triton the
-# first search on a GPU warns and all take the PyTorch path
-TRITON_TOO_OLD = triton is not None and "flatten" not in inspect.signature(tl.range.__init__).parameters
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = re.match(r"(\d+)\.(\d+)", text).groups()
+    return int(major), int(minor)
+
+
+# What each Triton release compiles, found by compiling the kernel for sm_90 with each release's wheel
+# (benchmarks/kernel_registers.py): 3.3 refuses the whole kernel (the `if` around the fold sits in the tile loop and
+# calls functions that return, which 3.3 takes for a return inside a loop); 3.4 to 3.8 compile it, but their loop
+# fusion fails on it with FLATTEN; 3.9 compiles every setting. With a Triton older than 3.4 the first search on a
+# GPU warns and all take the PyTorch path.
+TRITON_VERSION = _version(triton.__version__) if triton is not None else None
+TRITON_TOO_OLD = triton is not None and TRITON_VERSION < (3, 4)
+FLATTEN_COMPILES = triton is not None and TRITON_VERSION >= (3, 9)
 
 if triton is not None:
     @triton.jit
@@ -144,7 +156,7 @@ def launch_config(dtype: torch.dtype, k: int) -> dict:
     # against 394 ms for plain fp32 ("ieee"), the same hits, scores within 3.4e-7 of plain fp32's. Those times were
     # of the running lists kept in memory; in registers, with FLATTEN (pipelined across tiles) or HOLD_QUERIES (see
     # kernel_options) the kernel has not run on a GPU yet: both stay off until the GPU check's tuning has timed
-    # them and compared their results
+    # them and compared their results (FLATTEN, if chosen, only where FLATTEN_COMPILES)
     block_q, block_c, block_d, stages = (128, 128, 32, 3) if fp32 else (64, 256, 64, 3)
     return dict(K_PAD=max(16, triton.next_power_of_2(k)), BLOCK_Q=block_q, BLOCK_C=block_c, BLOCK_D=block_d,
                 FP32_PRECISION="tf32x3" if fp32 else None, FLATTEN=False, HOLD_QUERIES=False, num_warps=8,
@@ -155,7 +167,11 @@ def kernel_options(config: dict, dim: int) -> dict:
     """launch_config's settings as the kernel takes them: HOLD_QUERIES (each program keeps its queries in shared
     memory while it walks its corpus slice, instead of loading them again with every corpus tile: a tile of 128
     queries and 64 corpus rows of 384 fp16 dimensions then reads 48 KB, not 144) becomes HELD_SLICES, the number
-    of BLOCK_D slices the queries are held in, or 0."""
+    of BLOCK_D slices the queries are held in, or 0. FLATTEN with a Triton that cannot compile it (before 3.9) is a
+    RuntimeError."""
+    if config["FLATTEN"] and not FLATTEN_COMPILES:
+        raise RuntimeError(f"FLATTEN needs Triton 3.9 or newer: the loop fusion of Triton {triton.__version__} "
+                           "fails on this kernel")
     options = dict(config)
     options["HELD_SLICES"] = triton.cdiv(dim, options["BLOCK_D"]) if options.pop("HOLD_QUERIES") else 0
     return options
@@ -190,8 +206,7 @@ def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offse
     `normalize=False` the scores are the dot products themselves. `config` overrides launch_config (for tuning).
     """
     if TRITON_TOO_OLD:
-        raise RuntimeError(f"Triton {triton.__version__} is older than 3.3, "
-                           "whose tl.range(flatten=...) the kernel uses")
+        raise RuntimeError(f"Triton {triton.__version__} is older than 3.4, the first that compiles this kernel")
     queries, corpus = queries.contiguous(), corpus.contiguous()
     n_queries, dim = queries.shape
     if normalize:  # cosine: each dot product times both inverse norms (clamped at the eps of F.normalize)

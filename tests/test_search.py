@@ -217,6 +217,10 @@ print("kernel equals the PyTorch path and brute force")
 
 def test_fused_kernel_equals_pytorch_path_in_triton_interpreter():
     pytest.importorskip("triton")
+    from minisbert.topk_kernel import TRITON_TOO_OLD
+
+    if TRITON_TOO_OLD:
+        pytest.skip("this Triton is refused for the kernel (see topk_kernel.TRITON_TOO_OLD)")
     result = subprocess.run([sys.executable, "-c", KERNEL_CHECK, str(Path(__file__).parent)], capture_output=True,
                             text=True, timeout=600, env={**os.environ, "TRITON_INTERPRET": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -236,6 +240,10 @@ def test_fused_kernel_compiles_for_hopper_without_a_gpu(dtype, k, overrides):
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     from kernel_registers import compile_for_hopper, pipelined_loads
 
+    from minisbert.topk_kernel import FLATTEN_COMPILES, TRITON_TOO_OLD
+
+    if TRITON_TOO_OLD or (overrides.get("FLATTEN") and not FLATTEN_COMPILES):
+        pytest.skip("this Triton is refused for the kernel, or for FLATTEN (see topk_kernel.TRITON_TOO_OLD)")
     compiled = compile_for_hopper(dtype, k, **overrides)
     assert ".target sm_90" in compiled.asm["ptx"]
     assert pipelined_loads(compiled) > 0
@@ -341,15 +349,29 @@ def test_a_kernel_failure_warns_once_and_falls_back_to_the_pytorch_path(monkeypa
     assert not topk_kernel.available(corpus, 4)
 
 
-def test_a_triton_older_than_3_3_is_refused_with_its_version(monkeypatch):
+def test_a_triton_older_than_3_4_is_refused_with_its_version(monkeypatch):
     # caught by the search, which warns once with this message and takes the PyTorch path (test above)
     pytest.importorskip("triton")
     from minisbert import topk_kernel
 
     monkeypatch.setattr(topk_kernel, "TRITON_TOO_OLD", True)
     corpus = tied_vectors(30, seed=4)
-    with pytest.raises(RuntimeError, match=r"Triton .* is older than 3\.3"):
+    with pytest.raises(RuntimeError, match=r"Triton .* is older than 3\.4"):
         topk_kernel.cosine_top_k(corpus[:3], corpus, 4)
+
+
+def test_flatten_is_refused_with_the_version_of_a_triton_that_cannot_compile_it(monkeypatch):
+    pytest.importorskip("triton")
+    from minisbert import topk_kernel
+
+    monkeypatch.setattr(topk_kernel, "FLATTEN_COMPILES", False)
+    monkeypatch.setattr(topk_kernel, "TRITON_TOO_OLD", False)
+    corpus = tied_vectors(30, seed=4)
+    with pytest.raises(RuntimeError, match=r"FLATTEN needs Triton 3\.9 or newer: .* Triton \d"):
+        topk_kernel.cosine_top_k(corpus[:3], corpus, 4, config={"FLATTEN": True})
+    # versions compare as numbers: 3.10 is newer than 3.9
+    assert [topk_kernel._version(v) >= (3, 9) for v in ("3.8.0", "3.9.0", "3.10.1", "3.9.0+git1a2b3c")] == [
+        False, True, True, True]
 
 
 @pytest.mark.parametrize("call,message", [
