@@ -427,10 +427,15 @@ def main():
     rows = [json.loads(line) for line in (args.assets / "pairs.jsonl").read_text().splitlines()[:args.train_pairs]]
     examples = [Example((row["sentence1"], row["sentence2"]), row["label"]) for row in rows]
     import sentence_transformers
+
+    from minisbert import topk_kernel
     record = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(args.device)
               if args.device.startswith("cuda") else "cpu", "torch": torch.__version__,
+              # what the kernel's settings can be depends on it (topk_kernel.TRITON_TOO_OLD, FLATTEN_COMPILES)
+              "triton": topk_kernel.triton.__version__ if topk_kernel.triton else None,
               "sentence_transformers": sentence_transformers.__version__, "sentences": len(sentences)}
-    print(json.dumps({k: record[k] for k in ("date", "device", "torch", "sentence_transformers")}), flush=True)
+    print(json.dumps({k: record[k] for k in ("date", "device", "torch", "triton", "sentence_transformers")}),
+          flush=True)
     failures = []
 
     stop_starting = time.perf_counter() + args.seconds if args.seconds else math.inf
