@@ -1,13 +1,13 @@
 """A fused cosine top-k for CUDA, in Triton: scores and selection in one pass, no score matrix in memory.
 
 Each program takes BLOCK_Q queries and one slice ("split") of the corpus. It walks the slice in tiles of BLOCK_C
-rows, computes the (BLOCK_Q, BLOCK_C) tile of dot products on the tensor cores, scales it by the inverse norms,
-and folds it into a running top-k held in registers. Once the running lists are full, almost no score of a tile
-beats a row's k-th best, so folding costs one comparison per score. The splits' lists are merged by PyTorch.
-With FLATTEN (Triton 3.9 and later), Triton turns the two loops (corpus tiles, and slices of the dimension within a tile) into one, so
-that the next tile's rows are loaded while this one is folded; without it, the loads are pipelined within a tile
-only, and each tile begins by waiting for its first slice. With HELD_SLICES, the queries are loaded once and held,
-and the loop over corpus tiles is the only one: its loads are pipelined across tiles.
+rows, computes the (BLOCK_Q, BLOCK_C) tile of dot products on the tensor cores, scales it by the inverse norms, and
+folds it into a running top-k held in registers. Once the running lists are full, almost no score of a tile beats a
+row's k-th best, so folding costs one comparison per score. The splits' lists are merged by PyTorch. With FLATTEN
+(Triton 3.9 and later), Triton turns the two loops (corpus tiles, and slices of the dimension within a tile) into
+one, so that the next tile's rows are loaded while this one is folded; without it, the loads are pipelined within a
+tile only, and each tile begins by waiting for its first slice. With HELD_SLICES, the queries are loaded once and
+held, and the loop over corpus tiles is the only one: its loads are pipelined across tiles.
 
 Equal scores go to the lower corpus id, as in the PyTorch path: a program scans its slice in increasing id
 order, takes a tile's candidates best first (the lower column first among equals), admits only scores strictly
