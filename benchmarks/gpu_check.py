@@ -324,8 +324,8 @@ def tune(args, record: dict, failures: list) -> None:
         try:
             with warnings.catch_warnings():  # a setting too large for this GPU is refused, not timed as a smaller one
                 warnings.filterwarnings("error", message="the fused top-k kernel's setting needs")
-                seconds, found = timed(lambda: _merge_lowest_id_first(*topk_kernel.cosine_top_k(q, c, 10, config=config),
-                                                                      10), args.repeats, args.device)
+                seconds, found = timed(lambda: _merge_lowest_id_first(
+                    *topk_kernel.cosine_top_k(q, c, 10, config=config), 10), args.repeats, args.device)
         except Exception as error:  # noqa: BLE001 - another setting the compiler refuses: reported, not fatal
             message = f"tune {dtype} {describe(config)}: {type(error).__name__}: {str(error)[:200]}"
             print(message, flush=True)

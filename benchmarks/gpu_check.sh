@@ -24,8 +24,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 timeout 240 "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/tests.log"
 tests=${PIPESTATUS[0]}
 # search and the kernel's settings first, then training, then encoding: parts not started by 240 s are listed as such
-timeout 270 "$PYTHON" benchmarks/gpu_check.py --assets .gpu --json "$OUT/gpu_check.json" --tune-seconds 20 --seconds 240 \
-    "$@" 2>&1 | tee "$OUT/bench.log"
+timeout 270 "$PYTHON" benchmarks/gpu_check.py --assets .gpu --json "$OUT/gpu_check.json" --tune-seconds 20 \
+    --seconds 240 "$@" 2>&1 | tee "$OUT/bench.log"
 bench=${PIPESTATUS[0]}
 echo "CUDA tests exit $tests, measurements exit $bench; figures in $OUT/gpu_check.json"
 [ "$tests" = 0 ] && [ "$bench" = 0 ]
