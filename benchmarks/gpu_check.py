@@ -323,7 +323,7 @@ def tune(args, record: dict, failures: list) -> None:
         config = launch_settings(dtype, overrides)
         try:
             with warnings.catch_warnings():  # a setting too large for this GPU is refused, not timed as a smaller one
-                warnings.filterwarnings("error", message="the fused top-k kernel's setting needs")
+                warnings.simplefilter("error", topk_kernel.SteppedDown)
                 seconds, found = timed(lambda: _merge_lowest_id_first(
                     *topk_kernel.cosine_top_k(q, c, 10, config=config), 10), args.repeats, args.device)
         except Exception as error:  # noqa: BLE001 - another setting the compiler refuses: reported, not fatal

@@ -194,6 +194,11 @@ def smaller_setting(config: dict) -> dict | None:
 _fitted = {}  # (device, the setting asked for) -> the setting that fits that GPU's shared memory
 
 
+class SteppedDown(UserWarning):
+    """The kernel ran with a smaller setting than the one asked for (see smaller_setting): the tuning and the GPU
+    tests, which must run the setting itself, turn it into an error."""
+
+
 def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offset: int | None = None,
                  n_splits: int | None = None, normalize: bool = True, config: dict | None = None):
     """Candidates for each query's k best corpus rows by cosine similarity: (scores (Q, S * k) float32, ids (Q, S * k)
@@ -229,7 +234,7 @@ def cosine_top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, self_offse
             change = ", ".join(f"{name} {config[name]} -> {smaller[name]}" for name in smaller
                                if smaller[name] != config[name])
             warnings.warn(f"the fused top-k kernel's setting needs {error.required} bytes of shared memory per "
-                          f"program and this GPU has {error.limit}: trying {change}")
+                          f"program and this GPU has {error.limit}: trying {change}", SteppedDown)
             config = smaller
         else:
             _fitted[key] = config

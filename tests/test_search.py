@@ -283,7 +283,7 @@ def test_a_setting_too_large_for_the_gpus_shared_memory_steps_down_until_one_fit
     monkeypatch.setattr(topk_kernel, "_launch", launch)
     monkeypatch.setattr(topk_kernel, "_fitted", {})
     queries, corpus = torch.randn(4, 384).half(), torch.randn(50, 384).half()
-    with pytest.warns(UserWarning, match=r"needs 122880 bytes .* has 102400: trying num_stages 3 -> 2"):
+    with pytest.warns(topk_kernel.SteppedDown, match=r"needs 122880 bytes .* has 102400: trying num_stages 3 -> 2"):
         assert topk_kernel.cosine_top_k(queries, corpus, 10) == "candidates"  # launch_config's fp16: 120 KB
     assert [config["num_stages"] for config in tried] == [3, 2]
     tried.clear()
@@ -294,7 +294,7 @@ def test_a_setting_too_large_for_the_gpus_shared_memory_steps_down_until_one_fit
 
     held = dict(HOLD_QUERIES=True, BLOCK_Q=128, BLOCK_C=64, BLOCK_D=128, num_stages=2)
     tried.clear()
-    with pytest.warns(UserWarning, match="HELD_SLICES 3 -> 0"):
+    with pytest.warns(topk_kernel.SteppedDown, match="HELD_SLICES 3 -> 0"):
         topk_kernel.cosine_top_k(queries, corpus, 10, config=held)
     assert [(config["HELD_SLICES"], config["num_stages"]) for config in tried] == [(3, 2), (0, 2)]
 
