@@ -48,7 +48,8 @@ def compile_with_options(dtype: torch.dtype, options: dict):
     """The kernel compiled for sm_90 with `options` as the kernel takes them (topk_kernel.kernel_options's)."""
     kernel = topk_kernel._cosine_top_k_kernel
     config = dict(options)
-    compiler_options = {"num_warps": config.pop("num_warps"), "num_stages": config.pop("num_stages")}
+    compiler_options = {"num_warps": config.pop("num_warps"), "num_stages": config.pop("num_stages"),
+                        **topk_kernel.COMPILER_OPTIONS}
     config["EXCLUDE_SELF"] = False
     signature = {"query_ptr": POINTERS[dtype], "corpus_ptr": POINTERS[dtype], "query_scale_ptr": "*fp32",
                  "corpus_scale_ptr": "*fp32", "out_scores_ptr": "*fp32", "out_ids_ptr": "*i32", "n_queries": "i32",

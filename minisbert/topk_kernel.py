@@ -30,6 +30,10 @@ except ImportError:  # CPU builds of PyTorch come without Triton
     triton = None
 
 LARGEST_K = 128  # above this the running lists no longer fit in registers; the PyTorch path takes over
+# Said, not left to Triton's default: 3.9 warns that its default (fusing a product and a sum into one rounding)
+# turns to off in 3.10. Off: outside the tensor-core products the kernel has no product followed by a sum to fuse,
+# so the compiled kernel computes the same either way (checked in its PTX: no fma), and with every Triton.
+COMPILER_OPTIONS = {"enable_fp_fusion": False}
 
 
 def _version(text: str) -> tuple[int, int]:
@@ -257,5 +261,5 @@ def _launch(queries, corpus, query_scale, corpus_scale, k: int, self_offset, n_s
     ids = torch.full((n_queries, n_splits, config["K_PAD"]), 2**31 - 1, dtype=torch.int32, device=queries.device)
     _cosine_top_k_kernel[(q_blocks, n_splits)](
         queries, corpus, query_scale, corpus_scale, scores, ids, n_queries, len(corpus), dim, rows_per_split,
-        n_splits, self_offset or 0, EXCLUDE_SELF=self_offset is not None, **config)
+        n_splits, self_offset or 0, EXCLUDE_SELF=self_offset is not None, **config, **COMPILER_OPTIONS)
     return scores[..., :k].reshape(n_queries, -1), ids[..., :k].reshape(n_queries, -1).long()
