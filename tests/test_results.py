@@ -86,10 +86,9 @@ def test_the_papers_full_setup_commands_run_on_the_sample_with_a_tiny_model(tmp_
     swaps = {"allnli": str(data_dir / "nli" / "snli_1.0_train.sample20k.jsonl"), "bert-base-uncased": str(tiny_bert)}
     for command in commands:
         command = [swaps.get(word, word) for word in command if word != "--download"]
-        command[1] = ROOT / command[1]
         if command[1] == "train.py":
             command += ["--data-dir", str(data_dir), "--max-steps", "2", "--eval-steps", "0"]
         else:
             command += ["--data-dir", str(data_dir)]
-        run(*command[1:], cwd=tmp_path)
+        run(ROOT / command[1], *command[2:], cwd=tmp_path)
     assert (tmp_path / "sbert-nli-stsb-base" / "modules.json").exists()
