@@ -24,12 +24,29 @@ def run(*command, cwd=ROOT):
 
 
 @pytest.fixture(scope="module")
-def tables(tmp_path_factory, data_dir, minilm_folder) -> Path:
+def short_sts_data(tmp_path_factory, data_dir) -> Path:
+    """The shared data with the STS benchmark's splits cut to their first 100 pairs: the tiny runs check the
+    scripts' plumbing, and train.py and the trainer evaluate the dev or test set before, during and after
+    training (most of their time with the whole sets)."""
+    folder = tmp_path_factory.mktemp("data")
+    for entry in data_dir.iterdir():
+        if entry.name != "stsbenchmark":
+            (folder / entry.name).symlink_to(entry)
+    (folder / "stsbenchmark").mkdir()
+    for split in ("train", "dev", "test"):
+        lines = (data_dir / "stsbenchmark" / f"sts-{split}.csv").read_text(encoding="utf-8").splitlines(True)
+        (folder / "stsbenchmark" / f"sts-{split}.csv").write_text("".join(lines[:100]), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory, data_dir, short_sts_data, minilm_folder) -> Path:
     """The four tables in tiny configurations, their JSON in one folder with a copy of the results page."""
     folder = tmp_path_factory.mktemp("results")
     shutil.copy(ROOT / "results" / "README.md", folder / "README.md")
-    data = ["--data", data_dir]
-    run("results/table1_unsupervised.py", *data, "--models", minilm_folder, "--limit", 30, "--json", folder / "table1.json")
+    run("results/table1_unsupervised.py", "--data", data_dir, "--models", minilm_folder, "--limit", 30,
+        "--json", folder / "table1.json")
+    data = ["--data", short_sts_data]
     run("results/table7_speed.py", *data, "--limit", 64, "--repeats", 1, "--json", folder / "table7.json")
     run("results/table6_ablation.py", *data, "--max-steps", 2, "--batch-size", 4, "--dev-limit", 30,
         "--runs", "mean:u,v,|u-v|", "cls:|u-v|", "--json", folder / "table6.json")
