@@ -270,10 +270,11 @@ def graphed_training(args, examples, folder: Path, shape: str, dtype: str, refer
 # within 1e-6 of it. fp16 first, the most promising first: its search goal is the one not met. Never timed yet:
 # HOLD_QUERIES (the queries held in shared memory, see topk_kernel.kernel_options: a tile of 128 queries and 64 corpus
 # rows reads 48 KB against launch_config's 240 KB for twice the products) and FLATTEN (one loop over tiles and
-# dimension slices, so the loads are pipelined across tiles; Triton 3.9 or newer, refused and reported before). python
-# benchmarks/kernel_registers.py --tiles compiles each for sm_90 (Triton 3.9: every one pipelined; spills of 0 to 8
-# bytes in fp16, 8 to 64 in tf32x3, 580 in "ieee"; shared memory 40 to 194 KB, within an H100's 227: held fp32 queries
-# take twice their size as TF32 parts, so fp32 holds 32 of them, not 64, which would take 272 KB)
+# dimension slices, so the loads are pipelined across tiles; Triton 3.9 or newer, before which its tiles are timed
+# without it). python benchmarks/kernel_registers.py --tiles compiles each for sm_90 (Triton 3.9: every one
+# pipelined; spills of 0 to 8 bytes in fp16, 8 to 64 in tf32x3, 580 in "ieee"; shared memory 40 to 194 KB, within an
+# H100's 227: held fp32 queries take twice their size as TF32 parts, so fp32 holds 32 of them, not 64, which would
+# take 272 KB)
 HELD = dict(HOLD_QUERIES=True, num_stages=2)
 TILES = [("fp16", {}), ("fp16", dict(HELD, BLOCK_Q=128, BLOCK_C=64, BLOCK_D=128)), ("fp16", dict(FLATTEN=True)),
          ("fp16", dict(HELD, BLOCK_Q=128, BLOCK_C=64, BLOCK_D=64)),
@@ -315,12 +316,20 @@ def tune(args, record: dict, failures: list) -> None:
     corpus = torch.randn(n_corpus, 384, device=args.device, generator=generator)
     queries = torch.randn(n_queries, 384, device=args.device, generator=generator)
     deadline = time.perf_counter() + args.tune_seconds
-    rows, expected = [], {}
+    if not topk_kernel.FLATTEN_COMPILES:  # (the H200's PyTorch 2.11 comes with Triton 3.7)
+        print(f"tune: Triton {topk_kernel.triton.__version__} cannot compile FLATTEN (3.9 can): its settings are timed "
+              "without it", flush=True)
+    rows, expected, tried = [], {}, []
     for dtype, overrides in TILES:
         if time.perf_counter() > deadline:
             break
-        q, c = queries.to(TORCH_DTYPES[dtype]), corpus.to(TORCH_DTYPES[dtype])
+        if not topk_kernel.FLATTEN_COMPILES:
+            overrides = {**overrides, "FLATTEN": False}
         config = launch_settings(dtype, overrides)
+        if (dtype, config) in tried:  # a FLATTEN setting without FLATTEN can be one already timed
+            continue
+        tried.append((dtype, config))
+        q, c = queries.to(TORCH_DTYPES[dtype]), corpus.to(TORCH_DTYPES[dtype])
         try:
             with warnings.catch_warnings():  # a setting too large for this GPU is refused, not timed as a smaller one
                 warnings.simplefilter("error", topk_kernel.SteppedDown)
