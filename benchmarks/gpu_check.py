@@ -316,7 +316,7 @@ def tune(args, record: dict, failures: list) -> None:
     corpus = torch.randn(n_corpus, 384, device=args.device, generator=generator)
     queries = torch.randn(n_queries, 384, device=args.device, generator=generator)
     deadline = time.perf_counter() + args.tune_seconds
-    if not topk_kernel.FLATTEN_COMPILES:  # (the H200's PyTorch 2.11 comes with Triton 3.7)
+    if not topk_kernel.FLATTEN_COMPILES:  # most likely on the GPU machine: its PyTorch 2.11 brings Triton 3.7
         print(f"tune: Triton {topk_kernel.triton.__version__} cannot compile FLATTEN (3.9 can): its settings are timed "
               "without it", flush=True)
     rows, expected, tried = [], {}, []

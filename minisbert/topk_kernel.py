@@ -30,9 +30,9 @@ except ImportError:  # CPU builds of PyTorch come without Triton
     triton = None
 
 LARGEST_K = 128  # above this the running lists no longer fit in registers; the PyTorch path takes over
-# Said, not left to Triton's default: 3.9 warns that its default (fusing a product and a sum into one rounding)
-# turns to off in 3.10. Off: outside the tensor-core products the kernel has no product followed by a sum to fuse,
-# so the compiled kernel computes the same either way (checked in its PTX: no fma), and with every Triton.
+# Said, not left to Triton's default, which 3.9 warns turns to off in 3.10 (fusing a product and a sum into one
+# rounding). Off: outside the tensor-core products the kernel has no product followed by a sum, so fusing would
+# change nothing (its PTX has no fma either way); said, the kernel does not depend on a Triton's default.
 COMPILER_OPTIONS = {"enable_fp_fusion": False}
 
 
