@@ -32,7 +32,8 @@ except ImportError:  # CPU builds of PyTorch come without Triton
 LARGEST_K = 128  # above this the running lists no longer fit in registers; the PyTorch path takes over
 # Said, not left to Triton's default, which 3.9 warns turns to off in 3.10 (fusing a product and a sum into one
 # rounding). Off: outside the tensor-core products the kernel has no product followed by a sum, so fusing would
-# change nothing (its PTX has no fma either way); said, the kernel does not depend on a Triton's default.
+# change nothing (compiled for sm_90 by Triton 3.9 both ways: the same instructions, no fma); said, the kernel does
+# not depend on a Triton's default.
 COMPILER_OPTIONS = {"enable_fp_fusion": False}
 
 
