@@ -140,9 +140,8 @@ def train_ours(folder, examples, batch_size, device, dtype, graphs: str | None =
     """`passes` runs over `examples`: (the seconds of each, the number of CUDA graphs recorded). `graphs`: None for
     eager steps, "forward_backward" for CUDA graphs of forward and backward (GraphedLoss, train.py's default on a
     GPU), "whole_step" for graphs of the whole step (GraphedStep, train.py --graph-whole-step); the first pass
-    records one graph per batch shape, and the next ones replay them. `host_seconds`
-    receives, for each pass, when the host had queued its last step: near the pass's seconds, the host is what
-    limits; well below, the GPU is."""
+    records one graph per batch shape, and the next ones replay them. `host_seconds` receives, for each pass, when
+    the host had queued its last step: near the pass's seconds, the host is what limits; well below, the GPU is."""
     model = SentenceTransformer(folder, device=device)
     loss_fn = SoftmaxLoss(model, num_labels=3)
     optimizer = AdamW(parameter_groups(loss_fn), lr=2e-5)
