@@ -175,11 +175,13 @@ class SentenceTransformer(nn.Module):
         `lengths` each row's token count on the CPU (see Encoder.forward)."""
         return self.embed(input_ids, attention_mask, encoder, lengths)[1]
 
-    def embed(self, input_ids, attention_mask, encoder: nn.Module | None = None, lengths=None):
-        """(token embeddings (B, S, D) in float32, sentence embeddings (B, dim)); `lengths` as in Encoder.forward."""
+    def embed(self, input_ids, attention_mask, encoder: nn.Module | None = None, lengths=None,
+              prompt_length: int | None = None):
+        """(token embeddings (B, S, D) in float32, sentence embeddings (B, dim)); `lengths` as in Encoder.forward,
+        `prompt_length` the tokens of a prompt in front of each text (see Pooling)."""
         encoder = self.encoder if encoder is None else encoder
         token_embeddings = encoder(input_ids, attention_mask, lengths=lengths).float()
-        embeddings = self.pooling(token_embeddings, attention_mask)  # pool and what follows in float32
+        embeddings = self.pooling(token_embeddings, attention_mask, prompt_length)  # pool and what follows in float32
         for module in self.after:
             embeddings = module(embeddings)
         return token_embeddings, embeddings
@@ -252,6 +254,7 @@ class SentenceTransformer(nn.Module):
         prompt = self._resolve_prompt(prompt, prompt_name)
         truncate_dim = truncate_dim or self.truncate_dim
         texts = sentences if not prompt else [prompt + sentence for sentence in sentences]
+        prompt_length = self.tokenizer.prompt_length(prompt) if prompt else None
 
         token_ids = self.tokenizer.token_ids(texts)
         order = np.argsort([-len(ids) for ids in token_ids], kind="stable")
@@ -271,7 +274,8 @@ class SentenceTransformer(nn.Module):
                 batch = {k: v.pin_memory() for k, v in batch.items()}
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with torch.inference_mode():
-                tokens, embedded = self.embed(batch["input_ids"], batch["attention_mask"], encoder, lengths)
+                tokens, embedded = self.embed(batch["input_ids"], batch["attention_mask"], encoder, lengths,
+                                              prompt_length)
                 embedded = embedded[:, :truncate_dim] if truncate_dim else embedded
                 if normalize_embeddings:
                     embedded = F.normalize(embedded, p=2, dim=-1)

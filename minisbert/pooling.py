@@ -7,47 +7,73 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens")  # concatenated in this order, as sentence-transformers does
-# the boolean keys of the long-standing 1_Pooling/config.json format, one per mode
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+# the boolean keys of the long-standing 1_Pooling/config.json format, one per mode; several modes set this way are
+# concatenated in this order
 LEGACY_KEYS = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens",
-               "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens"}
+               "mean_sqrt_len_tokens": "pooling_mode_mean_sqrt_len_tokens",
+               "weightedmean": "pooling_mode_weightedmean_tokens", "lasttoken": "pooling_mode_lasttoken"}
 
 
 class Pooling(nn.Module):
-    def __init__(self, embedding_dimension: int, modes: str | list[str] = "mean"):
+    """Token embeddings to one vector per text, by each of `modes` in turn, concatenated in the order given (as
+    sentence-transformers does). With include_prompt False, the tokens of a prompt put in front of the texts
+    ([CLS] included) are left out, as INSTRUCTOR-style models are trained."""
+
+    def __init__(self, embedding_dimension: int, modes: str | list[str] = "mean", include_prompt: bool = True):
         super().__init__()
         modes = [modes] if isinstance(modes, str) else list(modes)
         unknown = [m for m in modes if m not in POOLING_MODES]
         if unknown or not modes:
             raise ValueError(f"pooling mode {unknown or modes} is not supported; choose from {', '.join(POOLING_MODES)}")
         self.embedding_dimension = embedding_dimension
-        self.modes = sorted(modes, key=POOLING_MODES.index)
+        self.modes = modes
+        self.include_prompt = include_prompt
 
     @property
     def output_dimension(self) -> int:
         return self.embedding_dimension * len(self.modes)
 
-    def forward(self, token_embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        # (B, S, D), (B, S) -> (B, D * len(modes)); padding never contributes
+    def forward(self, token_embeddings: torch.Tensor, attention_mask: torch.Tensor,
+                prompt_length: int | None = None) -> torch.Tensor:
+        # (B, S, D), (B, S) -> (B, D * len(modes)); padding never contributes; `prompt_length` is the number of
+        # tokens in front of each text that are the prompt's (padding is on the right)
+        if prompt_length and not self.include_prompt:
+            attention_mask = attention_mask.clone()
+            attention_mask[:, :prompt_length] = 0
         mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)  # (B, S, 1)
+        rows = torch.arange(len(token_embeddings), device=token_embeddings.device)
         pooled = []
         for mode in self.modes:
-            if mode == "cls":
-                pooled.append(token_embeddings[:, 0])
+            if mode == "cls":  # the first token counted: [CLS], or the first after a left-out prompt
+                first = attention_mask.int().argmax(dim=1)  # (B,); 0 where no token counts
+                pooled.append(token_embeddings[rows, first])
             elif mode == "max":
                 pooled.append(token_embeddings.masked_fill(mask == 0, float("-inf")).max(dim=1).values)
+            elif mode == "lasttoken":  # the last token counted; a zero vector where no token counts
+                last = attention_mask.shape[1] - 1 - attention_mask.int().flip(1).argmax(dim=1)
+                pooled.append(token_embeddings[rows, last] * mask[rows, last])
             else:
-                # sum in float32 even for bf16/fp16 token embeddings; clamp keeps an all-padding row finite
-                summed = (token_embeddings * mask).sum(dim=1, dtype=torch.float32)
-                count = mask.sum(dim=1, dtype=torch.float32).clamp(min=1e-9)
-                divisor = count if mode == "mean" else count.sqrt()
+                # sum in float32 even for bf16/fp16 token embeddings; clamp keeps an all-padding row finite.
+                # weightedmean weighs the i-th token by i (from 1), the position in the text a prompt left out kept
+                weights = mask.float()
+                if mode == "weightedmean":
+                    weights = weights * torch.arange(1, mask.shape[1] + 1, device=mask.device).view(1, -1, 1)
+                summed = (token_embeddings * weights).sum(dim=1, dtype=torch.float32)
+                count = weights.sum(dim=1, dtype=torch.float32).clamp(min=1e-9)
+                divisor = count.sqrt() if mode == "mean_sqrt_len_tokens" else count
                 pooled.append((summed / divisor).to(token_embeddings.dtype))
         return torch.cat(pooled, dim=-1)
 
     def config(self) -> dict:
-        # The long-standing format, which every sentence-transformers version reads.
-        return {"word_embedding_dimension": self.embedding_dimension,
-                **{LEGACY_KEYS[mode]: mode in self.modes for mode in POOLING_MODES}}
+        # The long-standing format, which every sentence-transformers version reads, where it can say the modes'
+        # order; sentence-transformers 6's list where not. include_prompt only where it is not the default.
+        config = {"word_embedding_dimension": self.embedding_dimension}
+        if self.modes == sorted(set(self.modes), key=POOLING_MODES.index):
+            config.update({LEGACY_KEYS[mode]: mode in self.modes for mode in POOLING_MODES})
+        else:
+            config["pooling_mode"] = self.modes
+        return config if self.include_prompt else {**config, "include_prompt": False}
 
     @classmethod
     def from_config(cls, config: dict, source: str) -> "Pooling":
@@ -55,7 +81,7 @@ class Pooling(nn.Module):
         if "pooling_mode" in config:  # sentence-transformers >= 6
             modes = config["pooling_mode"]
         else:
-            modes = [m for m in POOLING_MODES if config.get(LEGACY_KEYS[m])]
+            modes = [m for m in POOLING_MODES if config.get(LEGACY_KEYS[m])] or ["mean"]  # as sentence-transformers 6
             others = [k for k, v in config.items()
                       if k.startswith("pooling_mode_") and v and k not in LEGACY_KEYS.values()]
             if others:
@@ -63,7 +89,7 @@ class Pooling(nn.Module):
         if dimension is None:
             raise ValueError(f"{source}: no word_embedding_dimension")
         try:
-            return cls(dimension, modes)
+            return cls(dimension, modes, config.get("include_prompt", True))
         except ValueError as error:
             raise ValueError(f"{source}: {error}") from None
 

@@ -140,6 +140,14 @@ class Tokenizer:
         """Ids of each text with its special tokens, truncated at max_seq_length, not padded."""
         return [encoding.ids for encoding in _encode_batch(self.tokenizer, texts)]
 
+    def prompt_length(self, prompt: str) -> int:
+        """How many tokens a prompt puts in front of each text, counted as sentence-transformers counts them: the
+        prompt tokenized alone (truncated at max_seq_length), without its last token if that is a special one
+        ([SEP], </s>), so with the [CLS] in front."""
+        ids = self.token_ids([prompt])[0]
+        special = {i for i, token in self.tokenizer.get_added_tokens_decoder().items() if token.special}
+        return len(ids) - bool(ids and ids[-1] in special)
+
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Length of each text in tokens, special tokens included, before truncation."""
         if self._untruncated is None:

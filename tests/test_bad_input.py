@@ -220,8 +220,8 @@ def test_a_lone_surrogate_names_the_text(model):
 def test_a_nan_embedding_names_the_text(model, monkeypatch):
     real_embed = SentenceTransformer.embed
 
-    def embed(self, input_ids, attention_mask, encoder=None, lengths=None):
-        tokens, out = real_embed(self, input_ids, attention_mask, encoder, lengths)
+    def embed(self, input_ids, attention_mask, *options):
+        tokens, out = real_embed(self, input_ids, attention_mask, *options)
         poisoned = input_ids[:, 1:2] == self.tokenizer.tokenizer.token_to_id("poison")
         return tokens, torch.where(poisoned, float("nan"), out)
 

@@ -184,7 +184,10 @@ CASES = [("tiny_bert", "mean", False, False), ("tiny_bert", "cls", True, True), 
          ("tiny_bert", ("cls", "max", "mean"), False, False), ("tiny_roberta", "cls", True, False),
          ("tiny_roberta", "max", True, True), ("tiny_roberta", "mean", False, False),
          ("tiny_roberta", "mean_sqrt_len_tokens", False, False), ("tiny_mpnet", "mean", False, True),
-         ("tiny_mpnet", "cls", True, False)]
+         ("tiny_mpnet", "cls", True, False), ("tiny_bert", "weightedmean", False, False),
+         ("tiny_roberta", "lasttoken", True, True),
+         # concatenated in the order given, not in the order of the old boolean keys
+         ("tiny_bert", ("mean", "cls"), False, False), ("tiny_mpnet", ("lasttoken", "weightedmean", "max"), True, False)]
 
 
 @pytest.mark.parametrize("name,pooling_mode,dense,normalize", CASES)
@@ -195,6 +198,29 @@ def test_sentence_embeddings_equal_sentence_transformers(name, pooling_mode, den
     assert ours.get_sentence_embedding_dimension() == reference.get_embedding_dimension()
     assert ours.max_seq_length == reference.max_seq_length == 40
     np.testing.assert_allclose(ours.encode(TEXTS, batch_size=3), reference.encode(TEXTS, batch_size=3), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name,pooling_mode", [("tiny_bert", "mean"), ("tiny_roberta", ("cls", "max")),
+                                               ("tiny_mpnet", ("weightedmean", "lasttoken", "mean_sqrt_len_tokens"))])
+def test_pooling_without_the_prompt_equals_sentence_transformers(name, pooling_mode, request, tmp_path):
+    # include_prompt=False (as INSTRUCTOR models): the prompt's tokens, [CLS] included, are left out of the pooling
+    transformer = reference_modules.Transformer(str(request.getfixturevalue(name)), max_seq_length=40)
+    pooling = reference_modules.Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling_mode,
+                                        include_prompt=False)
+    prompts = {"query": "Represent the question for retrieval: ", "long": "many words " * 30}
+    Reference(modules=[transformer, pooling], device="cpu", prompts=prompts).save(str(tmp_path / "st"))
+    reference = Reference(str(tmp_path / "st"), device="cpu")
+    ours = SentenceTransformer(tmp_path / "st")
+    for options in ({"prompt_name": "query"}, {"prompt_name": "long"}, {"prompt": "a"}, {}):
+        expected = reference.encode(TEXTS, batch_size=3, **options)
+        np.testing.assert_allclose(ours.encode(TEXTS, batch_size=3, **options), expected, atol=1e-5, rtol=0)
+    with_prompt = ours.encode(TEXTS, prompt_name="query")
+    ours.pooling.include_prompt = True
+    assert not np.allclose(ours.encode(TEXTS, prompt_name="query"), with_prompt, atol=1e-3)
+    ours.pooling.include_prompt = False
+    ours.save(tmp_path / "ours")
+    np.testing.assert_allclose(Reference(str(tmp_path / "ours"), device="cpu").encode(TEXTS, prompt_name="query"),
+                               with_prompt, atol=1e-5, rtol=0)
 
 
 def test_do_lower_case_lowercases_like_sentence_transformers(tiny_roberta, tmp_path):

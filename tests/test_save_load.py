@@ -24,9 +24,10 @@ def test_minisbert_folder_loads_in_sentence_transformers(minilm_folder, tmp_path
     np.testing.assert_allclose(again.encode(TEXTS), ours.encode(TEXTS), atol=0, rtol=0)
 
 
-def test_saved_dense_and_pooling_modes_load_in_sentence_transformers(tiny_roberta, tmp_path):
+@pytest.mark.parametrize("modes", [["cls", "max"], ["max", "cls"]])  # the second order needs the new config format
+def test_saved_dense_and_pooling_modes_load_in_sentence_transformers(modes, tiny_roberta, tmp_path):
     ours = SentenceTransformer(tiny_roberta)
-    ours.pooling.modes = ["cls", "max"]
+    ours.pooling.modes = modes
     ours.after.extend([Dense(ours.pooling.output_dimension, 16), Normalize()])
     ours.save(tmp_path / "saved")
     modules = json.loads((tmp_path / "saved" / "modules.json").read_text())
