@@ -2,7 +2,8 @@
 
 A folder holds the encoder (`config.json`, `model.safetensors`, tokenizer files), `modules.json`
 naming the steps after it (`1_Pooling/`, `2_Dense/`, `3_Normalize/`), and `sentence_bert_config.json`
-with `max_seq_length`. A plain encoder folder (no `modules.json`) gets mean pooling.
+with `max_seq_length` (in early models `sentence_roberta_config.json` and the like: hub.SENTENCE_CONFIG_FILES).
+A plain encoder folder (no `modules.json`) gets mean pooling.
 """
 
 import hashlib
@@ -236,10 +237,15 @@ def load_folder(folder: Path) -> dict:
     modules = read_modules(folder)
     encoder_folder = folder / modules[0][1]
     encoder, config = load_encoder(encoder_folder)
-    sbert_config = {}
-    if (encoder_folder / "sentence_bert_config.json").exists():
-        sbert_config = read_json(encoder_folder / "sentence_bert_config.json")
-    max_seq_length = read_max_seq_length(sbert_config, encoder_folder / "sentence_bert_config.json")
+    sbert_config, sbert_config_file = {}, encoder_folder / hub.SENTENCE_CONFIG_FILES[0]
+    for name in hub.SENTENCE_CONFIG_FILES:
+        if (encoder_folder / name).exists():
+            sbert_config, sbert_config_file = read_json(encoder_folder / name), encoder_folder / name
+            if not isinstance(sbert_config, dict):
+                raise ValueError(f"{sbert_config_file}: expected an object with max_seq_length")
+            if sbert_config:  # an empty one does not count, as in sentence-transformers
+                break
+    max_seq_length = read_max_seq_length(sbert_config, sbert_config_file)
     tokenizer = Tokenizer.from_folder(encoder_folder, max_seq_length, encoder.config.max_tokens,
                                       sbert_config.get("do_lower_case", False), encoder.config.pad_token_id)
 

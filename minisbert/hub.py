@@ -24,6 +24,11 @@ REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 REVISION = re.compile(r"^[A-Za-z0-9][\w.-]*$")
 COMPLETE = ".complete"  # written last into a cached folder
+# where a sentence model keeps max_seq_length and do_lower_case: the first of these its encoder's folder has, as
+# sentence-transformers looks for them (early models were saved with a file named after their architecture)
+SENTENCE_CONFIG_FILES = ("sentence_bert_config.json", "sentence_roberta_config.json", "sentence_distilbert_config.json",
+                         "sentence_camembert_config.json", "sentence_albert_config.json",
+                         "sentence_xlm-roberta_config.json", "sentence_xlnet_config.json")
 
 
 def cache_dir() -> Path:
@@ -164,7 +169,10 @@ def download(repo_id: str, tokenizer_files: tuple[str, ...], revision: str | Non
             if kind == "Transformer":
                 if not fetch(prefix + "config.json"):
                     raise ValueError(f"{repo_id} has no {prefix}config.json")
-                for name in ("sentence_bert_config.json",) + tokenizer_files:
+                for name in SENTENCE_CONFIG_FILES:
+                    if fetch(prefix + name):
+                        break
+                for name in tokenizer_files:
                     fetch(prefix + name)
             elif kind in ("Pooling", "Dense"):
                 fetch(prefix + "config.json")

@@ -58,6 +58,15 @@ def test_hub_id_downloads_into_the_cache_and_loads(hub, tmp_path):
     np.testing.assert_allclose(SentenceTransformer(REPO).encode(texts), served.encode(texts), atol=1e-6, rtol=0)
 
 
+def test_an_early_models_sentence_config_downloads(hub, tmp_path):
+    # saved by early sentence-transformers: max_seq_length in a file named after the architecture
+    served_folder = tmp_path / "served"
+    (served_folder / "sentence_bert_config.json").rename(served_folder / "sentence_roberta_config.json")
+    (served_folder / "sentence_roberta_config.json").write_text('{"max_seq_length": 7, "do_lower_case": false}')
+    assert SentenceTransformer(REPO).max_seq_length == 7
+    assert f"/{REPO}/resolve/main/sentence_distilbert_config.json" not in HubHandler.requests  # none after it
+
+
 def test_missing_repo_leaves_no_partial_download(hub, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"other/model.*has no config\.json"):
         SentenceTransformer("other/model")

@@ -223,6 +223,18 @@ def test_pooling_without_the_prompt_equals_sentence_transformers(name, pooling_m
                                with_prompt, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["sentence_roberta_config.json", "sentence_xlm-roberta_config.json"])
+def test_an_early_models_sentence_config_is_read_as_sentence_transformers_reads_it(name, tiny_roberta, tmp_path):
+    # early sentence-transformers named the file after the architecture; max_seq_length 12 truncates most TEXTS
+    folder, _ = sentence_folder(tmp_path, tiny_roberta, "mean")
+    (folder / "sentence_bert_config.json").unlink()
+    (folder / name).write_text('{"max_seq_length": 12, "do_lower_case": false}')
+    reference = Reference(str(folder), device="cpu")
+    ours = SentenceTransformer(folder)
+    assert ours.max_seq_length == reference.max_seq_length == 12
+    np.testing.assert_allclose(ours.encode(TEXTS), reference.encode(TEXTS), atol=1e-5, rtol=0)
+
+
 def test_do_lower_case_lowercases_like_sentence_transformers(tiny_roberta, tmp_path):
     texts = ["UPPER case WORDS", "Ça Va"]
     # sentence-transformers >= 6 bakes the Lowercase normalizer into the tokenizer.json it saves
