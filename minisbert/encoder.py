@@ -1,12 +1,13 @@
-"""BERT, RoBERTa and MPNet in plain PyTorch, and the table that maps Hugging Face checkpoint names to ours.
+"""BERT, RoBERTa, MPNet and DistilBERT in plain PyTorch, and the table from Hugging Face checkpoint names to ours.
 
 One layer, as in the paper's figure of BERT (post-LayerNorm):
     x = LayerNorm(x + Dropout(W_o Attention(W_q x, W_k x, W_v x)))
     x = LayerNorm(x + Dropout(W_2 GELU(W_1 x)))
 RoBERTa numbers positions from padding_idx + 1, over real tokens only. MPNet (all-mpnet-base-v2) numbers them
 so too, has no token types, and adds to every layer's attention scores one learned bias per head and bucket of
-relative distance, a table shared by all layers. `checkpoint_names` lists, for every tensor, its name in a
-published checkpoint; loading checks each one.
+relative distance, a table shared by all layers. DistilBERT is BERT without token types and without the dropout
+after attention. `checkpoint_names` lists, for every tensor, its name in a published checkpoint; loading checks each
+one.
 """
 
 import contextlib
@@ -22,9 +23,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .hardware import cpu_amx, fused_fp32_products
 
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "mpnet")  # xlm-roberta: RoBERTa, another vocabulary
+# xlm-roberta is RoBERTa with another vocabulary
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "mpnet", "distilbert")
 ARCHITECTURES = {"bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel",
-                 "mpnet": "MPNetModel"}
+                 "mpnet": "MPNetModel", "distilbert": "DistilBertModel"}
+# DistilBERT's config.json names for our EncoderConfig fields; its LayerNorms use 1e-12, written in its code
+DISTILBERT_NAMES = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+                    "hidden_dim": "intermediate_size", "activation": "hidden_act", "dropout": "hidden_dropout_prob",
+                    "attention_dropout": "attention_probs_dropout_prob"}
 
 ACTIVATIONS = {
     "gelu": F.gelu,  # exact erf GELU, as BERT was trained with
@@ -98,6 +104,16 @@ class EncoderConfig:
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ConfigError(f"{source}: model_type {model_type!r} is not supported; "
                               f"minisbert runs {', '.join(SUPPORTED_MODEL_TYPES)}")
+        if model_type == "distilbert":
+            if config.get("sinusoidal_pos_embds"):
+                raise ConfigError(f"{source}: sinusoidal_pos_embds (fixed position embeddings) is not supported")
+            missing = [theirs for theirs in DISTILBERT_NAMES if theirs not in config]
+            if missing:
+                raise ConfigError(f"{source}: missing {', '.join(missing)}")
+            config = {"model_type": model_type, "layer_norm_eps": 1e-12, "type_vocab_size": 1,
+                      **{ours: config[theirs] for theirs, ours in DISTILBERT_NAMES.items()},
+                      **{k: config[k] for k in ("vocab_size", "max_position_embeddings", "pad_token_id")
+                         if k in config}}
         if config.get("hidden_act", "gelu") not in ACTIVATIONS:
             raise ConfigError(f"{source}: hidden_act {config['hidden_act']!r} is not supported; "
                               f"choose one of {', '.join(ACTIVATIONS)}")
@@ -128,12 +144,20 @@ class EncoderConfig:
 
     def to_dict(self) -> dict:
         """A config.json that transformers reads as the same model."""
-        return {"architectures": [ARCHITECTURES[self.model_type]],
-                **{field.name: getattr(self, field.name) for field in fields(self)}}
+        config = {field.name: getattr(self, field.name) for field in fields(self)}
+        if self.model_type == "distilbert":
+            config = {"model_type": "distilbert", "vocab_size": self.vocab_size, "pad_token_id": self.pad_token_id,
+                      "max_position_embeddings": self.max_position_embeddings, "sinusoidal_pos_embds": False,
+                      **{theirs: config[ours] for theirs, ours in DISTILBERT_NAMES.items()}}
+        return {"architectures": [ARCHITECTURES[self.model_type]], **config}
 
     @property
-    def is_roberta(self) -> bool:
-        return self.model_type != "bert"
+    def is_roberta(self) -> bool:  # positions numbered as RoBERTa does (Encoder.positions)
+        return self.model_type in ("roberta", "xlm-roberta", "mpnet")
+
+    @property
+    def has_token_types(self) -> bool:
+        return self.model_type not in ("mpnet", "distilbert")
 
     @property
     def position_padding_idx(self) -> int:
@@ -256,6 +280,7 @@ class Layer(nn.Module):
         self.output = nn.Linear(h, d)
         self.output_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout_after_attention = nn.Identity() if config.model_type == "distilbert" else self.dropout
         self.activation = ACTIVATIONS[config.hidden_act]
         # at inference on the CPU, fuse the products where that pays here (None), always where oneDNN can (True), or
         # never (False): fuses_on_cpu. Benchmarks and tests set it.
@@ -267,7 +292,7 @@ class Layer(nn.Module):
         if self.fuses_on_cpu(x):
             return self.fused_forward(x, packing, mask)
         attended = self.attend(self.query(x), self.key(x), self.value(x), packing, mask)
-        x = self.attention_norm(x + self.dropout(self.attention_output(attended)))
+        x = self.attention_norm(x + self.dropout_after_attention(self.attention_output(attended)))
         return self.output_norm(x + self.dropout(self.output(self.activation(self.intermediate(x)))))
 
     def fuses_on_cpu(self, x: torch.Tensor) -> bool:
@@ -356,8 +381,8 @@ class Encoder(nn.Module):
                                             _weight=torch.empty(config.vocab_size, d))
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, d,
                                                 _weight=torch.empty(config.max_position_embeddings, d))
-        self.token_type_embeddings = None if config.model_type == "mpnet" else nn.Embedding(
-            config.type_vocab_size, d, _weight=torch.empty(config.type_vocab_size, d))
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, d, _weight=torch.empty(
+            config.type_vocab_size, d)) if config.has_token_types else None
         self.embeddings_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
@@ -475,7 +500,8 @@ def relative_position_buckets(length: int, device, num_buckets: int = 32, max_di
 # ---------------------------------------------------------------- checkpoint names
 
 def checkpoint_names(config: EncoderConfig) -> dict[str, str]:
-    """{our tensor name: its name in a Hugging Face BertModel / RobertaModel checkpoint}."""
+    """{our tensor name: its name in a Hugging Face BertModel / RobertaModel / MPNetModel / DistilBertModel
+    checkpoint}."""
     names = {"word_embeddings.weight": "embeddings.word_embeddings.weight",
              "position_embeddings.weight": "embeddings.position_embeddings.weight",
              "embeddings_norm.weight": "embeddings.LayerNorm.weight",
@@ -483,22 +509,29 @@ def checkpoint_names(config: EncoderConfig) -> dict[str, str]:
     per_layer = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
                  "attention_output": "attention.output.dense", "attention_norm": "attention.output.LayerNorm",
                  "intermediate": "intermediate.dense", "output": "output.dense", "output_norm": "output.LayerNorm"}
+    layers = "encoder.layer"
     if config.model_type == "mpnet":
         names["relative_attention_bias.weight"] = "encoder.relative_attention_bias.weight"
         per_layer.update(query="attention.attn.q", key="attention.attn.k", value="attention.attn.v",
                          attention_output="attention.attn.o", attention_norm="attention.LayerNorm")
-    else:
+    elif config.model_type == "distilbert":
+        layers = "transformer.layer"
+        per_layer = {"query": "attention.q_lin", "key": "attention.k_lin", "value": "attention.v_lin",
+                     "attention_output": "attention.out_lin", "attention_norm": "sa_layer_norm",
+                     "intermediate": "ffn.lin1", "output": "ffn.lin2", "output_norm": "output_layer_norm"}
+    if config.has_token_types:
         names["token_type_embeddings.weight"] = "embeddings.token_type_embeddings.weight"
     for i in range(config.num_hidden_layers):
         for ours, theirs in per_layer.items():
             for kind in ("weight", "bias"):
-                names[f"layers.{i}.{ours}.{kind}"] = f"encoder.layer.{i}.{theirs}.{kind}"
+                names[f"layers.{i}.{ours}.{kind}"] = f"{layers}.{i}.{theirs}.{kind}"
     return names
 
 
 # Tensors of published checkpoints that SBERT does not use: pretraining heads and buffers older files stored.
 # The pooler is not used either, but kept (see Encoder.pooler_tensors).
-IGNORED_PREFIXES = ("cls.", "lm_head.", "embeddings.position_ids", "embeddings.token_type_ids")
+IGNORED_PREFIXES = ("cls.", "lm_head.", "vocab_transform.", "vocab_layer_norm.", "vocab_projector.",
+                    "embeddings.position_ids", "embeddings.token_type_ids")
 
 
 def plain_name(name: str, model_type: str) -> str:

@@ -120,6 +120,18 @@ def build_mpnet(folder: Path, vocab_source: Path) -> Path:
     return folder
 
 
+def build_distilbert(folder: Path, vocab_source: Path) -> Path:
+    """A random DistilBertModel (no token types, its own tensor names) with a BERT WordPiece tokenizer."""
+    from transformers import BertTokenizerFast, DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(0)
+    config = DistilBertConfig(vocab_size=30522, dim=48, n_layers=2, n_heads=4, hidden_dim=96,
+                              max_position_embeddings=128)
+    DistilBertModel(config).save_pretrained(folder)
+    BertTokenizerFast.from_pretrained(vocab_source).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     folder = Path(os.environ.get("MINISBERT_DATA", Path(__file__).parents[1] / "../shared/data")).resolve()
@@ -147,6 +159,11 @@ def tiny_bert(tmp_path_factory, minilm_folder) -> Path:
 @pytest.fixture(scope="session")
 def tiny_mpnet(tmp_path_factory, minilm_folder) -> Path:
     return build_mpnet(tmp_path_factory.mktemp("tiny_mpnet"), minilm_folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert(tmp_path_factory, minilm_folder) -> Path:
+    return build_distilbert(tmp_path_factory.mktemp("tiny_distilbert"), minilm_folder)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 RobertaModel / MPNetModel, and the same sentence embeddings as sentence-transformers, for every pooling mode,
 Dense and Normalize."""
 
+import json
 import os
 import platform
 import shutil
@@ -36,11 +37,35 @@ def both_hidden_states(folder, padding_side: str = "right", texts: list[str] = T
     return got, expected, batch, encoder
 
 
-@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet", "tiny_distilbert"])
 def test_hidden_states_equal_transformers(name, request):
     got, expected, batch, _ = both_hidden_states(request.getfixturevalue(name))
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name,attention_dropout", [("tiny_bert", "attention_probs_dropout_prob"),
+                                                    ("tiny_roberta", "attention_probs_dropout_prob"),
+                                                    ("tiny_mpnet", "attention_probs_dropout_prob"),
+                                                    ("tiny_distilbert", "attention_dropout")])
+def test_dropout_in_training_falls_where_transformers_puts_it(name, attention_dropout, request, tmp_path):
+    # With the attention's own dropout off, both draw the same masks in the same order (rows of one length: no
+    # packing), so the outputs are equal only if each dropout is where transformers has it (DistilBERT: none after
+    # attention)
+    folder = tmp_path / name
+    shutil.copytree(request.getfixturevalue(name), folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, attention_dropout: 0.0}))
+    reference = AutoModel.from_pretrained(folder).train()
+    encoder, _ = load_encoder(folder)
+    input_ids = torch.randint(5, 300, (3, 9))
+    attention_mask = torch.ones_like(input_ids)
+    torch.manual_seed(0)
+    expected = reference(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    torch.manual_seed(0)
+    got = encoder.train()(input_ids, attention_mask)
+    assert not torch.allclose(got, encoder.eval()(input_ids, attention_mask), atol=1e-3)  # dropout did act
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
@@ -187,7 +212,8 @@ CASES = [("tiny_bert", "mean", False, False), ("tiny_bert", "cls", True, True), 
          ("tiny_mpnet", "cls", True, False), ("tiny_bert", "weightedmean", False, False),
          ("tiny_roberta", "lasttoken", True, True),
          # concatenated in the order given, not in the order of the old boolean keys
-         ("tiny_bert", ("mean", "cls"), False, False), ("tiny_mpnet", ("lasttoken", "weightedmean", "max"), True, False)]
+         ("tiny_bert", ("mean", "cls"), False, False), ("tiny_mpnet", ("lasttoken", "weightedmean", "max"), True, False),
+         ("tiny_distilbert", "mean", True, True), ("tiny_distilbert", "cls", False, False)]
 
 
 @pytest.mark.parametrize("name,pooling_mode,dense,normalize", CASES)
@@ -233,6 +259,20 @@ def test_an_early_models_sentence_config_is_read_as_sentence_transformers_reads_
     ours = SentenceTransformer(folder)
     assert ours.max_seq_length == reference.max_seq_length == 12
     np.testing.assert_allclose(ours.encode(TEXTS), reference.encode(TEXTS), atol=1e-5, rtol=0)
+
+
+def test_distilbert_loaded_or_built_here_saves_a_folder_sentence_transformers_reads(tiny_distilbert, tmp_path):
+    from minisbert.encoder import Encoder, EncoderConfig
+
+    loaded = SentenceTransformer(tiny_distilbert)
+    config = EncoderConfig.from_dict(json.loads((tiny_distilbert / "config.json").read_text()))
+    torch.manual_seed(0)
+    built = SentenceTransformer(encoder=Encoder(config), tokenizer=loaded.tokenizer)  # its config.json from to_dict
+    for name, ours in (("loaded", loaded), ("built", built)):
+        ours.save(tmp_path / name)
+        reference = Reference(str(tmp_path / name), device="cpu")
+        assert type(reference[0].auto_model).__name__ == "DistilBertModel"
+        np.testing.assert_allclose(reference.encode(TEXTS), ours.encode(TEXTS), atol=1e-5, rtol=0)
 
 
 def test_do_lower_case_lowercases_like_sentence_transformers(tiny_roberta, tmp_path):
