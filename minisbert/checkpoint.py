@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from . import hub
 from .encoder import Encoder, EncoderConfig, encoder_state_for_checkpoint, load_encoder_weights
-from .pooling import Dense, Normalize, Pooling
+from .pooling import Dense, Normalize, Pooling, check_sentence_embedding_module
 from .tokenize import TOKENIZER_FILES, Tokenizer
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -262,6 +262,9 @@ def load_folder(folder: Path) -> dict:
     after = []
     for kind, path in modules[2:]:
         if kind == "Normalize":
+            if (folder / path / "config.json").exists():  # sentence-transformers 6 writes one
+                check_sentence_embedding_module(read_json(folder / path / "config.json"),
+                                                str(folder / path / "config.json"))
             after.append(Normalize())
             continue
         source = folder / path / "config.json"

@@ -174,7 +174,7 @@ def download(repo_id: str, tokenizer_files: tuple[str, ...], revision: str | Non
                         break
                 for name in tokenizer_files:
                     fetch(prefix + name)
-            elif kind in ("Pooling", "Dense"):
+            elif kind in ("Pooling", "Dense", "Normalize"):
                 fetch(prefix + "config.json")
             if kind in ("Transformer", "Dense"):
                 fetch_weights(prefix)

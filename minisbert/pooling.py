@@ -100,6 +100,15 @@ ACTIVATIONS = {f"torch.nn.modules.{module}.{name}": getattr(nn, name) for module
                 ("linear", "Identity")]}
 
 
+def check_sentence_embedding_module(config: dict, source: str) -> None:
+    """A Dense or Normalize config of sentence-transformers may name the features it reads and writes; minisbert's
+    act on the sentence embedding only, which is what those names say unless a model is multi-vector."""
+    for key in ("module_input_name", "module_output_name"):
+        if config.get(key) not in (None, "sentence_embedding"):
+            raise ValueError(f"{source}: {key} {config[key]!r} is not supported; minisbert's Dense and Normalize "
+                             "modules act on the sentence embedding")
+
+
 class Dense(nn.Module):
     """activation(W x + b) on the sentence embedding, as sentence-transformers' Dense."""
 
@@ -124,6 +133,7 @@ class Dense(nn.Module):
     def from_config(cls, config: dict, source: str) -> "Dense":
         if config.get("use_residual"):
             raise ValueError(f"{source}: use_residual is not supported")
+        check_sentence_embedding_module(config, source)
         try:
             return cls(config["in_features"], config["out_features"], config.get("bias", True),
                        config.get("activation_function", "torch.nn.modules.activation.Tanh"))

@@ -168,6 +168,21 @@ def test_a_dense_module_that_does_not_fit_is_named_at_load(tiny_bert, tmp_path):
         SentenceTransformer(tmp_path / "model")
 
 
+@pytest.mark.parametrize("module,key", [("2_Dense", "module_input_name"), ("3_Normalize", "module_input_name"),
+                                        ("2_Dense", "module_output_name")])
+def test_a_module_acting_on_other_features_is_named_at_load(tiny_bert, tmp_path, module, key):
+    # sentence-transformers' Dense and Normalize may act on the token embeddings (multi-vector models); ours may not
+    from minisbert.pooling import Dense, Normalize
+    model = SentenceTransformer(tiny_bert)
+    model.after.extend([Dense(48, 8), Normalize()])
+    model.save(tmp_path / "model")
+    (tmp_path / "model" / "3_Normalize" / "config.json").write_text('{"module_input_name": "sentence_embedding"}')
+    SentenceTransformer(tmp_path / "model")
+    edit_json(tmp_path / "model" / module / "config.json", lambda c: c.update({key: "token_embeddings"}))
+    with pytest.raises(ValueError, match=fr"{module}/config\.json: {key} 'token_embeddings' is not supported"):
+        SentenceTransformer(tmp_path / "model")
+
+
 def test_nan_weights_are_refused_at_load_naming_the_tensor(minilm_folder, tmp_path):
     folder = copy_model(minilm_folder, tmp_path)
     tensors = load_file(folder / "model.safetensors")
