@@ -23,10 +23,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .hardware import cpu_amx, fused_fp32_products
 
-# xlm-roberta is RoBERTa with another vocabulary
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "mpnet", "distilbert")
+# xlm-roberta and camembert are RoBERTa with another vocabulary
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "mpnet", "distilbert")
 ARCHITECTURES = {"bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel",
-                 "mpnet": "MPNetModel", "distilbert": "DistilBertModel"}
+                 "camembert": "CamembertModel", "mpnet": "MPNetModel", "distilbert": "DistilBertModel"}
 # DistilBERT's config.json names for our EncoderConfig fields; its LayerNorms use 1e-12, written in its code
 DISTILBERT_NAMES = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
                     "hidden_dim": "intermediate_size", "activation": "hidden_act", "dropout": "hidden_dropout_prob",
@@ -153,7 +153,7 @@ class EncoderConfig:
 
     @property
     def is_roberta(self) -> bool:  # positions numbered as RoBERTa does (Encoder.positions)
-        return self.model_type in ("roberta", "xlm-roberta", "mpnet")
+        return self.model_type in ("roberta", "xlm-roberta", "camembert", "mpnet")
 
     @property
     def has_token_types(self) -> bool:

@@ -161,6 +161,27 @@ def tiny_mpnet(tmp_path_factory, minilm_folder) -> Path:
     return build_mpnet(tmp_path_factory.mktemp("tiny_mpnet"), minilm_folder)
 
 
+def roberta_renamed(folder: Path, roberta: Path, model_type: str, architecture: str) -> Path:
+    """tiny_roberta's weights and tokenizer as another model type of the same architecture (XLM-RoBERTa, CamemBERT:
+    transformers builds them from the same tensor names)."""
+    shutil.copytree(roberta, folder, dirs_exist_ok=True)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": model_type,
+                                                    "architectures": [architecture]}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_xlm_roberta(tmp_path_factory, tiny_roberta) -> Path:
+    return roberta_renamed(tmp_path_factory.mktemp("tiny_xlm_roberta"), tiny_roberta, "xlm-roberta",
+                           "XLMRobertaModel")
+
+
+@pytest.fixture(scope="session")
+def tiny_camembert(tmp_path_factory, tiny_roberta) -> Path:
+    return roberta_renamed(tmp_path_factory.mktemp("tiny_camembert"), tiny_roberta, "camembert", "CamembertModel")
+
+
 @pytest.fixture(scope="session")
 def tiny_distilbert(tmp_path_factory, minilm_folder) -> Path:
     return build_distilbert(tmp_path_factory.mktemp("tiny_distilbert"), minilm_folder)

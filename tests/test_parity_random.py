@@ -1,6 +1,6 @@
-"""Small random BERT, RoBERTa and MPNet built with transformers: the same hidden states as BertModel /
-RobertaModel / MPNetModel, and the same sentence embeddings as sentence-transformers, for every pooling mode,
-Dense and Normalize."""
+"""Small random BERT, RoBERTa (also as XLM-RoBERTa and CamemBERT), MPNet and DistilBERT built with transformers: the
+same hidden states as transformers' models, and the same sentence embeddings as sentence-transformers, for every
+pooling mode, Dense and Normalize."""
 
 import json
 import os
@@ -37,7 +37,8 @@ def both_hidden_states(folder, padding_side: str = "right", texts: list[str] = T
     return got, expected, batch, encoder
 
 
-@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet", "tiny_distilbert"])
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_xlm_roberta", "tiny_camembert", "tiny_mpnet",
+                                  "tiny_distilbert"])
 def test_hidden_states_equal_transformers(name, request):
     got, expected, batch, _ = both_hidden_states(request.getfixturevalue(name))
     mask = batch["attention_mask"].bool()
@@ -213,7 +214,8 @@ CASES = [("tiny_bert", "mean", False, False), ("tiny_bert", "cls", True, True), 
          ("tiny_roberta", "lasttoken", True, True),
          # concatenated in the order given, not in the order of the old boolean keys
          ("tiny_bert", ("mean", "cls"), False, False), ("tiny_mpnet", ("lasttoken", "weightedmean", "max"), True, False),
-         ("tiny_distilbert", "mean", True, True), ("tiny_distilbert", "cls", False, False)]
+         ("tiny_distilbert", "mean", True, True), ("tiny_distilbert", "cls", False, False),
+         ("tiny_xlm_roberta", "mean", False, True), ("tiny_camembert", "mean", False, False)]
 
 
 @pytest.mark.parametrize("name,pooling_mode,dense,normalize", CASES)
