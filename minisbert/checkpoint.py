@@ -287,6 +287,9 @@ def load_folder(folder: Path) -> dict:
         settings = read_json(folder / SETTINGS_FILE)
         if not isinstance(settings, dict) or not isinstance(settings.get("prompts") or {}, dict):
             raise ValueError(f"{folder / SETTINGS_FILE}: expected an object whose prompts are an object")
+        truncate_dim = settings.get("truncate_dim")
+        if truncate_dim is not None and (type(truncate_dim) is not int or truncate_dim < 1):
+            raise ValueError(f"{folder / SETTINGS_FILE}: truncate_dim must be a positive integer, not {truncate_dim!r}")
     return {"encoder": encoder, "config": config, "tokenizer": tokenizer, "pooling": pooling, "after": after,
             "settings": settings}
 
@@ -337,6 +340,18 @@ def output_folder(path, what: str = "save") -> Path:
     return folder
 
 
+def settings_to_save(model) -> dict:
+    """config_sentence_transformers.json: as it was read, with the prompts, the default prompt name, the similarity
+    function and truncate_dim (written where set, as sentence-transformers does) as the model has them now."""
+    settings = {"__version__": {"pytorch": torch.__version__},
+                **{key: value for key, value in model.settings.items() if key != "truncate_dim"},
+                "prompts": model.prompts, "default_prompt_name": model.default_prompt_name,
+                "similarity_fn_name": model.similarity_fn_name}
+    if model.truncate_dim is not None:
+        settings["truncate_dim"] = model.truncate_dim
+    return settings
+
+
 def save_folder(model, folder: Path) -> None:
     """Write `model` into `folder` as a sentence-transformers folder; other files in it are left alone.
 
@@ -347,9 +362,7 @@ def save_folder(model, folder: Path) -> None:
     files = {"config.json": lambda path: write_json(path, model.config),
              "sentence_bert_config.json": lambda path: write_json(path, {
                  "max_seq_length": model.tokenizer.max_seq_length, "do_lower_case": model.tokenizer.do_lower_case}),
-             SETTINGS_FILE: lambda path: write_json(path, {
-                 "__version__": {"pytorch": torch.__version__}, **model.settings, "prompts": model.prompts,
-                 "default_prompt_name": model.default_prompt_name, "similarity_fn_name": model.similarity_fn_name}),
+             SETTINGS_FILE: lambda path: write_json(path, settings_to_save(model)),
              "1_Pooling/config.json": lambda path: write_json(path, model.pooling.config())}
     for name, data in model.tokenizer.files_to_save().items():
         files[name] = lambda path, data=data: path.write_bytes(data)

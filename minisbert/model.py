@@ -104,7 +104,8 @@ class SentenceTransformer(nn.Module):
         self.similarity_fn_name = similarity_fn_name or settings.get("similarity_fn_name") or "cosine"
         if truncate_dim is not None and (type(truncate_dim) is not int or truncate_dim < 1):
             raise ValueError(f"truncate_dim must be a positive integer, not {truncate_dim!r}")
-        self.truncate_dim = truncate_dim
+        # sentence-transformers 6 saves truncate_dim with the model (a Matryoshka model's chosen size)
+        self.truncate_dim = settings.get("truncate_dim") if truncate_dim is None else truncate_dim
         self.dtype_name = dtype
         check_dtype(dtype)
         self._low_precision_encoders = {}

@@ -150,6 +150,8 @@ def edit_json(path, edit):
     ("sentence_bert_config.json", lambda c: c.update(max_seq_length="256"), "max_seq_length must be a positive integer"),
     ("1_Pooling/config.json", lambda c: c.update(word_embedding_dimension=768),
      "word_embedding_dimension 768 does not match the encoder's hidden_size 384"),
+    ("config_sentence_transformers.json", lambda c: c.update(truncate_dim=0),
+     r"config_sentence_transformers\.json: truncate_dim must be a positive integer, not 0"),
 ])
 def test_bad_module_metadata_is_named_at_load(minilm_folder, tmp_path, file, edit, message):
     folder = copy_model(minilm_folder, tmp_path)

@@ -116,6 +116,22 @@ def test_truncate_dim_as_sentence_transformers(minilm_folder):
                                atol=1e-5, rtol=0)
 
 
+def test_truncate_dim_is_saved_and_read_as_sentence_transformers_does(minilm_folder, tmp_path):
+    # sentence-transformers 6 keeps truncate_dim in config_sentence_transformers.json: a Matryoshka model's size
+    Reference(str(minilm_folder), device="cpu", truncate_dim=48).save(str(tmp_path / "theirs"))
+    ours = SentenceTransformer(tmp_path / "theirs")
+    reference = Reference(str(tmp_path / "theirs"), device="cpu")
+    assert ours.truncate_dim == reference.truncate_dim == 48
+    np.testing.assert_allclose(ours.encode(TEXTS), reference.encode(TEXTS), atol=1e-5, rtol=0)
+    assert SentenceTransformer(tmp_path / "theirs", truncate_dim=96).encode(TEXTS).shape == (len(TEXTS), 96)
+    ours.truncate_dim = 32
+    ours.save(tmp_path / "ours")
+    assert Reference(str(tmp_path / "ours"), device="cpu").truncate_dim == 32
+    ours.truncate_dim = None
+    ours.save(tmp_path / "ours")
+    assert Reference(str(tmp_path / "ours"), device="cpu").truncate_dim is None
+
+
 @pytest.mark.parametrize("name", ["cosine", "dot", "euclidean", "manhattan"])
 def test_similarity_follows_similarity_fn_name(minilm_folder, name):
     ours = SentenceTransformer(minilm_folder, similarity_fn_name=name)
