@@ -55,7 +55,8 @@ class Pooling(nn.Module):
                 pooled.append(token_embeddings[rows, last] * mask[rows, last])
             else:
                 # sum in float32 even for bf16/fp16 token embeddings; clamp keeps an all-padding row finite.
-                # weightedmean weighs the i-th token by i (from 1), the position in the text a prompt left out kept
+                # weightedmean weighs the token at position i (from 1) by i; a prompt left out leaves the others'
+                # positions as they are
                 weights = mask.float()
                 if mode == "weightedmean":
                     weights = weights * torch.arange(1, mask.shape[1] + 1, device=mask.device).view(1, -1, 1)
