@@ -125,8 +125,7 @@ class SentenceTransformer(nn.Module):
     def max_seq_length(self, value: int) -> None:
         if not 0 < value <= self.encoder.config.max_tokens:
             raise ValueError(f"max_seq_length must be in 1..{self.encoder.config.max_tokens}, got {value}")
-        self.tokenizer.max_seq_length = value
-        self.tokenizer.tokenizer.enable_truncation(value)
+        self.tokenizer.truncate_at(value)
 
     def get_max_seq_length(self) -> int:
         return self.max_seq_length

@@ -86,15 +86,19 @@ class Tokenizer:
     """Texts in, `input_ids` and `attention_mask` tensors (B, S) out, S the longest text in the batch."""
 
     def __init__(self, tokenizer: FastTokenizer, max_seq_length: int, pad_token_id: int,
-                 do_lower_case: bool = False, files: dict[str, bytes] | None = None):
+                 do_lower_case: bool = False, files: dict[str, bytes] | None = None, truncation_side: str = "right"):
         self.tokenizer = tokenizer
-        self.max_seq_length = max_seq_length
         self.pad_token_id = pad_token_id
         self.do_lower_case = do_lower_case  # already applied by the tokenizer's normalizer; kept for save()
         self.files = files or {}  # the original files, written back unchanged by files_to_save()
+        self.truncation_side = truncation_side  # "left" keeps a long text's end (and its special tokens)
         self._untruncated = None
         tokenizer.no_padding()
-        tokenizer.enable_truncation(max_seq_length)
+        self.truncate_at(max_seq_length)
+
+    def truncate_at(self, max_seq_length: int) -> None:
+        self.max_seq_length = max_seq_length
+        self.tokenizer.enable_truncation(max_seq_length, direction=self.truncation_side)
 
     @classmethod
     def from_folder(cls, folder: Path, max_seq_length: int | None, max_tokens: int,
@@ -132,9 +136,13 @@ class Tokenizer:
             max_seq_length = int(min(config.get("model_max_length", max_tokens), max_tokens))
         pad_token = _token_text(config.get("pad_token"))
         pad_token_id = tokenizer.token_to_id(pad_token) if pad_token else None
+        truncation_side = config.get("truncation_side", "right")
+        if truncation_side not in ("left", "right"):
+            raise ValueError(f"{folder / 'tokenizer_config.json'}: truncation_side must be 'left' or 'right', "
+                             f"not {truncation_side!r}")
         files = {name: (folder / name).read_bytes() for name in TOKENIZER_FILES if (folder / name).exists()}
         return cls(tokenizer, min(max_seq_length, max_tokens),
-                   config_pad_token_id if pad_token_id is None else pad_token_id, do_lower_case, files)
+                   config_pad_token_id if pad_token_id is None else pad_token_id, do_lower_case, files, truncation_side)
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """Ids of each text with its special tokens, truncated at max_seq_length, not padded."""

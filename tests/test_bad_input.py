@@ -150,6 +150,8 @@ def edit_json(path, edit):
     ("sentence_bert_config.json", lambda c: c.update(max_seq_length="256"), "max_seq_length must be a positive integer"),
     ("1_Pooling/config.json", lambda c: c.update(word_embedding_dimension=768),
      "word_embedding_dimension 768 does not match the encoder's hidden_size 384"),
+    ("tokenizer_config.json", lambda c: c.update(truncation_side="middle"),
+     r"tokenizer_config\.json: truncation_side must be 'left' or 'right', not 'middle'"),
     ("config_sentence_transformers.json", lambda c: c.update(truncate_dim=0),
      r"config_sentence_transformers\.json: truncate_dim must be a positive integer, not 0"),
 ])

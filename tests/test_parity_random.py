@@ -277,6 +277,21 @@ def test_distilbert_loaded_or_built_here_saves_a_folder_sentence_transformers_re
         np.testing.assert_allclose(reference.encode(TEXTS), ours.encode(TEXTS), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta"])
+def test_truncation_from_the_left_as_tokenizer_config_says(name, request, tmp_path):
+    folder, _ = sentence_folder(tmp_path, request.getfixturevalue(name), "mean")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "truncation_side": "left"}))
+    reference = Reference(str(folder), device="cpu")
+    ours = SentenceTransformer(folder)
+    for length in (40, 9):  # the folder's, then one set on the model
+        ours.max_seq_length = reference.max_seq_length = length
+        assert torch.equal(ours.tokenize(TEXTS)["input_ids"], reference.preprocess(TEXTS)["input_ids"])
+        np.testing.assert_allclose(ours.encode(TEXTS), reference.encode(TEXTS), atol=1e-5, rtol=0)
+    ours.save(tmp_path / "saved")
+    assert SentenceTransformer(tmp_path / "saved").tokenizer.truncation_side == "left"
+
+
 def test_do_lower_case_lowercases_like_sentence_transformers(tiny_roberta, tmp_path):
     texts = ["UPPER case WORDS", "Ça Va"]
     # sentence-transformers >= 6 bakes the Lowercase normalizer into the tokenizer.json it saves
