@@ -2,7 +2,9 @@
 
 A `tokenizer.json` often carries padding and truncation settings of its own (all-MiniLM-L6-v2's pads
 to a fixed 128); sentence-transformers ignores them, pads each batch to its longest text and truncates
-at `max_seq_length`. So do we.
+at `max_seq_length`. So do we. Where tokenizer_config.json says so, texts are cut at the start instead
+(`truncation_side`), and a BERT or MPNet tokenizer's normalizer (lower-casing, accents, Chinese characters) is
+built from it, as transformers builds it (CONFIG_NORMALIZED_CLASSES).
 """
 
 import json
@@ -40,6 +42,17 @@ def _has_lowercase(normalizer: dict | None) -> bool:
     return any(_has_lowercase(n) for n in normalizer.get("normalizers", []))
 
 
+# tokenizer_class names whose normalizer transformers builds from tokenizer_config.json (its defaults where a key is
+# missing) instead of taking tokenizer.json's; sentence-transformers tokenizes with that normalizer
+CONFIG_NORMALIZED_CLASSES = ("BertTokenizer", "BertTokenizerFast", "MPNetTokenizer", "MPNetTokenizerFast")
+
+
+def _bert_normalizer(config: dict) -> normalizers.Normalizer:
+    return normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+        strip_accents=config.get("strip_accents"), lowercase=config.get("do_lower_case", True))
+
+
 def _wordpiece_from_vocab(folder: Path, config: dict) -> FastTokenizer:
     """What transformers builds from a bare `vocab.txt` (BertTokenizerFast)."""
     unk, cls, sep = (_token_text(config.get(k, d)) for k, d in
@@ -52,9 +65,7 @@ def _wordpiece_from_vocab(folder: Path, config: dict) -> FastTokenizer:
         if token not in vocab:
             raise ValueError(f"{folder / 'vocab.txt'}: the special token {token} is not in the vocabulary")
     tokenizer = FastTokenizer(models.WordPiece(vocab, unk_token=unk))
-    tokenizer.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=config.get("tokenize_chinese_chars", True),
-        strip_accents=config.get("strip_accents"), lowercase=config.get("do_lower_case", True))
+    tokenizer.normalizer = _bert_normalizer(config)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
@@ -116,6 +127,8 @@ class Tokenizer:
                 tokenizer = FastTokenizer.from_file(str(folder / "tokenizer.json"))
             except Exception as error:
                 raise ValueError(f"{folder / 'tokenizer.json'}: cannot read the tokenizer ({error})") from None
+            if config.get("tokenizer_class") in CONFIG_NORMALIZED_CLASSES:
+                tokenizer.normalizer = _bert_normalizer(config)
         elif (folder / "vocab.txt").exists():
             tokenizer = _wordpiece_from_vocab(folder, config)
         elif (folder / "vocab.json").exists() and (folder / "merges.txt").exists():

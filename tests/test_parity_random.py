@@ -292,6 +292,23 @@ def test_truncation_from_the_left_as_tokenizer_config_says(name, request, tmp_pa
     assert SentenceTransformer(tmp_path / "saved").tokenizer.truncation_side == "left"
 
 
+@pytest.mark.parametrize("changes", [{"do_lower_case": False}, {"strip_accents": False},
+                                     {"tokenize_chinese_chars": False},
+                                     {"tokenizer_class": "PreTrainedTokenizerFast", "do_lower_case": False}])
+def test_a_bert_tokenizers_normalizer_follows_tokenizer_config_as_in_transformers(changes, tiny_bert, tmp_path):
+    # transformers builds a BertTokenizer's normalizer from tokenizer_config.json (do_lower_case, strip_accents,
+    # tokenize_chinese_chars), not from tokenizer.json; another tokenizer_class keeps tokenizer.json's
+    folder, _ = sentence_folder(tmp_path, tiny_bert, "mean")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "BertTokenizer"
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, **changes}))
+    texts = TEXTS + ["中文字符 and Ünïcödé"]
+    reference = Reference(str(folder), device="cpu")
+    ours = SentenceTransformer(folder)
+    assert torch.equal(ours.tokenize(texts)["input_ids"], reference.preprocess(texts)["input_ids"])
+    np.testing.assert_allclose(ours.encode(texts), reference.encode(texts), atol=1e-5, rtol=0)
+
+
 def test_do_lower_case_lowercases_like_sentence_transformers(tiny_roberta, tmp_path):
     texts = ["UPPER case WORDS", "Ça Va"]
     # sentence-transformers >= 6 bakes the Lowercase normalizer into the tokenizer.json it saves
