@@ -3,8 +3,8 @@
 A `tokenizer.json` often carries padding and truncation settings of its own (all-MiniLM-L6-v2's pads
 to a fixed 128); sentence-transformers ignores them, pads each batch to its longest text and truncates
 at `max_seq_length`. So do we. Where tokenizer_config.json says so, texts are cut at the start instead
-(`truncation_side`), and a BERT or MPNet tokenizer's normalizer (lower-casing, accents, Chinese characters) is
-built from it, as transformers builds it (CONFIG_NORMALIZED_CLASSES).
+(`truncation_side`), and a BERT or MPNet tokenizer's normalizer (lower-casing, accents, Chinese characters) and
+a RoBERTa tokenizer's `add_prefix_space` follow it, as transformers builds them (CONFIG_NORMALIZED_CLASSES).
 """
 
 import json
@@ -43,7 +43,9 @@ def _has_lowercase(normalizer: dict | None) -> bool:
 
 
 # tokenizer_class names whose normalizer transformers builds from tokenizer_config.json (its defaults where a key is
-# missing) instead of taking tokenizer.json's; sentence-transformers tokenizes with that normalizer
+# missing) instead of taking tokenizer.json's; sentence-transformers tokenizes with that normalizer. We do so where
+# tokenizer.json's is a BertNormalizer whose settings may disagree, and keep one that was changed on purpose (a
+# Lowercase put in front by sentence-transformers' do_lower_case, which its own reload loses)
 CONFIG_NORMALIZED_CLASSES = ("BertTokenizer", "BertTokenizerFast", "MPNetTokenizer", "MPNetTokenizerFast")
 
 
@@ -127,8 +129,13 @@ class Tokenizer:
                 tokenizer = FastTokenizer.from_file(str(folder / "tokenizer.json"))
             except Exception as error:
                 raise ValueError(f"{folder / 'tokenizer.json'}: cannot read the tokenizer ({error})") from None
-            if config.get("tokenizer_class") in CONFIG_NORMALIZED_CLASSES:
+            if (config.get("tokenizer_class") in CONFIG_NORMALIZED_CLASSES
+                    and isinstance(tokenizer.normalizer, normalizers.BertNormalizer)):
                 tokenizer.normalizer = _bert_normalizer(config)
+            if (config.get("tokenizer_class") in ("RobertaTokenizer", "RobertaTokenizerFast")
+                    and isinstance(tokenizer.pre_tokenizer, pre_tokenizers.ByteLevel)):
+                # likewise, transformers takes a RoBERTa tokenizer's add_prefix_space from tokenizer_config.json
+                tokenizer.pre_tokenizer.add_prefix_space = config.get("add_prefix_space", False)
         elif (folder / "vocab.txt").exists():
             tokenizer = _wordpiece_from_vocab(folder, config)
         elif (folder / "vocab.json").exists() and (folder / "merges.txt").exists():

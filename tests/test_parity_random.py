@@ -292,21 +292,38 @@ def test_truncation_from_the_left_as_tokenizer_config_says(name, request, tmp_pa
     assert SentenceTransformer(tmp_path / "saved").tokenizer.truncation_side == "left"
 
 
-@pytest.mark.parametrize("changes", [{"do_lower_case": False}, {"strip_accents": False},
-                                     {"tokenize_chinese_chars": False},
-                                     {"tokenizer_class": "PreTrainedTokenizerFast", "do_lower_case": False}])
-def test_a_bert_tokenizers_normalizer_follows_tokenizer_config_as_in_transformers(changes, tiny_bert, tmp_path):
+@pytest.mark.parametrize("name,changes", [
+    ("tiny_bert", {"do_lower_case": False}), ("tiny_bert", {"strip_accents": False}),
+    ("tiny_bert", {"tokenize_chinese_chars": False}), ("tiny_roberta", {"add_prefix_space": True}),
+    ("tiny_bert", {"tokenizer_class": "PreTrainedTokenizerFast", "do_lower_case": False})])
+def test_a_tokenizer_follows_tokenizer_config_where_transformers_does(name, changes, request, tmp_path):
     # transformers builds a BertTokenizer's normalizer from tokenizer_config.json (do_lower_case, strip_accents,
-    # tokenize_chinese_chars), not from tokenizer.json; another tokenizer_class keeps tokenizer.json's
-    folder, _ = sentence_folder(tmp_path, tiny_bert, "mean")
+    # tokenize_chinese_chars) and a RobertaTokenizer's add_prefix_space, whatever tokenizer.json says; another
+    # tokenizer_class keeps tokenizer.json's
+    folder, _ = sentence_folder(tmp_path, request.getfixturevalue(name), "mean")
     config = json.loads((folder / "tokenizer_config.json").read_text())
-    assert config["tokenizer_class"] == "BertTokenizer"
+    assert config["tokenizer_class"] in ("BertTokenizer", "RobertaTokenizer")
     (folder / "tokenizer_config.json").write_text(json.dumps({**config, **changes}))
     texts = TEXTS + ["中文字符 and Ünïcödé"]
     reference = Reference(str(folder), device="cpu")
     ours = SentenceTransformer(folder)
     assert torch.equal(ours.tokenize(texts)["input_ids"], reference.preprocess(texts)["input_ids"])
     np.testing.assert_allclose(ours.encode(texts), reference.encode(texts), atol=1e-5, rtol=0)
+
+
+def test_do_lower_case_of_a_cased_bert_survives_saving(tiny_bert, tmp_path):
+    # sentence-transformers 6 saves do_lower_case as a Lowercase in front of tokenizer.json's normalizer, which its
+    # own reload of a BertTokenizer loses (transformers rebuilds the normalizer from tokenizer_config.json); we keep
+    # it, as the model that was saved lowercased
+    shutil.copytree(tiny_bert, tmp_path / "cased")
+    config = json.loads((tmp_path / "cased" / "tokenizer_config.json").read_text())
+    (tmp_path / "cased" / "tokenizer_config.json").write_text(json.dumps({**config, "do_lower_case": False}))
+    transformer = reference_modules.Transformer(str(tmp_path / "cased"), max_seq_length=40, do_lower_case=True)
+    saved = Reference(modules=[transformer, reference_modules.Pooling(48)], device="cpu")
+    saved.save(str(tmp_path / "st"))
+    ours = SentenceTransformer(tmp_path / "st")
+    assert torch.equal(ours.tokenize(TEXTS)["input_ids"], saved.preprocess(TEXTS)["input_ids"])
+    np.testing.assert_allclose(ours.encode(TEXTS), saved.encode(TEXTS), atol=1e-5, rtol=0)
 
 
 def test_do_lower_case_lowercases_like_sentence_transformers(tiny_roberta, tmp_path):
