@@ -3,8 +3,9 @@
 A `tokenizer.json` often carries padding and truncation settings of its own (all-MiniLM-L6-v2's pads
 to a fixed 128); sentence-transformers ignores them, pads each batch to its longest text and truncates
 at `max_seq_length`. So do we. Where tokenizer_config.json says so, texts are cut at the start instead
-(`truncation_side`), and a BERT or MPNet tokenizer's normalizer (lower-casing, accents, Chinese characters) and
-a RoBERTa tokenizer's `add_prefix_space` follow it, as transformers builds them (CONFIG_NORMALIZED_CLASSES).
+(`truncation_side`); a BERT, DistilBERT or MPNet tokenizer's normalizer (lower-casing, accents, Chinese
+characters) and a RoBERTa tokenizer's `add_prefix_space` follow it, as transformers builds them
+(CONFIG_NORMALIZED_CLASSES).
 """
 
 import json
@@ -46,7 +47,8 @@ def _has_lowercase(normalizer: dict | None) -> bool:
 # missing) instead of taking tokenizer.json's; sentence-transformers tokenizes with that normalizer. We do so where
 # tokenizer.json's is a BertNormalizer whose settings may disagree, and keep one that was changed on purpose (a
 # Lowercase put in front by sentence-transformers' do_lower_case, which its own reload loses)
-CONFIG_NORMALIZED_CLASSES = ("BertTokenizer", "BertTokenizerFast", "MPNetTokenizer", "MPNetTokenizerFast")
+CONFIG_NORMALIZED_CLASSES = ("BertTokenizer", "BertTokenizerFast", "DistilBertTokenizer", "DistilBertTokenizerFast",
+                             "MPNetTokenizer", "MPNetTokenizerFast")
 
 
 def _bert_normalizer(config: dict) -> normalizers.Normalizer:

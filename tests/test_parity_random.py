@@ -295,6 +295,7 @@ def test_truncation_from_the_left_as_tokenizer_config_says(name, request, tmp_pa
 @pytest.mark.parametrize("name,changes", [
     ("tiny_bert", {"do_lower_case": False}), ("tiny_bert", {"strip_accents": False}),
     ("tiny_bert", {"tokenize_chinese_chars": False}), ("tiny_roberta", {"add_prefix_space": True}),
+    ("tiny_distilbert", {"tokenizer_class": "DistilBertTokenizer", "do_lower_case": False}),
     ("tiny_bert", {"tokenizer_class": "PreTrainedTokenizerFast", "do_lower_case": False})])
 def test_a_tokenizer_follows_tokenizer_config_where_transformers_does(name, changes, request, tmp_path):
     # transformers builds a BertTokenizer's normalizer from tokenizer_config.json (do_lower_case, strip_accents,
