@@ -247,7 +247,8 @@ def load_folder(folder: Path) -> dict:
                 break
     max_seq_length = read_max_seq_length(sbert_config, sbert_config_file)
     tokenizer = Tokenizer.from_folder(encoder_folder, max_seq_length, encoder.config.max_tokens,
-                                      sbert_config.get("do_lower_case", False), encoder.config.pad_token_id)
+                                      sbert_config.get("do_lower_case", False), encoder.config.pad_token_id,
+                                      encoder.config.model_type)
 
     dimension = encoder.config.hidden_size
     if modules[1][1] is None:

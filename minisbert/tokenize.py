@@ -49,6 +49,9 @@ def _has_lowercase(normalizer: dict | None) -> bool:
 # Lowercase put in front by sentence-transformers' do_lower_case, which its own reload loses)
 CONFIG_NORMALIZED_CLASSES = ("BertTokenizer", "BertTokenizerFast", "DistilBertTokenizer", "DistilBertTokenizerFast",
                              "MPNetTokenizer", "MPNetTokenizerFast")
+# the class transformers picks by the encoder's model_type where tokenizer_config.json names none
+TOKENIZER_CLASSES = {"bert": "BertTokenizer", "distilbert": "DistilBertTokenizer", "mpnet": "MPNetTokenizer",
+                     "roberta": "RobertaTokenizer"}
 
 
 def _bert_normalizer(config: dict) -> normalizers.Normalizer:
@@ -117,11 +120,13 @@ class Tokenizer:
 
     @classmethod
     def from_folder(cls, folder: Path, max_seq_length: int | None, max_tokens: int,
-                    do_lower_case: bool = False, config_pad_token_id: int = 0) -> "Tokenizer":
+                    do_lower_case: bool = False, config_pad_token_id: int = 0,
+                    model_type: str | None = None) -> "Tokenizer":
         """Load `tokenizer.json`, or build the tokenizer from `vocab.txt` or `vocab.json` + `merges.txt`.
 
         `max_seq_length` comes from sentence_bert_config.json; without it, tokenizer_config.json's
-        `model_max_length` counts, capped at what the encoder's position table holds (`max_tokens`).
+        `model_max_length` counts, capped at what the encoder's position table holds (`max_tokens`). `model_type`
+        (the encoder's) stands for the tokenizer class where tokenizer_config.json names none.
         """
         folder = Path(folder)
         config = _read_json(folder / "tokenizer_config.json")
@@ -131,10 +136,11 @@ class Tokenizer:
                 tokenizer = FastTokenizer.from_file(str(folder / "tokenizer.json"))
             except Exception as error:
                 raise ValueError(f"{folder / 'tokenizer.json'}: cannot read the tokenizer ({error})") from None
-            if (config.get("tokenizer_class") in CONFIG_NORMALIZED_CLASSES
-                    and isinstance(tokenizer.normalizer, normalizers.BertNormalizer)):
+            tokenizer_class = config.get("tokenizer_class") or TOKENIZER_CLASSES.get(model_type)
+            if tokenizer_class in CONFIG_NORMALIZED_CLASSES and isinstance(tokenizer.normalizer,
+                                                                           normalizers.BertNormalizer):
                 tokenizer.normalizer = _bert_normalizer(config)
-            if (config.get("tokenizer_class") in ("RobertaTokenizer", "RobertaTokenizerFast")
+            if (tokenizer_class in ("RobertaTokenizer", "RobertaTokenizerFast")
                     and isinstance(tokenizer.pre_tokenizer, pre_tokenizers.ByteLevel)):
                 # likewise, transformers takes a RoBERTa tokenizer's add_prefix_space from tokenizer_config.json
                 tokenizer.pre_tokenizer.add_prefix_space = config.get("add_prefix_space", False)

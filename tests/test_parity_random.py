@@ -296,15 +296,18 @@ def test_truncation_from_the_left_as_tokenizer_config_says(name, request, tmp_pa
     ("tiny_bert", {"do_lower_case": False}), ("tiny_bert", {"strip_accents": False}),
     ("tiny_bert", {"tokenize_chinese_chars": False}), ("tiny_roberta", {"add_prefix_space": True}),
     ("tiny_distilbert", {"tokenizer_class": "DistilBertTokenizer", "do_lower_case": False}),
+    ("tiny_bert", {"tokenizer_class": None, "do_lower_case": False}),  # BertTokenizer for a bert model
+    ("tiny_roberta", {"tokenizer_class": None, "add_prefix_space": True}),
     ("tiny_bert", {"tokenizer_class": "PreTrainedTokenizerFast", "do_lower_case": False})])
 def test_a_tokenizer_follows_tokenizer_config_where_transformers_does(name, changes, request, tmp_path):
     # transformers builds a BertTokenizer's normalizer from tokenizer_config.json (do_lower_case, strip_accents,
-    # tokenize_chinese_chars) and a RobertaTokenizer's add_prefix_space, whatever tokenizer.json says; another
-    # tokenizer_class keeps tokenizer.json's
+    # tokenize_chinese_chars) and a RobertaTokenizer's add_prefix_space, whatever tokenizer.json says; with no
+    # tokenizer_class, the model type's class; another tokenizer_class keeps tokenizer.json's
     folder, _ = sentence_folder(tmp_path, request.getfixturevalue(name), "mean")
     config = json.loads((folder / "tokenizer_config.json").read_text())
     assert config["tokenizer_class"] in ("BertTokenizer", "RobertaTokenizer")
-    (folder / "tokenizer_config.json").write_text(json.dumps({**config, **changes}))
+    config = {key: value for key, value in {**config, **changes}.items() if value is not None}  # None: left out
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
     texts = TEXTS + ["中文字符 and Ünïcödé"]
     reference = Reference(str(folder), device="cpu")
     ours = SentenceTransformer(folder)
