@@ -36,7 +36,7 @@ from minisbert.data import (OFFICIAL_ARCHIVES, DataError, batch_order, default_d
 from minisbert.evaluate import sts_correlations
 from minisbert.losses import CONCATENATIONS, LOSSES, tokenize_batch
 from minisbert.optim import AdamW, parameter_groups, warmup_then_linear_decay
-from minisbert.pooling import Pooling
+from minisbert.pooling import POOLING_MODES, Pooling
 from minisbert.training import (LossWindow, MetricsLog, NonFiniteWatch, list_checkpoints, load_training_state,
                                 read_run_arguments, save_checkpoint, train_step)
 
@@ -54,7 +54,8 @@ def parse_args(argv=None):
     parser.add_argument("--loss", choices=list(LOSSES), help="softmax for NLI data, cosine for STS data if not given")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="a base encoder or a sentence model: folder or hub id (the default runs offline)")
-    parser.add_argument("--pooling", choices=["mean", "cls", "max"], help="replace the model's pooling")
+    parser.add_argument("--pooling", choices=POOLING_MODES,
+                        help="replace the model's pooling (the paper compares mean, cls and max)")
     parser.add_argument("--concat", default="u,v,|u-v|", help=f"softmax features, from {', '.join(CONCATENATIONS)}")
     parser.add_argument("--epochs", type=int, default=1, help="passes over the training data")
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per step and process")
