@@ -225,6 +225,18 @@ def read_modules(folder: Path) -> list[tuple[str, str | None]]:
 
 
 def read_max_seq_length(sbert_config: dict, source: Path) -> int | None:
+    """max_seq_length, after checking that nothing else in the file changes how texts are tokenized or embedded:
+    sentence-transformers 6 may keep there a task other than embedding, other inputs than text, the tokenizer's
+    call arguments (processing_kwargs) and lengths for queries and documents, none of which minisbert follows."""
+    if sbert_config.get("transformer_task", "feature-extraction") != "feature-extraction":
+        raise ValueError(f"{source}: transformer_task {sbert_config['transformer_task']!r} is not supported; "
+                         "minisbert embeds with the encoder's hidden states (feature-extraction)")
+    if set(sbert_config.get("modality_config") or {"text": None}) != {"text"}:
+        raise ValueError(f"{source}: modality_config {sorted(sbert_config['modality_config'])} is not supported; "
+                         "minisbert embeds text only")
+    for key in ("processing_kwargs", "query_length", "document_length", "query_expansion"):
+        if sbert_config.get(key):
+            raise ValueError(f"{source}: {key} {sbert_config[key]!r} is not supported")
     value = sbert_config.get("max_seq_length")
     if value is not None and (type(value) is not int or value < 1):
         raise ValueError(f"{source}: max_seq_length must be a positive integer, not {value!r}")
