@@ -4,8 +4,8 @@ A `tokenizer.json` often carries padding and truncation settings of its own (all
 to a fixed 128); sentence-transformers ignores them, pads each batch to its longest text and truncates
 at `max_seq_length`. So do we. Where tokenizer_config.json says so, texts are cut at the start instead
 (`truncation_side`); a BERT, DistilBERT or MPNet tokenizer's normalizer (lower-casing, accents, Chinese
-characters) and a RoBERTa tokenizer's `add_prefix_space` follow it, as transformers builds them
-(CONFIG_NORMALIZED_CLASSES).
+characters) and a RoBERTa tokenizer's `add_prefix_space` follow it, and an XLM-RoBERTa or CamemBERT tokenizer
+splits words at whitespace, as transformers builds them (CONFIG_NORMALIZED_CLASSES, SENTENCEPIECE_CLASSES).
 """
 
 import json
@@ -49,9 +49,14 @@ def _has_lowercase(normalizer: dict | None) -> bool:
 # Lowercase put in front by sentence-transformers' do_lower_case, which its own reload loses)
 CONFIG_NORMALIZED_CLASSES = ("BertTokenizer", "BertTokenizerFast", "DistilBertTokenizer", "DistilBertTokenizerFast",
                              "MPNetTokenizer", "MPNetTokenizerFast")
+# SentencePiece tokenizers whose words transformers splits at any whitespace before putting "▁" in front of each,
+# whatever tokenizer.json says: its own Metaspace also makes tokens of leading, trailing and repeated whitespace
+SENTENCEPIECE_CLASSES = ("XLMRobertaTokenizer", "XLMRobertaTokenizerFast", "CamembertTokenizer",
+                         "CamembertTokenizerFast")
 # the class transformers picks by the encoder's model_type where tokenizer_config.json names none
 TOKENIZER_CLASSES = {"bert": "BertTokenizer", "distilbert": "DistilBertTokenizer", "mpnet": "MPNetTokenizer",
-                     "roberta": "RobertaTokenizer"}
+                     "roberta": "RobertaTokenizer", "xlm-roberta": "XLMRobertaTokenizer",
+                     "camembert": "CamembertTokenizer"}
 
 
 def _bert_normalizer(config: dict) -> normalizers.Normalizer:
@@ -144,6 +149,12 @@ class Tokenizer:
                     and isinstance(tokenizer.pre_tokenizer, pre_tokenizers.ByteLevel)):
                 # likewise, transformers takes a RoBERTa tokenizer's add_prefix_space from tokenizer_config.json
                 tokenizer.pre_tokenizer.add_prefix_space = config.get("add_prefix_space", False)
+            if (tokenizer_class in SENTENCEPIECE_CLASSES and isinstance(tokenizer.model, models.Unigram)
+                    and isinstance(tokenizer.pre_tokenizer, pre_tokenizers.Metaspace)):
+                prepend_scheme = "always" if config.get("add_prefix_space", True) else "never"
+                tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+                    pre_tokenizers.WhitespaceSplit(),
+                    pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prepend_scheme, split=True)])
         elif (folder / "vocab.txt").exists():
             tokenizer = _wordpiece_from_vocab(folder, config)
         elif (folder / "vocab.json").exists() and (folder / "merges.txt").exists():

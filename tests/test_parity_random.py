@@ -8,6 +8,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -313,6 +314,45 @@ def test_a_tokenizer_follows_tokenizer_config_where_transformers_does(name, chan
     ours = SentenceTransformer(folder)
     assert torch.equal(ours.tokenize(texts)["input_ids"], reference.preprocess(texts)["input_ids"])
     np.testing.assert_allclose(ours.encode(texts), reference.encode(texts), atol=1e-5, rtol=0)
+
+
+def sentencepiece_tokenizer_folder(folder: Path, tokenizer_config: dict) -> Path:
+    """A tiny Unigram tokenizer laid out as published XLM-RoBERTa ones are (tokenizers' from_spm without a charsmap:
+    a Replace of repeated spaces, Metaspace with "▁" in front)."""
+    import string
+
+    from tokenizers import AddedToken, Regex, Tokenizer as FastTokenizer, decoders, models, normalizers
+    from tokenizers import pre_tokenizers, processors
+
+    pieces = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(prefix + c, -4.0 - len(prefix)) for c in string.ascii_letters + ".,!?" for prefix in ("", "▁")]
+    pieces += [("▁" + word, -1.0) for word in ("the", "quick", "fox", "hello", "world", "spaces", "around")]
+    tokenizer = FastTokenizer(models.Unigram(pieces, unk_id=3, byte_fallback=False))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Replace(Regex(" {2,}"), " ")])
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+                                                            special_tokens=[("<s>", 0), ("</s>", 2)])
+    tokenizer.add_special_tokens([AddedToken(token, special=True) for token in ("<s>", "<pad>", "</s>", "<unk>")])
+    folder.mkdir(parents=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    special = {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>", "unk_token": "<unk>",
+               "pad_token": "<pad>"}
+    (folder / "tokenizer_config.json").write_text(json.dumps({**special, **tokenizer_config}))
+    return folder
+
+
+@pytest.mark.parametrize("tokenizer_config", [{"tokenizer_class": "XLMRobertaTokenizer"},
+                                              {"tokenizer_class": "XLMRobertaTokenizer", "add_prefix_space": False},
+                                              {"tokenizer_class": "CamembertTokenizer"},
+                                              {"tokenizer_class": "PreTrainedTokenizerFast"}])
+def test_a_sentencepiece_tokenizer_splits_whitespace_as_transformers_does(tokenizer_config, tmp_path):
+    # transformers' XLM-RoBERTa and CamemBERT tokenizers split words at any whitespace first; tokenizer.json's own
+    # Metaspace would make tokens of leading, trailing and repeated whitespace, tabs and line ends
+    folder = sentencepiece_tokenizer_folder(tmp_path / "tokenizer", tokenizer_config)
+    texts = ["the quick fox", "  spaces around  ", "hello\tworld\n", "a  b", " lead", "trail ", "", " "]
+    expected = AutoTokenizer.from_pretrained(folder)(texts)["input_ids"]
+    assert Tokenizer.from_folder(folder, max_seq_length=60, max_tokens=512).token_ids(texts) == expected
 
 
 def test_do_lower_case_of_a_cased_bert_survives_saving(tiny_bert, tmp_path):
