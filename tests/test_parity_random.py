@@ -214,7 +214,8 @@ CASES = [("tiny_bert", "mean", False, False), ("tiny_bert", "cls", True, True), 
          ("tiny_mpnet", "cls", True, False), ("tiny_bert", "weightedmean", False, False),
          ("tiny_roberta", "lasttoken", True, True),
          # concatenated in the order given, not in the order of the old boolean keys
-         ("tiny_bert", ("mean", "cls"), False, False), ("tiny_mpnet", ("lasttoken", "weightedmean", "max"), True, False),
+         ("tiny_bert", ("mean", "cls"), False, False),
+         ("tiny_mpnet", ("lasttoken", "weightedmean", "max"), True, False),
          ("tiny_distilbert", "mean", True, True), ("tiny_distilbert", "cls", False, False),
          ("tiny_xlm_roberta", "mean", False, True), ("tiny_camembert", "mean", False, False)]
 
