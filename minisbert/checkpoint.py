@@ -224,7 +224,7 @@ def read_modules(folder: Path) -> list[tuple[str, str | None]]:
     return found
 
 
-def read_max_seq_length(sbert_config: dict, source: Path) -> int | None:
+def read_sentence_config(sbert_config: dict, source: Path) -> int | None:
     """max_seq_length, after checking that nothing else in the file changes how texts are tokenized or embedded:
     sentence-transformers 6 may keep there a task other than embedding, other inputs than text, the tokenizer's
     call arguments (processing_kwargs) and lengths for queries and documents, none of which minisbert follows."""
@@ -257,7 +257,7 @@ def load_folder(folder: Path) -> dict:
                 raise ValueError(f"{sbert_config_file}: expected an object with max_seq_length")
             if sbert_config:  # an empty one does not count, as in sentence-transformers
                 break
-    max_seq_length = read_max_seq_length(sbert_config, sbert_config_file)
+    max_seq_length = read_sentence_config(sbert_config, sbert_config_file)
     tokenizer = Tokenizer.from_folder(encoder_folder, max_seq_length, encoder.config.max_tokens,
                                       sbert_config.get("do_lower_case", False), encoder.config.pad_token_id,
                                       encoder.config.model_type)

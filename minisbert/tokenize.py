@@ -65,6 +65,22 @@ def _bert_normalizer(config: dict) -> normalizers.Normalizer:
         strip_accents=config.get("strip_accents"), lowercase=config.get("do_lower_case", True))
 
 
+def _as_transformers_builds_it(tokenizer: FastTokenizer, config: dict, tokenizer_class: str | None) -> None:
+    """Change tokenizer.json's pipeline where transformers' `tokenizer_class` builds its own instead (the tables
+    above), so that texts are tokenized as sentence-transformers tokenizes them."""
+    if tokenizer_class in CONFIG_NORMALIZED_CLASSES and isinstance(tokenizer.normalizer, normalizers.BertNormalizer):
+        tokenizer.normalizer = _bert_normalizer(config)
+    if (tokenizer_class in ("RobertaTokenizer", "RobertaTokenizerFast")
+            and isinstance(tokenizer.pre_tokenizer, pre_tokenizers.ByteLevel)):  # add_prefix_space from the config
+        tokenizer.pre_tokenizer.add_prefix_space = config.get("add_prefix_space", False)
+    if (tokenizer_class in SENTENCEPIECE_CLASSES and isinstance(tokenizer.model, models.Unigram)
+            and isinstance(tokenizer.pre_tokenizer, pre_tokenizers.Metaspace)):
+        prepend_scheme = "always" if config.get("add_prefix_space", True) else "never"
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prepend_scheme, split=True)])
+
+
 def _wordpiece_from_vocab(folder: Path, config: dict) -> FastTokenizer:
     """What transformers builds from a bare `vocab.txt` (BertTokenizerFast)."""
     unk, cls, sep = (_token_text(config.get(k, d)) for k, d in
@@ -141,20 +157,8 @@ class Tokenizer:
                 tokenizer = FastTokenizer.from_file(str(folder / "tokenizer.json"))
             except Exception as error:
                 raise ValueError(f"{folder / 'tokenizer.json'}: cannot read the tokenizer ({error})") from None
-            tokenizer_class = config.get("tokenizer_class") or TOKENIZER_CLASSES.get(model_type)
-            if tokenizer_class in CONFIG_NORMALIZED_CLASSES and isinstance(tokenizer.normalizer,
-                                                                           normalizers.BertNormalizer):
-                tokenizer.normalizer = _bert_normalizer(config)
-            if (tokenizer_class in ("RobertaTokenizer", "RobertaTokenizerFast")
-                    and isinstance(tokenizer.pre_tokenizer, pre_tokenizers.ByteLevel)):
-                # likewise, transformers takes a RoBERTa tokenizer's add_prefix_space from tokenizer_config.json
-                tokenizer.pre_tokenizer.add_prefix_space = config.get("add_prefix_space", False)
-            if (tokenizer_class in SENTENCEPIECE_CLASSES and isinstance(tokenizer.model, models.Unigram)
-                    and isinstance(tokenizer.pre_tokenizer, pre_tokenizers.Metaspace)):
-                prepend_scheme = "always" if config.get("add_prefix_space", True) else "never"
-                tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-                    pre_tokenizers.WhitespaceSplit(),
-                    pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prepend_scheme, split=True)])
+            _as_transformers_builds_it(tokenizer, config, config.get("tokenizer_class")
+                                       or TOKENIZER_CLASSES.get(model_type))
         elif (folder / "vocab.txt").exists():
             tokenizer = _wordpiece_from_vocab(folder, config)
         elif (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
