@@ -155,7 +155,11 @@ def download(repo_id: str, tokenizer_files: tuple[str, ...], revision: str | Non
 
     try:
         modules = [{"type": "Transformer", "path": ""}]
+        # early sentence models' names only where there is a sentence model (modules.json): in a plain encoder's
+        # repo they would be six requests that find nothing
+        sentence_config_files = SENTENCE_CONFIG_FILES[:1]
         if fetch("modules.json"):
+            sentence_config_files = SENTENCE_CONFIG_FILES
             modules = _read_json(staging / "modules.json", f"{repo_id}/modules.json")
             if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
                 raise ValueError(f"{repo_id}/modules.json: expected a list of modules")
@@ -169,7 +173,7 @@ def download(repo_id: str, tokenizer_files: tuple[str, ...], revision: str | Non
             if kind == "Transformer":
                 if not fetch(prefix + "config.json"):
                     raise ValueError(f"{repo_id} has no {prefix}config.json")
-                for name in SENTENCE_CONFIG_FILES:
+                for name in sentence_config_files:
                     if fetch(prefix + name):
                         break
                 for name in tokenizer_files:
