@@ -1,4 +1,5 @@
-"""BERT, RoBERTa, MPNet and DistilBERT in plain PyTorch, and the table from Hugging Face checkpoint names to ours.
+"""BERT, RoBERTa, MPNet, DistilBERT and ALBERT in plain PyTorch, and the table from Hugging Face checkpoint names to
+ours.
 
 One layer, as in the paper's figure of BERT (post-LayerNorm):
     x = LayerNorm(x + Dropout(W_o Attention(W_q x, W_k x, W_v x)))
@@ -6,8 +7,10 @@ One layer, as in the paper's figure of BERT (post-LayerNorm):
 RoBERTa numbers positions from padding_idx + 1, over real tokens only. MPNet (all-mpnet-base-v2) numbers them
 so too, has no token types, and adds to every layer's attention scores one learned bias per head and bucket of
 relative distance, a table shared by all layers. DistilBERT is BERT without token types and without the dropout
-after attention. `checkpoint_names` lists, for every tensor, its name in a published checkpoint; loading checks each
-one.
+after attention. ALBERT is BERT with smaller token embeddings (embedding_size) projected up to hidden_size, layers
+shared (num_hidden_layers steps through num_hidden_groups groups of inner_group_num layers: EncoderConfig.layer_order),
+and no dropout after the feed-forward product. `checkpoint_names` lists, for every tensor, its name in a published
+checkpoint; loading checks each one.
 """
 
 import contextlib
@@ -24,9 +27,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from .hardware import cpu_amx, fused_fp32_products
 
 # xlm-roberta and camembert are RoBERTa with another vocabulary
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "mpnet", "distilbert")
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "mpnet", "distilbert", "albert")
 ARCHITECTURES = {"bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel",
-                 "camembert": "CamembertModel", "mpnet": "MPNetModel", "distilbert": "DistilBertModel"}
+                 "camembert": "CamembertModel", "mpnet": "MPNetModel", "distilbert": "DistilBertModel",
+                 "albert": "AlbertModel"}
+# ALBERT's own fields, and transformers' defaults for those of ours that its AlbertConfig sets otherwise than BERT's
+ALBERT_FIELDS = ("embedding_size", "num_hidden_groups", "inner_group_num")
+ALBERT_DEFAULTS = {"embedding_size": 128, "hidden_act": "gelu_new", "hidden_dropout_prob": 0.0,
+                   "attention_probs_dropout_prob": 0.0}
 # DistilBERT's config.json names for our EncoderConfig fields; its LayerNorms use 1e-12, written in its code
 DISTILBERT_NAMES = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
                     "hidden_dim": "intermediate_size", "activation": "hidden_act", "dropout": "hidden_dropout_prob",
@@ -97,6 +105,9 @@ class EncoderConfig:
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     relative_attention_num_buckets: int = 32  # MPNet only
+    embedding_size: int | None = None  # ALBERT only: the token embeddings' size, projected to hidden_size
+    num_hidden_groups: int = 1  # ALBERT only: groups of layers with parameters of their own
+    inner_group_num: int = 1  # ALBERT only: layers in each group
 
     @classmethod
     def from_dict(cls, config: dict, source: str = "config.json") -> "EncoderConfig":
@@ -114,6 +125,10 @@ class EncoderConfig:
                       **{ours: config[theirs] for theirs, ours in DISTILBERT_NAMES.items()},
                       **{k: config[k] for k in ("vocab_size", "max_position_embeddings", "pad_token_id")
                          if k in config}}
+        if model_type == "albert":
+            config = {**ALBERT_DEFAULTS, **config}
+        else:  # ALBERT's alone: any other model's config.json that holds them anyway does not set them here
+            config = {k: v for k, v in config.items() if k not in ALBERT_FIELDS}
         if config.get("hidden_act", "gelu") not in ACTIVATIONS:
             raise ConfigError(f"{source}: hidden_act {config['hidden_act']!r} is not supported; "
                               f"choose one of {', '.join(ACTIVATIONS)}")
@@ -128,12 +143,16 @@ class EncoderConfig:
             raise ConfigError(f"{source}: missing {', '.join(missing)}")
         for field in fields(cls):
             value = values.get(field.name)
-            if field.type is int and value is not None and (type(value) is not int or value < (field.name != "pad_token_id")):
+            if (field.type in (int, int | None) and value is not None
+                    and (type(value) is not int or value < (field.name != "pad_token_id"))):
                 smallest = "0" if field.name == "pad_token_id" else "1"
                 raise ConfigError(f"{source}: {field.name} must be an integer of at least {smallest}, not {value!r}")
             if field.type is float and value is not None and (type(value) not in (int, float) or not 0 <= value < 1
                                                              or (field.name == "layer_norm_eps" and value == 0)):
                 raise ConfigError(f"{source}: {field.name} must be a number in [0, 1) (eps above 0), not {value!r}")
+        if values.get("num_hidden_groups", 1) > values["num_hidden_layers"]:
+            raise ConfigError(f"{source}: num_hidden_groups {values['num_hidden_groups']} is more than "
+                              f"num_hidden_layers {values['num_hidden_layers']}: some groups would never run")
         if values.get("pad_token_id", 0) >= values["vocab_size"]:
             raise ConfigError(f"{source}: pad_token_id {values['pad_token_id']} is outside the vocabulary "
                               f"(vocab_size {values['vocab_size']})")
@@ -144,7 +163,8 @@ class EncoderConfig:
 
     def to_dict(self) -> dict:
         """A config.json that transformers reads as the same model."""
-        config = {field.name: getattr(self, field.name) for field in fields(self)}
+        config = {field.name: getattr(self, field.name) for field in fields(self)
+                  if self.model_type == "albert" or field.name not in ALBERT_FIELDS}
         if self.model_type == "distilbert":
             config = {"model_type": "distilbert", "vocab_size": self.vocab_size, "pad_token_id": self.pad_token_id,
                       "max_position_embeddings": self.max_position_embeddings, "sinusoidal_pos_embds": False,
@@ -163,6 +183,26 @@ class EncoderConfig:
     def position_padding_idx(self) -> int:
         # the token id that RoBERTa-style numbering treats as padding: transformers' MPNet fixes it at 1
         return 1 if self.model_type == "mpnet" else self.pad_token_id
+
+    @property
+    def embedding_dim(self) -> int:  # the token embeddings' size: ALBERT's may be smaller than hidden_size
+        return self.embedding_size or self.hidden_size
+
+    @property
+    def layer_order(self) -> list[int]:
+        """Which of the encoder's layers (Encoder.layers) runs at each of the num_hidden_layers steps: each its own
+        but in ALBERT, whose steps go through its groups in turn, each group's inner_group_num layers every time."""
+        if self.model_type != "albert":
+            return list(range(self.num_hidden_layers))
+        groups, inner = self.num_hidden_groups, self.inner_group_num
+        # the group of step i as transformers computes it, in floating point (18 layers in 14 groups: step 9 is
+        # group 6 there, 7 in exact arithmetic)
+        return [int(i / (self.num_hidden_layers / groups)) * inner + j for i in range(self.num_hidden_layers)
+                for j in range(inner)]
+
+    @property
+    def distinct_layers(self) -> int:
+        return self.num_hidden_groups * self.inner_group_num if self.model_type == "albert" else self.num_hidden_layers
 
     @property
     def max_tokens(self) -> int:
@@ -281,6 +321,7 @@ class Layer(nn.Module):
         self.output_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.dropout_after_attention = nn.Identity() if config.model_type == "distilbert" else self.dropout
+        self.dropout_after_output = nn.Identity() if config.model_type == "albert" else self.dropout
         self.activation = ACTIVATIONS[config.hidden_act]
         # at inference on the CPU, fuse the products where that pays here (None), always where oneDNN can (True), or
         # never (False): fuses_on_cpu. Benchmarks and tests set it.
@@ -293,7 +334,7 @@ class Layer(nn.Module):
             return self.fused_forward(x, packing, mask)
         attended = self.attend(self.query(x), self.key(x), self.value(x), packing, mask)
         x = self.attention_norm(x + self.dropout_after_attention(self.attention_output(attended)))
-        return self.output_norm(x + self.dropout(self.output(self.activation(self.intermediate(x)))))
+        return self.output_norm(x + self.dropout_after_output(self.output(self.activation(self.intermediate(x)))))
 
     def fuses_on_cpu(self, x: torch.Tensor) -> bool:
         """At inference on the CPU (no autograd, no dropout), each product runs through oneDNN, which adds the bias,
@@ -374,7 +415,7 @@ class Encoder(nn.Module):
     def __init__(self, config: EncoderConfig):
         super().__init__()
         self.config = config
-        d = config.hidden_size
+        d = config.embedding_dim
         # The tables start uninitialised (passing _weight skips nn.Embedding's random init, which alone costs a
         # second on the meta device, where a checkpoint is loaded): init_weights() or a checkpoint fills them.
         self.word_embeddings = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id,
@@ -385,7 +426,10 @@ class Encoder(nn.Module):
             config.type_vocab_size, d)) if config.has_token_types else None
         self.embeddings_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        # ALBERT's token embeddings, projected up to the layers' size
+        self.embedding_projection = nn.Linear(d, config.hidden_size) if config.model_type == "albert" else None
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.distinct_layers))
+        self.layer_order = config.layer_order  # ALBERT runs its layers more than once
         self.relative_attention_bias = (nn.Embedding(config.relative_attention_num_buckets, config.num_attention_heads)
                                         if config.model_type == "mpnet" else None)
         self.packing = True  # run the dense layers on the real tokens only, where that pays (see packs)
@@ -430,11 +474,13 @@ class Encoder(nn.Module):
             bias = bias.permute(2, 0, 1).unsqueeze(0).to(x.dtype)  # (L, L, H) -> (1, H, L, L)
             mask = bias.masked_fill(~mask, float("-inf"))  # (B, H, L, L)
         x = packing.pack(x)
+        if self.embedding_projection is not None:
+            x = self.embedding_projection(x)
         # on a GPU, not cuDNN's attention: it builds a graph for every new (batch, length) shape, which costs more
         # than the attention itself when batches of sorted texts each have a length of their own
         with sdpa_kernel(ATTENTION_BACKENDS) if x.is_cuda else contextlib.nullcontext():
-            for layer in self.layers:
-                x = layer(x, packing, mask)
+            for index in self.layer_order:
+                x = self.layers[index](x, packing, mask)
         x = packing.unpack(x)  # (B, S, D)
         return x if packing.index is not None else x * attention_mask[..., None].to(x.dtype)  # zeros at padding
 
@@ -500,8 +546,8 @@ def relative_position_buckets(length: int, device, num_buckets: int = 32, max_di
 # ---------------------------------------------------------------- checkpoint names
 
 def checkpoint_names(config: EncoderConfig) -> dict[str, str]:
-    """{our tensor name: its name in a Hugging Face BertModel / RobertaModel / MPNetModel / DistilBertModel
-    checkpoint}."""
+    """{our tensor name: its name in a Hugging Face BertModel / RobertaModel / MPNetModel / DistilBertModel /
+    AlbertModel checkpoint}."""
     names = {"word_embeddings.weight": "embeddings.word_embeddings.weight",
              "position_embeddings.weight": "embeddings.position_embeddings.weight",
              "embeddings_norm.weight": "embeddings.LayerNorm.weight",
@@ -509,29 +555,37 @@ def checkpoint_names(config: EncoderConfig) -> dict[str, str]:
     per_layer = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
                  "attention_output": "attention.output.dense", "attention_norm": "attention.output.LayerNorm",
                  "intermediate": "intermediate.dense", "output": "output.dense", "output_norm": "output.LayerNorm"}
-    layers = "encoder.layer"
+    layers = [f"encoder.layer.{i}" for i in range(config.num_hidden_layers)]
     if config.model_type == "mpnet":
         names["relative_attention_bias.weight"] = "encoder.relative_attention_bias.weight"
         per_layer.update(query="attention.attn.q", key="attention.attn.k", value="attention.attn.v",
                          attention_output="attention.attn.o", attention_norm="attention.LayerNorm")
     elif config.model_type == "distilbert":
-        layers = "transformer.layer"
+        layers = [f"transformer.layer.{i}" for i in range(config.num_hidden_layers)]
         per_layer = {"query": "attention.q_lin", "key": "attention.k_lin", "value": "attention.v_lin",
                      "attention_output": "attention.out_lin", "attention_norm": "sa_layer_norm",
                      "intermediate": "ffn.lin1", "output": "ffn.lin2", "output_norm": "output_layer_norm"}
+    elif config.model_type == "albert":
+        for kind in ("weight", "bias"):
+            names[f"embedding_projection.{kind}"] = f"encoder.embedding_hidden_mapping_in.{kind}"
+        layers = [f"encoder.albert_layer_groups.{group}.albert_layers.{j}" for group in range(config.num_hidden_groups)
+                  for j in range(config.inner_group_num)]
+        per_layer = {"query": "attention.query", "key": "attention.key", "value": "attention.value",
+                     "attention_output": "attention.dense", "attention_norm": "attention.LayerNorm",
+                     "intermediate": "ffn", "output": "ffn_output", "output_norm": "full_layer_layer_norm"}
     if config.has_token_types:
         names["token_type_embeddings.weight"] = "embeddings.token_type_embeddings.weight"
-    for i in range(config.num_hidden_layers):
+    for i, layer in enumerate(layers):
         for ours, theirs in per_layer.items():
             for kind in ("weight", "bias"):
-                names[f"layers.{i}.{ours}.{kind}"] = f"{layers}.{i}.{theirs}.{kind}"
+                names[f"layers.{i}.{ours}.{kind}"] = f"{layer}.{theirs}.{kind}"
     return names
 
 
 # Tensors of published checkpoints that SBERT does not use: pretraining heads and buffers older files stored.
 # The pooler is not used either, but kept (see Encoder.pooler_tensors).
-IGNORED_PREFIXES = ("cls.", "lm_head.", "vocab_transform.", "vocab_layer_norm.", "vocab_projector.",
-                    "embeddings.position_ids", "embeddings.token_type_ids")
+IGNORED_PREFIXES = ("cls.", "lm_head.", "vocab_transform.", "vocab_layer_norm.", "vocab_projector.", "predictions.",
+                    "sop_classifier.", "embeddings.position_ids", "embeddings.token_type_ids")
 
 
 def plain_name(name: str, model_type: str) -> str:

@@ -171,9 +171,10 @@ class Int8Linear(nn.Module):
 
 class Int8Layer(nn.Module):
     """An encoder Layer whose six products run in int8 (inference only): the Layer's attention and LayerNorms.
-    `input_norm` is the LayerNorm the layer's input comes out of (the previous layer's last, or the embeddings')."""
+    `input_norm` is the LayerNorm the layer's input comes out of (the previous layer's last, or the embeddings'), if
+    one is (input_norms)."""
 
-    def __init__(self, layer: Layer, weight_bits: int, attention_dtype: torch.dtype, input_norm: nn.LayerNorm):
+    def __init__(self, layer: Layer, weight_bits: int, attention_dtype: torch.dtype, input_norm: nn.LayerNorm | None):
         super().__init__()
         fused = layer.hidden_act in POST_OPS
         self.query_key_value = Int8Linear([layer.query, layer.key, layer.value], weight_bits,
@@ -204,7 +205,19 @@ def int8_encoder(encoder: Encoder, weight_bits: int | None = None, attention_dty
     if device.type != "cpu":
         raise ValueError(f"dtype int8 runs on the CPU only, not on {device}; on a GPU use bf16 or fp16")
     quantized = copy.deepcopy(encoder).float().eval()
-    input_norms = [quantized.embeddings_norm] + [layer.output_norm for layer in quantized.layers[:-1]]
     quantized.layers = nn.ModuleList(Int8Layer(layer, weight_bits, attention_dtype, norm)
-                                     for layer, norm in zip(quantized.layers, input_norms))
+                                     for layer, norm in zip(quantized.layers, input_norms(quantized)))
     return quantized
+
+
+def input_norms(encoder: Encoder) -> list[nn.LayerNorm | None]:
+    """For each of the encoder's layers, the LayerNorm all its inputs come out of (the embeddings' or the previous
+    layer's last), or None where there is none: ALBERT's first input comes out of a projection, and a layer it runs
+    more than once may take inputs from different LayerNorms."""
+    sources = {}  # layer index -> the modules its inputs come out of
+    previous = encoder.embeddings_norm if encoder.embedding_projection is None else None
+    for index in encoder.layer_order:
+        sources.setdefault(index, []).append(previous)
+        previous = encoder.layers[index].output_norm
+    return [found[0] if len(set(map(id, found))) == 1 else None
+            for found in (sources.get(index, [None]) for index in range(len(encoder.layers)))]

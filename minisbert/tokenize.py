@@ -4,11 +4,14 @@ A `tokenizer.json` often carries padding and truncation settings of its own (all
 to a fixed 128); sentence-transformers ignores them, pads each batch to its longest text and truncates
 at `max_seq_length`. So do we. Where tokenizer_config.json says so, texts are cut at the start instead
 (`truncation_side`); a BERT, DistilBERT or MPNet tokenizer's normalizer (lower-casing, accents, Chinese
-characters) and a RoBERTa tokenizer's `add_prefix_space` follow it, and an XLM-RoBERTa or CamemBERT tokenizer
-splits words at whitespace, as transformers builds them (CONFIG_NORMALIZED_CLASSES, SENTENCEPIECE_CLASSES).
+characters), an ALBERT tokenizer's (lower-casing, accents) and a RoBERTa tokenizer's `add_prefix_space` follow it,
+and an XLM-RoBERTa, CamemBERT or ALBERT tokenizer splits words at whitespace, as transformers builds them
+(CONFIG_NORMALIZED_CLASSES, SENTENCEPIECE_CLASSES).
 """
 
+import base64
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -50,19 +53,66 @@ def _has_lowercase(normalizer: dict | None) -> bool:
 CONFIG_NORMALIZED_CLASSES = ("BertTokenizer", "BertTokenizerFast", "DistilBertTokenizer", "DistilBertTokenizerFast",
                              "MPNetTokenizer", "MPNetTokenizerFast")
 # SentencePiece tokenizers whose words transformers splits at any whitespace before putting "▁" in front of each,
-# whatever tokenizer.json says: its own Metaspace also makes tokens of leading, trailing and repeated whitespace
+# whatever tokenizer.json says (its own Metaspace also makes tokens of leading, trailing and repeated whitespace),
+# and whose Unigram model it builds with the unknown token's id its class fixes (_unknown_id)
 SENTENCEPIECE_CLASSES = ("XLMRobertaTokenizer", "XLMRobertaTokenizerFast", "CamembertTokenizer",
-                         "CamembertTokenizerFast")
+                         "CamembertTokenizerFast", "AlbertTokenizer", "AlbertTokenizerFast")
 # the class transformers picks by the encoder's model_type where tokenizer_config.json names none
 TOKENIZER_CLASSES = {"bert": "BertTokenizer", "distilbert": "DistilBertTokenizer", "mpnet": "MPNetTokenizer",
                      "roberta": "RobertaTokenizer", "xlm-roberta": "XLMRobertaTokenizer",
-                     "camembert": "CamembertTokenizer"}
+                     "camembert": "CamembertTokenizer", "albert": "AlbertTokenizer"}
 
 
 def _bert_normalizer(config: dict) -> normalizers.Normalizer:
     return normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=config.get("tokenize_chinese_chars", True),
         strip_accents=config.get("strip_accents"), lowercase=config.get("do_lower_case", True))
+
+
+def _albert_normalizer(config: dict, charsmap: bytes | None) -> normalizers.Normalizer:
+    """An ALBERT tokenizer's normalizer as transformers builds it: `` and '' as ", accents removed unless
+    keep_accents, lower-cased if do_lower_case, then the SentencePiece model's own character map, if any."""
+    steps = [normalizers.Replace("``", '"'), normalizers.Replace("''", '"')]
+    if not config.get("keep_accents", False):
+        steps += [normalizers.NFKD(), normalizers.StripAccents()]
+    if config.get("do_lower_case", True):
+        steps.append(normalizers.Lowercase())
+    if charsmap is not None:
+        steps.append(normalizers.Precompiled(charsmap))
+    return normalizers.Sequence(steps)
+
+
+def _precompiled_charsmap(normalizer: dict | None) -> bytes | None:
+    """The character map of a SentencePiece model in tokenizer.json's normalizer, where transformers looks for it
+    (the normalizer itself, or one of a Sequence)."""
+    if not normalizer:
+        return None
+    steps = normalizer["normalizers"] if normalizer.get("type") == "Sequence" else [normalizer]
+    for step in steps:
+        if step.get("type") == "Precompiled" and step.get("precompiled_charsmap"):
+            return base64.b64decode(step["precompiled_charsmap"])
+    return None
+
+
+def _unknown_id(tokenizer_class: str, model: models.Unigram, config: dict) -> int:
+    """The id a SentencePiece class's Unigram model gives unknown pieces in transformers, whatever tokenizer.json
+    says: fixed by the class (XLM-RoBERTa 3, ALBERT 1); CamemBERT's is its unknown token's place in the vocabulary."""
+    if tokenizer_class.startswith("Camembert"):
+        found = model.token_to_id(_token_text(config.get("unk_token", "<unk>")))
+        return 0 if found is None else found
+    return 1 if tokenizer_class.startswith("Albert") else 3
+
+
+def _unigram_settings(model: models.Unigram) -> tuple[int | None, bool]:
+    """A Unigram model's unk_id and byte_fallback. tokenizers writes them before and after the vocabulary, which
+    takes a quarter of a second to parse for XLM-RoBERTa's 250,000 pieces: read at the ends where they are there."""
+    state = model.__getstate__()  # JSON, as bytes
+    unknown = re.search(rb'"unk_id":(null|\d+),', state[:100])
+    fallback = re.search(rb'"byte_fallback":(true|false)}$', state[-50:])
+    if not (unknown and fallback):
+        saved = json.loads(state)
+        return saved.get("unk_id"), bool(saved.get("byte_fallback"))
+    return (None if unknown[1] == b"null" else int(unknown[1])), fallback[1] == b"true"
 
 
 def _as_transformers_builds_it(tokenizer: FastTokenizer, config: dict, tokenizer_class: str | None) -> None:
@@ -73,12 +123,23 @@ def _as_transformers_builds_it(tokenizer: FastTokenizer, config: dict, tokenizer
     if (tokenizer_class in ("RobertaTokenizer", "RobertaTokenizerFast")
             and isinstance(tokenizer.pre_tokenizer, pre_tokenizers.ByteLevel)):  # add_prefix_space from the config
         tokenizer.pre_tokenizer.add_prefix_space = config.get("add_prefix_space", False)
-    if (tokenizer_class in SENTENCEPIECE_CLASSES and isinstance(tokenizer.model, models.Unigram)
-            and isinstance(tokenizer.pre_tokenizer, pre_tokenizers.Metaspace)):
-        prepend_scheme = "always" if config.get("add_prefix_space", True) else "never"
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.WhitespaceSplit(),
-            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prepend_scheme, split=True)])
+    if tokenizer_class not in SENTENCEPIECE_CLASSES or not isinstance(tokenizer.model, models.Unigram):
+        return
+    unknown_id = _unknown_id(tokenizer_class, tokenizer.model, config)
+    if _unigram_settings(tokenizer.model) != (unknown_id, False):
+        vocab = [tuple(piece) for piece in json.loads(tokenizer.model.__getstate__())["vocab"]]
+        tokenizer.model = models.Unigram(vocab, unk_id=unknown_id, byte_fallback=False)
+    if tokenizer_class.startswith("Albert"):
+        normalizer = json.loads(tokenizer.normalizer.__getstate__()) if tokenizer.normalizer else None
+        rebuilt = _albert_normalizer(config, _precompiled_charsmap(normalizer))
+        if normalizer and normalizer.get("normalizers", [{}])[0].get("type") == "Lowercase":
+            # put in front by sentence-transformers' do_lower_case (ALBERT's own starts with its Replaces): kept
+            rebuilt = normalizers.Sequence([normalizers.Lowercase(), rebuilt])
+        tokenizer.normalizer = rebuilt
+    prepend_scheme = "always" if config.get("add_prefix_space", True) else "never"
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prepend_scheme, split=True)])
 
 
 def _wordpiece_from_vocab(folder: Path, config: dict) -> FastTokenizer:

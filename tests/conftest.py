@@ -132,6 +132,29 @@ def build_distilbert(folder: Path, vocab_source: Path) -> Path:
     return folder
 
 
+def build_albert(folder: Path, texts: list[str]) -> Path:
+    """A random AlbertModel (token embeddings smaller than the layers, 3 steps through 2 groups of 2 shared layers)
+    with a SentencePiece (Unigram) tokenizer trained here, saved by transformers' AlbertTokenizer."""
+    from tokenizers import Tokenizer as FastTokenizer
+    from tokenizers import models, normalizers, pre_tokenizers, trainers
+    from transformers import AlbertConfig, AlbertModel, AlbertTokenizer
+
+    unigram = FastTokenizer(models.Unigram())
+    unigram.normalizer = normalizers.Lowercase()
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    # ALBERT's special tokens where its tokenizer expects them (<unk> at 1)
+    unigram.train_from_iterator(texts * 5, trainers.UnigramTrainer(
+        vocab_size=300, unk_token="<unk>", special_tokens=["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]))
+    vocab = [tuple(piece) for piece in json.loads(unigram.model.__getstate__())["vocab"]]
+    AlbertTokenizer(vocab=vocab).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = AlbertConfig(vocab_size=len(vocab), embedding_size=16, hidden_size=48, num_hidden_layers=3,
+                          num_hidden_groups=2, inner_group_num=2, num_attention_heads=4, intermediate_size=96,
+                          max_position_embeddings=128, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    AlbertModel(config).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     folder = Path(os.environ.get("MINISBERT_DATA", Path(__file__).parents[1] / "../shared/data")).resolve()
@@ -187,10 +210,17 @@ def tiny_distilbert(tmp_path_factory, minilm_folder) -> Path:
     return build_distilbert(tmp_path_factory.mktemp("tiny_distilbert"), minilm_folder)
 
 
+CORPUS = VARIED_TEXTS + ["the quick brown fox jumps over the lazy dog", "sentence embeddings with siamese networks"]
+
+
 @pytest.fixture(scope="session")
 def tiny_roberta(tmp_path_factory) -> Path:
-    corpus = VARIED_TEXTS + ["the quick brown fox jumps over the lazy dog", "sentence embeddings with siamese networks"]
-    return build_roberta(tmp_path_factory.mktemp("tiny_roberta"), corpus)
+    return build_roberta(tmp_path_factory.mktemp("tiny_roberta"), CORPUS)
+
+
+@pytest.fixture(scope="session")
+def tiny_albert(tmp_path_factory) -> Path:
+    return build_albert(tmp_path_factory.mktemp("tiny_albert"), CORPUS)
 
 
 @pytest.fixture(autouse=True)

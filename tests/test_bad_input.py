@@ -255,3 +255,17 @@ def test_a_nan_embedding_names_the_text(model, monkeypatch):
     monkeypatch.setattr(SentenceTransformer, "embed", embed)
     with pytest.raises(ValueError, match=r"the embedding of sentences\[2\] \('poison'\) holds NaN"):
         model.encode(["a", "b", "poison"])
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"num_hidden_groups": 4}, "num_hidden_groups 4 is more than num_hidden_layers 3: some groups would never run"),
+    ({"embedding_size": 0}, "embedding_size must be an integer of at least 1, not 0"),
+    ({"inner_group_num": 1.5}, "inner_group_num must be an integer of at least 1, not 1.5"),
+    ({"embedding_size": 24}, r"tensor embeddings\.word_embeddings\.weight has shape \(\d+, 16\) but config\.json asks "
+                             r"for \(\d+, 24\)"),
+    ({"num_hidden_groups": 1}, r"unexpected tensors: encoder\.albert_layer_groups\.1\.albert_layers\.0\."),
+])
+def test_bad_albert_config_values_are_named(tiny_albert, tmp_path, changes, message):
+    folder = copy_with_config(tiny_albert, tmp_path, **changes)
+    with pytest.raises(ValueError, match=message):  # each names config.json
+        SentenceTransformer(folder)

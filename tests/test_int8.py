@@ -246,7 +246,7 @@ def test_int8_embeddings_stay_close_to_sentence_transformers_fp32(model, minilm_
     assert (similarity.argmax(1) == reference_similarity.argmax(1)).mean() >= 0.8
 
 
-@pytest.mark.parametrize("folder", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
+@pytest.mark.parametrize("folder", ["tiny_bert", "tiny_roberta", "tiny_mpnet", "tiny_albert"])
 def test_int8_runs_every_architecture_close_to_fp32(request, folder, varied_texts):
     model = SentenceTransformer(request.getfixturevalue(folder))
     fp32 = model.encode(varied_texts, dtype="fp32")

@@ -1,6 +1,6 @@
-"""Small random BERT, RoBERTa (also as XLM-RoBERTa and CamemBERT), MPNet and DistilBERT built with transformers: the
-same hidden states as transformers' models, and the same sentence embeddings as sentence-transformers, for every
-pooling mode, Dense and Normalize."""
+"""Small random BERT, RoBERTa (also as XLM-RoBERTa and CamemBERT), MPNet, DistilBERT and ALBERT built with
+transformers: the same hidden states as transformers' models, and the same sentence embeddings as
+sentence-transformers, for every pooling mode, Dense and Normalize."""
 
 import json
 import os
@@ -39,7 +39,7 @@ def both_hidden_states(folder, padding_side: str = "right", texts: list[str] = T
 
 
 @pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_xlm_roberta", "tiny_camembert", "tiny_mpnet",
-                                  "tiny_distilbert"])
+                                  "tiny_distilbert", "tiny_albert"])
 def test_hidden_states_equal_transformers(name, request):
     got, expected, batch, _ = both_hidden_states(request.getfixturevalue(name))
     mask = batch["attention_mask"].bool()
@@ -49,18 +49,19 @@ def test_hidden_states_equal_transformers(name, request):
 @pytest.mark.parametrize("name,attention_dropout", [("tiny_bert", "attention_probs_dropout_prob"),
                                                     ("tiny_roberta", "attention_probs_dropout_prob"),
                                                     ("tiny_mpnet", "attention_probs_dropout_prob"),
-                                                    ("tiny_distilbert", "attention_dropout")])
+                                                    ("tiny_distilbert", "attention_dropout"),
+                                                    ("tiny_albert", "attention_probs_dropout_prob")])
 def test_dropout_in_training_falls_where_transformers_puts_it(name, attention_dropout, request, tmp_path):
     # With the attention's own dropout off, both draw the same masks in the same order (rows of one length: no
     # packing), so the outputs are equal only if each dropout is where transformers has it (DistilBERT: none after
-    # attention)
+    # attention; ALBERT: none after the feed-forward product, and the embeddings' before their projection)
     folder = tmp_path / name
     shutil.copytree(request.getfixturevalue(name), folder)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, attention_dropout: 0.0}))
     reference = AutoModel.from_pretrained(folder).train()
     encoder, _ = load_encoder(folder)
-    input_ids = torch.randint(5, 300, (3, 9))
+    input_ids = torch.randint(5, 200, (3, 9))
     attention_mask = torch.ones_like(input_ids)
     torch.manual_seed(0)
     expected = reference(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -217,7 +218,8 @@ CASES = [("tiny_bert", "mean", False, False), ("tiny_bert", "cls", True, True), 
          ("tiny_bert", ("mean", "cls"), False, False),
          ("tiny_mpnet", ("lasttoken", "weightedmean", "max"), True, False),
          ("tiny_distilbert", "mean", True, True), ("tiny_distilbert", "cls", False, False),
-         ("tiny_xlm_roberta", "mean", False, True), ("tiny_camembert", "mean", False, False)]
+         ("tiny_xlm_roberta", "mean", False, True), ("tiny_camembert", "mean", False, False),
+         ("tiny_albert", "mean", False, True), ("tiny_albert", "cls", True, False)]
 
 
 @pytest.mark.parametrize("name,pooling_mode,dense,normalize", CASES)
@@ -265,17 +267,19 @@ def test_an_early_models_sentence_config_is_read_as_sentence_transformers_reads_
     np.testing.assert_allclose(ours.encode(TEXTS), reference.encode(TEXTS), atol=1e-5, rtol=0)
 
 
-def test_distilbert_loaded_or_built_here_saves_a_folder_sentence_transformers_reads(tiny_distilbert, tmp_path):
+@pytest.mark.parametrize("name,architecture", [("tiny_distilbert", "DistilBertModel"), ("tiny_albert", "AlbertModel")])
+def test_a_model_loaded_or_built_here_saves_a_folder_sentence_transformers_reads(name, architecture, request, tmp_path):
     from minisbert.encoder import Encoder, EncoderConfig
 
-    loaded = SentenceTransformer(tiny_distilbert)
-    config = EncoderConfig.from_dict(json.loads((tiny_distilbert / "config.json").read_text()))
+    folder = request.getfixturevalue(name)
+    loaded = SentenceTransformer(folder)
+    config = EncoderConfig.from_dict(json.loads((folder / "config.json").read_text()))
     torch.manual_seed(0)
     built = SentenceTransformer(encoder=Encoder(config), tokenizer=loaded.tokenizer)  # its config.json from to_dict
     for name, ours in (("loaded", loaded), ("built", built)):
         ours.save(tmp_path / name)
         reference = Reference(str(tmp_path / name), device="cpu")
-        assert type(reference[0].auto_model).__name__ == "DistilBertModel"
+        assert type(reference[0].auto_model).__name__ == architecture
         np.testing.assert_allclose(reference.encode(TEXTS), ours.encode(TEXTS), atol=1e-5, rtol=0)
 
 
@@ -300,17 +304,20 @@ def test_truncation_from_the_left_as_tokenizer_config_says(name, request, tmp_pa
     ("tiny_distilbert", {"tokenizer_class": "DistilBertTokenizer", "do_lower_case": False}),
     ("tiny_bert", {"tokenizer_class": None, "do_lower_case": False}),  # BertTokenizer for a bert model
     ("tiny_roberta", {"tokenizer_class": None, "add_prefix_space": True}),
-    ("tiny_bert", {"tokenizer_class": "PreTrainedTokenizerFast", "do_lower_case": False})])
+    ("tiny_bert", {"tokenizer_class": "PreTrainedTokenizerFast", "do_lower_case": False}),
+    ("tiny_albert", {"do_lower_case": False}), ("tiny_albert", {"keep_accents": True}),
+    ("tiny_albert", {"add_prefix_space": False}), ("tiny_albert", {"tokenizer_class": None, "do_lower_case": False})])
 def test_a_tokenizer_follows_tokenizer_config_where_transformers_does(name, changes, request, tmp_path):
     # transformers builds a BertTokenizer's normalizer from tokenizer_config.json (do_lower_case, strip_accents,
-    # tokenize_chinese_chars) and a RobertaTokenizer's add_prefix_space, whatever tokenizer.json says; with no
-    # tokenizer_class, the model type's class; another tokenizer_class keeps tokenizer.json's
+    # tokenize_chinese_chars), an AlbertTokenizer's (do_lower_case, keep_accents), and a RobertaTokenizer's or
+    # AlbertTokenizer's add_prefix_space, whatever tokenizer.json says; with no tokenizer_class, the model type's
+    # class; another tokenizer_class keeps tokenizer.json's
     folder, _ = sentence_folder(tmp_path, request.getfixturevalue(name), "mean")
     config = json.loads((folder / "tokenizer_config.json").read_text())
-    assert config["tokenizer_class"] in ("BertTokenizer", "RobertaTokenizer")
+    assert config["tokenizer_class"] in ("BertTokenizer", "RobertaTokenizer", "AlbertTokenizer")
     config = {key: value for key, value in {**config, **changes}.items() if value is not None}  # None: left out
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    texts = TEXTS + ["中文字符 and Ünïcödé"]
+    texts = TEXTS + ["中文字符 and Ünïcödé", "``Quoted'' words\tand\nlines"]
     reference = Reference(str(folder), device="cpu")
     ours = SentenceTransformer(folder)
     assert torch.equal(ours.tokenize(texts)["input_ids"], reference.preprocess(texts)["input_ids"])
@@ -356,11 +363,32 @@ def test_a_sentencepiece_tokenizer_splits_whitespace_as_transformers_does(tokeni
     assert Tokenizer.from_folder(folder, max_seq_length=60, max_tokens=512).token_ids(texts) == expected
 
 
-def test_do_lower_case_of_a_cased_bert_survives_saving(tiny_bert, tmp_path):
+@pytest.mark.parametrize("tokenizer_class", ["XLMRobertaTokenizer", "CamembertTokenizer", "AlbertTokenizer"])
+@pytest.mark.parametrize("unk_id", [None, 0])
+def test_a_sentencepiece_tokenizer_gives_unknown_pieces_the_id_transformers_does(tokenizer_class, unk_id, tiny_albert,
+                                                                                 tmp_path):
+    # transformers builds these classes' Unigram model with an unknown id of its own (XLM-RoBERTa 3, ALBERT 1,
+    # CamemBERT the place of its unk_token), whatever tokenizer.json says; without one, tokenizers refuses a text
+    # with a character outside the vocabulary
+    if tokenizer_class == "AlbertTokenizer":
+        folder = shutil.copytree(tiny_albert, tmp_path / "tokenizer")
+    else:
+        folder = sentencepiece_tokenizer_folder(tmp_path / "tokenizer", {"tokenizer_class": tokenizer_class})
+    saved = json.loads((folder / "tokenizer.json").read_text())
+    saved["model"]["unk_id"] = unk_id
+    (folder / "tokenizer.json").write_text(json.dumps(saved))
+    texts = ["the quick fox", "Москва и 中文", "hello ☃ world"]
+    expected = AutoTokenizer.from_pretrained(folder)(texts)["input_ids"]
+    assert (1 if tokenizer_class == "AlbertTokenizer" else 3) in expected[1]  # <unk> in both vocabularies' order
+    assert Tokenizer.from_folder(folder, max_seq_length=60, max_tokens=512).token_ids(texts) == expected
+
+
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_albert"])
+def test_do_lower_case_of_a_cased_model_survives_saving(name, request, tmp_path):
     # sentence-transformers 6 saves do_lower_case as a Lowercase in front of tokenizer.json's normalizer, which its
-    # own reload of a BertTokenizer loses (transformers rebuilds the normalizer from tokenizer_config.json); we keep
-    # it, as the model that was saved lowercased
-    shutil.copytree(tiny_bert, tmp_path / "cased")
+    # own reload of a BertTokenizer or AlbertTokenizer loses (transformers rebuilds the normalizer from
+    # tokenizer_config.json); we keep it, as the model that was saved lowercased
+    shutil.copytree(request.getfixturevalue(name), tmp_path / "cased")
     config = json.loads((tmp_path / "cased" / "tokenizer_config.json").read_text())
     (tmp_path / "cased" / "tokenizer_config.json").write_text(json.dumps({**config, "do_lower_case": False}))
     transformer = reference_modules.Transformer(str(tmp_path / "cased"), max_seq_length=40, do_lower_case=True)
@@ -369,6 +397,8 @@ def test_do_lower_case_of_a_cased_bert_survives_saving(tiny_bert, tmp_path):
     ours = SentenceTransformer(tmp_path / "st")
     assert torch.equal(ours.tokenize(TEXTS)["input_ids"], saved.preprocess(TEXTS)["input_ids"])
     np.testing.assert_allclose(ours.encode(TEXTS), saved.encode(TEXTS), atol=1e-5, rtol=0)
+    assert not np.allclose(ours.encode(["UPPER Case"]), SentenceTransformer(tmp_path / "cased").encode(["UPPER Case"]),
+                           atol=1e-3)  # the saved model lower-cases, the one it came from does not
 
 
 def test_do_lower_case_lowercases_like_sentence_transformers(tiny_roberta, tmp_path):
