@@ -5,6 +5,7 @@ unchanged: `precision` is the output's quantization ("float32", "int8", "uint8",
 arithmetic of the encoder is minisbert's own `dtype` ("fp32", "bf16", "fp16", "int8").
 """
 
+import contextlib
 import copy
 import sys
 from collections.abc import Iterable
@@ -168,6 +169,35 @@ class SentenceTransformer(nn.Module):
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """`input_ids` and `attention_mask` (B, S) of `texts`, padded to the longest, as the model sees them."""
         return self.tokenizer(list(texts))
+
+    def preprocess(self, inputs: list[str], prompt: str | None = None) -> dict:
+        """sentence-transformers 6's tokenize(): with a `prompt`, in front of each text, and its token count as
+        `prompt_length` (what pooling with include_prompt=False leaves out); an empty dict for no texts."""
+        if not inputs:
+            return {}
+        batch = self.tokenize([prompt + text for text in inputs] if prompt else inputs)
+        if prompt:
+            batch["prompt_length"] = self.tokenizer.prompt_length(prompt)
+        return batch
+
+    def set_pooling_include_prompt(self, include_prompt: bool) -> None:
+        """Whether pooling takes in the prompt's tokens (False for INSTRUCTOR models), as sentence-transformers'."""
+        self.pooling.include_prompt = include_prompt
+
+    @contextlib.contextmanager
+    def truncate_embeddings(self, truncate_dim: int | None):
+        """Within the block, encode() gives embeddings cut to `truncate_dim` (None: whole), as
+        sentence-transformers' context manager of the same name."""
+        if truncate_dim is not None and (type(truncate_dim) is not int or truncate_dim < 1):
+            raise ValueError(f"truncate_dim must be a positive integer or None, not {truncate_dim!r}")
+        before = self.truncate_dim
+        self.truncate_dim = truncate_dim
+        try:
+            yield
+        finally:
+            self.truncate_dim = before
+
+    truncate_sentence_embeddings = truncate_embeddings  # its name before sentence-transformers 6
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, encoder: nn.Module | None = None,
                 lengths=None):
@@ -333,6 +363,8 @@ class SentenceTransformer(nn.Module):
     def save(self, path: str | Path) -> None:
         """Write a sentence-transformers folder (safetensors) that both libraries load; other files in it stay."""
         checkpoint.save_folder(self, path)
+
+    save_pretrained = save  # sentence-transformers' other name for it
 
 
 def _as_text_list(sentences) -> list[str]:

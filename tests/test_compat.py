@@ -220,3 +220,41 @@ def test_two_cpu_processes_give_the_embeddings_of_one(both):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)  # batches of one text: other matrix shapes, other rounding
     np.testing.assert_allclose(ours.encode(TEXTS[:3], device=["cpu", "cpu"], precision="int8"),
                                ours.encode(TEXTS[:3], precision="int8"), atol=1, rtol=0)
+
+
+# ---------------------------------------------------------------- sentence-transformers 6's other names
+
+def test_preprocess_with_a_prompt_as_sentence_transformers(both):
+    ours, reference = both
+    for prompt in (None, "query: "):
+        mine, theirs = ours.preprocess(TEXTS[:3], prompt=prompt), reference.preprocess(TEXTS[:3], prompt=prompt)
+        for key in ("input_ids", "attention_mask"):
+            torch.testing.assert_close(mine[key], theirs[key].to(mine[key].dtype))
+        assert mine.get("prompt_length") == theirs.get("prompt_length") == (3 if prompt else None)
+    assert ours.preprocess([]) == reference.preprocess([]) == {}
+
+
+def test_truncate_embeddings_for_a_block_as_sentence_transformers(both):
+    ours, reference = both
+    for truncate_dim in (16, None):
+        with ours.truncate_embeddings(truncate_dim), reference.truncate_embeddings(truncate_dim):
+            assert ours.get_embedding_dimension() == reference.get_embedding_dimension() == (truncate_dim or 384)
+            np.testing.assert_allclose(ours.encode(TEXTS), reference.encode(TEXTS), atol=1e-5, rtol=0)
+    assert ours.truncate_dim is None and ours.encode(TEXTS).shape == (len(TEXTS), 384)
+    with pytest.raises(ValueError, match="truncate_dim must be a positive integer or None, not 0"):
+        with ours.truncate_embeddings(0):
+            pass
+
+
+def test_pooling_without_the_prompt_set_on_the_model_as_sentence_transformers(minilm_folder, tmp_path):
+    ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
+    prompt = "Represent this: "
+    with_prompt = ours.encode(TEXTS, prompt=prompt)
+    ours.set_pooling_include_prompt(False)
+    reference.set_pooling_include_prompt(False)
+    without = ours.encode(TEXTS, prompt=prompt)
+    np.testing.assert_allclose(without, reference.encode(TEXTS, prompt=prompt), atol=1e-5, rtol=0)
+    assert not np.allclose(without, with_prompt, atol=1e-3)
+    ours.save_pretrained(tmp_path / "saved")  # sentence-transformers' other name for save()
+    np.testing.assert_allclose(Reference(str(tmp_path / "saved"), device="cpu").encode(TEXTS, prompt=prompt), without,
+                               atol=1e-5, rtol=0)
