@@ -383,6 +383,26 @@ def test_a_sentencepiece_tokenizer_gives_unknown_pieces_the_id_transformers_does
     assert Tokenizer.from_folder(folder, max_seq_length=60, max_tokens=512).token_ids(texts) == expected
 
 
+def test_a_bert_with_a_sentencepiece_tokenizer_equals_sentence_transformers(tiny_bert, tmp_path):
+    # as paraphrase-multilingual-MiniLM-L12-v2 and multilingual-e5: a BertModel (positions from 0, token types) with
+    # an XLM-RoBERTa tokenizer (<s> ... </s>, padding id 1 where config.json says 0)
+    folder = tmp_path / "multilingual"
+    shutil.copytree(tiny_bert, folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        (folder / name).unlink(missing_ok=True)
+    tokenizer = sentencepiece_tokenizer_folder(tmp_path / "tokenizer", {"tokenizer_class": "XLMRobertaTokenizer"})
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer / name, folder / name)
+    st_folder, _ = sentence_folder(tmp_path, folder, "mean", normalize=True)
+    reference = Reference(str(st_folder), device="cpu")
+    ours = SentenceTransformer(st_folder)
+    texts = ["the quick fox", "  spaces around  ", "hello\tworld\n", "Москва", "", "the " * 50]
+    assert ours.tokenizer.pad_token_id == 1 and ours.encoder.config.pad_token_id == 0
+    assert torch.equal(ours.tokenize(texts)["input_ids"], reference.preprocess(texts)["input_ids"])
+    np.testing.assert_allclose(ours.encode(texts, batch_size=4), reference.encode(texts, batch_size=4), atol=1e-5,
+                               rtol=0)
+
+
 @pytest.mark.parametrize("name", ["tiny_bert", "tiny_albert"])
 def test_do_lower_case_of_a_cased_model_survives_saving(name, request, tmp_path):
     # sentence-transformers 6 saves do_lower_case as a Lowercase in front of tokenizer.json's normalizer, which its
