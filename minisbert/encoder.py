@@ -1,5 +1,5 @@
-"""BERT, RoBERTa, MPNet, DistilBERT and ALBERT in plain PyTorch, and the table from Hugging Face checkpoint names to
-ours.
+"""BERT, RoBERTa, MPNet, DistilBERT, ALBERT and T5's encoder in plain PyTorch, and the table from Hugging Face
+checkpoint names to ours.
 
 One layer, as in the paper's figure of BERT (post-LayerNorm):
     x = LayerNorm(x + Dropout(W_o Attention(W_q x, W_k x, W_v x)))
@@ -9,8 +9,12 @@ so too, has no token types, and adds to every layer's attention scores one learn
 relative distance, a table shared by all layers. DistilBERT is BERT without token types and without the dropout
 after attention. ALBERT is BERT with smaller token embeddings (embedding_size) projected up to hidden_size, layers
 shared (num_hidden_layers steps through num_hidden_groups groups of inner_group_num layers: EncoderConfig.layer_order),
-and no dropout after the feed-forward product. `checkpoint_names` lists, for every tensor, its name in a published
-checkpoint; loading checks each one.
+and no dropout after the feed-forward product. T5's encoder (sentence-t5, gtr-t5) normalizes first:
+    x = x + Dropout(W_o Attention(W_q n, W_k n, W_v n)),  n = RMSNorm(x)
+    x = x + Dropout(W_2 Dropout(act(W_1 n) [* W_g n])),   n = RMSNorm(x), the gate W_g in T5 v1.1
+with no biases, no position table (MPNet's relative position bias instead, in the first layer's tensors), no scaling
+of the attention scores, and an RMSNorm after the last layer. `checkpoint_names` lists, for every tensor, its name in
+a published checkpoint; loading checks each one.
 """
 
 import contextlib
@@ -27,10 +31,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from .hardware import cpu_amx, fused_fp32_products
 
 # xlm-roberta and camembert are RoBERTa with another vocabulary
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "mpnet", "distilbert", "albert")
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "mpnet", "distilbert", "albert", "t5")
 ARCHITECTURES = {"bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel",
                  "camembert": "CamembertModel", "mpnet": "MPNetModel", "distilbert": "DistilBertModel",
-                 "albert": "AlbertModel"}
+                 "albert": "AlbertModel", "t5": "T5EncoderModel"}
 # ALBERT's own fields, and transformers' defaults for those of ours that its AlbertConfig sets otherwise than BERT's
 ALBERT_FIELDS = ("embedding_size", "num_hidden_groups", "inner_group_num")
 ALBERT_DEFAULTS = {"embedding_size": 128, "hidden_act": "gelu_new", "hidden_dropout_prob": 0.0,
@@ -39,12 +43,22 @@ ALBERT_DEFAULTS = {"embedding_size": 128, "hidden_act": "gelu_new", "hidden_drop
 DISTILBERT_NAMES = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
                     "hidden_dim": "intermediate_size", "activation": "hidden_act", "dropout": "hidden_dropout_prob",
                     "attention_dropout": "attention_probs_dropout_prob"}
+# T5's config.json names for our fields (its dropout_rate is also the attention's), and transformers' T5Config defaults
+T5_NAMES = {"d_model": "hidden_size", "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+            "d_ff": "intermediate_size", "dropout_rate": "hidden_dropout_prob", "layer_norm_epsilon": "layer_norm_eps",
+            "relative_attention_num_buckets": "relative_attention_num_buckets",
+            "relative_attention_max_distance": "relative_attention_max_distance"}
+T5_DEFAULTS = {"vocab_size": 32128, "d_model": 512, "d_kv": 64, "d_ff": 2048, "num_layers": 6, "num_heads": 8,
+               "dropout_rate": 0.1, "layer_norm_epsilon": 1e-6, "relative_attention_num_buckets": 32,
+               "relative_attention_max_distance": 128, "feed_forward_proj": "relu", "pad_token_id": 0}
+T5_MAX_TOKENS = 1 << 20  # no position table: as long as memory allows
 
 ACTIVATIONS = {
     "gelu": F.gelu,  # exact erf GELU, as BERT was trained with
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
+    "silu": F.silu,
 }
 
 
@@ -104,7 +118,9 @@ class EncoderConfig:
     pad_token_id: int = 0
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
-    relative_attention_num_buckets: int = 32  # MPNet only
+    relative_attention_num_buckets: int = 32  # MPNet and T5
+    relative_attention_max_distance: int = 128  # MPNet and T5
+    gated_feed_forward: bool = False  # T5 v1.1: the feed-forward's first product times a second, a gate
     embedding_size: int | None = None  # ALBERT only: the token embeddings' size, projected to hidden_size
     num_hidden_groups: int = 1  # ALBERT only: groups of layers with parameters of their own
     inner_group_num: int = 1  # ALBERT only: layers in each group
@@ -125,6 +141,8 @@ class EncoderConfig:
                       **{ours: config[theirs] for theirs, ours in DISTILBERT_NAMES.items()},
                       **{k: config[k] for k in ("vocab_size", "max_position_embeddings", "pad_token_id")
                          if k in config}}
+        if model_type == "t5":
+            config = t5_config(config, source)
         if model_type == "albert":
             config = {**ALBERT_DEFAULTS, **config}
         else:  # ALBERT's alone: any other model's config.json that holds them anyway does not set them here
@@ -163,8 +181,16 @@ class EncoderConfig:
 
     def to_dict(self) -> dict:
         """A config.json that transformers reads as the same model."""
-        config = {field.name: getattr(self, field.name) for field in fields(self)
-                  if self.model_type == "albert" or field.name not in ALBERT_FIELDS}
+        left_out = (() if self.model_type == "albert" else ALBERT_FIELDS) + (
+            () if self.model_type == "t5" else ("relative_attention_max_distance", "gated_feed_forward"))
+        config = {field.name: getattr(self, field.name) for field in fields(self) if field.name not in left_out}
+        if self.model_type == "t5":
+            theirs = {ours: theirs for theirs, ours in T5_NAMES.items()}
+            return {"architectures": [ARCHITECTURES["t5"]], "model_type": "t5", "vocab_size": self.vocab_size,
+                    "pad_token_id": self.pad_token_id, "d_kv": self.hidden_size // self.num_attention_heads,
+                    "feed_forward_proj": ("gated-" if self.gated_feed_forward else "") + self.hidden_act,
+                    "is_encoder_decoder": False, "use_cache": False,
+                    **{theirs[ours]: config[ours] for ours in theirs}}
         if self.model_type == "distilbert":
             config = {"model_type": "distilbert", "vocab_size": self.vocab_size, "pad_token_id": self.pad_token_id,
                       "max_position_embeddings": self.max_position_embeddings, "sinusoidal_pos_embds": False,
@@ -177,7 +203,15 @@ class EncoderConfig:
 
     @property
     def has_token_types(self) -> bool:
-        return self.model_type not in ("mpnet", "distilbert")
+        return self.model_type not in ("mpnet", "distilbert", "t5")
+
+    @property
+    def has_relative_attention_bias(self) -> bool:
+        return self.model_type in ("mpnet", "t5")
+
+    @property
+    def normalizes_first(self) -> bool:  # T5: RMSNorm before attention and feed-forward, and after the last layer
+        return self.model_type == "t5"
 
     @property
     def position_padding_idx(self) -> int:
@@ -206,8 +240,27 @@ class EncoderConfig:
 
     @property
     def max_tokens(self) -> int:
+        if self.model_type == "t5":
+            return T5_MAX_TOKENS
         # RoBERTa's positions start after padding_idx, so 514 positions hold 512 tokens.
         return self.max_position_embeddings - (self.position_padding_idx + 1 if self.is_roberta else 0)
+
+
+def t5_config(config: dict, source: str) -> dict:
+    """A T5 config.json (transformers' T5Config defaults where a key is missing) in our field names."""
+    config = {**T5_DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
+    projection = config["feed_forward_proj"]
+    parts = projection.split("-") if isinstance(projection, str) else []
+    if not (len(parts) == 1 or (len(parts) == 2 and parts[0] == "gated")):
+        raise ConfigError(f"{source}: feed_forward_proj {projection!r} is neither an activation nor gated-<activation>")
+    activation = "gelu_new" if projection == "gated-gelu" else parts[-1]  # as transformers reads "gated-gelu"
+    if config["d_kv"] * config["num_heads"] != config["d_model"]:
+        raise ConfigError(f"{source}: d_kv {config['d_kv']} x num_heads {config['num_heads']} is not d_model "
+                          f"{config['d_model']}; attention narrower or wider than the layers is not supported")
+    return {"model_type": "t5", "hidden_act": activation, "gated_feed_forward": len(parts) == 2,
+            "attention_probs_dropout_prob": config["dropout_rate"], "type_vocab_size": 1,
+            "vocab_size": config["vocab_size"], "pad_token_id": config["pad_token_id"],
+            **{ours: config[theirs] for theirs, ours in T5_NAMES.items()}}
 
 
 class Packing:
@@ -288,9 +341,11 @@ def attention_length(length: int, x: torch.Tensor, training: bool) -> int:
     return length + 16 - length % 16
 
 
-def attention_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def attention_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                       scale: float | None = None) -> torch.Tensor:
     """Attention as two batched products and a softmax, without dropout (see Layer.attends_with_products): q, k, v
-    (B, H, L, d); mask (B, 1, 1, L) True at real keys, or a float (B, H, L, L) added to the scores.
+    (B, H, L, d); mask (B, 1, 1, L) True at real keys, or a float (B, H, L, L) added to the scores; the scores
+    scaled by `scale`, 1/sqrt(d) if None.
 
     A boolean mask is added as 0 / -inf: filling the scores took 5x as long as adding a float mask on
     (32, 12, 16, 16) on an AMD EPYC (rows this short defeat the vector loops of masked_fill). bf16 scores over rows
@@ -301,7 +356,7 @@ def attention_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
     scores = torch.matmul(q, k.transpose(-1, -2))  # (B, H, L, L)
     if scores.shape[-1] >= FLOAT_SOFTMAX_ROWS:
         scores = scores.float()
-    scores = scores.mul_(1 / math.sqrt(q.shape[-1])).add_(mask)
+    scores = scores.mul_(1 / math.sqrt(q.shape[-1]) if scale is None else scale).add_(mask)
     return torch.matmul(scores.softmax(-1).to(v.dtype), v)
 
 
@@ -313,12 +368,18 @@ class Layer(nn.Module):
         self.head_dim = d // self.num_heads
         self.hidden_act = config.hidden_act
         self.attention_dropout = config.attention_probs_dropout_prob
-        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
-        self.attention_output = nn.Linear(d, d)
-        self.attention_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.intermediate = nn.Linear(d, h)
-        self.output = nn.Linear(h, d)
-        self.output_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        # T5's layers normalize first, with RMSNorm, and have no biases
+        self.normalizes_first = config.normalizes_first
+        bias = not self.normalizes_first
+        norm = nn.RMSNorm if self.normalizes_first else nn.LayerNorm
+        self.query, self.key, self.value = (nn.Linear(d, d, bias=bias) for _ in range(3))
+        self.attention_output = nn.Linear(d, d, bias=bias)
+        self.attention_norm = norm(d, eps=config.layer_norm_eps)
+        self.intermediate = nn.Linear(d, h, bias=bias)
+        self.gate = nn.Linear(d, h, bias=False) if config.gated_feed_forward else None
+        self.output = nn.Linear(h, d, bias=bias)
+        self.output_norm = norm(d, eps=config.layer_norm_eps)
+        self.attention_scale = 1.0 if self.normalizes_first else None  # T5 folds 1/sqrt(d) into its weights
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.dropout_after_attention = nn.Identity() if config.model_type == "distilbert" else self.dropout
         self.dropout_after_output = nn.Identity() if config.model_type == "albert" else self.dropout
@@ -329,12 +390,26 @@ class Layer(nn.Module):
 
     def forward(self, x: torch.Tensor, packing: Packing, mask: torch.Tensor) -> torch.Tensor:
         # x: (N, D) packed tokens; mask: (B, 1, 1, L), L >= S (attention_length), True where a key is a real
-        # token, or for MPNet a float (B, H, L, L) added to the scores: the relative position bias, -inf at padded keys
+        # token, or for MPNet and T5 a float (B, H, L, L) added to the scores: the relative position bias, -inf at
+        # padded keys
+        if self.normalizes_first:
+            return self.normalizing_first_forward(x, packing, mask)
         if self.fuses_on_cpu(x):
             return self.fused_forward(x, packing, mask)
         attended = self.attend(self.query(x), self.key(x), self.value(x), packing, mask)
         x = self.attention_norm(x + self.dropout_after_attention(self.attention_output(attended)))
         return self.output_norm(x + self.dropout_after_output(self.output(self.activation(self.intermediate(x)))))
+
+    def normalizing_first_forward(self, x: torch.Tensor, packing: Packing, mask: torch.Tensor) -> torch.Tensor:
+        """T5's layer: each half adds to x what it makes of x normalized; dropout also inside the feed-forward."""
+        n = self.attention_norm(x)
+        attended = self.attend(self.query(n), self.key(n), self.value(n), packing, mask)
+        x = x + self.dropout(self.attention_output(attended))
+        n = self.output_norm(x)
+        hidden = self.activation(self.intermediate(n))
+        if self.gate is not None:
+            hidden = hidden * self.gate(n)
+        return x + self.dropout(self.output(self.dropout(hidden)))
 
     def fuses_on_cpu(self, x: torch.Tensor) -> bool:
         """At inference on the CPU (no autograd, no dropout), each product runs through oneDNN, which adds the bias,
@@ -381,10 +456,11 @@ class Layer(nn.Module):
 
         q, k, v = heads(q), heads(k), heads(v)
         if self.attends_with_products(q, dropout):
-            attended = attention_products(q, k, v, mask)
+            attended = attention_products(q, k, v, mask, self.attention_scale)
         else:
             mask = mask if mask.dtype in (torch.bool, q.dtype) else mask.to(q.dtype)  # int8: bf16 attention
-            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                      scale=self.attention_scale)
         return packing.pack(attended.transpose(1, 2).reshape(B, L, D))  # (B, H, L, D/H) -> (N, D)
 
     @staticmethod
@@ -420,18 +496,20 @@ class Encoder(nn.Module):
         # second on the meta device, where a checkpoint is loaded): init_weights() or a checkpoint fills them.
         self.word_embeddings = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id,
                                             _weight=torch.empty(config.vocab_size, d))
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, d,
-                                                _weight=torch.empty(config.max_position_embeddings, d))
+        t5 = config.model_type == "t5"  # no position table, no LayerNorm of the embeddings: an RMSNorm at the end
+        self.position_embeddings = None if t5 else nn.Embedding(
+            config.max_position_embeddings, d, _weight=torch.empty(config.max_position_embeddings, d))
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, d, _weight=torch.empty(
             config.type_vocab_size, d)) if config.has_token_types else None
-        self.embeddings_norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.embeddings_norm = None if t5 else nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.final_norm = nn.RMSNorm(config.hidden_size, eps=config.layer_norm_eps) if t5 else None
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         # ALBERT's token embeddings, projected up to the layers' size
         self.embedding_projection = nn.Linear(d, config.hidden_size) if config.model_type == "albert" else None
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.distinct_layers))
         self.layer_order = config.layer_order  # ALBERT runs its layers more than once
         self.relative_attention_bias = (nn.Embedding(config.relative_attention_num_buckets, config.num_attention_heads)
-                                        if config.model_type == "mpnet" else None)
+                                        if config.has_relative_attention_bias else None)
         self.packing = True  # run the dense layers on the real tokens only, where that pays (see packs)
         self.capturable = False  # set while CUDA graphs record a training step (see lookup)
         self.pooler_tensors = {}  # the checkpoint's pooler, unused by SBERT, written back on save
@@ -461,15 +539,16 @@ class Encoder(nn.Module):
         if self.token_type_embeddings is not None:  # added in transformers' order: the sums then round alike
             types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
             x = x + self.lookup(self.token_type_embeddings, types)
-        x = x + self.lookup(self.position_embeddings, self.positions(input_ids))
-        x = self.dropout(self.embeddings_norm(x))  # (B, S, D)
+        if self.position_embeddings is not None:
+            x = x + self.lookup(self.position_embeddings, self.positions(input_ids))
+        x = self.dropout(x if self.embeddings_norm is None else self.embeddings_norm(x))  # (B, S, D)
         packing = Packing(attention_mask.bool(), self.packs(attention_mask), lengths)
         L = attention_length(input_ids.shape[1], x, self.training)
         # (B, 1, 1, L): every position attends to its row's tokens
         mask = F.pad(attention_mask.bool(), (0, L - input_ids.shape[1]))[:, None, None, :]
         if self.relative_attention_bias is not None:
-            buckets = relative_position_buckets(L, input_ids.device,
-                                                self.config.relative_attention_num_buckets)
+            buckets = relative_position_buckets(L, input_ids.device, self.config.relative_attention_num_buckets,
+                                                self.config.relative_attention_max_distance)
             bias = self.lookup(self.relative_attention_bias, buckets)
             bias = bias.permute(2, 0, 1).unsqueeze(0).to(x.dtype)  # (L, L, H) -> (1, H, L, L)
             mask = bias.masked_fill(~mask, float("-inf"))  # (B, H, L, L)
@@ -481,6 +560,8 @@ class Encoder(nn.Module):
         with sdpa_kernel(ATTENTION_BACKENDS) if x.is_cuda else contextlib.nullcontext():
             for index in self.layer_order:
                 x = self.layers[index](x, packing, mask)
+        if self.final_norm is not None:
+            x = self.dropout(self.final_norm(x))
         x = packing.unpack(x)  # (B, S, D)
         return x if packing.index is not None else x * attention_mask[..., None].to(x.dtype)  # zeros at padding
 
@@ -501,10 +582,11 @@ class Encoder(nn.Module):
                 module.weight.normal_(std=std)
             if isinstance(module, nn.Embedding) and module.padding_idx is not None:
                 module.weight[module.padding_idx].zero_()
-            if isinstance(module, nn.Linear):
+            if isinstance(module, nn.Linear) and module.bias is not None:
                 module.bias.zero_()
-            if isinstance(module, nn.LayerNorm):
+            if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                 module.weight.fill_(1.0)
+            if isinstance(module, nn.LayerNorm):
                 module.bias.zero_()
 
 
@@ -547,7 +629,9 @@ def relative_position_buckets(length: int, device, num_buckets: int = 32, max_di
 
 def checkpoint_names(config: EncoderConfig) -> dict[str, str]:
     """{our tensor name: its name in a Hugging Face BertModel / RobertaModel / MPNetModel / DistilBertModel /
-    AlbertModel checkpoint}."""
+    AlbertModel / T5EncoderModel checkpoint}."""
+    if config.model_type == "t5":
+        return t5_checkpoint_names(config)
     names = {"word_embeddings.weight": "embeddings.word_embeddings.weight",
              "position_embeddings.weight": "embeddings.position_embeddings.weight",
              "embeddings_norm.weight": "embeddings.LayerNorm.weight",
@@ -582,10 +666,33 @@ def checkpoint_names(config: EncoderConfig) -> dict[str, str]:
     return names
 
 
+def t5_checkpoint_names(config: EncoderConfig) -> dict[str, str]:
+    """checkpoint_names for T5's encoder: weights only; the embeddings are "shared" with the decoder of a whole T5
+    (older files also hold them as encoder.embed_tokens.weight: T5_ALIASES), the position bias is the first layer's."""
+    names = {"word_embeddings.weight": "shared.weight", "final_norm.weight": "encoder.final_layer_norm.weight",
+             "relative_attention_bias.weight": "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"}
+    feed_forward = "layer.1.DenseReluDense"
+    per_layer = {"query": "layer.0.SelfAttention.q", "key": "layer.0.SelfAttention.k",
+                 "value": "layer.0.SelfAttention.v", "attention_output": "layer.0.SelfAttention.o",
+                 "attention_norm": "layer.0.layer_norm", "output_norm": "layer.1.layer_norm",
+                 "intermediate": f"{feed_forward}.wi", "output": f"{feed_forward}.wo"}
+    if config.gated_feed_forward:
+        per_layer.update(intermediate=f"{feed_forward}.wi_0", gate=f"{feed_forward}.wi_1")
+    for i in range(config.num_hidden_layers):
+        for ours, theirs in per_layer.items():
+            names[f"layers.{i}.{ours}.weight"] = f"encoder.block.{i}.{theirs}.weight"
+    return names
+
+
+# other names of a tensor in some checkpoints: T5's tied embeddings, saved twice by older transformers
+T5_ALIASES = {"encoder.embed_tokens.weight": "shared.weight"}
+
+
 # Tensors of published checkpoints that SBERT does not use: pretraining heads and buffers older files stored.
 # The pooler is not used either, but kept (see Encoder.pooler_tensors).
 IGNORED_PREFIXES = ("cls.", "lm_head.", "vocab_transform.", "vocab_layer_norm.", "vocab_projector.", "predictions.",
                     "sop_classifier.", "embeddings.position_ids", "embeddings.token_type_ids")
+T5_IGNORED_PREFIXES = ("decoder.",)  # a whole T5's decoder
 
 
 def plain_name(name: str, model_type: str) -> str:
@@ -607,8 +714,15 @@ def load_encoder_weights(encoder: Encoder, state_dict: dict, source: str) -> Non
     shapes = {name: tuple(t.shape) for name, t in encoder.state_dict().items()}
     loaded, unexpected, problems = {}, [], []
     encoder.pooler_tensors = {}
+    t5 = encoder.config.model_type == "t5"
+    ignored = IGNORED_PREFIXES + (T5_IGNORED_PREFIXES if t5 else ())
+    present = {plain_name(original, encoder.config.model_type) for original in state_dict}
     for original, tensor in state_dict.items():
         name = plain_name(original, encoder.config.model_type)
+        if t5 and name in T5_ALIASES:
+            if T5_ALIASES[name] in present:
+                continue  # the same tensor, saved twice
+            name = T5_ALIASES[name]
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ValueError(f"{source}: tensor {original} holds NaN or infinite values")
         if name.startswith("pooler."):
@@ -619,7 +733,7 @@ def load_encoder_weights(encoder: Encoder, state_dict: dict, source: str) -> Non
                 problems.append(f"tensor {original} has shape {tuple(tensor.shape)} but config.json asks for "
                                 f"{shapes[ours]}")
             loaded[ours] = tensor.float()
-        elif not name.startswith(IGNORED_PREFIXES):
+        elif not name.startswith(ignored):
             unexpected.append(original)
     missing = sorted(theirs for ours, theirs in checkpoint_names(encoder.config).items() if ours not in loaded)
     if missing:

@@ -199,6 +199,9 @@ def int8_encoder(encoder: Encoder, weight_bits: int | None = None, attention_dty
     By default the weights take 7 bits on CPUs without VNNI (hardware.int8_weight_bits), and attention runs in bf16
     where the CPU has bf16 instructions."""
     check_int8_support()
+    if encoder.config.normalizes_first:
+        raise ValueError(f"dtype int8 runs encoders whose layers normalize last (BERT and its kind), not "
+                         f"{encoder.config.model_type}'s: use fp32 or bf16")
     weight_bits = weight_bits or int8_weight_bits()
     attention_dtype = attention_dtype or (torch.bfloat16 if fast_cpu_bf16() else torch.float32)
     device = encoder.word_embeddings.weight.device

@@ -5,8 +5,9 @@ to a fixed 128); sentence-transformers ignores them, pads each batch to its long
 at `max_seq_length`. So do we. Where tokenizer_config.json says so, texts are cut at the start instead
 (`truncation_side`); a BERT, DistilBERT or MPNet tokenizer's normalizer (lower-casing, accents, Chinese
 characters), an ALBERT tokenizer's (lower-casing, accents) and a RoBERTa tokenizer's `add_prefix_space` follow it,
-and an XLM-RoBERTa, CamemBERT or ALBERT tokenizer splits words at whitespace, as transformers builds them
-(CONFIG_NORMALIZED_CLASSES, SENTENCEPIECE_CLASSES).
+and an XLM-RoBERTa, CamemBERT, ALBERT or T5 tokenizer splits words at whitespace and gets its unknown id and (but
+ALBERT) its special tokens from its class, as transformers builds them (CONFIG_NORMALIZED_CLASSES,
+SENTENCEPIECE_CLASSES).
 """
 
 import base64
@@ -54,13 +55,15 @@ CONFIG_NORMALIZED_CLASSES = ("BertTokenizer", "BertTokenizerFast", "DistilBertTo
                              "MPNetTokenizer", "MPNetTokenizerFast")
 # SentencePiece tokenizers whose words transformers splits at any whitespace before putting "▁" in front of each,
 # whatever tokenizer.json says (its own Metaspace also makes tokens of leading, trailing and repeated whitespace),
-# and whose Unigram model it builds with the unknown token's id its class fixes (_unknown_id)
+# whose Unigram model it builds with the unknown token's id its class fixes (_unknown_id), and (but ALBERT's) whose
+# special tokens around a text it puts there itself
 SENTENCEPIECE_CLASSES = ("XLMRobertaTokenizer", "XLMRobertaTokenizerFast", "CamembertTokenizer",
-                         "CamembertTokenizerFast", "AlbertTokenizer", "AlbertTokenizerFast")
+                         "CamembertTokenizerFast", "AlbertTokenizer", "AlbertTokenizerFast", "T5Tokenizer",
+                         "T5TokenizerFast")
 # the class transformers picks by the encoder's model_type where tokenizer_config.json names none
 TOKENIZER_CLASSES = {"bert": "BertTokenizer", "distilbert": "DistilBertTokenizer", "mpnet": "MPNetTokenizer",
                      "roberta": "RobertaTokenizer", "xlm-roberta": "XLMRobertaTokenizer",
-                     "camembert": "CamembertTokenizer", "albert": "AlbertTokenizer"}
+                     "camembert": "CamembertTokenizer", "albert": "AlbertTokenizer", "t5": "T5Tokenizer"}
 
 
 def _bert_normalizer(config: dict) -> normalizers.Normalizer:
@@ -94,13 +97,14 @@ def _precompiled_charsmap(normalizer: dict | None) -> bytes | None:
     return None
 
 
-def _unknown_id(tokenizer_class: str, model: models.Unigram, config: dict) -> int:
-    """The id a SentencePiece class's Unigram model gives unknown pieces in transformers, whatever tokenizer.json
-    says: fixed by the class (XLM-RoBERTa 3, ALBERT 1); CamemBERT's is its unknown token's place in the vocabulary."""
-    if tokenizer_class.startswith("Camembert"):
+def _unknown_id(family: str, model: models.Unigram, config: dict) -> int:
+    """The id a SentencePiece tokenizer class's Unigram model gives unknown pieces in transformers, whatever
+    tokenizer.json says: fixed by the class (XLM-RoBERTa 3, ALBERT 1, T5 2); CamemBERT's is its unknown token's place
+    in the vocabulary."""
+    if family == "Camembert":
         found = model.token_to_id(_token_text(config.get("unk_token", "<unk>")))
         return 0 if found is None else found
-    return 1 if tokenizer_class.startswith("Albert") else 3
+    return {"Albert": 1, "T5": 2}.get(family, 3)
 
 
 def _unigram_settings(model: models.Unigram) -> tuple[int | None, bool]:
@@ -125,21 +129,29 @@ def _as_transformers_builds_it(tokenizer: FastTokenizer, config: dict, tokenizer
         tokenizer.pre_tokenizer.add_prefix_space = config.get("add_prefix_space", False)
     if tokenizer_class not in SENTENCEPIECE_CLASSES or not isinstance(tokenizer.model, models.Unigram):
         return
-    unknown_id = _unknown_id(tokenizer_class, tokenizer.model, config)
+    family = tokenizer_class.removesuffix("Fast").removesuffix("Tokenizer")  # XLMRoberta, Camembert, Albert, T5
+    unknown_id = _unknown_id(family, tokenizer.model, config)
     if _unigram_settings(tokenizer.model) != (unknown_id, False):
         vocab = [tuple(piece) for piece in json.loads(tokenizer.model.__getstate__())["vocab"]]
         tokenizer.model = models.Unigram(vocab, unk_id=unknown_id, byte_fallback=False)
-    if tokenizer_class.startswith("Albert"):
+    if family == "Albert":
         normalizer = json.loads(tokenizer.normalizer.__getstate__()) if tokenizer.normalizer else None
         rebuilt = _albert_normalizer(config, _precompiled_charsmap(normalizer))
         if normalizer and normalizer.get("normalizers", [{}])[0].get("type") == "Lowercase":
             # put in front by sentence-transformers' do_lower_case (ALBERT's own starts with its Replaces): kept
             rebuilt = normalizers.Sequence([normalizers.Lowercase(), rebuilt])
         tokenizer.normalizer = rebuilt
-    prepend_scheme = "always" if config.get("add_prefix_space", True) else "never"
+    else:  # the special tokens around a text, whatever tokenizer.json says (ALBERT's come from tokenizer.json)
+        bos, eos = _token_text(config.get("bos_token", "<s>")), _token_text(config.get("eos_token", "</s>"))
+        template = ["$A", eos] if family == "T5" else [bos, "$A", eos]
+        special = {token: tokenizer.token_to_id(token) for token in template if token != "$A"}
+        if None not in special.values():
+            tokenizer.post_processor = processors.TemplateProcessing(single=template,
+                                                                    special_tokens=list(special.items()))
+    prefix = family == "T5" or config.get("add_prefix_space", True)  # T5's always has the "▁" in front
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.WhitespaceSplit(),
-        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prepend_scheme, split=True)])
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always" if prefix else "never", split=True)])
 
 
 def _wordpiece_from_vocab(folder: Path, config: dict) -> FastTokenizer:

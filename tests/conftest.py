@@ -155,6 +155,27 @@ def build_albert(folder: Path, texts: list[str]) -> Path:
     return folder
 
 
+def build_t5(folder: Path, texts: list[str], gated: bool) -> Path:
+    """A random T5EncoderModel (T5 v1.1's gated feed-forward if `gated`, else the first T5's ReLU) with a
+    SentencePiece (Unigram) tokenizer trained here, saved by transformers' T5Tokenizer."""
+    from tokenizers import Tokenizer as FastTokenizer
+    from tokenizers import models, pre_tokenizers, trainers
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    unigram = FastTokenizer(models.Unigram())
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    unigram.train_from_iterator(texts * 5, trainers.UnigramTrainer(
+        vocab_size=300, unk_token="<unk>", special_tokens=["<pad>", "</s>", "<unk>"]))  # T5's order
+    vocab = [tuple(piece) for piece in json.loads(unigram.model.__getstate__())["vocab"]]
+    T5Tokenizer(vocab=vocab, extra_ids=0).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=len(vocab), d_model=48, d_kv=12, d_ff=96, num_layers=2, num_heads=4,
+                      relative_attention_num_buckets=8, relative_attention_max_distance=20,
+                      feed_forward_proj="gated-gelu" if gated else "relu", dropout_rate=0.1)
+    T5EncoderModel(config).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     folder = Path(os.environ.get("MINISBERT_DATA", Path(__file__).parents[1] / "../shared/data")).resolve()
@@ -221,6 +242,16 @@ def tiny_roberta(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_albert(tmp_path_factory) -> Path:
     return build_albert(tmp_path_factory.mktemp("tiny_albert"), CORPUS)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory) -> Path:
+    return build_t5(tmp_path_factory.mktemp("tiny_t5"), CORPUS, gated=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_gated(tmp_path_factory) -> Path:
+    return build_t5(tmp_path_factory.mktemp("tiny_t5_gated"), CORPUS, gated=True)
 
 
 @pytest.fixture(autouse=True)

@@ -269,3 +269,15 @@ def test_bad_albert_config_values_are_named(tiny_albert, tmp_path, changes, mess
     folder = copy_with_config(tiny_albert, tmp_path, **changes)
     with pytest.raises(ValueError, match=message):  # each names config.json
         SentenceTransformer(folder)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"d_kv": 16}, "d_kv 16 x num_heads 4 is not d_model 48"),
+    ({"feed_forward_proj": "gated-gelu-new"}, "feed_forward_proj 'gated-gelu-new' is neither an activation nor"),
+    ({"feed_forward_proj": "swish"}, "hidden_act 'swish' is not supported"),
+    ({"num_layers": 3}, r"missing tensors: encoder\.block\.2\."),
+])
+def test_bad_t5_config_values_are_named(tiny_t5, tmp_path, changes, message):
+    folder = copy_with_config(tiny_t5, tmp_path, **changes)
+    with pytest.raises(ValueError, match=message):  # each names config.json
+        SentenceTransformer(folder)

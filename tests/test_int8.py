@@ -253,6 +253,11 @@ def test_int8_runs_every_architecture_close_to_fp32(request, folder, varied_text
     assert cosines(model.encode(varied_texts, dtype="int8"), fp32).min() > 0.95
 
 
+def test_int8_refuses_t5_whose_layers_normalize_first(tiny_t5):
+    with pytest.raises(ValueError, match="dtype int8 runs encoders whose layers normalize last .* not t5's"):
+        SentenceTransformer(tiny_t5).encode(["a text"], dtype="int8")
+
+
 def test_the_int8_copy_follows_updates_of_the_weights(model, minilm_folder):
     fresh = SentenceTransformer(minilm_folder)
     before = fresh.encode(["A man is playing guitar."], dtype="int8")

@@ -1,5 +1,5 @@
-"""Small random BERT, RoBERTa (also as XLM-RoBERTa and CamemBERT), MPNet, DistilBERT and ALBERT built with
-transformers: the same hidden states as transformers' models, and the same sentence embeddings as
+"""Small random BERT, RoBERTa (also as XLM-RoBERTa and CamemBERT), MPNet, DistilBERT, ALBERT and T5 encoders built
+with transformers: the same hidden states as transformers' models, and the same sentence embeddings as
 sentence-transformers, for every pooling mode, Dense and Normalize."""
 
 import json
@@ -15,7 +15,7 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer as Reference
 from sentence_transformers import models as reference_modules
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer, T5EncoderModel
 
 from minisbert import SentenceTransformer
 from minisbert.checkpoint import load_encoder
@@ -27,7 +27,8 @@ TEXTS = ["The quick brown fox", "", "Ça va très bien, naïve café", "emoji �
 
 def both_hidden_states(folder, padding_side: str = "right", texts: list[str] = TEXTS):
     """(ours, transformers', the batch, our encoder) on `texts` padded on `padding_side`."""
-    reference = AutoModel.from_pretrained(folder).eval()
+    t5 = json.loads((folder / "config.json").read_text())["model_type"] == "t5"
+    reference = (T5EncoderModel if t5 else AutoModel).from_pretrained(folder).eval()  # AutoModel: T5's decoder too
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = padding_side
     batch = tokenizer(texts, padding=True, truncation=True, max_length=60, return_tensors="pt")
@@ -39,7 +40,7 @@ def both_hidden_states(folder, padding_side: str = "right", texts: list[str] = T
 
 
 @pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_xlm_roberta", "tiny_camembert", "tiny_mpnet",
-                                  "tiny_distilbert", "tiny_albert"])
+                                  "tiny_distilbert", "tiny_albert", "tiny_t5", "tiny_t5_gated"])
 def test_hidden_states_equal_transformers(name, request):
     got, expected, batch, _ = both_hidden_states(request.getfixturevalue(name))
     mask = batch["attention_mask"].bool()
@@ -69,6 +70,51 @@ def test_dropout_in_training_falls_where_transformers_puts_it(name, attention_dr
     got = encoder.train()(input_ids, attention_mask)
     assert not torch.allclose(got, encoder.eval()(input_ids, attention_mask), atol=1e-3)  # dropout did act
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["tiny_t5", "tiny_t5_gated"])
+def test_t5_dropout_in_training_falls_where_transformers_puts_it(name, request):
+    # T5 has one dropout rate, the attention's too: set to 0 there on both sides after loading, the other dropouts
+    # (the embeddings', after each half of a layer, inside the feed-forward, after the last RMSNorm) draw alike
+    folder = request.getfixturevalue(name)
+    reference = T5EncoderModel.from_pretrained(folder).train()
+    for block in reference.encoder.block:
+        block.layer[0].SelfAttention.dropout = 0.0
+    encoder, _ = load_encoder(folder)
+    for layer in encoder.layers:
+        layer.attention_dropout = 0.0
+    input_ids = torch.randint(5, 200, (3, 9))
+    attention_mask = torch.ones_like(input_ids)
+    torch.manual_seed(0)
+    expected = reference(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    torch.manual_seed(0)
+    got = encoder.train()(input_ids, attention_mask)
+    assert not torch.allclose(got, encoder.eval()(input_ids, attention_mask), atol=1e-3)  # dropout did act
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_a_whole_t5_checkpoint_loads_its_encoder(tiny_t5_gated, tmp_path):
+    # a T5ForConditionalGeneration's file: the decoder's tensors left out; older files hold the shared embeddings
+    # twice (encoder.embed_tokens.weight), or only there
+    from safetensors.torch import load_file, save_file
+    from transformers import T5Config, T5ForConditionalGeneration
+    torch.manual_seed(1)
+    T5ForConditionalGeneration(T5Config.from_pretrained(tiny_t5_gated)).save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    assert any(name.startswith("decoder.") for name in tensors)
+    batch = AutoTokenizer.from_pretrained(tiny_t5_gated)(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = T5EncoderModel.from_pretrained(tmp_path).eval()(**batch).last_hidden_state
+    mask = batch["attention_mask"].bool()
+    embeddings = tensors["shared.weight"]
+    unshared = {name: tensor for name, tensor in tensors.items() if name != "shared.weight"}
+    for variant in ({**tensors, "encoder.embed_tokens.weight": embeddings.clone()},
+                    {**unshared, "encoder.embed_tokens.weight": embeddings}, tensors):
+        save_file({k: v.contiguous() for k, v in variant.items()}, tmp_path / "model.safetensors")
+        encoder, _ = load_encoder(tmp_path)
+        with torch.no_grad():
+            got = encoder.eval()(batch["input_ids"], batch["attention_mask"])
+        torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
@@ -219,7 +265,8 @@ CASES = [("tiny_bert", "mean", False, False), ("tiny_bert", "cls", True, True), 
          ("tiny_mpnet", ("lasttoken", "weightedmean", "max"), True, False),
          ("tiny_distilbert", "mean", True, True), ("tiny_distilbert", "cls", False, False),
          ("tiny_xlm_roberta", "mean", False, True), ("tiny_camembert", "mean", False, False),
-         ("tiny_albert", "mean", False, True), ("tiny_albert", "cls", True, False)]
+         ("tiny_albert", "mean", False, True), ("tiny_albert", "cls", True, False),
+         ("tiny_t5", "mean", True, True), ("tiny_t5_gated", "mean", False, True)]
 
 
 @pytest.mark.parametrize("name,pooling_mode,dense,normalize", CASES)
@@ -267,7 +314,8 @@ def test_an_early_models_sentence_config_is_read_as_sentence_transformers_reads_
     np.testing.assert_allclose(ours.encode(TEXTS), reference.encode(TEXTS), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name,architecture", [("tiny_distilbert", "DistilBertModel"), ("tiny_albert", "AlbertModel")])
+@pytest.mark.parametrize("name,architecture", [("tiny_distilbert", "DistilBertModel"), ("tiny_albert", "AlbertModel"),
+                                               ("tiny_t5_gated", "T5EncoderModel")])
 def test_a_model_loaded_or_built_here_saves_a_folder_sentence_transformers_reads(name, architecture, request, tmp_path):
     from minisbert.encoder import Encoder, EncoderConfig
 
@@ -353,9 +401,10 @@ def sentencepiece_tokenizer_folder(folder: Path, tokenizer_config: dict) -> Path
 @pytest.mark.parametrize("tokenizer_config", [{"tokenizer_class": "XLMRobertaTokenizer"},
                                               {"tokenizer_class": "XLMRobertaTokenizer", "add_prefix_space": False},
                                               {"tokenizer_class": "CamembertTokenizer"},
+                                              {"tokenizer_class": "T5Tokenizer"},
                                               {"tokenizer_class": "PreTrainedTokenizerFast"}])
 def test_a_sentencepiece_tokenizer_splits_whitespace_as_transformers_does(tokenizer_config, tmp_path):
-    # transformers' XLM-RoBERTa and CamemBERT tokenizers split words at any whitespace first; tokenizer.json's own
+    # transformers' XLM-RoBERTa, CamemBERT and T5 tokenizers split words at any whitespace first; tokenizer.json's own
     # Metaspace would make tokens of leading, trailing and repeated whitespace, tabs and line ends
     folder = sentencepiece_tokenizer_folder(tmp_path / "tokenizer", tokenizer_config)
     texts = ["the quick fox", "  spaces around  ", "hello\tworld\n", "a  b", " lead", "trail ", "", " "]
@@ -363,15 +412,33 @@ def test_a_sentencepiece_tokenizer_splits_whitespace_as_transformers_does(tokeni
     assert Tokenizer.from_folder(folder, max_seq_length=60, max_tokens=512).token_ids(texts) == expected
 
 
-@pytest.mark.parametrize("tokenizer_class", ["XLMRobertaTokenizer", "CamembertTokenizer", "AlbertTokenizer"])
+@pytest.mark.parametrize("tokenizer_class", ["XLMRobertaTokenizer", "CamembertTokenizer", "T5Tokenizer",
+                                             "PreTrainedTokenizerFast"])
+def test_a_sentencepiece_tokenizer_puts_the_special_tokens_where_transformers_does(tokenizer_class, tmp_path):
+    # transformers' XLM-RoBERTa and CamemBERT tokenizers put <s> and </s> around a text, T5's </s> after it, whatever
+    # tokenizer.json's post-processor says; another class keeps tokenizer.json's (here: none)
+    folder = sentencepiece_tokenizer_folder(tmp_path / "tokenizer", {"tokenizer_class": tokenizer_class})
+    saved = json.loads((folder / "tokenizer.json").read_text())
+    saved["post_processor"] = None
+    (folder / "tokenizer.json").write_text(json.dumps(saved))
+    texts = ["the quick fox", "hello world", ""]
+    expected = AutoTokenizer.from_pretrained(folder)(texts)["input_ids"]
+    assert Tokenizer.from_folder(folder, max_seq_length=60, max_tokens=512).token_ids(texts) == expected
+    assert expected[2] == {"XLMRobertaTokenizer": [0, 2], "CamembertTokenizer": [0, 2], "T5Tokenizer": [2],
+                           "PreTrainedTokenizerFast": []}[tokenizer_class]
+
+
+@pytest.mark.parametrize("tokenizer_class,unknown", [("XLMRobertaTokenizer", 3), ("CamembertTokenizer", 3),
+                                                     ("AlbertTokenizer", 1), ("T5Tokenizer", 2)])
 @pytest.mark.parametrize("unk_id", [None, 0])
-def test_a_sentencepiece_tokenizer_gives_unknown_pieces_the_id_transformers_does(tokenizer_class, unk_id, tiny_albert,
-                                                                                 tmp_path):
-    # transformers builds these classes' Unigram model with an unknown id of its own (XLM-RoBERTa 3, ALBERT 1,
+def test_a_sentencepiece_tokenizer_gives_unknown_pieces_the_id_transformers_does(tokenizer_class, unknown, unk_id,
+                                                                                 request, tmp_path):
+    # transformers builds these classes' Unigram model with an unknown id of its own (XLM-RoBERTa 3, ALBERT 1, T5 2,
     # CamemBERT the place of its unk_token), whatever tokenizer.json says; without one, tokenizers refuses a text
     # with a character outside the vocabulary
-    if tokenizer_class == "AlbertTokenizer":
-        folder = shutil.copytree(tiny_albert, tmp_path / "tokenizer")
+    own = {"AlbertTokenizer": "tiny_albert", "T5Tokenizer": "tiny_t5"}
+    if tokenizer_class in own:
+        folder = shutil.copytree(request.getfixturevalue(own[tokenizer_class]), tmp_path / "tokenizer")
     else:
         folder = sentencepiece_tokenizer_folder(tmp_path / "tokenizer", {"tokenizer_class": tokenizer_class})
     saved = json.loads((folder / "tokenizer.json").read_text())
@@ -379,7 +446,7 @@ def test_a_sentencepiece_tokenizer_gives_unknown_pieces_the_id_transformers_does
     (folder / "tokenizer.json").write_text(json.dumps(saved))
     texts = ["the quick fox", "Москва и 中文", "hello ☃ world"]
     expected = AutoTokenizer.from_pretrained(folder)(texts)["input_ids"]
-    assert (1 if tokenizer_class == "AlbertTokenizer" else 3) in expected[1]  # <unk> in both vocabularies' order
+    assert unknown in expected[1]  # where each vocabulary has <unk>
     assert Tokenizer.from_folder(folder, max_seq_length=60, max_tokens=512).token_ids(texts) == expected
 
 
