@@ -47,6 +47,19 @@ def test_hidden_states_equal_transformers(name, request):
     torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
 
 
+def assert_the_same_dropout(reference, encoder):
+    """Both in training on rows of one length (no packing), from the same seed: equal only if they draw the same
+    dropout masks in the same order."""
+    input_ids = torch.randint(5, 200, (3, 9))
+    attention_mask = torch.ones_like(input_ids)
+    torch.manual_seed(0)
+    expected = reference.train()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    torch.manual_seed(0)
+    got = encoder.train()(input_ids, attention_mask)
+    assert not torch.allclose(got, encoder.eval()(input_ids, attention_mask), atol=1e-3)  # dropout did act
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("name,attention_dropout", [("tiny_bert", "attention_probs_dropout_prob"),
                                                     ("tiny_roberta", "attention_probs_dropout_prob"),
                                                     ("tiny_mpnet", "attention_probs_dropout_prob"),
@@ -60,16 +73,9 @@ def test_dropout_in_training_falls_where_transformers_puts_it(name, attention_dr
     shutil.copytree(request.getfixturevalue(name), folder)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, attention_dropout: 0.0}))
-    reference = AutoModel.from_pretrained(folder).train()
+    reference = AutoModel.from_pretrained(folder)
     encoder, _ = load_encoder(folder)
-    input_ids = torch.randint(5, 200, (3, 9))
-    attention_mask = torch.ones_like(input_ids)
-    torch.manual_seed(0)
-    expected = reference(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    torch.manual_seed(0)
-    got = encoder.train()(input_ids, attention_mask)
-    assert not torch.allclose(got, encoder.eval()(input_ids, attention_mask), atol=1e-3)  # dropout did act
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert_the_same_dropout(reference, encoder)
 
 
 @pytest.mark.parametrize("name", ["tiny_t5", "tiny_t5_gated"])
@@ -77,20 +83,13 @@ def test_t5_dropout_in_training_falls_where_transformers_puts_it(name, request):
     # T5 has one dropout rate, the attention's too: set to 0 there on both sides after loading, the other dropouts
     # (the embeddings', after each half of a layer, inside the feed-forward, after the last RMSNorm) draw alike
     folder = request.getfixturevalue(name)
-    reference = T5EncoderModel.from_pretrained(folder).train()
+    reference = T5EncoderModel.from_pretrained(folder)
     for block in reference.encoder.block:
         block.layer[0].SelfAttention.dropout = 0.0
     encoder, _ = load_encoder(folder)
     for layer in encoder.layers:
         layer.attention_dropout = 0.0
-    input_ids = torch.randint(5, 200, (3, 9))
-    attention_mask = torch.ones_like(input_ids)
-    torch.manual_seed(0)
-    expected = reference(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    torch.manual_seed(0)
-    got = encoder.train()(input_ids, attention_mask)
-    assert not torch.allclose(got, encoder.eval()(input_ids, attention_mask), atol=1e-3)  # dropout did act
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert_the_same_dropout(reference, encoder)
 
 
 def test_a_whole_t5_checkpoint_loads_its_encoder(tiny_t5_gated, tmp_path):
