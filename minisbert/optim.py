@@ -1,7 +1,8 @@
 """AdamW with decoupled weight decay (Loshchilov & Hutter, 2019) and the warmup-then-linear-decay schedule.
 
 SBERT trains with AdamW, learning rate 2e-5, a linear warmup over the first 10% of the steps, then a linear
-decay to zero; weight decay 0.01, but none on biases and LayerNorm weights; gradients clipped at norm 1.
+decay to zero; weight decay 0.01, but none on biases and LayerNorm weights (as sentence-transformers' fit() tells
+them: by name, see parameter_groups); gradients clipped at norm 1.
 """
 
 import math
@@ -9,15 +10,28 @@ import math
 import torch
 from torch import nn
 
+from .encoder import Encoder, checkpoint_names
+
+# sentence-transformers' fit() leaves a parameter out of the decay where its name holds one of these
+NO_DECAY_NAMES = ("bias", "LayerNorm.bias", "LayerNorm.weight")
+
 
 def parameter_groups(model: nn.Module, weight_decay: float = 0.01) -> list[dict]:
-    """Two groups: the weights that decay, and the biases and LayerNorm parameters that don't (as BERT had it)."""
-    decay, no_decay = [], []
+    """Two groups: the weights that decay, and those that don't, told apart as sentence-transformers' fit() does, by
+    the name an encoder's parameter has in its checkpoint (NO_DECAY_NAMES): so biases and LayerNorms named LayerNorm
+    (BERT's, RoBERTa's, MPNet's), and also MPNet's and T5's relative position bias; but DistilBERT's, ALBERT's last
+    and T5's norms, named layer_norm, decay."""
+    checkpoint_name = {}  # parameter -> its name in the encoder's checkpoint
     for module in model.modules():
-        for name, parameter in module.named_parameters(recurse=False):
-            if parameter.requires_grad:
-                plain = isinstance(module, nn.LayerNorm) or name == "bias"
-                (no_decay if plain else decay).append(parameter)
+        if isinstance(module, Encoder):
+            parameters = dict(module.named_parameters())
+            checkpoint_name.update({parameters[ours]: theirs for ours, theirs in checkpoint_names(module.config).items()
+                                    if ours in parameters})
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            plain = any(part in checkpoint_name.get(parameter, name) for part in NO_DECAY_NAMES)
+            (no_decay if plain else decay).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
