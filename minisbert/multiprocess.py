@@ -1,8 +1,11 @@
 """Encoding in several processes, one per device, as sentence-transformers' multi-process pool does it:
 `start_multi_process_pool(devices)`, `encode(..., pool=pool)`, `stop_multi_process_pool(pool)`, or
-`encode(..., device=["cuda:0", "cuda:1"])`, which starts and stops a pool around one call."""
+`encode(..., device=["cuda:0", "cuda:1"])`, which starts and stops a pool around one call. A worker that stops
+(killed, out of memory, crashed) while it holds a chunk is an error that names it, not a wait without end."""
 
 import math
+import os
+import queue
 
 import torch
 import torch.multiprocessing as mp
@@ -23,7 +26,7 @@ def start_pool(model, target_devices: list[str] | None = None) -> dict:
                  for device in target_devices]
     for process in processes:
         process.start()
-    return {"input": inputs, "output": outputs, "processes": processes}
+    return {"input": inputs, "output": outputs, "processes": processes, "devices": [str(d) for d in target_devices]}
 
 
 def stop_pool(pool: dict) -> None:
@@ -39,12 +42,43 @@ def stop_pool(pool: dict) -> None:
 def _worker(device: str, model, inputs, outputs) -> None:
     while True:
         chunk, sentences, options = inputs.get()
+        outputs.put(("taken", chunk, os.getpid()))  # so that the caller knows whose end loses which chunk
         try:
             result = model.encode(sentences, device=device, convert_to_tensor=True, precision="float32", **options)
             result = result.cpu() if isinstance(result, torch.Tensor) else [_to_cpu(item) for item in result]
-            outputs.put((chunk, result, None))
+            outputs.put(("done", chunk, result, None))
         except Exception as error:  # sent back, raised by the caller
-            outputs.put((chunk, None, error))
+            outputs.put(("done", chunk, None, error))
+
+
+def collect(pool: dict, count: int, wait: float = 1.0) -> list[tuple]:
+    """The (chunk, result, error) of chunks 0..count-1, in order. Between messages, every `wait` seconds, checks the
+    workers: one that stopped while it held a chunk, or all of them stopped, is a RuntimeError."""
+    results, holders = {}, {}  # chunk -> (chunk, result, error); chunk -> pid of the worker that took it
+    while len(results) < count:
+        try:
+            message = pool["output"].get(timeout=wait)
+        except queue.Empty:
+            _check_workers(pool, {chunk: pid for chunk, pid in holders.items() if chunk not in results})
+            continue
+        if message[0] == "taken":
+            holders[message[1]] = message[2]
+        else:
+            results[message[1]] = message[1:]
+    return [results[chunk] for chunk in range(count)]
+
+
+def _check_workers(pool: dict, held: dict[int, int]) -> None:
+    devices = pool.get("devices") or [f"process {i}" for i in range(len(pool["processes"]))]
+    stopped = [(process, device) for process, device in zip(pool["processes"], devices) if not process.is_alive()]
+    for process, device in stopped:
+        lost = sorted(chunk for chunk, pid in held.items() if pid == process.pid)
+        if lost:
+            raise RuntimeError(f"the worker process on {device} stopped (exit code {process.exitcode}) while it "
+                               f"encoded chunk {lost[0]} of the texts; stop the pool and start a new one")
+    if stopped and len(stopped) == len(pool["processes"]):
+        codes = ", ".join(f"{device}: {process.exitcode}" for process, device in stopped)
+        raise RuntimeError(f"every worker process of the pool has stopped (exit codes {codes}); start a new pool")
 
 
 def _to_cpu(item):
@@ -65,7 +99,7 @@ def encode_in_processes(model, sentences: list[str], single: bool, pool: dict | 
         chunks = [sentences[start:start + chunk_size] for start in range(0, len(sentences), chunk_size)]
         for i, chunk in enumerate(chunks):
             pool["input"].put((i, chunk, options))
-        results = sorted((pool["output"].get() for _ in chunks), key=lambda result: result[0])
+        results = collect(pool, len(chunks))
     finally:
         if own_pool:
             stop_pool(pool)

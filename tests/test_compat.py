@@ -222,6 +222,44 @@ def test_two_cpu_processes_give_the_embeddings_of_one(both):
                                ours.encode(TEXTS[:3], precision="int8"), atol=1, rtol=0)
 
 
+
+def test_a_pool_whose_workers_stopped_is_an_error_not_a_wait(both):
+    ours, _ = both
+    pool = ours.start_multi_process_pool(["cpu", "cpu"])
+    try:
+        for process in pool["processes"]:
+            process.kill()
+            process.join()
+        with pytest.raises(RuntimeError, match=r"every worker process of the pool has stopped \(exit codes cpu: -9"):
+            ours.encode(TEXTS, pool=pool)
+    finally:
+        ours.stop_multi_process_pool(pool)
+
+
+def test_a_worker_that_stops_holding_a_chunk_is_named():
+    # one worker took chunk 1 and stopped; the other is alive and sent chunk 0: waiting longer would wait for ever
+    import queue
+    from types import SimpleNamespace
+
+    from minisbert.multiprocess import collect
+    alive = SimpleNamespace(pid=11, exitcode=None, is_alive=lambda: True)
+    stopped = SimpleNamespace(pid=12, exitcode=-9, is_alive=lambda: False)
+
+    def pool(*messages):
+        output = queue.Queue()
+        for message in messages:
+            output.put(message)
+        return {"output": output, "processes": [alive, stopped], "devices": ["cuda:0", "cuda:1"]}
+
+    zeros, ones = torch.zeros(1, 3), torch.ones(1, 3)
+    with pytest.raises(RuntimeError, match=r"on cuda:1 stopped \(exit code -9\) while it encoded chunk 1"):
+        collect(pool(("taken", 0, 11), ("taken", 1, 12), ("done", 0, zeros, None)), 2, wait=0.01)
+    # a stopped worker that held nothing is no loss; the chunks come back in order
+    done = collect(pool(("taken", 1, 11), ("taken", 0, 11), ("done", 1, ones, None), ("done", 0, zeros, None)), 2,
+                   wait=0.01)
+    assert [chunk for chunk, _, _ in done] == [0, 1] and torch.equal(done[1][1], ones)
+
+
 # ---------------------------------------------------------------- sentence-transformers 6's other names
 
 def test_preprocess_with_a_prompt_as_sentence_transformers(both):
