@@ -5,6 +5,7 @@ Table 1: STS12-16 (each year's subsets concatenated into one set, the "all" sett
 benchmark test set and SICK-R test set, as correlations x 100.
 """
 
+import csv
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from . import data
-from .similarity import pairwise_cos_sim
+from .similarity import SIMILARITY_FUNCTIONS, pairwise_cos_sim
 
 TABLE_COLUMNS = ["STS12", "STS13", "STS14", "STS15", "STS16", "STSb", "SICK-R"]
 
@@ -32,6 +33,91 @@ def sts_correlations(model, examples: list[data.Example], batch_size: int = 32, 
     scores = pairwise_cos_sim(embeddings[first], embeddings[second]).cpu().numpy()
     gold = np.array([example.label for example in examples], dtype=np.float64)
     return {"spearman": float(spearmanr(gold, scores)[0]), "pearson": float(pearsonr(gold, scores)[0])}
+
+
+class EmbeddingSimilarityEvaluator:
+    """sentence-transformers' evaluator of this name, for code moved from it: called on a model (or through
+    `model.evaluate(evaluator)`), the Pearson and Spearman correlations between the gold `scores` and each similarity
+    function's score of the pairs (the model's similarity_fn_name unless `similarity_fn_names` or `main_similarity`
+    say otherwise), named as it names them ("{name}_spearman_cosine", and "_max" over several functions), with its
+    `primary_metric`; with `output_path`, one row more in the same CSV file. `precision` quantizes the normalized
+    embeddings first, both sides of int8/uint8 over one range, binary ones unpacked, as it does."""
+
+    def __init__(self, sentences1: list[str], sentences2: list[str], scores: list[float], batch_size: int = 16,
+                 main_similarity: str | None = None, similarity_fn_names: list[str] | None = None, name: str = "",
+                 show_progress_bar: bool = False, write_csv: bool = True, precision: str | None = None,
+                 truncate_dim: int | None = None):
+        if not len(sentences1) == len(sentences2) == len(scores):
+            raise ValueError(f"sentences1, sentences2 and scores must be as long as each other, not {len(sentences1)}, "
+                             f"{len(sentences2)} and {len(scores)}")
+        main_similarity = getattr(main_similarity, "value", main_similarity)  # its SimilarityFunction enum, too
+        for fn_name in [main_similarity] * bool(main_similarity) + list(similarity_fn_names or []):
+            if fn_name not in SIMILARITY_FUNCTIONS:
+                raise ValueError(f"similarity function {fn_name!r} is not one of {', '.join(SIMILARITY_FUNCTIONS)}")
+        self.sentences1, self.sentences2, self.scores = list(sentences1), list(sentences2), list(scores)
+        self.batch_size, self.show_progress_bar, self.name = batch_size, show_progress_bar, name
+        self.write_csv, self.precision, self.truncate_dim = write_csv, precision, truncate_dim
+        self.main_similarity = main_similarity
+        self.similarity_fn_names = list(similarity_fn_names or ([main_similarity] if main_similarity else []))
+        self.csv_file = (f"similarity_evaluation{'_' + name if name else ''}{'_' + precision if precision else ''}"
+                         "_results.csv")
+        self.primary_metric = None
+
+    @classmethod
+    def from_input_examples(cls, examples: list, **options) -> "EmbeddingSimilarityEvaluator":
+        """From examples with `texts` (two) and a `label` each, as sentence-transformers' InputExample."""
+        return cls([e.texts[0] for e in examples], [e.texts[1] for e in examples], [e.label for e in examples],
+                   **options)
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        if self.precision in ("int8", "uint8"):  # both sides quantized over one range
+            both = self._embed(model, self.sentences1 + self.sentences2)
+            first, second = both[:len(self.sentences1)], both[len(self.sentences1):]
+        else:
+            first, second = self._embed(model, self.sentences1), self._embed(model, self.sentences2)
+        if self.precision == "binary":
+            first, second = first.astype(np.int16) + 128, second.astype(np.int16) + 128
+        if self.precision in ("binary", "ubinary"):
+            first, second = (np.unpackbits(e.astype(np.uint8), axis=1) for e in (first, second))
+        first, second = torch.from_numpy(first.astype(np.float32)), torch.from_numpy(second.astype(np.float32))
+        self.similarity_fn_names = self.similarity_fn_names or [model.similarity_fn_name]
+        metrics = {}
+        for fn_name in self.similarity_fn_names:
+            predicted = SIMILARITY_FUNCTIONS[fn_name][1](first, second).numpy()
+            metrics[f"pearson_{fn_name}"] = float(pearsonr(self.scores, predicted)[0])
+            metrics[f"spearman_{fn_name}"] = float(spearmanr(self.scores, predicted)[0])
+        if output_path is not None and self.write_csv:
+            self._append_row(Path(output_path), epoch, steps, metrics)
+        if len(self.similarity_fn_names) > 1:
+            for metric in ("pearson", "spearman"):
+                metrics[f"{metric}_max"] = max(metrics[f"{metric}_{fn}"] for fn in self.similarity_fn_names)
+        if self.main_similarity:
+            self.primary_metric = f"spearman_{self.main_similarity}"
+        elif len(self.similarity_fn_names) > 1:
+            self.primary_metric = "spearman_max"
+        else:
+            self.primary_metric = f"spearman_{self.similarity_fn_names[0]}"
+        if not self.name:
+            return metrics
+        self.primary_metric = f"{self.name}_{self.primary_metric}"
+        return {f"{self.name}_{key}": value for key, value in metrics.items()}
+
+    def _embed(self, model, sentences: list[str]) -> np.ndarray:
+        return model.encode(sentences, batch_size=self.batch_size, show_progress_bar=self.show_progress_bar,
+                            convert_to_numpy=True, precision=self.precision, normalize_embeddings=bool(self.precision),
+                            truncate_dim=self.truncate_dim)
+
+    def _append_row(self, folder: Path, epoch: int, steps: int, metrics: dict[str, float]) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / self.csv_file
+        new = not path.is_file()
+        with open(path, "a" if not new else "w", newline="", encoding="utf-8") as file:
+            writer = csv.writer(file)
+            if new:
+                writer.writerow(["epoch", "steps"] + [f"{fn}_{metric}" for fn in self.similarity_fn_names
+                                                      for metric in ("pearson", "spearman")])
+            writer.writerow([epoch, steps] + [metrics[f"{metric}_{fn}"] for fn in self.similarity_fn_names
+                                              for metric in ("pearson", "spearman")])
 
 
 def _first_existing(*candidates: Path) -> Path | None:

@@ -366,6 +366,12 @@ class SentenceTransformer(nn.Module):
 
     save_pretrained = save  # sentence-transformers' other name for it
 
+    def evaluate(self, evaluator, output_path: str | Path | None = None):
+        """`evaluator(self, output_path)`, as sentence-transformers' (see evaluate.EmbeddingSimilarityEvaluator)."""
+        if output_path is not None:
+            Path(output_path).mkdir(parents=True, exist_ok=True)
+        return evaluator(self, output_path)
+
 
 def _as_text_list(sentences) -> list[str]:
     """Any sequence or iterable of str (a list, a numpy array of str, a generator, a datasets column) as a list."""

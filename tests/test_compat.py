@@ -296,3 +296,34 @@ def test_pooling_without_the_prompt_set_on_the_model_as_sentence_transformers(mi
     ours.save_pretrained(tmp_path / "saved")  # sentence-transformers' other name for save()
     np.testing.assert_allclose(Reference(str(tmp_path / "saved"), device="cpu").encode(TEXTS, prompt=prompt), without,
                                atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- evaluation
+
+@pytest.mark.parametrize("options", [{}, {"name": "sts-dev", "similarity_fn_names": ["cosine", "dot", "euclidean",
+                                                                                    "manhattan"]},
+                                     {"main_similarity": "manhattan", "precision": "int8"},
+                                     {"name": "b", "precision": "ubinary", "truncate_dim": 128},
+                                     {"precision": "binary"}])
+def test_embedding_similarity_evaluator_as_sentence_transformers(both, data_dir, options, tmp_path):
+    from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator as ReferenceEvaluator
+
+    from minisbert.data import read_sts_benchmark
+    from minisbert.evaluate import EmbeddingSimilarityEvaluator
+    ours, reference = both
+    examples = read_sts_benchmark(data_dir / "stsbenchmark" / "sts-dev.csv")[:150]
+    columns = [e.texts[0] for e in examples], [e.texts[1] for e in examples], [e.label for e in examples]
+    evaluator = EmbeddingSimilarityEvaluator(*columns, **options)
+    reference_evaluator = ReferenceEvaluator(*columns, **options)
+    got = ours.evaluate(evaluator, str(tmp_path / "ours"))
+    expected = reference.evaluate(reference_evaluator, str(tmp_path / "theirs"))
+    assert got.keys() == expected.keys() and evaluator.primary_metric == reference_evaluator.primary_metric
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], abs=1e-4), key
+    [ours_csv] = (tmp_path / "ours").iterdir()
+    [their_csv] = (tmp_path / "theirs").iterdir()
+    assert ours_csv.name == their_csv.name
+    mine, theirs = (path.read_text().splitlines() for path in (ours_csv, their_csv))
+    assert mine[0] == theirs[0] and len(mine) == len(theirs) == 2
+    np.testing.assert_allclose(np.array(mine[1].split(","), dtype=float), np.array(theirs[1].split(","), dtype=float),
+                               atol=1e-4)
