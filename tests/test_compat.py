@@ -306,7 +306,7 @@ def test_pooling_without_the_prompt_set_on_the_model_as_sentence_transformers(mi
                                      {"name": "b", "precision": "ubinary", "truncate_dim": 128},
                                      {"precision": "binary"}])
 def test_embedding_similarity_evaluator_as_sentence_transformers(both, data_dir, options, tmp_path):
-    from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator as ReferenceEvaluator
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator as ReferenceEvaluator
 
     from minisbert.data import read_sts_benchmark
     from minisbert.evaluate import EmbeddingSimilarityEvaluator
