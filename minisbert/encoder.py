@@ -496,7 +496,8 @@ class Encoder(nn.Module):
         # second on the meta device, where a checkpoint is loaded): init_weights() or a checkpoint fills them.
         self.word_embeddings = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id,
                                             _weight=torch.empty(config.vocab_size, d))
-        t5 = config.model_type == "t5"  # no position table, no LayerNorm of the embeddings: an RMSNorm at the end
+        # T5 (normalizes_first): no position table, no LayerNorm of the embeddings, an RMSNorm after the last layer
+        t5 = config.normalizes_first
         self.position_embeddings = None if t5 else nn.Embedding(
             config.max_position_embeddings, d, _weight=torch.empty(config.max_position_embeddings, d))
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, d, _weight=torch.empty(
