@@ -1,5 +1,5 @@
-"""BERT, RoBERTa, MPNet, DistilBERT, ALBERT and T5's encoder in plain PyTorch, and the table from Hugging Face
-checkpoint names to ours.
+"""BERT, RoBERTa, MPNet, DistilBERT, ALBERT, T5's encoder and ModernBERT in plain PyTorch, and the table from Hugging
+Face checkpoint names to ours.
 
 One layer, as in the paper's figure of BERT (post-LayerNorm):
     x = LayerNorm(x + Dropout(W_o Attention(W_q x, W_k x, W_v x)))
@@ -13,8 +13,12 @@ and no dropout after the feed-forward product. T5's encoder (sentence-t5, gtr-t5
     x = x + Dropout(W_o Attention(W_q n, W_k n, W_v n)),  n = RMSNorm(x)
     x = x + Dropout(W_2 Dropout(act(W_1 n) [* W_g n])),   n = RMSNorm(x), the gate W_g in T5 v1.1
 with no biases, no position table (MPNet's relative position bias instead, in the first layer's tensors), no scaling
-of the attention scores, and an RMSNorm after the last layer. `checkpoint_names` lists, for every tensor, its name in
-a published checkpoint; loading checks each one.
+of the attention scores, and an RMSNorm after the last layer. ModernBERT normalizes first too, with LayerNorms (none
+before the first layer's attention, which takes the embeddings'), gated like T5 v1.1, without biases (config:
+attention_bias, mlp_bias, norm_bias), and instead of a position table turns each head's queries and keys by angles that
+grow with the token's place (rotary positions: rotary_angles, rotate); two layers of three attend only to the keys at
+most local_attention / 2 tokens away, and turn them with another base. `checkpoint_names` lists, for every tensor, its
+name in a published checkpoint (ModernBERT's stack several of ours); loading checks each one.
 """
 
 import contextlib
@@ -31,12 +35,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from .hardware import cpu_amx, fused_fp32_products
 
 # xlm-roberta and camembert are RoBERTa with another vocabulary
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "mpnet", "distilbert", "albert", "t5")
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "mpnet", "distilbert", "albert", "t5",
+                         "modernbert")
 ARCHITECTURES = {"bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel",
                  "camembert": "CamembertModel", "mpnet": "MPNetModel", "distilbert": "DistilBertModel",
-                 "albert": "AlbertModel", "t5": "T5EncoderModel"}
-# ALBERT's own fields, and transformers' defaults for those of ours that its AlbertConfig sets otherwise than BERT's
-ALBERT_FIELDS = ("embedding_size", "num_hidden_groups", "inner_group_num")
+                 "albert": "AlbertModel", "t5": "T5EncoderModel", "modernbert": "ModernBertModel"}
+# transformers' defaults for the fields of ours that its AlbertConfig sets otherwise than BERT's
 ALBERT_DEFAULTS = {"embedding_size": 128, "hidden_act": "gelu_new", "hidden_dropout_prob": 0.0,
                    "attention_probs_dropout_prob": 0.0}
 # DistilBERT's config.json names for our EncoderConfig fields; its LayerNorms use 1e-12, written in its code
@@ -52,6 +56,19 @@ T5_DEFAULTS = {"vocab_size": 32128, "d_model": 512, "d_kv": 64, "d_ff": 2048, "n
                "dropout_rate": 0.1, "layer_norm_epsilon": 1e-6, "relative_attention_num_buckets": 32,
                "relative_attention_max_distance": 128, "feed_forward_proj": "relu", "pad_token_id": 0}
 T5_MAX_TOKENS = 1 << 20  # no position table: as long as memory allows
+# transformers' ModernBertConfig defaults, with the names its older config.json files use
+MODERNBERT_DEFAULTS = {"vocab_size": 50368, "hidden_size": 768, "intermediate_size": 1152, "num_hidden_layers": 22,
+                       "num_attention_heads": 12, "hidden_activation": "gelu", "max_position_embeddings": 8192,
+                       "norm_eps": 1e-5, "pad_token_id": 50283, "attention_bias": False, "mlp_bias": False,
+                       "norm_bias": False, "attention_dropout": 0.0, "embedding_dropout": 0.0, "mlp_dropout": 0.0,
+                       "local_attention": 128, "global_attn_every_n_layers": 3, "global_rope_theta": 160000.0,
+                       "local_rope_theta": 10000.0}
+LAYER_TYPES = ("full_attention", "sliding_attention")  # ModernBERT's layers attend to all keys or to those near
+# the fields that only some model types set: any other model's config.json that holds them anyway does not
+OWN_FIELDS = {"albert": ("embedding_size", "num_hidden_groups", "inner_group_num"),
+              "t5": ("relative_attention_max_distance", "gated_feed_forward", "attention_bias", "mlp_bias"),
+              "modernbert": ("gated_feed_forward", "attention_bias", "mlp_bias", "norm_bias", "rope_theta",
+                             "local_rope_theta", "local_attention", "layer_types")}
 
 ACTIVATIONS = {
     "gelu": F.gelu,  # exact erf GELU, as BERT was trained with
@@ -120,10 +137,17 @@ class EncoderConfig:
     attention_probs_dropout_prob: float = 0.1
     relative_attention_num_buckets: int = 32  # MPNet and T5
     relative_attention_max_distance: int = 128  # MPNet and T5
-    gated_feed_forward: bool = False  # T5 v1.1: the feed-forward's first product times a second, a gate
+    gated_feed_forward: bool = False  # T5 v1.1, ModernBERT: the feed-forward's first product times a second, a gate
+    attention_bias: bool = True  # T5 and ModernBERT: False, the attention's products add no bias
+    mlp_bias: bool = True  # nor the feed-forward's
+    norm_bias: bool = True  # ModernBERT: False, its LayerNorms add no bias
     embedding_size: int | None = None  # ALBERT only: the token embeddings' size, projected to hidden_size
     num_hidden_groups: int = 1  # ALBERT only: groups of layers with parameters of their own
     inner_group_num: int = 1  # ALBERT only: layers in each group
+    rope_theta: float | None = None  # ModernBERT only: rotary positions of this base in its full attention layers,
+    local_rope_theta: float | None = None  # of this one in its sliding layers,
+    local_attention: int | None = None  # which attend to the keys at most local_attention // 2 tokens away;
+    layer_types: list[str] | None = None  # each layer's kind, one of LAYER_TYPES
 
     @classmethod
     def from_dict(cls, config: dict, source: str = "config.json") -> "EncoderConfig":
@@ -143,10 +167,11 @@ class EncoderConfig:
                          if k in config}}
         if model_type == "t5":
             config = t5_config(config, source)
+        if model_type == "modernbert":
+            config = modernbert_config(config, source)
         if model_type == "albert":
             config = {**ALBERT_DEFAULTS, **config}
-        else:  # ALBERT's alone: any other model's config.json that holds them anyway does not set them here
-            config = {k: v for k, v in config.items() if k not in ALBERT_FIELDS}
+        config = {k: v for k, v in config.items() if k not in foreign_fields(model_type)}
         if config.get("hidden_act", "gelu") not in ACTIVATIONS:
             raise ConfigError(f"{source}: hidden_act {config['hidden_act']!r} is not supported; "
                               f"choose one of {', '.join(ACTIVATIONS)}")
@@ -168,6 +193,8 @@ class EncoderConfig:
             if field.type is float and value is not None and (type(value) not in (int, float) or not 0 <= value < 1
                                                              or (field.name == "layer_norm_eps" and value == 0)):
                 raise ConfigError(f"{source}: {field.name} must be a number in [0, 1) (eps above 0), not {value!r}")
+            if field.type is bool and value is not None and type(value) is not bool:
+                raise ConfigError(f"{source}: {field.name} must be true or false, not {value!r}")
         if values.get("num_hidden_groups", 1) > values["num_hidden_layers"]:
             raise ConfigError(f"{source}: num_hidden_groups {values['num_hidden_groups']} is more than "
                               f"num_hidden_layers {values['num_hidden_layers']}: some groups would never run")
@@ -181,9 +208,20 @@ class EncoderConfig:
 
     def to_dict(self) -> dict:
         """A config.json that transformers reads as the same model."""
-        left_out = (() if self.model_type == "albert" else ALBERT_FIELDS) + (
-            () if self.model_type == "t5" else ("relative_attention_max_distance", "gated_feed_forward"))
+        left_out = foreign_fields(self.model_type)
         config = {field.name: getattr(self, field.name) for field in fields(self) if field.name not in left_out}
+        if self.model_type == "modernbert":
+            return {"architectures": [ARCHITECTURES["modernbert"]], "model_type": "modernbert",
+                    **{k: config[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                              "num_attention_heads", "max_position_embeddings", "pad_token_id",
+                                              "attention_bias", "mlp_bias", "norm_bias", "local_attention",
+                                              "layer_types")},
+                    "hidden_activation": self.hidden_act, "norm_eps": self.layer_norm_eps,
+                    "embedding_dropout": self.hidden_dropout_prob, "mlp_dropout": self.hidden_dropout_prob,
+                    "attention_dropout": self.attention_probs_dropout_prob,
+                    "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": self.rope_theta},
+                                        "sliding_attention": {"rope_type": "default",
+                                                              "rope_theta": self.local_rope_theta}}}
         if self.model_type == "t5":
             theirs = {ours: theirs for theirs, ours in T5_NAMES.items()}
             return {"architectures": [ARCHITECTURES["t5"]], "model_type": "t5", "vocab_size": self.vocab_size,
@@ -203,15 +241,19 @@ class EncoderConfig:
 
     @property
     def has_token_types(self) -> bool:
-        return self.model_type not in ("mpnet", "distilbert", "t5")
+        return self.model_type not in ("mpnet", "distilbert", "t5", "modernbert")
+
+    @property
+    def has_position_table(self) -> bool:  # T5 has relative position biases instead, ModernBERT rotary positions
+        return self.model_type not in ("t5", "modernbert")
 
     @property
     def has_relative_attention_bias(self) -> bool:
         return self.model_type in ("mpnet", "t5")
 
     @property
-    def normalizes_first(self) -> bool:  # T5: RMSNorm before attention and feed-forward, and after the last layer
-        return self.model_type == "t5"
+    def normalizes_first(self) -> bool:  # T5, ModernBERT: a norm before attention and feed-forward, and after all
+        return self.model_type in ("t5", "modernbert")
 
     @property
     def position_padding_idx(self) -> int:
@@ -246,6 +288,11 @@ class EncoderConfig:
         return self.max_position_embeddings - (self.position_padding_idx + 1 if self.is_roberta else 0)
 
 
+def foreign_fields(model_type: str) -> set[str]:
+    """The fields of EncoderConfig that other model types have and `model_type` has not (OWN_FIELDS)."""
+    return {name for names in OWN_FIELDS.values() for name in names} - set(OWN_FIELDS.get(model_type, ()))
+
+
 def t5_config(config: dict, source: str) -> dict:
     """A T5 config.json (transformers' T5Config defaults where a key is missing) in our field names."""
     config = {**T5_DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
@@ -258,9 +305,45 @@ def t5_config(config: dict, source: str) -> dict:
         raise ConfigError(f"{source}: d_kv {config['d_kv']} x num_heads {config['num_heads']} is not d_model "
                           f"{config['d_model']}; attention narrower or wider than the layers is not supported")
     return {"model_type": "t5", "hidden_act": activation, "gated_feed_forward": len(parts) == 2,
-            "attention_probs_dropout_prob": config["dropout_rate"], "type_vocab_size": 1,
+            "attention_probs_dropout_prob": config["dropout_rate"], "type_vocab_size": 1, "attention_bias": False,
+            "mlp_bias": False,
             "vocab_size": config["vocab_size"], "pad_token_id": config["pad_token_id"],
             **{ours: config[theirs] for theirs, ours in T5_NAMES.items()}}
+
+
+def modernbert_config(config: dict, source: str) -> dict:
+    """A ModernBERT config.json (transformers' ModernBertConfig defaults where a key is missing; the layers' kinds and
+    rotary bases as layer_types and rope_parameters, or in older files global_attn_every_n_layers and
+    global_rope_theta / local_rope_theta) in our field names."""
+    config = {**MODERNBERT_DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
+    if config["embedding_dropout"] != config["mlp_dropout"]:
+        raise ConfigError(f"{source}: embedding_dropout {config['embedding_dropout']} differs from mlp_dropout "
+                          f"{config['mlp_dropout']}; minisbert takes one rate for both")
+    if config.get("rope_scaling"):
+        raise ConfigError(f"{source}: rope_scaling is not supported")
+    layers, every = config["num_hidden_layers"], config["global_attn_every_n_layers"]
+    if "layer_types" not in config and not (type(every) is int and every >= 1):
+        raise ConfigError(f"{source}: global_attn_every_n_layers must be an integer of at least 1, not {every!r}")
+    layer_types = config.get("layer_types") or [LAYER_TYPES[bool(i % every)] for i in range(layers)]
+    if (not isinstance(layer_types, list) or len(layer_types) != layers
+            or any(kind not in LAYER_TYPES for kind in layer_types)):
+        raise ConfigError(f"{source}: layer_types must list {', '.join(LAYER_TYPES)} for each of the {layers} "
+                          f"layers, not {layer_types!r}")
+    thetas = {}
+    for kind, older_name in zip(LAYER_TYPES, ("global_rope_theta", "local_rope_theta")):
+        rope = (config.get("rope_parameters") or {}).get(kind) or {}
+        if rope.get("rope_type", "default") != "default":
+            raise ConfigError(f"{source}: rope_type {rope['rope_type']!r} ({kind}) is not supported; only 'default' is")
+        thetas[kind] = rope.get("rope_theta", config[older_name])
+        if type(thetas[kind]) not in (int, float) or thetas[kind] <= 0:
+            raise ConfigError(f"{source}: the rope_theta of {kind} must be a number above 0, not {thetas[kind]!r}")
+    return {"model_type": "modernbert", "hidden_act": config["hidden_activation"], "layer_norm_eps": config["norm_eps"],
+            "hidden_dropout_prob": config["mlp_dropout"], "attention_probs_dropout_prob": config["attention_dropout"],
+            "type_vocab_size": 1, "gated_feed_forward": True, "layer_types": layer_types,
+            "rope_theta": float(thetas["full_attention"]), "local_rope_theta": float(thetas["sliding_attention"]),
+            **{k: config[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                      "num_attention_heads", "max_position_embeddings", "pad_token_id",
+                                      "attention_bias", "mlp_bias", "norm_bias", "local_attention")}}
 
 
 class Packing:
@@ -277,7 +360,7 @@ class Packing:
     """
 
     def __init__(self, attention_mask: torch.Tensor, enabled: bool = True, lengths: torch.Tensor | None = None):
-        self.shape = attention_mask.shape
+        self.shape, self.device = attention_mask.shape, attention_mask.device
         self.index = self.cu_seqlens = None
         self.grids = {}  # length -> grid(length)
         if lengths is not None:
@@ -317,6 +400,13 @@ class Packing:
             return x if length == S else F.pad(x, (0, 0, 0, length - S))
         x = x.new_zeros(B * length, x.shape[-1]).index_copy(0, self.grid(length), x)
         return x.view(B, length, x.shape[-1])
+
+    def positions(self) -> torch.Tensor:
+        """Each packed token's place in its row, (N,)."""
+        B, S = self.shape
+        if self.index is None:
+            return torch.arange(S, device=self.device).repeat(B)
+        return self.index % S
 
     def grid(self, length: int) -> torch.Tensor:
         """Where the real tokens sit in the (B * length) grid of rows `length` long."""
@@ -361,55 +451,73 @@ def attention_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
 
 
 class Layer(nn.Module):
-    def __init__(self, config: EncoderConfig):
+    def __init__(self, config: EncoderConfig, index: int = 0):
         super().__init__()
         d, h = config.hidden_size, config.intermediate_size
         self.num_heads = config.num_attention_heads
         self.head_dim = d // self.num_heads
         self.hidden_act = config.hidden_act
         self.attention_dropout = config.attention_probs_dropout_prob
-        # T5's layers normalize first, with RMSNorm, and have no biases
+        # T5's and ModernBERT's layers normalize first (T5 with RMSNorm); their products have no biases
         self.normalizes_first = config.normalizes_first
-        bias = not self.normalizes_first
-        norm = nn.RMSNorm if self.normalizes_first else nn.LayerNorm
-        self.query, self.key, self.value = (nn.Linear(d, d, bias=bias) for _ in range(3))
-        self.attention_output = nn.Linear(d, d, bias=bias)
-        self.attention_norm = norm(d, eps=config.layer_norm_eps)
-        self.intermediate = nn.Linear(d, h, bias=bias)
-        self.gate = nn.Linear(d, h, bias=False) if config.gated_feed_forward else None
-        self.output = nn.Linear(h, d, bias=bias)
-        self.output_norm = norm(d, eps=config.layer_norm_eps)
-        self.attention_scale = 1.0 if self.normalizes_first else None  # T5 folds 1/sqrt(d) into its weights
+        t5, modernbert = config.model_type == "t5", config.model_type == "modernbert"
+
+        def norm():
+            return nn.RMSNorm(d, eps=config.layer_norm_eps) if t5 else nn.LayerNorm(
+                d, eps=config.layer_norm_eps, bias=config.norm_bias)
+
+        self.query, self.key, self.value = (nn.Linear(d, d, bias=config.attention_bias) for _ in range(3))
+        self.attention_output = nn.Linear(d, d, bias=config.attention_bias)
+        # ModernBERT's first layer takes the embeddings' LayerNorm as its own
+        self.attention_norm = nn.Identity() if modernbert and index == 0 else norm()
+        self.intermediate = nn.Linear(d, h, bias=config.mlp_bias)
+        self.gate = nn.Linear(d, h, bias=config.mlp_bias) if config.gated_feed_forward else None
+        self.output = nn.Linear(h, d, bias=config.mlp_bias)
+        self.output_norm = norm()
+        self.attention_scale = 1.0 if t5 else None  # T5 folds 1/sqrt(d) into its weights
+        # ModernBERT: rotary positions of the base of this layer's kind; a sliding layer's queries attend to the keys
+        # at most `window` tokens away (Encoder.forward's masks)
+        sliding = modernbert and config.layer_types[index] == "sliding_attention"
+        self.rope_theta = (config.local_rope_theta if sliding else config.rope_theta) if modernbert else None
+        self.window = config.local_attention // 2 if sliding else None
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.dropout_after_attention = nn.Identity() if config.model_type == "distilbert" else self.dropout
-        self.dropout_after_output = nn.Identity() if config.model_type == "albert" else self.dropout
+        self.dropout_after_attention = {"distilbert": nn.Identity(), "modernbert": nn.Dropout(
+            self.attention_dropout)}.get(config.model_type, self.dropout)
+        self.dropout_after_output = nn.Identity() if config.model_type in ("albert", "modernbert") else self.dropout
         self.activation = ACTIVATIONS[config.hidden_act]
         # at inference on the CPU, fuse the products where that pays here (None), always where oneDNN can (True), or
         # never (False): fuses_on_cpu. Benchmarks and tests set it.
         self.fused_products: bool | None = None
 
-    def forward(self, x: torch.Tensor, packing: Packing, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, packing: Packing, mask: torch.Tensor,
+                rotation: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         # x: (N, D) packed tokens; mask: (B, 1, 1, L), L >= S (attention_length), True where a key is a real
         # token, or for MPNet and T5 a float (B, H, L, L) added to the scores: the relative position bias, -inf at
-        # padded keys
+        # padded keys, or for ModernBERT's sliding layers (B, 1, L, L), True where a key is real and near;
+        # rotation: ModernBERT's (cos, sin) of each token's rotary angles, (N, 1, D/H) (rotary_angles)
         if self.normalizes_first:
-            return self.normalizing_first_forward(x, packing, mask)
+            return self.normalizing_first_forward(x, packing, mask, rotation)
         if self.fuses_on_cpu(x):
             return self.fused_forward(x, packing, mask)
         attended = self.attend(self.query(x), self.key(x), self.value(x), packing, mask)
         x = self.attention_norm(x + self.dropout_after_attention(self.attention_output(attended)))
         return self.output_norm(x + self.dropout_after_output(self.output(self.activation(self.intermediate(x)))))
 
-    def normalizing_first_forward(self, x: torch.Tensor, packing: Packing, mask: torch.Tensor) -> torch.Tensor:
-        """T5's layer: each half adds to x what it makes of x normalized; dropout also inside the feed-forward."""
+    def normalizing_first_forward(self, x: torch.Tensor, packing: Packing, mask: torch.Tensor,
+                                  rotation: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """T5's and ModernBERT's layer: each half adds to x what it makes of x normalized; dropout also inside the
+        feed-forward."""
         n = self.attention_norm(x)
-        attended = self.attend(self.query(n), self.key(n), self.value(n), packing, mask)
-        x = x + self.dropout(self.attention_output(attended))
+        q, k = self.query(n), self.key(n)
+        if rotation is not None:
+            q, k = rotate(q, *rotation), rotate(k, *rotation)
+        attended = self.attend(q, k, self.value(n), packing, mask)
+        x = x + self.dropout_after_attention(self.attention_output(attended))
         n = self.output_norm(x)
         hidden = self.activation(self.intermediate(n))
         if self.gate is not None:
             hidden = hidden * self.gate(n)
-        return x + self.dropout(self.output(self.dropout(hidden)))
+        return x + self.dropout_after_output(self.output(self.dropout(hidden)))
 
     def fuses_on_cpu(self, x: torch.Tensor) -> bool:
         """At inference on the CPU (no autograd, no dropout), each product runs through oneDNN, which adds the bias,
@@ -480,8 +588,10 @@ class Layer(nn.Module):
 
     def attends_packed(self, packing: Packing, mask: torch.Tensor, dtype: torch.dtype, dropout: float) -> bool:
         """Whether attention can run as flash attention over the packed tokens: on a GPU, in fp16/bf16, with the
-        rows' lengths known (Packing.cu_seqlens), no attention dropout and no added bias (MPNet's)."""
-        return (packing.cu_seqlens is not None and mask.dtype == torch.bool and dtype in (torch.float16, torch.bfloat16)
+        rows' lengths known (Packing.cu_seqlens), no attention dropout, no added bias (MPNet's) and every key of a
+        row attended (not ModernBERT's sliding layers)."""
+        return (packing.cu_seqlens is not None and mask.dtype == torch.bool and mask.shape[-2] == 1
+                and dtype in (torch.float16, torch.bfloat16)
                 and dropout == 0.0 and self.head_dim % 8 == 0 and self.head_dim <= 256 and varlen_attention() is not None)
 
 
@@ -496,18 +606,20 @@ class Encoder(nn.Module):
         # second on the meta device, where a checkpoint is loaded): init_weights() or a checkpoint fills them.
         self.word_embeddings = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id,
                                             _weight=torch.empty(config.vocab_size, d))
-        # T5 (normalizes_first): no position table, no LayerNorm of the embeddings, an RMSNorm after the last layer
-        t5 = config.normalizes_first
-        self.position_embeddings = None if t5 else nn.Embedding(
-            config.max_position_embeddings, d, _weight=torch.empty(config.max_position_embeddings, d))
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, d, _weight=torch.empty(
+            config.max_position_embeddings, d)) if config.has_position_table else None
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, d, _weight=torch.empty(
             config.type_vocab_size, d)) if config.has_token_types else None
-        self.embeddings_norm = None if t5 else nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.final_norm = nn.RMSNorm(config.hidden_size, eps=config.layer_norm_eps) if t5 else None
+        # T5: no LayerNorm of the embeddings, an RMSNorm (and dropout) after the last layer; ModernBERT: both LayerNorms
+        t5 = config.model_type == "t5"
+        self.embeddings_norm = None if t5 else nn.LayerNorm(d, eps=config.layer_norm_eps, bias=config.norm_bias)
+        self.final_norm = ((nn.RMSNorm if t5 else functools.partial(nn.LayerNorm, bias=config.norm_bias))(
+            config.hidden_size, eps=config.layer_norm_eps) if config.normalizes_first else None)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout_after_final_norm = self.dropout if t5 else nn.Identity()
         # ALBERT's token embeddings, projected up to the layers' size
         self.embedding_projection = nn.Linear(d, config.hidden_size) if config.model_type == "albert" else None
-        self.layers = nn.ModuleList(Layer(config) for _ in range(config.distinct_layers))
+        self.layers = nn.ModuleList(Layer(config, index) for index in range(config.distinct_layers))
         self.layer_order = config.layer_order  # ALBERT runs its layers more than once
         self.relative_attention_bias = (nn.Embedding(config.relative_attention_num_buckets, config.num_attention_heads)
                                         if config.has_relative_attention_bias else None)
@@ -553,6 +665,18 @@ class Encoder(nn.Module):
             bias = self.lookup(self.relative_attention_bias, buckets)
             bias = bias.permute(2, 0, 1).unsqueeze(0).to(x.dtype)  # (L, L, H) -> (1, H, L, L)
             mask = bias.masked_fill(~mask, float("-inf"))  # (B, H, L, L)
+        masks = {None: mask}  # by the layers' windows (ModernBERT's sliding layers attend to the keys near)
+        rotations = {}  # by the layers' rotary bases (ModernBERT)
+        for layer in self.layers:
+            if layer.window is not None and layer.window not in masks:
+                places = torch.arange(L, device=input_ids.device)
+                near = (places[:, None] - places[None, :]).abs() <= layer.window  # (L, L)
+                # each padded query sees itself at least: a row without keys would make NaN, which the next layer's
+                # products would spread
+                masks[layer.window] = mask & near | torch.eye(L, dtype=torch.bool, device=input_ids.device)
+            if layer.rope_theta is not None and layer.rope_theta not in rotations:
+                rotations[layer.rope_theta] = rotary_angles(packing.positions(), layer.rope_theta, layer.head_dim,
+                                                            x.dtype)
         x = packing.pack(x)
         if self.embedding_projection is not None:
             x = self.embedding_projection(x)
@@ -560,9 +684,10 @@ class Encoder(nn.Module):
         # than the attention itself when batches of sorted texts each have a length of their own
         with sdpa_kernel(ATTENTION_BACKENDS) if x.is_cuda else contextlib.nullcontext():
             for index in self.layer_order:
-                x = self.layers[index](x, packing, mask)
+                layer = self.layers[index]
+                x = layer(x, packing, masks[layer.window], rotations.get(layer.rope_theta))
         if self.final_norm is not None:
-            x = self.dropout(self.final_norm(x))
+            x = self.dropout_after_final_norm(self.final_norm(x))
         x = packing.unpack(x)  # (B, S, D)
         return x if packing.index is not None else x * attention_mask[..., None].to(x.dtype)  # zeros at padding
 
@@ -587,7 +712,7 @@ class Encoder(nn.Module):
                 module.bias.zero_()
             if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                 module.weight.fill_(1.0)
-            if isinstance(module, nn.LayerNorm):
+            if isinstance(module, nn.LayerNorm) and module.bias is not None:
                 module.bias.zero_()
 
 
@@ -609,6 +734,27 @@ class IndexAddEmbedding(torch.autograd.Function):
         if ctx.padding_idx is not None:
             grad = grad.masked_fill((ids == ctx.padding_idx)[:, None], 0)
         return None, grad.new_zeros(ctx.table_rows, grad.shape[1]).index_add_(0, ids, grad), None
+
+
+def rotary_angles(positions: torch.Tensor, theta: float, head_dim: int,
+                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cosines and sines (N, 1, head_dim) of rotary position embeddings (RoFormer; ModernBERT) for tokens at
+    `positions` (N,): pair i of a head's dimensions, i < head_dim / 2, turns by position * theta^(-2i / head_dim).
+    Rounded to `dtype`, as transformers rounds them."""
+    frequencies = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=positions.device) / head_dim))
+    angles = positions[:, None].float() * frequencies  # (N, head_dim / 2)
+    angles = torch.cat((angles, angles), dim=-1)[:, None, :]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Queries or keys (N, D) turned by their tokens' rotary angles (rotary_angles): each head's dimension i paired
+    with i + head_dim / 2. In float32, as transformers does it."""
+    N, D = x.shape
+    heads = x.view(N, -1, cos.shape[-1]).float()  # (N, H, D/H)
+    first, second = heads.chunk(2, dim=-1)
+    turned = heads * cos + torch.cat((-second, first), dim=-1) * sin
+    return turned.to(x.dtype).view(N, D)
 
 
 def relative_position_buckets(length: int, device, num_buckets: int = 32, max_distance: int = 128) -> torch.Tensor:
@@ -633,6 +779,8 @@ def checkpoint_names(config: EncoderConfig) -> dict[str, str]:
     AlbertModel / T5EncoderModel checkpoint}."""
     if config.model_type == "t5":
         return t5_checkpoint_names(config)
+    if config.model_type == "modernbert":
+        return modernbert_checkpoint_names(config)
     names = {"word_embeddings.weight": "embeddings.word_embeddings.weight",
              "position_embeddings.weight": "embeddings.position_embeddings.weight",
              "embeddings_norm.weight": "embeddings.LayerNorm.weight",
@@ -685,6 +833,28 @@ def t5_checkpoint_names(config: EncoderConfig) -> dict[str, str]:
     return names
 
 
+def modernbert_checkpoint_names(config: EncoderConfig) -> dict[str, str]:
+    """checkpoint_names for ModernBERT, whose tensors hold the query, key and value products stacked (Wqkv), and the
+    feed-forward's first product and its gate (Wi): ours listed in the order they are stacked there. Biases where the
+    config has them; no norm before the first layer's attention."""
+    names = {"word_embeddings.weight": "embeddings.tok_embeddings.weight"}
+    kinds = {"norm": ("weight", "bias") if config.norm_bias else ("weight",),
+             "attention": ("weight", "bias") if config.attention_bias else ("weight",),
+             "mlp": ("weight", "bias") if config.mlp_bias else ("weight",)}
+    for kind in kinds["norm"]:
+        names[f"embeddings_norm.{kind}"] = f"embeddings.norm.{kind}"
+        names[f"final_norm.{kind}"] = f"final_norm.{kind}"
+    per_layer = {"query": ("attn.Wqkv", "attention"), "key": ("attn.Wqkv", "attention"),
+                 "value": ("attn.Wqkv", "attention"), "attention_output": ("attn.Wo", "attention"),
+                 "attention_norm": ("attn_norm", "norm"), "intermediate": ("mlp.Wi", "mlp"), "gate": ("mlp.Wi", "mlp"),
+                 "output": ("mlp.Wo", "mlp"), "output_norm": ("mlp_norm", "norm")}
+    for i in range(config.num_hidden_layers):
+        for ours, (theirs, kind) in per_layer.items():
+            if not (i == 0 and ours == "attention_norm"):
+                names.update({f"layers.{i}.{ours}.{k}": f"layers.{i}.{theirs}.{k}" for k in kinds[kind]})
+    return names
+
+
 # other names of a tensor in some checkpoints: T5's tied embeddings, saved twice by older transformers
 T5_ALIASES = {"encoder.embed_tokens.weight": "shared.weight"}
 
@@ -711,7 +881,9 @@ def plain_name(name: str, model_type: str) -> str:
 
 def load_encoder_weights(encoder: Encoder, state_dict: dict, source: str) -> None:
     """Copy a checkpoint into `encoder`; every missing, unexpected, wrongly shaped or non-finite tensor is an error."""
-    ours_by_theirs = {theirs: ours for ours, theirs in checkpoint_names(encoder.config).items()}
+    ours_by_theirs = {}  # their name -> ours, in the order stacked there (modernbert_checkpoint_names)
+    for ours, theirs in checkpoint_names(encoder.config).items():
+        ours_by_theirs.setdefault(theirs, []).append(ours)
     shapes = {name: tuple(t.shape) for name, t in encoder.state_dict().items()}
     loaded, unexpected, problems = {}, [], []
     encoder.pooler_tensors = {}
@@ -729,14 +901,19 @@ def load_encoder_weights(encoder: Encoder, state_dict: dict, source: str) -> Non
         if name.startswith("pooler."):
             encoder.pooler_tensors[name] = tensor
         elif name in ours_by_theirs:
-            ours = ours_by_theirs[name]
-            if tuple(tensor.shape) != shapes[ours]:
+            parts = ours_by_theirs[name]
+            rows = [shapes[ours][0] for ours in parts]
+            expected = (sum(rows), *shapes[parts[0]][1:])
+            if tuple(tensor.shape) != expected:
                 problems.append(f"tensor {original} has shape {tuple(tensor.shape)} but config.json asks for "
-                                f"{shapes[ours]}")
-            loaded[ours] = tensor.float()
+                                f"{expected}")
+                loaded.update(dict.fromkeys(parts, tensor))  # found, not loaded: an error below
+                continue
+            for ours, part in zip(parts, tensor.float().split(rows)):
+                loaded[ours] = part.clone() if len(parts) > 1 else part
         elif not name.startswith(ignored):
             unexpected.append(original)
-    missing = sorted(theirs for ours, theirs in checkpoint_names(encoder.config).items() if ours not in loaded)
+    missing = sorted({theirs for ours, theirs in checkpoint_names(encoder.config).items() if ours not in loaded})
     if missing:
         problems.insert(0, f"missing tensors: {', '.join(missing)}")
     if unexpected:
@@ -749,5 +926,8 @@ def load_encoder_weights(encoder: Encoder, state_dict: dict, source: str) -> Non
 
 def encoder_state_for_checkpoint(encoder: Encoder) -> dict[str, torch.Tensor]:
     """The encoder's tensors under their checkpoint names (pooler included), as `model.safetensors` holds them."""
-    state = encoder.state_dict()
-    return {**encoder.pooler_tensors, **{theirs: state[ours] for ours, theirs in checkpoint_names(encoder.config).items()}}
+    state, stacked = encoder.state_dict(), {}
+    for ours, theirs in checkpoint_names(encoder.config).items():
+        stacked.setdefault(theirs, []).append(state[ours])
+    return {**encoder.pooler_tensors, **{theirs: parts[0] if len(parts) == 1 else torch.cat(parts)
+                                         for theirs, parts in stacked.items()}}

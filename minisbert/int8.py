@@ -186,8 +186,9 @@ class Int8Layer(nn.Module):
         self.activation = nn.Identity() if fused else layer.activation
         del layer.query, layer.key, layer.value, layer.attention_output, layer.intermediate, layer.output
         self.layer = layer  # what is left: attention and the LayerNorms
+        self.window, self.rope_theta = layer.window, layer.rope_theta  # both None: int8 runs no ModernBERT
 
-    def forward(self, x: torch.Tensor, packing: Packing, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, packing: Packing, mask: torch.Tensor, rotation: None = None) -> torch.Tensor:
         q, k, v = self.query_key_value(x).chunk(3, dim=1)  # (N, 3D) -> 3 x (N, D)
         attended = self.layer.attend(q, k, v, packing, mask)
         x = self.layer.attention_norm(self.attention_output(attended, residual=x))

@@ -176,6 +176,39 @@ def build_t5(folder: Path, texts: list[str], gated: bool) -> Path:
     return folder
 
 
+def build_modernbert(folder: Path, texts: list[str]) -> Path:
+    """A random ModernBertModel (rotary positions, a sliding window of 8 tokens in two of its three layers, gated
+    feed-forward, no biases) with a byte-level BPE tokenizer trained here, built as ModernBERT's: a tokenizer.json
+    with [CLS] and [SEP] around each text, for transformers' PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer as FastTokenizer
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import ModernBertConfig, ModernBertModel, PreTrainedTokenizerFast
+
+    special = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+    bpe = FastTokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts * 5, trainers.BpeTrainer(vocab_size=400, special_tokens=special,
+                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:0 [SEP]:0",
+        special_tokens=[(token, bpe.token_to_id(token)) for token in ("[CLS]", "[SEP]")])
+    PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+                            pad_token="[PAD]", mask_token="[MASK]", model_max_length=8192).save_pretrained(folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())  # the class ModernBERT's own file names
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "PreTrainedTokenizerFast"}))
+    ids = {token: bpe.token_to_id(token) for token in special}
+    torch.manual_seed(0)
+    config = ModernBertConfig(vocab_size=bpe.get_vocab_size(), hidden_size=48, num_hidden_layers=3,
+                              num_attention_heads=4, intermediate_size=64, max_position_embeddings=512,
+                              local_attention=8, pad_token_id=ids["[PAD]"], bos_token_id=ids["[CLS]"],
+                              cls_token_id=ids["[CLS]"], eos_token_id=ids["[SEP]"], sep_token_id=ids["[SEP]"],
+                              embedding_dropout=0.1, mlp_dropout=0.1, attention_dropout=0.1)
+    ModernBertModel(config).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     folder = Path(os.environ.get("MINISBERT_DATA", Path(__file__).parents[1] / "../shared/data")).resolve()
@@ -252,6 +285,11 @@ def tiny_t5(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_t5_gated(tmp_path_factory) -> Path:
     return build_t5(tmp_path_factory.mktemp("tiny_t5_gated"), CORPUS, gated=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_modernbert(tmp_path_factory) -> Path:
+    return build_modernbert(tmp_path_factory.mktemp("tiny_modernbert"), CORPUS)
 
 
 @pytest.fixture(autouse=True)

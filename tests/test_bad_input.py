@@ -281,3 +281,26 @@ def test_bad_t5_config_values_are_named(tiny_t5, tmp_path, changes, message):
     folder = copy_with_config(tiny_t5, tmp_path, **changes)
     with pytest.raises(ValueError, match=message):  # each names config.json
         SentenceTransformer(folder)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"embedding_dropout": 0.2}, "embedding_dropout 0.2 differs from mlp_dropout 0.1; minisbert takes one rate"),
+    ({"layer_types": ["full_attention", "sliding_attention"]}, "layer_types must list full_attention, "
+                                                               "sliding_attention for each of the 3 layers"),
+    ({"layer_types": ["full_attention", "local", "full_attention"]}, "layer_types must list"),
+    ({"rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 2.0}}},
+     r"rope_type 'yarn' \(full_attention\) is not supported"),
+    ({"rope_parameters": {"sliding_attention": {"rope_theta": 0}}}, "the rope_theta of sliding_attention must be a "
+                                                                    "number above 0, not 0"),
+    ({"layer_types": None, "global_attn_every_n_layers": 0}, "global_attn_every_n_layers must be an integer of at "
+                                                              "least 1, not 0"),
+    ({"local_attention": 0}, "local_attention must be an integer of at least 1, not 0"),
+    ({"norm_bias": "no"}, "norm_bias must be true or false, not 'no'"),
+    ({"mlp_bias": True}, r"missing tensors: layers\.0\.mlp\.Wi\.bias"),
+    ({"intermediate_size": 32}, r"tensor layers\.0\.mlp\.Wi\.weight has shape \(128, 48\) but config\.json asks "
+                                r"for \(64, 48\)"),
+])
+def test_bad_modernbert_config_values_are_named(tiny_modernbert, tmp_path, changes, message):
+    folder = copy_with_config(tiny_modernbert, tmp_path, **changes)
+    with pytest.raises(ValueError, match=message):  # each names config.json
+        SentenceTransformer(folder)

@@ -116,6 +116,23 @@ def test_cuda_encoding_equals_the_cpu(random_minilm, dtype):
         assert torch.nn.functional.cosine_similarity(got, expected).min() > 0.999
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+def test_cuda_encoding_of_a_modernbert_equals_the_cpu(gpu_tokenizer, dtype):
+    # rotary positions, and sliding layers (a window of 16 tokens over rows up to 202) beside global ones: on the GPU
+    # the global layers run flash attention on the packed tokens, the sliding ones attention with a mask
+    torch.manual_seed(0)
+    config = EncoderConfig.from_dict({"model_type": "modernbert", "vocab_size": 30522, "hidden_size": 256,
+                                      "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 384,
+                                      "local_attention": 16, "pad_token_id": 0}, "test")
+    model = SentenceTransformer(encoder=Encoder(config), tokenizer=gpu_tokenizer)
+    expected = torch.as_tensor(model.to("cpu").encode(TEXTS))
+    got = torch.as_tensor(model.to("cuda").encode(TEXTS, dtype=dtype, batch_size=3))
+    if dtype == "fp32":
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    else:
+        assert torch.nn.functional.cosine_similarity(got, expected).min() > 0.999
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_flash_attention_on_packed_tokens_equals_padded_attention(random_minilm, dtype):
     from minisbert import encoder as encoder_module

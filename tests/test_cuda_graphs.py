@@ -25,7 +25,8 @@ def columns_and_labels(pairs):
     return [[a for a, _, _ in pairs], [b for _, b, _ in pairs]], [label for _, _, label in pairs]
 
 
-@pytest.mark.parametrize("model_name", ["tiny_bert", "tiny_roberta", "tiny_mpnet", "tiny_albert", "tiny_t5"])
+@pytest.mark.parametrize("model_name", ["tiny_bert", "tiny_roberta", "tiny_mpnet", "tiny_albert", "tiny_t5",
+                                        "tiny_modernbert"])
 @pytest.mark.parametrize("packing", [True, False])
 def test_padding_to_a_bucket_keeps_the_loss(request, model_name, packing):
     model = SentenceTransformer(request.getfixturevalue(model_name))

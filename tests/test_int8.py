@@ -253,9 +253,10 @@ def test_int8_runs_every_architecture_close_to_fp32(request, folder, varied_text
     assert cosines(model.encode(varied_texts, dtype="int8"), fp32).min() > 0.95
 
 
-def test_int8_refuses_t5_whose_layers_normalize_first(tiny_t5):
-    with pytest.raises(ValueError, match="dtype int8 runs encoders whose layers normalize last .* not t5's"):
-        SentenceTransformer(tiny_t5).encode(["a text"], dtype="int8")
+@pytest.mark.parametrize("name,model_type", [("tiny_t5", "t5"), ("tiny_modernbert", "modernbert")])
+def test_int8_refuses_encoders_whose_layers_normalize_first(name, model_type, request):
+    with pytest.raises(ValueError, match=f"dtype int8 runs encoders whose layers normalize last .* not {model_type}'s"):
+        SentenceTransformer(request.getfixturevalue(name)).encode(["a text"], dtype="int8")
 
 
 def test_the_int8_copy_follows_updates_of_the_weights(model, minilm_folder):

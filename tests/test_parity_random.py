@@ -1,5 +1,5 @@
-"""Small random BERT, RoBERTa (also as XLM-RoBERTa and CamemBERT), MPNet, DistilBERT, ALBERT and T5 encoders built
-with transformers: the same hidden states as transformers' models, and the same sentence embeddings as
+"""Small random BERT, RoBERTa (also as XLM-RoBERTa and CamemBERT), MPNet, DistilBERT, ALBERT, T5 and ModernBERT encoders
+built with transformers: the same hidden states as transformers' models, and the same sentence embeddings as
 sentence-transformers, for every pooling mode, Dense and Normalize."""
 
 import json
@@ -40,7 +40,7 @@ def both_hidden_states(folder, padding_side: str = "right", texts: list[str] = T
 
 
 @pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_xlm_roberta", "tiny_camembert", "tiny_mpnet",
-                                  "tiny_distilbert", "tiny_albert", "tiny_t5", "tiny_t5_gated"])
+                                  "tiny_distilbert", "tiny_albert", "tiny_t5", "tiny_t5_gated", "tiny_modernbert"])
 def test_hidden_states_equal_transformers(name, request):
     got, expected, batch, _ = both_hidden_states(request.getfixturevalue(name))
     mask = batch["attention_mask"].bool()
@@ -64,11 +64,13 @@ def assert_the_same_dropout(reference, encoder):
                                                     ("tiny_roberta", "attention_probs_dropout_prob"),
                                                     ("tiny_mpnet", "attention_probs_dropout_prob"),
                                                     ("tiny_distilbert", "attention_dropout"),
-                                                    ("tiny_albert", "attention_probs_dropout_prob")])
+                                                    ("tiny_albert", "attention_probs_dropout_prob"),
+                                                    ("tiny_modernbert", "attention_dropout")])
 def test_dropout_in_training_falls_where_transformers_puts_it(name, attention_dropout, request, tmp_path):
     # With the attention's own dropout off, both draw the same masks in the same order (rows of one length: no
     # packing), so the outputs are equal only if each dropout is where transformers has it (DistilBERT: none after
-    # attention; ALBERT: none after the feed-forward product, and the embeddings' before their projection)
+    # attention; ALBERT: none after the feed-forward product, and the embeddings' before their projection;
+    # ModernBERT: the embeddings' and one inside the feed-forward only)
     folder = tmp_path / name
     shutil.copytree(request.getfixturevalue(name), folder)
     config = json.loads((folder / "config.json").read_text())
@@ -116,7 +118,40 @@ def test_a_whole_t5_checkpoint_loads_its_encoder(tiny_t5_gated, tmp_path):
         torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
+def test_a_modernbert_config_of_the_older_format_is_read_as_transformers_reads_it(tiny_modernbert, tmp_path):
+    # before transformers 5: the layers' kinds as "every n-th attends to all keys", the rotary bases by name; here
+    # every second layer global (not every third) and other bases, so that the defaults would not do
+    folder = shutil.copytree(tiny_modernbert, tmp_path / "older")
+    config = json.loads((folder / "config.json").read_text())
+    del config["layer_types"], config["rope_parameters"]
+    (folder / "config.json").write_text(json.dumps({**config, "global_attn_every_n_layers": 2, "global_rope_theta": 500.0,
+                                                    "local_rope_theta": 50.0, "position_embedding_type": "absolute"}))
+    got, expected, batch, encoder = both_hidden_states(folder)
+    assert encoder.config.layer_types == ["full_attention", "sliding_attention", "full_attention"]
+    assert [layer.rope_theta for layer in encoder.layers] == [500.0, 50.0, 500.0]
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_modernbert_sliding_attention_on_rows_longer_than_its_window_equals_transformers(packed, tiny_modernbert,
+                                                                                        monkeypatch):
+    # a window of 8 tokens (4 each side) over rows up to 60 long, with padded rows: packed and not, in fp32 and in
+    # bf16 (against transformers' bf16: the rotary angles are rounded alike)
+    from minisbert.encoder import Encoder
+    monkeypatch.setattr(Encoder, "packs", lambda self, attention_mask: packed)
+    got, expected, batch, encoder = both_hidden_states(tiny_modernbert)
+    mask = batch["attention_mask"].bool()
+    assert batch["input_ids"].shape[1] > 4 * encoder.config.local_attention and not mask.all()
+    torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
+    reference = AutoModel.from_pretrained(tiny_modernbert).eval().to(torch.bfloat16)
+    with torch.no_grad():
+        expected = reference(**batch).last_hidden_state.float()
+        got = encoder.to(torch.bfloat16)(batch["input_ids"], batch["attention_mask"]).float()
+    assert torch.nn.functional.cosine_similarity(got[mask], expected[mask]).min() > 0.999
+
+
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet", "tiny_modernbert"])
 def test_attention_over_short_rows_through_two_products_equals_transformers(name, request, monkeypatch):
     # on the CPU at inference, rows of at most SHORT_ROWS tokens skip the fused attention kernel (Layer.attend);
     # TEXTS' longest row (60 tokens) keeps it, which the test above checks
@@ -156,7 +191,7 @@ def test_bf16_attention_over_short_rows_through_two_products_where_the_cpu_has_n
     assert errors[False] <= 1.05 * errors[True], errors  # measured: 1.0002x for all three
 
 
-@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet", "tiny_modernbert"])
 @pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("short_rows", [0, 32])  # 0: the fused kernel only; 32: two products for short rows
 def test_attention_on_rows_lengthened_to_a_multiple_of_16_equals_transformers(name, packed, short_rows, request,
@@ -189,7 +224,7 @@ def test_attention_on_rows_lengthened_to_a_multiple_of_16_equals_transformers(na
     torch.testing.assert_close(trained[mask], expected[mask], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet", "tiny_modernbert"])
 def test_a_batch_that_pads_little_runs_unpacked_on_the_cpu_and_equals_transformers(name, request, monkeypatch):
     # packing costs more than it saves where padding is under PACK_ABOVE of the batch (Encoder.packs)
     from minisbert import encoder as encoder_module
@@ -212,7 +247,7 @@ def test_a_batch_that_pads_little_runs_unpacked_on_the_cpu_and_equals_transforme
     assert packed[-1]
 
 
-@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet", "tiny_modernbert"])
 def test_hidden_states_with_lengths_from_the_cpu_equal_transformers(name, request):
     # the row lengths encode() passes (no device sync on a GPU) must find the same real tokens as the mask
     folder = request.getfixturevalue(name)
@@ -265,7 +300,8 @@ CASES = [("tiny_bert", "mean", False, False), ("tiny_bert", "cls", True, True), 
          ("tiny_distilbert", "mean", True, True), ("tiny_distilbert", "cls", False, False),
          ("tiny_xlm_roberta", "mean", False, True), ("tiny_camembert", "mean", False, False),
          ("tiny_albert", "mean", False, True), ("tiny_albert", "cls", True, False),
-         ("tiny_t5", "mean", True, True), ("tiny_t5_gated", "mean", False, True)]
+         ("tiny_t5", "mean", True, True), ("tiny_t5_gated", "mean", False, True),
+         ("tiny_modernbert", "mean", False, True), ("tiny_modernbert", "cls", True, False)]
 
 
 @pytest.mark.parametrize("name,pooling_mode,dense,normalize", CASES)
@@ -314,7 +350,8 @@ def test_an_early_models_sentence_config_is_read_as_sentence_transformers_reads_
 
 
 @pytest.mark.parametrize("name,architecture", [("tiny_distilbert", "DistilBertModel"), ("tiny_albert", "AlbertModel"),
-                                               ("tiny_t5_gated", "T5EncoderModel")])
+                                               ("tiny_t5_gated", "T5EncoderModel"),
+                                               ("tiny_modernbert", "ModernBertModel")])
 def test_a_model_loaded_or_built_here_saves_a_folder_sentence_transformers_reads(name, architecture, request, tmp_path):
     from minisbert.encoder import Encoder, EncoderConfig
 
