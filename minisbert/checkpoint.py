@@ -18,7 +18,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import hub
-from .encoder import Encoder, EncoderConfig, encoder_state_for_checkpoint, load_encoder_weights
+from .architectures import (IGNORED_PREFIXES, T5_ALIASES, T5_IGNORED_PREFIXES, EncoderConfig,
+                            checkpoint_names, plain_name)
+from .encoder import Encoder
 from .pooling import Dense, Normalize, Pooling, check_sentence_embedding_module
 from .tokenize import TOKENIZER_FILES, Tokenizer
 
@@ -184,6 +186,60 @@ def read_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
             raise ValueError(f"{path}: cannot read the safetensors file ({error}); "
                              "the file is truncated or corrupted") from None
     return tensors, files[0]
+
+
+def load_encoder_weights(encoder: Encoder, state_dict: dict, source: str) -> None:
+    """Copy a checkpoint into `encoder`; every missing, unexpected, wrongly shaped or non-finite tensor is an error."""
+    ours_by_theirs = {}  # their name -> ours, in the order stacked there (modernbert_checkpoint_names)
+    for ours, theirs in checkpoint_names(encoder.config).items():
+        ours_by_theirs.setdefault(theirs, []).append(ours)
+    shapes = {name: tuple(t.shape) for name, t in encoder.state_dict().items()}
+    loaded, unexpected, problems = {}, [], []
+    encoder.pooler_tensors = {}
+    t5 = encoder.config.model_type == "t5"
+    ignored = IGNORED_PREFIXES + (T5_IGNORED_PREFIXES if t5 else ())
+    present = {plain_name(original, encoder.config.model_type) for original in state_dict}
+    for original, tensor in state_dict.items():
+        name = plain_name(original, encoder.config.model_type)
+        if t5 and name in T5_ALIASES:
+            if T5_ALIASES[name] in present:
+                continue  # the same tensor, saved twice
+            name = T5_ALIASES[name]
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{source}: tensor {original} holds NaN or infinite values")
+        if name.startswith("pooler."):
+            encoder.pooler_tensors[name] = tensor
+        elif name in ours_by_theirs:
+            parts = ours_by_theirs[name]
+            rows = [shapes[ours][0] for ours in parts]
+            expected = (sum(rows), *shapes[parts[0]][1:])
+            if tuple(tensor.shape) != expected:
+                problems.append(f"tensor {original} has shape {tuple(tensor.shape)} but config.json asks for "
+                                f"{expected}")
+                loaded.update(dict.fromkeys(parts, tensor))  # found, not loaded: an error below
+                continue
+            for ours, part in zip(parts, tensor.float().split(rows)):
+                loaded[ours] = part.clone() if len(parts) > 1 else part
+        elif not name.startswith(ignored):
+            unexpected.append(original)
+    missing = sorted({theirs for ours, theirs in checkpoint_names(encoder.config).items() if ours not in loaded})
+    if missing:
+        problems.insert(0, f"missing tensors: {', '.join(missing)}")
+    if unexpected:
+        problems.insert(1 if missing else 0, f"unexpected tensors: {', '.join(sorted(unexpected))}")
+    if problems:
+        raise ValueError(f"{source} does not match its config.json: " + "; ".join(problems))
+    # assign=True adopts the loaded tensors, so an encoder built on the meta device is never initialised twice
+    encoder.load_state_dict(loaded, assign=True)
+
+
+def encoder_state_for_checkpoint(encoder: Encoder) -> dict[str, torch.Tensor]:
+    """The encoder's tensors under their checkpoint names (pooler included), as `model.safetensors` holds them."""
+    state, stacked = encoder.state_dict(), {}
+    for ours, theirs in checkpoint_names(encoder.config).items():
+        stacked.setdefault(theirs, []).append(state[ours])
+    return {**encoder.pooler_tensors, **{theirs: parts[0] if len(parts) == 1 else torch.cat(parts)
+                                         for theirs, parts in stacked.items()}}
 
 
 def load_encoder(folder: Path) -> tuple[Encoder, dict]:

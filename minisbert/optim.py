@@ -10,7 +10,8 @@ import math
 import torch
 from torch import nn
 
-from .encoder import Encoder, checkpoint_names
+from .architectures import checkpoint_names
+from .encoder import Encoder
 
 # sentence-transformers' fit() leaves a parameter out of the decay where its name holds one of these
 NO_DECAY_NAMES = ("bias", "LayerNorm.bias", "LayerNorm.weight")

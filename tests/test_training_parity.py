@@ -15,8 +15,9 @@ from sentence_transformers.sentence_transformer import losses as reference_losse
 from transformers import get_linear_schedule_with_warmup
 
 from minisbert import SentenceTransformer
+from minisbert.architectures import checkpoint_names
+from minisbert.checkpoint import encoder_state_for_checkpoint
 from minisbert.data import batch_order, read_nli, read_sts_benchmark
-from minisbert.encoder import checkpoint_names, encoder_state_for_checkpoint
 from minisbert.losses import CosineSimilarityLoss, SoftmaxLoss, tokenize_batch
 from minisbert.optim import AdamW, parameter_groups, warmup_then_linear_decay
 from minisbert.training import train_step
