@@ -2,7 +2,8 @@
 
 As sentence-transformers' EmbeddingSimilarityEvaluator (main score: Spearman of the cosine), and as the paper's
 Table 1: STS12-16 (each year's subsets concatenated into one set, the "all" setting the paper used), the STS
-benchmark test set and SICK-R test set, as correlations x 100.
+benchmark test set and SICK-R test set, as correlations x 100. And triplets, as its TripletEvaluator (the paper's
+Wikipedia section distinction: how often the anchor is nearer the positive than the negative).
 """
 
 import csv
@@ -87,7 +88,10 @@ class EmbeddingSimilarityEvaluator:
             metrics[f"pearson_{fn_name}"] = float(pearsonr(self.scores, predicted)[0])
             metrics[f"spearman_{fn_name}"] = float(spearmanr(self.scores, predicted)[0])
         if output_path is not None and self.write_csv:
-            self._append_row(Path(output_path), epoch, steps, metrics)
+            names = [f"{metric}_{fn}" for fn in self.similarity_fn_names for metric in ("pearson", "spearman")]
+            append_csv_row(Path(output_path) / self.csv_file, ["epoch", "steps"] + [f"{fn}_{metric}" for fn in
+                           self.similarity_fn_names for metric in ("pearson", "spearman")],
+                           [epoch, steps] + [metrics[name] for name in names])
         if len(self.similarity_fn_names) > 1:
             for metric in ("pearson", "spearman"):
                 metrics[f"{metric}_max"] = max(metrics[f"{metric}_{fn}"] for fn in self.similarity_fn_names)
@@ -107,17 +111,83 @@ class EmbeddingSimilarityEvaluator:
                             convert_to_numpy=True, precision=self.precision, normalize_embeddings=bool(self.precision),
                             truncate_dim=self.truncate_dim)
 
-    def _append_row(self, folder: Path, epoch: int, steps: int, metrics: dict[str, float]) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / self.csv_file
-        new = not path.is_file()
-        with open(path, "a" if not new else "w", newline="", encoding="utf-8") as file:
-            writer = csv.writer(file)
-            if new:
-                writer.writerow(["epoch", "steps"] + [f"{fn}_{metric}" for fn in self.similarity_fn_names
-                                                      for metric in ("pearson", "spearman")])
-            writer.writerow([epoch, steps] + [metrics[f"{metric}_{fn}"] for fn in self.similarity_fn_names
-                                              for metric in ("pearson", "spearman")])
+
+
+class TripletEvaluator:
+    """sentence-transformers' evaluator of this name, for code moved from it: the share of (anchor, positive,
+    negative) triplets whose anchor scores higher with the positive than with the negative, by more than `margin`
+    (one for all, or per function), for each similarity function (the model's similarity_fn_name unless
+    `similarity_fn_names` or `main_similarity_function` say otherwise; Euclidean and Manhattan as negative distances),
+    named as it names them ("{name}_cosine_accuracy", and "max_accuracy" over several), with its `primary_metric` and
+    CSV file. Anchors are embedded with the model's query prompt, positives and negatives with its document prompt,
+    as it embeds them (encode_query, encode_document)."""
+
+    def __init__(self, anchors: list[str], positives: list[str], negatives: list[str],
+                 main_similarity_function: str | None = None, margin: float | dict[str, float] | None = None,
+                 name: str = "", batch_size: int = 16, show_progress_bar: bool = False, write_csv: bool = True,
+                 truncate_dim: int | None = None, similarity_fn_names: list[str] | None = None):
+        if not len(anchors) == len(positives) == len(negatives):
+            raise ValueError(f"anchors, positives and negatives must be as long as each other, not {len(anchors)}, "
+                             f"{len(positives)} and {len(negatives)}")
+        main = getattr(main_similarity_function, "value", main_similarity_function)  # its SimilarityFunction enum
+        for fn_name in [main] * bool(main) + list(similarity_fn_names or []):
+            if fn_name not in SIMILARITY_FUNCTIONS:
+                raise ValueError(f"similarity function {fn_name!r} is not one of {', '.join(SIMILARITY_FUNCTIONS)}")
+        margins = margin if isinstance(margin, dict) else dict.fromkeys(SIMILARITY_FUNCTIONS, margin or 0)
+        if set(margins) - set(SIMILARITY_FUNCTIONS) or any(type(v) not in (int, float) for v in margins.values()):
+            raise ValueError(f"margin must be a number or a dict of numbers by similarity function "
+                             f"({', '.join(SIMILARITY_FUNCTIONS)}), not {margin!r}")
+        self.margin = {**dict.fromkeys(SIMILARITY_FUNCTIONS, 0), **margins}
+        self.anchors, self.positives, self.negatives = list(anchors), list(positives), list(negatives)
+        self.batch_size, self.show_progress_bar, self.name = batch_size, show_progress_bar, name
+        self.write_csv, self.truncate_dim, self.main_similarity_function = write_csv, truncate_dim, main
+        self.similarity_fn_names = list(similarity_fn_names or ([main] if main else []))
+        self.csv_file = f"triplet_evaluation{'_' + name if name else ''}_results.csv"
+        self.primary_metric = None
+
+    @classmethod
+    def from_input_examples(cls, examples: list, **options) -> "TripletEvaluator":
+        """From examples with `texts` (anchor, positive, negative), as sentence-transformers' InputExample."""
+        return cls(*([e.texts[i] for e in examples] for i in range(3)), **options)
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        options = {"batch_size": self.batch_size, "show_progress_bar": self.show_progress_bar,
+                   "convert_to_tensor": True, "truncate_dim": self.truncate_dim}
+        anchors = model.encode_query(self.anchors, **options).cpu()
+        positives, negatives = (model.encode_document(texts, **options).cpu()
+                                for texts in (self.positives, self.negatives))
+        self.similarity_fn_names = self.similarity_fn_names or [model.similarity_fn_name]
+        metrics = {}
+        for fn_name in self.similarity_fn_names:
+            pairwise = SIMILARITY_FUNCTIONS[fn_name][1]
+            nearer = pairwise(anchors, positives) > pairwise(anchors, negatives) + self.margin[fn_name]
+            metrics[f"{fn_name}_accuracy"] = nearer.float().mean().item()
+        if output_path is not None and self.write_csv:
+            append_csv_row(Path(output_path) / self.csv_file,
+                           ["epoch", "steps"] + [f"accuracy_{fn}" for fn in self.similarity_fn_names],
+                           [epoch, steps] + list(metrics.values()))
+        if len(self.similarity_fn_names) > 1:
+            metrics["max_accuracy"] = max(metrics.values())
+        if self.main_similarity_function:
+            self.primary_metric = f"{self.main_similarity_function}_accuracy"
+        else:
+            self.primary_metric = ("max_accuracy" if len(self.similarity_fn_names) > 1
+                                   else f"{self.similarity_fn_names[0]}_accuracy")
+        if not self.name:
+            return metrics
+        self.primary_metric = f"{self.name}_{self.primary_metric}"
+        return {f"{self.name}_{key}": value for key, value in metrics.items()}
+
+
+def append_csv_row(path: Path, header: list[str], row: list) -> None:
+    """One row more in an evaluator's CSV file; the header first where the file is new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.is_file()
+    with open(path, "w" if new else "a", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        if new:
+            writer.writerow(header)
+        writer.writerow(row)
 
 
 def _first_existing(*candidates: Path) -> Path | None:

@@ -327,3 +327,35 @@ def test_embedding_similarity_evaluator_as_sentence_transformers(both, data_dir,
     assert mine[0] == theirs[0] and len(mine) == len(theirs) == 2
     np.testing.assert_allclose(np.array(mine[1].split(","), dtype=float), np.array(theirs[1].split(","), dtype=float),
                                atol=1e-4)
+
+
+@pytest.mark.parametrize("options", [{}, {"name": "nli", "similarity_fn_names": ["cosine", "dot", "euclidean", "manhattan"]},
+                                     {"main_similarity_function": "manhattan", "margin": 0.5},
+                                     {"name": "m", "margin": {"cosine": 0.1, "dot": 0.05}, "truncate_dim": 128,
+                                      "similarity_fn_names": ["dot", "cosine"]}])
+@pytest.mark.parametrize("prompts", [None, {"query": "query: ", "document": "passage: "}])
+def test_triplet_evaluator_as_sentence_transformers(minilm_folder, data_dir, options, prompts, tmp_path):
+    # anchors with the query prompt, positives and negatives with the document prompt, as its encode_query and
+    # encode_document; premises with an entailed and a contradicted hypothesis from the SNLI dev set
+    from sentence_transformers.sentence_transformer.evaluation import TripletEvaluator as ReferenceEvaluator
+
+    from minisbert.data import nli_triplets, read_nli
+    from minisbert.evaluate import TripletEvaluator
+    ours, reference = SentenceTransformer(minilm_folder, prompts=prompts), Reference(str(minilm_folder), device="cpu",
+                                                                                    prompts=prompts)
+    triplets = nli_triplets(read_nli(data_dir / "nli" / "snli_1.0_dev.jsonl"))[:120]
+    columns = ([t.texts[i] for t in triplets] for i in range(3))
+    evaluator = TripletEvaluator(*columns, **options)
+    reference_evaluator = ReferenceEvaluator.from_input_examples(triplets, **options)
+    got = ours.evaluate(evaluator, str(tmp_path / "ours"))
+    expected = reference.evaluate(reference_evaluator, str(tmp_path / "theirs"))
+    assert got == pytest.approx(expected, abs=1e-6) and evaluator.primary_metric == reference_evaluator.primary_metric
+    assert 0 < min(got.values()) <= max(got.values()) < 1  # neither none nor all: margins and prompts can show
+    [ours_csv] = (tmp_path / "ours").iterdir()
+    [their_csv] = (tmp_path / "theirs").iterdir()
+    assert ours_csv.name == their_csv.name
+    mine, theirs = (path.read_text().splitlines() for path in (ours_csv, their_csv))
+    assert mine[0] == theirs[0] and len(mine) == len(theirs) == 2
+    np.testing.assert_allclose(np.array(mine[1].split(","), dtype=float), np.array(theirs[1].split(","), dtype=float),
+                               atol=1e-6)
+
