@@ -133,6 +133,31 @@ def test_a_modernbert_config_of_the_older_format_is_read_as_transformers_reads_i
     torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
 
 
+def test_a_modernbert_with_biases_and_layers_of_its_own_kinds_equals_transformers(tiny_modernbert, tmp_path):
+    # attention_bias, mlp_bias and norm_bias (stacked biases split as the weights are), layer_types in an order no
+    # global_attn_every_n_layers gives; saved back, every tensor as it was
+    from safetensors.torch import load_file
+    from transformers import ModernBertConfig, ModernBertModel
+
+    from minisbert.checkpoint import encoder_state_for_checkpoint
+    folder = shutil.copytree(tiny_modernbert, tmp_path / "biased")
+    config = ModernBertConfig.from_pretrained(folder)
+    config.update({"attention_bias": True, "mlp_bias": True, "norm_bias": True,
+                   "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]})
+    torch.manual_seed(1)
+    reference = ModernBertModel(config)
+    with torch.no_grad():
+        for name, parameter in reference.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_(std=0.1)  # not zeros: a bias loaded into the wrong place must show
+    reference.save_pretrained(folder)
+    got, expected, batch, encoder = both_hidden_states(folder)
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
+    saved, ours = load_file(folder / "model.safetensors"), encoder_state_for_checkpoint(encoder)
+    assert saved.keys() == ours.keys() and all(torch.equal(saved[name], ours[name]) for name in saved)
+
+
 @pytest.mark.parametrize("packed", [True, False])
 def test_modernbert_sliding_attention_on_rows_longer_than_its_window_equals_transformers(packed, tiny_modernbert,
                                                                                         monkeypatch):
