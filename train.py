@@ -5,6 +5,7 @@
     python train.py --data allnli --model bert-base-uncased --output sbert-nli   # the paper's setup
     torchrun --nproc_per_node 2 train.py --data snli  # data-parallel, --batch-size per process
     python train.py --data allnli --precision bf16   # one GPU: steps replayed as CUDA graphs (--no-cuda-graphs: eager)
+    python train.py --data pairs.jsonl                # {"anchor": ..., "positive": ...} lines: in-batch negatives
 
 Warmup over the first 10% of the steps, then linear decay; AdamW, weight decay 0.01, gradients clipped at 1.
 Evaluates on the STS benchmark dev set every --eval-steps and at the end of each epoch (and the test set before
@@ -41,17 +42,24 @@ from minisbert.training import (LossWindow, MetricsLog, NonFiniteWatch, list_che
                                 read_run_arguments, save_checkpoint, train_step)
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# the losses each kind of training data (read_training_data) trains with, the first by default, and its name in errors
+KIND_LOSSES = {"nli": ("softmax", "triplet", "mnrl"), "sts": ("cosine",), "classes": ("softmax",),
+               "pairs": ("mnrl", "triplet")}
+KIND_NAMES = {"nli": "NLI pairs", "sts": "pairs with gold similarity scores", "classes": "pairs with class labels",
+              "pairs": "anchors with positives and no labels"}
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--data", required=True, help="snli, mnli, allnli (both), stsb, or a file of one of their formats")
+    parser.add_argument("--data", required=True, help="snli, mnli, allnli (both), stsb, a file of one of their formats, "
+                        "or JSON lines of sentence-transformers dataset columns")
     parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
                         help="where the data files are ($MINISBERT_DATA, else ./data)")
     parser.add_argument("--download", action="store_true",
                         help="fetch a missing data set into --data-dir (without it: into the download cache, "
                              "unless HF_HUB_OFFLINE is set)")
-    parser.add_argument("--loss", choices=list(LOSSES), help="softmax for NLI data, cosine for STS data if not given")
+    parser.add_argument("--loss", choices=list(LOSSES), help="if not given: softmax for NLI data and pairs with class "
+                        "labels, cosine for STS data and pairs with scores, mnrl for anchors with positives")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="a base encoder or a sentence model: folder or hub id (the default runs offline)")
     parser.add_argument("--pooling", choices=POOLING_MODES,
@@ -175,6 +183,8 @@ def setup_distributed(args):
 
 
 def load_data(args, rank):
+    """The training examples, the loss (--loss, or the data's default) and the softmax objective's number of classes:
+    NLI's three, or as many as a file's class labels number."""
     if args.data in (*OFFICIAL_ARCHIVES, "allnli"):  # a named data set: downloaded if it is nowhere here
         if rank == 0:
             for name in ["snli", "mnli"] if args.data == "allnli" else [args.data]:
@@ -182,16 +192,21 @@ def load_data(args, rank):
         if dist.is_initialized():
             dist.barrier()
     examples, kind = read_training_data(args.data, args.data_dir)
-    loss = args.loss or ("softmax" if kind == "nli" else "cosine")
-    if kind == "sts" and loss != "cosine":
-        raise DataError(f"--loss {loss} needs NLI data; STS pairs train with --loss cosine")
-    if kind == "nli" and loss == "cosine":
-        raise DataError("--loss cosine needs gold similarity scores (STS data); NLI trains with softmax, triplet, mnrl")
-    if loss in ("triplet", "mnrl"):
+    loss = args.loss or KIND_LOSSES[kind][0]
+    if loss not in KIND_LOSSES[kind]:
+        raise DataError(f"--loss {loss} does not fit --data {args.data} ({KIND_NAMES[kind]}): it trains with "
+                        f"--loss {' or '.join(KIND_LOSSES[kind])}")
+    if kind == "pairs" and loss == "triplet" and len(examples[0].texts) != 3:
+        raise DataError(f"--loss triplet needs three text columns (anchor, positive, negative); --data {args.data} "
+                        f"has {len(examples[0].texts)}")
+    if kind == "nli" and loss in ("triplet", "mnrl"):
         examples = nli_triplets(examples)  # (premise, entailed, contradicted)
     if not examples:
         raise DataError(f"--data {args.data}: no training examples")
-    return examples, loss
+    classes = 1 + max(example.label for example in examples) if kind == "classes" else 3  # the softmax's
+    if classes < 2:
+        raise DataError(f"--data {args.data}: every label is 0; the softmax objective needs two classes or more")
+    return examples, loss, classes
 
 
 def evaluate(model, path: Path, split: str, log: MetricsLog, step: int, epoch: int) -> None:
@@ -210,14 +225,15 @@ def agree(flags: list[bool], world_size: int, device) -> list[bool]:
     return [bool(v) for v in values.tolist()]
 
 
-def build_training(args, loss_name: str, resume_from: Path | None, device):
-    """The model (from --model, or the checkpoint resumed), its loss, AdamW, and fp16's gradient scaler."""
+def build_training(args, loss_name: str, resume_from: Path | None, device, classes: int = 3):
+    """The model (from --model, or the checkpoint resumed), its loss (softmax: over `classes`), AdamW, and fp16's
+    gradient scaler."""
     if args.precision == "fp16" and device.type != "cuda":
         raise ValueError("--precision fp16 needs a GPU; on the CPU use bf16")
     model = SentenceTransformer(resume_from or args.model, device=device)
     if args.pooling and not resume_from:
         model.pooling = Pooling(model.encoder.config.hidden_size, args.pooling)
-    loss_options = {"concatenation": args.concat} if loss_name == "softmax" else {}
+    loss_options = {"concatenation": args.concat, "num_labels": classes} if loss_name == "softmax" else {}
     loss_fn = LOSSES[loss_name](model, **loss_options).to(device)
     optimizer = AdamW(parameter_groups(loss_fn, weight_decay=0.01), lr=args.lr)
     scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
@@ -276,7 +292,7 @@ def main():
     # the lock lasts while its file is open, so it is held in a variable until the process ends, however it ends
     output_lock = claim_output(args.output, args.resume, args.overwrite) if main_process else None  # noqa: F841
     torch.manual_seed(args.seed)
-    examples, loss_name = load_data(args, rank)
+    examples, loss_name, classes = load_data(args, rank)
     sts_dirs = [args.data_dir, args.data_dir.parent, default_data_dir()]
     sts_dev, sts_test = (find_sts_benchmark(split, *sts_dirs) for split in ("dev", "test"))
     arguments = run_arguments(args, loss_name, world_size)
@@ -287,7 +303,7 @@ def main():
             raise ValueError(f"--resume: no checkpoint under {args.output / 'checkpoints'}")
         resume_from = list_checkpoints(args.output)[-1]
         check_same_run(read_run_arguments(resume_from), arguments, resume_from)
-    model, loss_fn, optimizer, scaler = build_training(args, loss_name, resume_from, device)
+    model, loss_fn, optimizer, scaler = build_training(args, loss_name, resume_from, device, classes)
     autocast = AUTOCAST[args.precision]
 
     global_batch = args.batch_size * world_size

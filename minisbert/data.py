@@ -2,8 +2,8 @@
 
 NLI (SNLI, MultiNLI): JSON lines or the tab-separated .txt with a header; pairs without a gold label ("-") are
 skipped. STS benchmark: tab-separated, no quoting, 7 or 9 fields. SICK: tab-separated with a header. STS12-16:
-STS.input.<subset>.txt beside STS.gs.<subset>.txt, pairs with an empty gold line skipped. A malformed row is an
-error that names the file and the line.
+STS.input.<subset>.txt beside STS.gs.<subset>.txt, pairs with an empty gold line skipped. And JSON lines laid out as
+a sentence-transformers training dataset (read_columns). A malformed row is an error that names the file and the line.
 """
 
 import csv
@@ -49,10 +49,14 @@ class DataError(ValueError):
     pass
 
 
+# sentence-transformers' label columns, and the kind of data each makes (read_columns)
+LABEL_COLUMNS = {"score": "sts", "label": "classes"}
+
+
 @dataclass
 class Example:
-    texts: tuple[str, ...]  # (sentence1, sentence2), or (anchor, positive, negative)
-    label: float | int = 0  # an NLI class, or a gold similarity
+    texts: tuple[str, ...]  # (sentence1, sentence2), or (anchor, positive, negative[, more negatives])
+    label: float | int = 0  # an NLI class, a class of another kind, or a gold similarity
 
 
 def default_data_dir() -> Path:
@@ -138,6 +142,51 @@ def read_nli(path: Path) -> list[Example]:
             _check_width(row, at, path, line_number)
             add(row[at["label"]], row[at["s1"]], row[at["s2"]], line_number)
     return examples
+
+
+def read_columns(path: Path) -> tuple[list[Example], str]:
+    """A JSON lines file laid out as a sentence-transformers training dataset: every line an object with the first
+    line's keys; the text columns, in that order, are an example's texts, and a label column, if any, its label.
+    -> (examples, kind): with "score", a gold similarity in [-1, 1] for the cosine objective, 'sts'; with "label", a
+    class id (0, 1, ...) for the softmax objective, 'classes'; both with two texts. With neither, 'pairs': an anchor
+    and its positive, then any negatives, for in-batch negatives (or, with one negative, the triplet objective)."""
+    path = Path(path)
+    examples, columns = [], None
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{line_number}: expected a JSON object, found {type(row).__name__}")
+            if columns is None:
+                columns = list(row)
+                labels = [name for name in columns if name in LABEL_COLUMNS]
+                texts = [name for name in columns if name not in LABEL_COLUMNS]
+                if len(labels) > 1 or len(texts) < 2 or (labels and len(texts) != 2):
+                    raise DataError(f"{path}:{line_number}: expected two text columns and a score or label column, "
+                                    f"or two or more text columns (anchor, positive, negatives); found "
+                                    f"{', '.join(columns) or 'none'}")
+                label = labels[0] if labels else None
+            if set(row) != set(columns):
+                raise DataError(f"{path}:{line_number}: the columns {', '.join(row)} are not the first line's "
+                                f"({', '.join(columns)})")
+            for name in texts:
+                if not isinstance(row[name], str):
+                    raise DataError(f"{path}:{line_number}: {name} must be a string, not {row[name]!r}")
+            value = row.get(label, 0)
+            if label == "score" and not (type(value) in (int, float) and -1 <= value <= 1):
+                raise DataError(f"{path}:{line_number}: the score {value!r} is not a similarity in [-1, 1] (scale "
+                                "gold scores to it, as sentence-transformers' cosine objective expects)")
+            if label == "label" and not (type(value) is int and value >= 0):
+                raise DataError(f"{path}:{line_number}: the label {value!r} is not a class id (0, 1, ...)")
+            examples.append(Example(tuple(row[name] for name in texts), value))
+    if columns is None:
+        raise DataError(f"{path}: the file is empty")
+    return examples, LABEL_COLUMNS.get(label, "pairs")
 
 
 def nli_triplets(examples: list[Example]) -> list[Example]:
@@ -265,8 +314,9 @@ def find_sts_benchmark(split: str, *data_dirs: Path) -> Path | None:
 
 
 def read_training_data(data: str, data_dir: Path) -> tuple[list[Example], str]:
-    """--data (snli, mnli, allnli, stsb, or a file) -> (examples, kind), kind being 'nli' (labels 0/1/2) or
-    'sts' (gold similarity scaled to [0, 1], the target of the cosine objective: STSb 0..5, SICK 1..5)."""
+    """--data (snli, mnli, allnli, stsb, or a file) -> (examples, kind), kind being 'nli' (labels 0/1/2), 'sts'
+    (gold similarity scaled to [0, 1], the target of the cosine objective: STSb 0..5, SICK 1..5; or as a JSON lines
+    file's score column gives it), or a JSON lines file's 'classes' or 'pairs' (read_columns)."""
     if data in ("snli", "mnli"):
         return read_nli(find_file(data, data_dir)), "nli"
     if data == "allnli":
@@ -282,14 +332,17 @@ def read_training_data(data: str, data_dir: Path) -> tuple[list[Example], str]:
         return _read_file(path)
     except UnicodeDecodeError as error:
         raise DataError(f"--data {data}: not UTF-8 text ({error.reason} at byte {error.start} of a block); "
-                        "expected NLI JSONL or TSV, STS benchmark CSV or SICK") from None
+                        "expected NLI JSONL or TSV, STS benchmark CSV, SICK, or JSONL of sentence-transformers "
+                        "dataset columns") from None
 
 
 def _read_file(path: Path) -> tuple[list[Example], str]:
     if path.suffix == ".csv":
         return _to_unit(read_sts_benchmark(path), 0, 5), "sts"
     with open(path, encoding="utf-8") as f:
-        header = f.readline()
+        header = next((line for line in f if line.strip()), "")
+    if path.suffix == ".jsonl" and '"gold_label"' not in header:
+        return read_columns(path)
     if path.suffix == ".jsonl" or "gold_label" in header:
         return read_nli(path), "nli"
     return _to_unit(read_sick(path), 1, 5), "sts"

@@ -149,6 +149,42 @@ def test_bad_training_rows_name_file_and_line(tmp_path, name, text, message):
         data.read_training_data(str(write(tmp_path / name, text)), tmp_path)
 
 
+def jsonl(*rows) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+@pytest.mark.parametrize("rows,kind,texts,labels", [
+    ([{"sentence1": "a", "sentence2": "b", "score": 0.8}, {"sentence2": "d", "sentence1": "c", "score": -1}], "sts",
+     [("a", "b"), ("c", "d")], [0.8, -1]),
+    ([{"premise": "a", "hypothesis": "b", "label": 2}, {"premise": "c", "hypothesis": "d", "label": 0}], "classes",
+     [("a", "b"), ("c", "d")], [2, 0]),
+    ([{"anchor": "a", "positive": "b"}], "pairs", [("a", "b")], [0]),
+    ([{"anchor": "a", "positive": "b", "negative": "c", "negative_2": "d"}], "pairs", [("a", "b", "c", "d")], [0]),
+])
+def test_sentence_transformers_dataset_columns_in_json_lines(tmp_path, rows, kind, texts, labels):
+    # the texts in the first line's column order (a later line may order its keys otherwise), the label by its name
+    examples, found = data.read_training_data(str(write(tmp_path / "train.jsonl", jsonl(*rows) + "\n")), tmp_path)
+    assert found == kind and [e.texts for e in examples] == texts and [e.label for e in examples] == labels
+
+
+@pytest.mark.parametrize("text,message", [
+    (jsonl({"anchor": "a"}), r"train.jsonl:1: expected two text columns and a score or label column, or two or more"),
+    (jsonl({"a": "x", "b": "y", "c": "z", "score": 1.0}), r"train.jsonl:1: expected two text columns"),
+    (jsonl({"a": "x", "b": "y", "score": 1.0, "label": 1}), r"train.jsonl:1: expected two text columns"),
+    (jsonl({"a": "x", "b": "y"}, {"a": "x", "c": "y"}), r"train.jsonl:2: the columns a, c are not the first line's"),
+    (jsonl({"a": "x", "b": "y"}, {"a": "x", "b": None}), r"train.jsonl:2: b must be a string, not None"),
+    (jsonl({"a": "x", "b": "y", "score": 4.2}), r"train.jsonl:1: the score 4.2 is not a similarity in \[-1, 1\]"),
+    (jsonl({"a": "x", "b": "y", "score": "0.5"}), r"train.jsonl:1: the score '0.5' is not a similarity"),
+    (jsonl({"a": "x", "b": "y", "label": 1.0}), r"train.jsonl:1: the label 1.0 is not a class id"),
+    (jsonl({"a": "x", "b": "y", "label": True}), r"train.jsonl:1: the label True is not a class id"),
+    ("\n\n", r"train.jsonl: the file is empty"),
+    ('{"a": "x", "b": "y"}\n{"a": \n', r"train.jsonl:2: not valid JSON"),
+])
+def test_bad_dataset_columns_name_file_and_line(tmp_path, text, message):
+    with pytest.raises(DataError, match=message):
+        data.read_training_data(str(write(tmp_path / "train.jsonl", text)), tmp_path)
+
+
 def test_a_folder_or_a_binary_file_as_data_is_named(tmp_path):
     with pytest.raises(DataError, match="a folder"):
         data.read_training_data(str(tmp_path), tmp_path)

@@ -85,6 +85,53 @@ def test_snli_sample_run_from_its_data_dir(tmp_path, data_dir):
     assert (output / "model.safetensors").exists()
 
 
+@pytest.mark.parametrize("layout", ["triplets", "classes", "scores"])
+def test_a_file_of_sentence_transformers_dataset_columns_trains_as_the_data_it_holds(layout, tmp_path, tiny_bert,
+                                                                                     snli_sample, data_dir,
+                                                                                     no_evaluation):
+    # the same examples in the same order as JSON lines of named columns, with the default loss of their kind: the
+    # SNLI sample's triplets (in-batch negatives), its pairs with class ids (softmax), STSb's pairs with scores
+    # scaled to [0, 1] (cosine); the weights must come out as those of the run on the original file
+    from minisbert.data import read_sts_benchmark
+    if layout == "scores":
+        original, loss = data_dir / "stsbenchmark" / "sts-train.csv", "cosine"
+        rows = [{"sentence1": a, "sentence2": b, "score": e.label / 5}
+                for e in read_sts_benchmark(original) for a, b in [e.texts]]
+    elif layout == "classes":
+        original, loss = snli_sample, "softmax"
+        rows = [{"premise": a, "hypothesis": b, "label": e.label} for e in read_nli(snli_sample) for a, b in [e.texts]]
+    else:
+        original, loss = snli_sample, "mnrl"
+        rows = [dict(zip(("anchor", "positive", "negative"), e.texts)) for e in nli_triplets(read_nli(snli_sample))]
+    columns = tmp_path / f"{layout}.jsonl"
+    columns.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    options = ["--model", tiny_bert, "--max-steps", 5, "--eval-steps", 0, "--batch-size", 8]
+    from_columns = train("--data", columns, *options, "--output", tmp_path / "columns", env=no_evaluation)
+    assert from_columns.returncode == 0, from_columns.stderr
+    assert f"loss {loss}" in from_columns.stderr
+    from_original = train("--data", original, "--loss", loss, *options, "--output", tmp_path / "original",
+                          env=no_evaluation)
+    assert from_original.returncode == 0, from_original.stderr
+    expected, got = weights(tmp_path / "original"), weights(tmp_path / "columns")
+    assert expected.keys() == got.keys() and all(torch.equal(expected[name], got[name]) for name in expected)
+
+
+@pytest.mark.parametrize("rows,loss,message", [
+    ([{"anchor": "a", "positive": "b"}], "triplet", "--loss triplet needs three text columns .* has 2"),
+    ([{"anchor": "a", "positive": "b"}], "softmax", r"--loss softmax does not fit .* \(anchors with positives and no "
+                                                    r"labels\): it trains with --loss mnrl or triplet"),
+    ([{"a": "x", "b": "y", "label": 1}], "mnrl", r"\(pairs with class labels\): it trains with --loss softmax"),
+    ([{"a": "x", "b": "y", "label": 0}], None, "every label is 0; the softmax objective needs two classes or more"),
+    ([{"a": "x", "b": "y", "score": 0.5}], "triplet", r"\(pairs with gold similarity scores\): it trains with --loss "
+                                                      "cosine"),
+])
+def test_a_loss_that_does_not_fit_the_data_is_refused(rows, loss, message, tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    run = train("--data", path, *(["--loss", loss] if loss else []), "--output", tmp_path / "out")
+    assert run.returncode != 0 and re.search(message, run.stderr), run.stderr[-2000:]
+
+
 def test_resume_after_a_kill_ends_where_an_uninterrupted_run_does(tmp_path, tiny_bert, snli_sample, no_evaluation):
     options = ["--data", snli_sample, "--model", tiny_bert, "--max-steps", 600, "--checkpoint-steps", 50,
                "--log-steps", 1, "--eval-steps", 0]
