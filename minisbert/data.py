@@ -182,7 +182,8 @@ def read_columns(path: Path) -> tuple[list[Example], str]:
                 raise DataError(f"{path}:{line_number}: the score {value!r} is not a similarity in [-1, 1] (scale "
                                 "gold scores to it, as sentence-transformers' cosine objective expects)")
             if label == "label" and not (type(value) is int and value >= 0):
-                raise DataError(f"{path}:{line_number}: the label {value!r} is not a class id (0, 1, ...)")
+                raise DataError(f"{path}:{line_number}: the label {value!r} is not a class id (0, 1, ...); a gold "
+                                "similarity goes in a score column")
             examples.append(Example(tuple(row[name] for name in texts), value))
     if columns is None:
         raise DataError(f"{path}: the file is empty")
