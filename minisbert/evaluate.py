@@ -3,7 +3,8 @@
 As sentence-transformers' EmbeddingSimilarityEvaluator (main score: Spearman of the cosine), and as the paper's
 Table 1: STS12-16 (each year's subsets concatenated into one set, the "all" setting the paper used), the STS
 benchmark test set and SICK-R test set, as correlations x 100. And triplets, as its TripletEvaluator (the paper's
-Wikipedia section distinction: how often the anchor is nearer the positive than the negative).
+Wikipedia section distinction: how often the anchor is nearer the positive than the negative), and retrieval, as its
+InformationRetrievalEvaluator (accuracy, precision, recall, MRR, NDCG and MAP of each query's top hits).
 """
 
 import csv
@@ -177,6 +178,119 @@ class TripletEvaluator:
             return metrics
         self.primary_metric = f"{self.name}_{self.primary_metric}"
         return {f"{self.name}_{key}": value for key, value in metrics.items()}
+
+
+class InformationRetrievalEvaluator:
+    """sentence-transformers' evaluator of this name, for code moved from it: each query (those with a relevant
+    document) against the whole corpus, embedded through encode_query and encode_document (their prompts, or those
+    named here), corpus_chunk_size documents at a time; the top hits ranked by score, equal scores by corpus id, and
+    from them accuracy, precision and recall at each k of their lists, MRR, NDCG (binary relevance) and MAP. Per
+    score function: the model's similarity unless `score_functions` ({name: function of two embedding matrices})
+    says otherwise; named, ranked and written to CSV as it does, with its `primary_metric` (NDCG at the largest k of
+    `main_score_function`, or of the best function)."""
+
+    def __init__(self, queries: dict[str, str], corpus: dict[str, str], relevant_docs: dict[str, set[str]],
+                 corpus_chunk_size: int = 50000, mrr_at_k: list[int] = (10,), ndcg_at_k: list[int] = (10,),
+                 accuracy_at_k: list[int] = (1, 3, 5, 10), precision_recall_at_k: list[int] = (1, 3, 5, 10),
+                 map_at_k: list[int] = (100,), show_progress_bar: bool = False, batch_size: int = 32, name: str = "",
+                 write_csv: bool = True, truncate_dim: int | None = None, score_functions: dict | None = None,
+                 main_score_function: str | None = None, query_prompt: str | None = None,
+                 query_prompt_name: str | None = None, corpus_prompt: str | None = None,
+                 corpus_prompt_name: str | None = None):
+        self.queries_ids = [qid for qid in queries if relevant_docs.get(qid)]  # those with a relevant document
+        self.queries = [queries[qid] for qid in self.queries_ids]
+        self.corpus_ids = list(corpus)
+        self.corpus = [corpus[cid] for cid in self.corpus_ids]
+        self.relevant_docs, self.corpus_chunk_size = relevant_docs, corpus_chunk_size
+        self.at_k = {"accuracy": list(accuracy_at_k), "precision_recall": list(precision_recall_at_k),
+                     "mrr": list(mrr_at_k), "ndcg": list(ndcg_at_k), "map": list(map_at_k)}
+        if not all(self.at_k.values()) or any(type(k) is not int or k < 1 for ks in self.at_k.values() for k in ks):
+            raise ValueError(f"every list of k must hold positive integers, not {self.at_k}")
+        self.score_functions = score_functions
+        self.main_score_function = getattr(main_score_function, "value", main_score_function)  # or its enum
+        if self.main_score_function is not None and self.main_score_function not in SIMILARITY_FUNCTIONS:
+            raise ValueError(f"main_score_function {self.main_score_function!r} is not one of "
+                             f"{', '.join(SIMILARITY_FUNCTIONS)}")
+        self.batch_size, self.show_progress_bar, self.name = batch_size, show_progress_bar, name
+        self.write_csv, self.truncate_dim = write_csv, truncate_dim
+        self.query_prompt, self.query_prompt_name = query_prompt, query_prompt_name
+        self.corpus_prompt, self.corpus_prompt_name = corpus_prompt, corpus_prompt_name
+        self.csv_file = f"Information-Retrieval_evaluation{'_' + name if name else ''}_results.csv"
+        self.primary_metric = None
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        functions = self.score_functions or {model.similarity_fn_name: model.similarity}
+        options = {"batch_size": self.batch_size, "show_progress_bar": self.show_progress_bar,
+                   "convert_to_tensor": True, "truncate_dim": self.truncate_dim}
+        queries = model.encode_query(self.queries, prompt_name=self.query_prompt_name, prompt=self.query_prompt,
+                                     **options)
+        top = max(k for ks in self.at_k.values() for k in ks)
+        hits = {name: [[] for _ in self.queries] for name in functions}  # the best (score, corpus id) of each query
+        id_ranks = {cid: rank for rank, cid in enumerate(sorted(self.corpus_ids))}  # ties go to the smaller id
+        for start in range(0, len(self.corpus), self.corpus_chunk_size):
+            documents = model.encode_document(self.corpus[start:start + self.corpus_chunk_size],
+                                              prompt_name=self.corpus_prompt_name, prompt=self.corpus_prompt, **options)
+            ids = self.corpus_ids[start:start + self.corpus_chunk_size]
+            for name, function in functions.items():
+                scores = function(queries, documents).float().cpu()  # (queries, documents)
+                # the top scores and every score equal to the lowest of them, so that equal scores rank by id
+                threshold = scores.topk(min(top, scores.shape[1]), dim=1).values[:, -1:]
+                for row, (values, candidates) in enumerate(zip(scores, scores >= threshold)):
+                    candidates = candidates.nonzero().squeeze(1).tolist()
+                    found = hits[name][row] + list(zip(values[candidates].tolist(), (ids[i] for i in candidates)))
+                    hits[name][row] = sorted(found, key=lambda hit: (-hit[0], id_ranks[hit[1]]))[:top]
+        metrics = {name: self.compute_metrics(found) for name, found in hits.items()}
+        names = sorted(functions)
+        if output_path is not None and self.write_csv:
+            columns = []  # (score function, metric, k) in sentence-transformers' order: precision beside recall
+            for name in names:
+                for kind, ks in self.at_k.items():
+                    metrics_of_kind = ("precision", "recall") if kind == "precision_recall" else (kind,)
+                    columns += [(name, metric, k) for k in ks for metric in metrics_of_kind]
+            header = [f"{name}-{CSV_METRIC_NAMES[metric]}@{k}" for name, metric, k in columns]
+            append_csv_row(Path(output_path) / self.csv_file, ["epoch", "steps"] + header,
+                           [epoch, steps] + [metrics[name][metric][k] for name, metric, k in columns])
+        best = self.main_score_function or max(names, key=lambda name: metrics[name]["ndcg"][max(self.at_k["ndcg"])])
+        self.primary_metric = f"{best}_ndcg@{max(self.at_k['ndcg'])}"
+        flat = {f"{name}_{metric}@{k}": value for name, values in metrics.items()
+                for metric, by_k in values.items() for k, value in by_k.items()}
+        if not self.name:
+            return flat
+        self.primary_metric = f"{self.name}_{self.primary_metric}"
+        return {f"{self.name}_{key}": value for key, value in flat.items()}
+
+    def compute_metrics(self, hits: list[list[tuple[float, str]]]) -> dict[str, dict[int, float]]:
+        """{metric: {k: mean over the queries}} from each query's ranked (score, corpus id) hits."""
+        found = {metric: {k: [] for k in ks} for metric, ks in self.at_k.items() if metric != "precision_recall"}
+        found.update(precision={k: [] for k in self.at_k["precision_recall"]},
+                     recall={k: [] for k in self.at_k["precision_recall"]})
+        for query_id, ranked in zip(self.queries_ids, hits):
+            relevant = self.relevant_docs[query_id]
+            is_relevant = [corpus_id in relevant for _, corpus_id in ranked]
+            for k in self.at_k["accuracy"]:
+                found["accuracy"][k].append(float(any(is_relevant[:k])))
+            for k in self.at_k["precision_recall"]:
+                found["precision"][k].append(sum(is_relevant[:k]) / k)
+                found["recall"][k].append(sum(is_relevant[:k]) / len(relevant))
+            for k in self.at_k["mrr"]:
+                found["mrr"][k].append(next((1 / (rank + 1) for rank, hit in enumerate(is_relevant[:k]) if hit), 0.0))
+            for k in self.at_k["ndcg"]:
+                found["ndcg"][k].append(dcg(is_relevant[:k]) / dcg([True] * min(len(relevant), k)))
+            for k in self.at_k["map"]:
+                precisions = [sum(is_relevant[:rank + 1]) / (rank + 1)
+                              for rank, hit in enumerate(is_relevant[:k]) if hit]
+                found["map"][k].append(sum(precisions) / min(k, len(relevant)))
+        order = ("accuracy", "precision", "recall", "ndcg", "mrr", "map")  # sentence-transformers' order of the keys
+        return {metric: {k: float(np.mean(values)) for k, values in found[metric].items()} for metric in order}
+
+
+CSV_METRIC_NAMES = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "mrr": "MRR", "ndcg": "NDCG",
+                    "map": "MAP"}
+
+
+def dcg(relevant: list[bool]) -> float:
+    """Discounted cumulative gain of binary relevances in rank order."""
+    return sum(hit / np.log2(rank + 2) for rank, hit in enumerate(relevant))
 
 
 def append_csv_row(path: Path, header: list[str], row: list) -> None:

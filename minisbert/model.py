@@ -367,8 +367,8 @@ class SentenceTransformer(nn.Module):
     save_pretrained = save  # sentence-transformers' other name for it
 
     def evaluate(self, evaluator, output_path: str | Path | None = None):
-        """`evaluator(self, output_path)`, as sentence-transformers' (evaluate.EmbeddingSimilarityEvaluator and
-        evaluate.TripletEvaluator)."""
+        """`evaluator(self, output_path)`, as sentence-transformers' (evaluate.EmbeddingSimilarityEvaluator,
+        evaluate.TripletEvaluator and evaluate.InformationRetrievalEvaluator)."""
         if output_path is not None:
             Path(output_path).mkdir(parents=True, exist_ok=True)
         return evaluator(self, output_path)

@@ -359,3 +359,71 @@ def test_triplet_evaluator_as_sentence_transformers(minilm_folder, data_dir, opt
     np.testing.assert_allclose(np.array(mine[1].split(","), dtype=float), np.array(theirs[1].split(","), dtype=float),
                                atol=1e-6)
 
+
+def retrieval_data(data_dir):
+    """Queries (STSb dev first sentences) whose relevant documents are their second sentences, scored 3 or more,
+    in a corpus of every second sentence, whose ids sort in the reverse of the corpus's order (equal scores rank by
+    id); one query has two relevant documents. A text seen before is left out: sentence-transformers' embeddings of
+    one text in two batches differ in the last bits (ours are equal), which would break their ties at random."""
+    from minisbert.data import read_sts_benchmark
+    seen, examples = set(), []
+    for example in read_sts_benchmark(data_dir / "stsbenchmark" / "sts-dev.csv")[:330]:
+        if not seen & set(example.texts):
+            examples.append(example)
+        seen.update(example.texts)
+    corpus = {f"d{999 - i:03d}": e.texts[1] for i, e in enumerate(examples)}
+    queries = {f"q{i}": e.texts[0] for i, e in enumerate(examples)}
+    relevant = {f"q{i}": {f"d{999 - i:03d}"} for i, e in enumerate(examples) if e.label >= 3}
+    relevant["q0"] = {"d999", "d998"}
+    return queries, corpus, relevant
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"name": "sts-ir", "corpus_chunk_size": 70, "mrr_at_k": [3, 10], "ndcg_at_k": [5, 20], "map_at_k": [10]},
+    {"score_functions": "all", "main_score_function": "dot", "accuracy_at_k": [1, 2], "truncate_dim": 64},
+    {"query_prompt": "query: ", "corpus_prompt_name": "passage", "precision_recall_at_k": [1, 50]},
+    {"score_functions": "rounded", "corpus_chunk_size": 64}])  # many equal scores, within and across chunks
+def test_information_retrieval_evaluator_as_sentence_transformers(minilm_folder, data_dir, options, tmp_path):
+    from sentence_transformers import util as reference_util
+    from sentence_transformers.sentence_transformer.evaluation import \
+        InformationRetrievalEvaluator as ReferenceEvaluator
+
+    from minisbert import util
+    from minisbert.evaluate import InformationRetrievalEvaluator
+    prompts = {"passage": "passage: "}
+    ours, reference = (SentenceTransformer(minilm_folder, prompts=prompts),
+                       Reference(str(minilm_folder), device="cpu", prompts=prompts))
+    data = retrieval_data(data_dir)
+    ours_options, their_options = dict(options), dict(options)
+    if options.get("score_functions") == "rounded":
+        ours_options["score_functions"] = {"cosine": lambda a, b: (util.cos_sim(a, b) * 10).round() / 10}
+        their_options["score_functions"] = {"cosine": lambda a, b: (reference_util.cos_sim(a, b) * 10).round() / 10}
+    if options.get("score_functions") == "all":
+        functions = {"cosine": "cos_sim", "dot": "dot_score", "manhattan": "manhattan_sim"}
+        ours_options["score_functions"] = {name: getattr(util, function) for name, function in functions.items()}
+        their_options["score_functions"] = {name: getattr(reference_util, function)
+                                            for name, function in functions.items()}
+    evaluator, reference_evaluator = InformationRetrievalEvaluator(*data, **ours_options), ReferenceEvaluator(
+        *data, **their_options)
+    got = ours.evaluate(evaluator, str(tmp_path / "ours"))
+    expected = reference.evaluate(reference_evaluator, str(tmp_path / "theirs"))
+    assert got == pytest.approx(expected, abs=1e-9) and evaluator.primary_metric == reference_evaluator.primary_metric
+    assert len(set(got.values())) > 5  # the metrics differ from each other: a wrong one cannot hide among them
+    [ours_csv] = (tmp_path / "ours").iterdir()
+    [their_csv] = (tmp_path / "theirs").iterdir()
+    assert ours_csv.name == their_csv.name
+    mine, theirs = (path.read_text().splitlines() for path in (ours_csv, their_csv))
+    assert mine[0] == theirs[0] and len(mine) == len(theirs) == 2
+    np.testing.assert_allclose(np.array(mine[1].split(","), dtype=float), np.array(theirs[1].split(","), dtype=float),
+                               atol=1e-9)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"main_score_function": "cosin"}, "main_score_function 'cosin' is not one of cosine, dot"),
+    ({"ndcg_at_k": [0, 10]}, "every list of k must hold positive integers"),
+    ({"map_at_k": []}, "every list of k must hold positive integers")])
+def test_information_retrieval_evaluator_refuses_what_it_cannot_rank(options, message):
+    from minisbert.evaluate import InformationRetrievalEvaluator
+    with pytest.raises(ValueError, match=message):
+        InformationRetrievalEvaluator({"q": "a"}, {"d": "b"}, {"q": {"d"}}, **options)
+
