@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .architectures import ACTIVATIONS, EncoderConfig
-from .hardware import cpu_amx, fused_fp32_products
+from .hardware import fused_fp32_products
 
 ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 PACK_ABOVE = 0.04  # on the CPU, a batch is packed where more than this share of it is padding (Encoder.packs)
@@ -297,16 +297,15 @@ class Layer(nn.Module):
     @staticmethod
     def attends_with_products(q: torch.Tensor, dropout: float) -> bool:
         """Whether attention runs as two batched products and a softmax instead of PyTorch's fused kernel: at
-        inference on the CPU over rows of at most SHORT_ROWS tokens, in fp32, and in bf16 on CPUs without AMX. There
-        the fused kernel's work per (row, head) costs more than the sums themselves (benchmarks/attention_lengths.py
-        times both at every length). On an AMD EPYC (AVX-512 bf16), all-MiniLM-L6-v2 embedded the STS benchmark's
-        sentences this way 1.08x faster in fp32, 1.11x in int8 under an AVX2 cap (fp32 attention), and 1.02-1.03x in
-        bf16 and up to 1.06x in int8 (bf16 attention), in same-process comparisons over 6,000 of them. In bf16 the
-        scores are rounded to bf16 before the softmax (the fused kernel keeps them in fp32): the embeddings moved by at
-        most 1e-4 in cosine. With AMX the fused kernel runs on its tiles; the products were not measured there, so it
-        keeps the kernel."""
-        bf16_products = q.dtype == torch.bfloat16 and not cpu_amx()
-        return (q.device.type == "cpu" and (q.dtype == torch.float32 or bf16_products) and q.shape[-2] <= SHORT_ROWS
+        inference on the CPU over rows of at most SHORT_ROWS tokens, in fp32 and bf16. There the fused kernel's work
+        per (row, head) costs more than the sums themselves (benchmarks/attention_lengths.py times both at every
+        length). On an AMD EPYC (AVX-512 bf16), all-MiniLM-L6-v2 embedded the STS benchmark's sentences this way
+        1.08x faster in fp32, 1.11x in int8 under an AVX2 cap (fp32 attention), and 1.02-1.03x in bf16 and up to
+        1.06x in int8 (bf16 attention), in same-process comparisons over 6,000 of them; on an Intel Xeon with AMX,
+        whose fused kernel took about twice the products' time in bf16 on rows of 4 to 23 tokens, 1.07x in bf16 and
+        1.03x in int8 over 4,000 of them, three times each. In bf16 the scores are rounded to bf16 before the softmax
+        (the fused kernel keeps them in fp32): the embeddings moved by at most 1e-4 in cosine."""
+        return (q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16) and q.shape[-2] <= SHORT_ROWS
                 and dropout == 0.0 and not torch.is_grad_enabled())
 
     def attends_packed(self, packing: Packing, mask: torch.Tensor, dtype: torch.dtype, dropout: float) -> bool:

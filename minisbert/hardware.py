@@ -28,8 +28,6 @@ ONEDNN_AVX512_VNNI_ISAS = ("AVX512_CORE_VNNI",) + ONEDNN_BF16_ISAS
 ONEDNN_AVX_VNNI_ISAS = ("AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE") + ONEDNN_AVX512_VNNI_ISAS
 # and those that include AVX-512 (the core set: fp32 products)
 ONEDNN_AVX512_ISAS = ("AVX512_CORE",) + ONEDNN_AVX512_VNNI_ISAS
-# and those that include AMX
-ONEDNN_AMX_ISAS = tuple(isa for isa in ONEDNN_BF16_ISAS if "AMX" in isa) + ("DEFAULT", "ALL")
 IN_FLIGHT = True  # encode() on the CPU keeps two batches in flight (in_flight); benchmarks turn it off
 
 
@@ -73,12 +71,6 @@ def fast_cpu_bf16() -> bool:
     torch_uses_avx512 = torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2", "NO AVX", "ZVECTOR")
     onednn_allows = onednn_cap() in ONEDNN_BF16_ISAS
     return has_instructions and torch_uses_avx512 and onednn_allows
-
-
-def cpu_amx() -> bool:
-    """Whether bf16 products may run on AMX tiles here (Intel Xeon since Sapphire Rapids): the flag, and oneDNN
-    not capped below AMX."""
-    return "amx_bf16" in cpu_flags() and onednn_cap() in ONEDNN_AMX_ISAS
 
 
 def fused_fp32_products() -> bool:

@@ -34,17 +34,6 @@ def test_auto_picks_bf16_only_where_the_cpu_runs_it_natively(monkeypatch, preten
     assert hardware.auto_dtype("cpu") == expected
 
 
-@pytest.mark.parametrize("flags, onednn, expected", [
-    ({"avx512_bf16", "amx_bf16"}, None, True),
-    ({"avx512_bf16", "amx_bf16"}, "avx512_core_amx", True),
-    ({"avx512_bf16", "amx_bf16"}, "AVX512_CORE_BF16", False),  # oneDNN capped below AMX
-    ({"avx512_bf16"}, None, False),
-])
-def test_amx_is_seen_where_the_cpu_has_it_and_onednn_may_use_it(pretend_cpu, flags, onednn, expected):
-    pretend_cpu(flags, onednn)
-    assert hardware.cpu_amx() == expected
-
-
 @pytest.mark.parametrize("vendor, flags, onednn, expected", [
     ("AuthenticAMD", {"avx2", "avx512f", "avx512_bf16"}, None, True),  # Zen 4: oneDNN's AVX-512 beats MKL's
     ("AuthenticAMD", {"avx2", "avx512f"}, "avx512_core", True),

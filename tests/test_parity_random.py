@@ -194,9 +194,9 @@ def test_attention_over_short_rows_through_two_products_equals_transformers(name
 
 
 @pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
-def test_bf16_attention_over_short_rows_through_two_products_where_the_cpu_has_no_amx(name, request, monkeypatch):
-    # bf16 takes the two products too on CPUs without AMX (Layer.attends_with_products); its scores are rounded to
-    # bf16 before the softmax, the fused kernel's are not: it must stay as close to transformers' fp32 as the kernel
+def test_bf16_attention_over_short_rows_through_two_products(name, request, monkeypatch):
+    # bf16 takes the two products over short rows (Layer.attends_with_products); its scores are rounded to bf16
+    # before the softmax, the fused kernel's are not: it must stay as close to transformers' fp32 as the kernel
     # (mean error over the real tokens; the largest is set by bf16's rounding of the outputs, alike for both)
     from minisbert import encoder as encoder_module
     choices, attends_with_products = [], encoder_module.Layer.attends_with_products
@@ -206,14 +206,15 @@ def test_bf16_attention_over_short_rows_through_two_products_where_the_cpu_has_n
     encoder = encoder.to(torch.bfloat16)
     mask = batch["attention_mask"].bool()
     errors = {}
-    for amx in (False, True):
-        monkeypatch.setattr(encoder_module, "cpu_amx", lambda: amx)
+    for short_rows in (encoder_module.SHORT_ROWS, 0):  # 0: the fused kernel only
+        monkeypatch.setattr(encoder_module, "SHORT_ROWS", short_rows)
         choices.clear()
         with torch.no_grad():
             got = encoder(batch["input_ids"], batch["attention_mask"]).float()
-        assert batch["input_ids"].shape[1] <= encoder_module.SHORT_ROWS and choices and all(choices) != amx
-        errors[amx] = (got[mask] - expected[mask]).abs().mean().item()
-    assert errors[False] <= 1.05 * errors[True], errors  # measured: 1.0002x for all three
+        assert batch["input_ids"].shape[1] <= encoder_module.SHORT_ROWS or not short_rows
+        assert choices and all(choices) == bool(short_rows)
+        errors[bool(short_rows)] = (got[mask] - expected[mask]).abs().mean().item()
+    assert errors[True] <= 1.05 * errors[False], errors  # measured: 1.0002x for all three
 
 
 @pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet", "tiny_modernbert"])
