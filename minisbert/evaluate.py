@@ -3,11 +3,14 @@
 As sentence-transformers' EmbeddingSimilarityEvaluator (main score: Spearman of the cosine), and as the paper's
 Table 1: STS12-16 (each year's subsets concatenated into one set, the "all" setting the paper used), the STS
 benchmark test set and SICK-R test set, as correlations x 100. And triplets, as its TripletEvaluator (the paper's
-Wikipedia section distinction: how often the anchor is nearer the positive than the negative), and retrieval, as its
-InformationRetrievalEvaluator (accuracy, precision, recall, MRR, NDCG and MAP of each query's top hits).
+Wikipedia section distinction: how often the anchor is nearer the positive than the negative), retrieval, as its
+InformationRetrievalEvaluator (accuracy, precision, recall, MRR, NDCG and MAP of each query's top hits), and pairs
+labelled alike or not, as its BinaryClassificationEvaluator (accuracy and F1 at the best thresholds, average
+precision).
 """
 
 import csv
+import math
 import sys
 from pathlib import Path
 
@@ -291,6 +294,119 @@ CSV_METRIC_NAMES = {"accuracy": "Accuracy", "precision": "Precision", "recall": 
 def dcg(relevant: list[bool]) -> float:
     """Discounted cumulative gain of binary relevances in rank order."""
     return sum(hit / np.log2(rank + 2) for rank, hit in enumerate(relevant))
+
+
+class BinaryClassificationEvaluator:
+    """sentence-transformers' evaluator of this name, for code moved from it: pairs labelled 1 (alike) or 0, scored by
+    each similarity function (the model's similarity_fn_name unless `similarity_fn_names` says otherwise; Euclidean
+    and Manhattan as distances, alike below a threshold), and for each the best accuracy and F1 over all thresholds
+    with the thresholds that reach them (midway between two scores), the precision and recall at F1's, average
+    precision and Matthews' correlation at F1's threshold; named as it names them ("{name}_cosine_ap", "max_" over
+    several functions), with its `primary_metric` (average precision) and CSV file. Each distinct text is embedded
+    once."""
+
+    METRICS = ("accuracy", "accuracy_threshold", "f1", "f1_threshold", "precision", "recall", "ap", "mcc")
+    CSV_METRICS = ("accuracy", "accuracy_threshold", "f1", "precision", "recall", "f1_threshold", "ap", "mcc")
+
+    def __init__(self, sentences1: list[str], sentences2: list[str], labels: list[int], name: str = "",
+                 batch_size: int = 32, show_progress_bar: bool = False, write_csv: bool = True,
+                 truncate_dim: int | None = None, similarity_fn_names: list[str] | None = None):
+        if not len(sentences1) == len(sentences2) == len(labels):
+            raise ValueError(f"sentences1, sentences2 and labels must be as long as each other, not {len(sentences1)}, "
+                             f"{len(sentences2)} and {len(labels)}")
+        if len(labels) == 0:
+            raise ValueError("no pairs to classify: sentences1, sentences2 and labels are empty")
+        for index, label in enumerate(labels):
+            if label not in (0, 1):
+                raise ValueError(f"labels[{index}] is {label!r}: a pair is labelled 1 (alike) or 0 (not)")
+        for fn_name in similarity_fn_names or []:
+            if fn_name not in SIMILARITY_FUNCTIONS:
+                raise ValueError(f"similarity function {fn_name!r} is not one of {', '.join(SIMILARITY_FUNCTIONS)}")
+        self.sentences1, self.sentences2 = list(sentences1), list(sentences2)
+        self.labels = np.array([int(label) for label in labels])
+        self.batch_size, self.show_progress_bar, self.name = batch_size, show_progress_bar, name
+        self.write_csv, self.truncate_dim = write_csv, truncate_dim
+        self.similarity_fn_names = list(similarity_fn_names or [])
+        self.csv_file = f"binary_classification_evaluation{'_' + name if name else ''}_results.csv"
+        self.primary_metric = None
+
+    @classmethod
+    def from_input_examples(cls, examples: list, **options) -> "BinaryClassificationEvaluator":
+        """From examples with `texts` (two) and a `label` (0 or 1) each, as sentence-transformers' InputExample."""
+        return cls([e.texts[0] for e in examples], [e.texts[1] for e in examples], [e.label for e in examples],
+                   **options)
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        sentences = list(dict.fromkeys(self.sentences1 + self.sentences2))
+        embeddings = torch.from_numpy(model.encode(sentences, batch_size=self.batch_size, convert_to_numpy=True,
+                                                   show_progress_bar=self.show_progress_bar,
+                                                   truncate_dim=self.truncate_dim))
+        position = {sentence: i for i, sentence in enumerate(sentences)}
+        first, second = (embeddings[[position[s] for s in texts]] for texts in (self.sentences1, self.sentences2))
+        self.similarity_fn_names = self.similarity_fn_names or [model.similarity_fn_name]
+        scores = {}
+        for fn_name in self.similarity_fn_names:
+            similarity = SIMILARITY_FUNCTIONS[fn_name][1](first, second).numpy()
+            distance = fn_name in ("euclidean", "manhattan")  # the pairwise functions give them negated
+            scores[fn_name] = binary_classification_metrics(-similarity if distance else similarity, self.labels,
+                                                            higher_is_alike=not distance)
+        if output_path is not None and self.write_csv:
+            append_csv_row(Path(output_path) / self.csv_file,
+                           ["epoch", "steps"] + [f"{fn}_{m}" for fn in scores for m in self.CSV_METRICS],
+                           [epoch, steps] + [scores[fn][m] for fn in scores for m in self.CSV_METRICS])
+        metrics = {f"{fn}_{metric}": value for fn, values in scores.items() for metric, value in values.items()}
+        if len(scores) > 1:
+            metrics.update({f"max_{metric}": max(values[metric] for values in scores.values())
+                            for metric in self.METRICS})
+        self.primary_metric = "max_ap" if len(scores) > 1 else f"{self.similarity_fn_names[0]}_ap"
+        if not self.name:
+            return metrics
+        self.primary_metric = f"{self.name}_{self.primary_metric}"
+        return {f"{self.name}_{key}": value for key, value in metrics.items()}
+
+
+def binary_classification_metrics(scores: np.ndarray, labels: np.ndarray, higher_is_alike: bool) -> dict[str, float]:
+    """Accuracy and F1 at their best thresholds (a pair is called alike at or beyond its threshold), the precision
+    and recall at F1's, average precision, and Matthews' correlation at F1's threshold, as sentence-transformers'
+    BinaryClassificationEvaluator (and scikit-learn's average_precision_score and matthews_corrcoef) compute them.
+    Thresholds lie between two distinct scores, midway in the scores' own type (float32), or on the last score."""
+    n, positives = len(labels), int(labels.sum())
+    order = np.argsort(-scores if higher_is_alike else scores, kind="stable")
+    ranked, alike = scores[order], labels[order]
+    # a threshold can fall only where the next score differs: after each run of equal scores
+    ends = np.flatnonzero(np.append(ranked[1:] != ranked[:-1], True))
+    called = ends + 1  # pairs called alike with the threshold after each run
+    hits = np.cumsum(alike)[ends]  # ...of which alike
+
+    def threshold(end: int):
+        if end == n - 1:
+            return ranked[end]
+        middle = (ranked[end] + ranked[end + 1]) / 2  # in float32, as the scores
+        return ranked[end] if middle == ranked[end + 1] else middle
+
+    accuracies = (hits + (n - positives) - (called - hits)) / n
+    best_accuracy, accuracy_threshold = (n - positives) / n, np.nextafter(ranked[0], np.inf if higher_is_alike
+                                                                          else -np.inf, dtype=ranked.dtype)
+    if n and accuracies.max() > best_accuracy:  # no threshold beats calling every pair unlike: that one
+        best = int(np.argmax(accuracies))
+        best_accuracy, accuracy_threshold = accuracies[best], threshold(ends[best])
+    precisions, recalls = hits / called, hits / max(positives, 1)
+    with np.errstate(invalid="ignore"):
+        f1s = np.where(hits > 0, 2 * precisions * recalls / (precisions + recalls), 0.0)
+    f1 = precision = recall = f1_threshold = 0.0
+    if positives:
+        best = int(np.argmax(f1s))
+        f1, precision, recall, f1_threshold = f1s[best], precisions[best], recalls[best], threshold(ends[best])
+    # average precision: the precision at each threshold, weighed by the recall it adds
+    ap = float(np.sum(np.diff(recalls, prepend=0.0) * precisions)) if positives else 0.0
+    predicted = scores >= f1_threshold if higher_is_alike else scores <= f1_threshold
+    tp, fp = int((predicted & (labels == 1)).sum()), int((predicted & (labels == 0)).sum())
+    fn, tn = positives - tp, n - positives - fp
+    denominator = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    mcc = (tp * tn - fp * fn) / denominator if denominator else 0.0
+    return {"accuracy": float(best_accuracy), "accuracy_threshold": float(accuracy_threshold), "f1": float(f1),
+            "f1_threshold": float(f1_threshold), "precision": float(precision), "recall": float(recall), "ap": ap,
+            "mcc": float(mcc)}
 
 
 def append_csv_row(path: Path, header: list[str], row: list) -> None:

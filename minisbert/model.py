@@ -368,7 +368,7 @@ class SentenceTransformer(nn.Module):
 
     def evaluate(self, evaluator, output_path: str | Path | None = None):
         """`evaluator(self, output_path)`, as sentence-transformers' (evaluate.EmbeddingSimilarityEvaluator,
-        evaluate.TripletEvaluator and evaluate.InformationRetrievalEvaluator)."""
+        TripletEvaluator, InformationRetrievalEvaluator and BinaryClassificationEvaluator)."""
         if output_path is not None:
             Path(output_path).mkdir(parents=True, exist_ok=True)
         return evaluator(self, output_path)

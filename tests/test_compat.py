@@ -418,6 +418,73 @@ def test_information_retrieval_evaluator_as_sentence_transformers(minilm_folder,
                                atol=1e-9)
 
 
+def binary_pairs(data_dir):
+    """STS benchmark dev pairs labelled 1 where scored 3 or more; then the first 20 again with the other label, so
+    that equal scores carry both labels (each distinct text is embedded once, by both libraries)."""
+    from minisbert.data import read_sts_benchmark
+    examples = read_sts_benchmark(data_dir / "stsbenchmark" / "sts-dev.csv")[:200]
+    labels = [int(e.label >= 3) for e in examples]
+    pairs = [e.texts for e in examples] + [e.texts for e in examples[:20]]
+    return [a for a, _ in pairs], [b for _, b in pairs], labels + [1 - label for label in labels[:20]]
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"name": "sts-pairs", "similarity_fn_names": ["cosine", "dot", "euclidean", "manhattan"]},
+    {"similarity_fn_names": ["manhattan"], "truncate_dim": 64, "batch_size": 7}])
+def test_binary_classification_evaluator_as_sentence_transformers(minilm_folder, data_dir, options, tmp_path):
+    from sentence_transformers.sentence_transformer.evaluation import \
+        BinaryClassificationEvaluator as ReferenceEvaluator
+
+    from minisbert.evaluate import BinaryClassificationEvaluator
+    ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
+    data = binary_pairs(data_dir)
+    evaluator = BinaryClassificationEvaluator(*data, **options)
+    reference_evaluator = ReferenceEvaluator(*data, **options)
+    got = ours.evaluate(evaluator, str(tmp_path / "ours"))
+    expected = reference.evaluate(reference_evaluator, str(tmp_path / "theirs"))
+    assert list(got) == list(expected) and evaluator.primary_metric == reference_evaluator.primary_metric
+    assert got == pytest.approx({key: float(value) for key, value in expected.items()}, abs=1e-6)
+    assert 0.5 < got[evaluator.primary_metric] < 1  # neither chance nor perfect
+    [ours_csv] = (tmp_path / "ours").iterdir()
+    [their_csv] = (tmp_path / "theirs").iterdir()
+    assert ours_csv.name == their_csv.name
+    mine, theirs = (path.read_text().splitlines() for path in (ours_csv, their_csv))
+    assert mine[0] == theirs[0] and len(mine) == len(theirs) == 2
+    np.testing.assert_allclose(np.array(mine[1].split(","), dtype=float), np.array(theirs[1].split(","), dtype=float),
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("higher_is_alike", [True, False])
+def test_binary_classification_metrics_equal_sentence_transformers_and_scikit_learn(seed, higher_is_alike):
+    # scores with many equal values (a few distinct ones), for seed 3 neighbouring floats (whose midpoint rounds to
+    # one of them), and for the last seeds one class only or a single pair
+    from sentence_transformers.sentence_transformer.evaluation import BinaryClassificationEvaluator as Reference
+    from sklearn.metrics import average_precision_score, matthews_corrcoef
+
+    from minisbert.evaluate import binary_classification_metrics
+    generator = np.random.default_rng(seed)
+    n = (1 if seed == 5 else 200)
+    scores = generator.integers(0, 12, n).astype(np.float32) / np.float32(7)
+    if seed == 3:
+        scores = np.float32(0.5) + generator.integers(0, 4, n).astype(np.float32) * np.spacing(np.float32(0.5))
+    labels = (generator.random(n) < (0.0 if seed == 4 else 0.4)).astype(int)
+    if seed == 3:  # the best thresholds between two neighbours whose midpoint rounds to the one beyond them
+        values = np.unique(scores)
+        labels = (scores >= values[3] if higher_is_alike else scores <= values[1]).astype(int)
+    got = binary_classification_metrics(scores, labels, higher_is_alike)
+    accuracy, accuracy_threshold = Reference.find_best_acc_and_threshold(scores, labels, higher_is_alike)
+    f1, precision, recall, f1_threshold = Reference.find_best_f1_and_threshold(scores, labels, higher_is_alike)
+    expected = {"accuracy": accuracy, "accuracy_threshold": accuracy_threshold, "f1": f1, "f1_threshold": f1_threshold,
+                "precision": precision, "recall": recall}
+    assert {key: got[key] for key in expected} == pytest.approx(expected, abs=1e-12)
+    predicted = scores >= f1_threshold if higher_is_alike else scores <= f1_threshold
+    assert got["mcc"] == pytest.approx(matthews_corrcoef(labels, predicted), abs=1e-12)
+    if labels.any():  # scikit-learn warns and gives 0 without a positive pair
+        ranked = scores if higher_is_alike else -scores
+        assert got["ap"] == pytest.approx(average_precision_score(labels, ranked), abs=1e-12)
+
+
 @pytest.mark.parametrize("options, message", [
     ({"main_score_function": "cosin"}, "main_score_function 'cosin' is not one of cosine, dot"),
     ({"ndcg_at_k": [0, 10]}, "every list of k must hold positive integers"),
@@ -426,4 +493,14 @@ def test_information_retrieval_evaluator_refuses_what_it_cannot_rank(options, me
     from minisbert.evaluate import InformationRetrievalEvaluator
     with pytest.raises(ValueError, match=message):
         InformationRetrievalEvaluator({"q": "a"}, {"d": "b"}, {"q": {"d"}}, **options)
+
+
+@pytest.mark.parametrize("labels, options, message", [
+    ([1, 2], {}, r"labels\[1\] is 2: a pair is labelled 1 \(alike\) or 0"),
+    ([1], {}, "must be as long as each other, not 2, 2 and 1"),
+    ([1, 0], {"similarity_fn_names": ["cos"]}, "similarity function 'cos' is not one of cosine, dot")])
+def test_binary_classification_evaluator_refuses_what_it_cannot_classify(labels, options, message):
+    from minisbert.evaluate import BinaryClassificationEvaluator
+    with pytest.raises(ValueError, match=message):
+        BinaryClassificationEvaluator(["a", "b"], ["c", "d"], labels, **options)
 
