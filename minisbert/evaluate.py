@@ -6,7 +6,7 @@ benchmark test set and SICK-R test set, as correlations x 100. And triplets, as 
 Wikipedia section distinction: how often the anchor is nearer the positive than the negative), retrieval, as its
 InformationRetrievalEvaluator (accuracy, precision, recall, MRR, NDCG and MAP of each query's top hits), and pairs
 labelled alike or not, as its BinaryClassificationEvaluator (accuracy and F1 at the best thresholds, average
-precision).
+precision); and its ParaphraseMiningEvaluator, MSEEvaluator (distillation) and SequentialEvaluator.
 """
 
 import csv
@@ -407,6 +407,131 @@ def binary_classification_metrics(scores: np.ndarray, labels: np.ndarray, higher
     return {"accuracy": float(best_accuracy), "accuracy_threshold": float(accuracy_threshold), "f1": float(f1),
             "f1_threshold": float(f1_threshold), "precision": float(precision), "recall": float(recall), "ap": ap,
             "mcc": float(mcc)}
+
+
+class ParaphraseMiningEvaluator:
+    """sentence-transformers' evaluator of this name, for code moved from it: mines the most similar pairs of
+    `sentences_map`'s texts (search.paraphrase_mining with its options and the model's similarity) and scores them
+    against the known duplicates (`duplicates_list` of id pairs, or `duplicates_dict` {id: {id: True}}; with
+    `add_transitive_closure`, every two ids joined by a chain of duplicates): average precision, and the best F1 over
+    thresholds between mined scores, with its precision, recall and threshold; named and written to CSV as it does."""
+
+    def __init__(self, sentences_map: dict[str, str], duplicates_list: list[tuple[str, str]] | None = None,
+                 duplicates_dict: dict[str, dict[str, bool]] | None = None, add_transitive_closure: bool = False,
+                 query_chunk_size: int = 5000, corpus_chunk_size: int = 100000, max_pairs: int = 500000,
+                 top_k: int = 100, show_progress_bar: bool = False, batch_size: int = 16, name: str = "",
+                 write_csv: bool = True, truncate_dim: int | None = None):
+        self.ids, self.sentences = list(sentences_map), list(sentences_map.values())
+        pairs = {frozenset((a, b)) for a, marked in (duplicates_dict or {}).items()
+                 for b, is_duplicate in marked.items() if is_duplicate}
+        pairs |= {frozenset(pair) for pair in duplicates_list or [] if set(pair) <= sentences_map.keys()}
+        if add_transitive_closure:
+            pairs = transitive_closure(pairs)
+        # pairs of ids the map does not hold count for nothing, nor does an id paired with itself
+        self.duplicates = {pair for pair in pairs if len(pair) == 2 and pair <= sentences_map.keys()}
+        self.mining = {"query_chunk_size": query_chunk_size, "corpus_chunk_size": corpus_chunk_size,
+                       "max_pairs": max_pairs, "top_k": top_k}
+        self.batch_size, self.show_progress_bar, self.name = batch_size, show_progress_bar, name
+        self.write_csv, self.truncate_dim = write_csv, truncate_dim
+        self.csv_file = f"paraphrase_mining_evaluation{'_' + name if name else ''}_results.csv"
+        self.primary_metric = "average_precision"
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        from .search import paraphrase_mining
+        mined = paraphrase_mining(model, self.sentences, show_progress_bar=self.show_progress_bar,
+                                  batch_size=self.batch_size, truncate_dim=self.truncate_dim,
+                                  score_function=model.similarity, **self.mining)
+        found = np.cumsum([frozenset((self.ids[i], self.ids[j])) in self.duplicates for _, i, j in mined])
+        total = len(self.duplicates)
+        average_precision = f1 = precision = recall = threshold = 0
+        before = 0  # duplicates found above the previous threshold
+        for end, (score, _, _) in enumerate(mined):
+            if end + 1 < len(mined) and mined[end + 1][0] == score:
+                continue  # a threshold cannot part equal scores
+            correct = int(found[end])
+            if correct > before:  # only thresholds that take in more duplicates count
+                at_precision, at_recall = correct / (end + 1), correct / total
+                at_f1 = 2 * at_precision * at_recall / (at_precision + at_recall)
+                average_precision += at_precision * (correct - before)
+                if at_f1 > f1:
+                    f1, precision, recall = at_f1, at_precision, at_recall
+                    threshold = (score + mined[min(end + 1, len(mined) - 1)][0]) / 2
+            before = correct
+        average_precision = average_precision / total if total else 0
+        if output_path is not None and self.write_csv:
+            append_csv_row(Path(output_path) / self.csv_file,
+                           ["epoch", "steps", "precision", "recall", "f1", "threshold", "average_precision"],
+                           [epoch, steps, precision, recall, f1, threshold, average_precision])
+        metrics = {"average_precision": average_precision, "f1": f1, "precision": precision, "recall": recall,
+                   "threshold": threshold}
+        self.primary_metric = f"{self.name}_average_precision" if self.name else "average_precision"
+        return {f"{self.name}_{key}" if self.name else key: float(value) for key, value in metrics.items()}
+
+
+def transitive_closure(pairs: set[frozenset]) -> set[frozenset]:
+    """Every pair of ids joined by a chain of `pairs`: each group of connected ids, all its pairs."""
+    group_of = {}  # id -> the set of ids connected to it, shared by all of them
+    for pair in pairs:
+        merged = set(pair).union(*(group_of.get(i, ()) for i in pair))
+        for i in merged:
+            group_of[i] = merged
+    groups = {id(group): group for group in group_of.values()}.values()
+    return {frozenset((a, b)) for group in groups for a in group for b in group if a != b}
+
+
+class MSEEvaluator:
+    """sentence-transformers' evaluator of this name, for code moved from it (multilingual distillation): the mean
+    squared difference, x 100, between a teacher model's embeddings of `source_sentences` (computed once, here) and
+    the evaluated model's of `target_sentences`; returned negated ("negative_mse", higher is better), named and
+    written to CSV as it does."""
+
+    def __init__(self, source_sentences: list[str], target_sentences: list[str], teacher_model=None,
+                 show_progress_bar: bool = False, batch_size: int = 32, name: str = "", write_csv: bool = True,
+                 truncate_dim: int | None = None):
+        if len(source_sentences) != len(target_sentences):
+            raise ValueError(f"source_sentences ({len(source_sentences)}) and target_sentences "
+                             f"({len(target_sentences)}) must be as long as each other")
+        self.target_sentences = list(target_sentences)
+        self.batch_size, self.show_progress_bar, self.name = batch_size, show_progress_bar, name
+        self.write_csv, self.truncate_dim = write_csv, truncate_dim
+        self.csv_file = f"mse_evaluation_{name}_results.csv"  # sentence-transformers' name, "_" or not
+        self.primary_metric = "negative_mse"
+        self.source_embeddings = self._embed(teacher_model, source_sentences)
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        target_embeddings = self._embed(model, self.target_sentences)
+        mse = float(((self.source_embeddings - target_embeddings) ** 2).mean() * 100)
+        if output_path is not None and self.write_csv:
+            append_csv_row(Path(output_path) / self.csv_file, ["epoch", "steps", "MSE"], [epoch, steps, mse])
+        self.primary_metric = f"{self.name}_negative_mse" if self.name else "negative_mse"
+        return {self.primary_metric: -mse}
+
+    def _embed(self, model, sentences: list[str]) -> np.ndarray:
+        return model.encode(list(sentences), batch_size=self.batch_size, show_progress_bar=self.show_progress_bar,
+                            convert_to_numpy=True, truncate_dim=self.truncate_dim)
+
+
+class SequentialEvaluator:
+    """sentence-transformers' evaluator of this name: each of `evaluators` in turn, their metrics in one dict, and
+    "sequential_score", `main_score_function` of their primary metrics (by default the last one's)."""
+
+    def __init__(self, evaluators, main_score_function=lambda scores: scores[-1]):
+        self.evaluators, self.main_score_function = list(evaluators), main_score_function
+        self.primary_metric = "sequential_score"
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        results, scores = {}, []
+        for index, evaluator in enumerate(self.evaluators):
+            metrics = evaluator(model, output_path, epoch, steps)
+            if not isinstance(metrics, dict):  # an evaluator that returns one number
+                scores.append(metrics)
+                metrics = {f"evaluator_{index}": metrics}
+            else:
+                primary = getattr(evaluator, "primary_metric", None)
+                scores.append(metrics[primary] if primary is not None else next(iter(metrics.values())))
+            results.update(metrics)
+        results["sequential_score"] = self.main_score_function(scores) if scores else 0.0
+        return results
 
 
 def append_csv_row(path: Path, header: list[str], row: list) -> None:

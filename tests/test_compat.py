@@ -485,6 +485,94 @@ def test_binary_classification_metrics_equal_sentence_transformers_and_scikit_le
         assert got["ap"] == pytest.approx(average_precision_score(labels, ranked), abs=1e-12)
 
 
+@pytest.mark.parametrize("options", [
+    {}, {"name": "sts-mining", "top_k": 3, "max_pairs": 150, "query_chunk_size": 70, "add_transitive_closure": True},
+    {"duplicates": "dict", "truncate_dim": 48}])
+def test_paraphrase_mining_evaluator_as_sentence_transformers(minilm_folder, data_dir, options, tmp_path):
+    # STS benchmark dev sentences; the pairs scored 3.8 or more are duplicates, chained through shared sentences
+    from collections import defaultdict
+
+    from sentence_transformers.sentence_transformer.evaluation import ParaphraseMiningEvaluator as ReferenceEvaluator
+
+    from minisbert.data import read_sts_benchmark
+    from minisbert.evaluate import ParaphraseMiningEvaluator
+    examples = read_sts_benchmark(data_dir / "stsbenchmark" / "sts-dev.csv")[:300]
+    ids = {}
+    for example in examples:
+        for text in example.texts:
+            ids.setdefault(text, f"s{len(ids)}")
+    sentences = {i: text for text, i in ids.items()}
+    duplicates = [(ids[e.texts[0]], ids[e.texts[1]]) for e in examples if e.label >= 3.8]
+    options = dict(options)
+    if options.pop("duplicates", None) == "dict":
+        marked = defaultdict(lambda: defaultdict(bool))  # as sentence-transformers builds it from a list
+        for a, b in duplicates:
+            marked[a][b] = marked[b][a] = True
+        options["duplicates_dict"] = marked
+    else:
+        options["duplicates_list"] = duplicates
+    ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
+    evaluator, reference_evaluator = (ParaphraseMiningEvaluator(sentences, **options),
+                                      ReferenceEvaluator(sentences, **options))
+    got = ours.evaluate(evaluator, str(tmp_path / "ours"))
+    expected = reference.evaluate(reference_evaluator, str(tmp_path / "theirs"))
+    assert list(got) == list(expected) and evaluator.primary_metric == reference_evaluator.primary_metric
+    assert got == pytest.approx(expected, abs=1e-6)
+    assert 0 < got[evaluator.primary_metric] < 1
+    [ours_csv] = (tmp_path / "ours").iterdir()
+    [their_csv] = (tmp_path / "theirs").iterdir()
+    assert ours_csv.name == their_csv.name
+    mine, theirs = (path.read_text().splitlines() for path in (ours_csv, their_csv))
+    assert mine[0] == theirs[0] and len(mine) == len(theirs) == 2
+    np.testing.assert_allclose(np.array(mine[1].split(","), dtype=float), np.array(theirs[1].split(","), dtype=float),
+                               atol=1e-6)
+
+
+def test_transitive_closure_joins_every_chain():
+    from minisbert.evaluate import transitive_closure
+    pairs = {frozenset(pair) for pair in [("a", "b"), ("c", "b"), ("d", "e"), ("f", "c")]}
+    expected = {frozenset(pair) for pair in [("a", "b"), ("a", "c"), ("a", "f"), ("b", "c"), ("b", "f"), ("c", "f"),
+                                              ("d", "e")]}
+    assert transitive_closure(pairs) == expected
+
+
+@pytest.mark.parametrize("name", ["", "en-de"])
+def test_mse_and_sequential_evaluators_as_sentence_transformers(minilm_folder, data_dir, name, tmp_path):
+    # a teacher's embeddings of the first sentences against the model's of the second (both all-MiniLM-L6-v2), then
+    # that evaluator, a binary and a similarity one in sequence, with sentence-transformers' default main score and
+    # with a mean of their primary metrics
+    from sentence_transformers.sentence_transformer.evaluation import (
+        BinaryClassificationEvaluator as ReferenceBinary, EmbeddingSimilarityEvaluator as ReferenceSimilarity,
+        MSEEvaluator as ReferenceMSE, SequentialEvaluator as ReferenceSequential)
+
+    from minisbert.data import read_sts_benchmark
+    from minisbert.evaluate import (BinaryClassificationEvaluator, EmbeddingSimilarityEvaluator, MSEEvaluator,
+                                    SequentialEvaluator)
+    examples = read_sts_benchmark(data_dir / "stsbenchmark" / "sts-dev.csv")[:120]
+    first, second = [e.texts[0] for e in examples], [e.texts[1] for e in examples]
+    ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
+    got = ours.evaluate(MSEEvaluator(first, second, teacher_model=ours, name=name), str(tmp_path / "ours"))
+    expected = reference.evaluate(ReferenceMSE(first, second, teacher_model=reference, name=name),
+                                  str(tmp_path / "theirs"))
+    assert list(got) == list(expected) and got == pytest.approx(expected, rel=1e-5) and list(got.values())[0] < 0
+    for ours_csv, their_csv in zip(*(sorted((tmp_path / side).iterdir()) for side in ("ours", "theirs"))):
+        assert ours_csv.name == their_csv.name
+        assert ours_csv.read_text().splitlines()[0] == their_csv.read_text().splitlines()[0]
+    labels = [int(e.label >= 3) for e in examples]
+    for main_score in (None, lambda scores: sum(scores) / len(scores)):
+        ours_sequence = SequentialEvaluator(
+            [MSEEvaluator(first, second, teacher_model=ours, name=name), BinaryClassificationEvaluator(
+                first, second, labels, name=name), EmbeddingSimilarityEvaluator(
+                first, second, [e.label for e in examples], name=name)], *[main_score] * bool(main_score))
+        their_sequence = ReferenceSequential(
+            [ReferenceMSE(first, second, teacher_model=reference, name=name), ReferenceBinary(
+                first, second, labels, name=name), ReferenceSimilarity(
+                first, second, [e.label for e in examples], name=name)], *[main_score] * bool(main_score))
+        got, expected = ours.evaluate(ours_sequence), reference.evaluate(their_sequence)
+        assert list(got) == list(expected) and got == pytest.approx(expected, rel=1e-5, abs=1e-6)
+        assert ours_sequence.primary_metric == their_sequence.primary_metric == "sequential_score"
+
+
 @pytest.mark.parametrize("options, message", [
     ({"main_score_function": "cosin"}, "main_score_function 'cosin' is not one of cosine, dot"),
     ({"ndcg_at_k": [0, 10]}, "every list of k must hold positive integers"),
