@@ -367,7 +367,7 @@ class SentenceTransformer(nn.Module):
     save_pretrained = save  # sentence-transformers' other name for it
 
     def evaluate(self, evaluator, output_path: str | Path | None = None):
-        """`evaluator(self, output_path)`, as sentence-transformers' (the evaluators in minisbert.evaluate)."""
+        """`evaluator(self, output_path)`, as sentence-transformers' (the evaluators in minisbert.evaluation)."""
         if output_path is not None:
             Path(output_path).mkdir(parents=True, exist_ok=True)
         return evaluator(self, output_path)

@@ -309,7 +309,7 @@ def test_embedding_similarity_evaluator_as_sentence_transformers(both, data_dir,
     from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator as ReferenceEvaluator
 
     from minisbert.data import read_sts_benchmark
-    from minisbert.evaluate import EmbeddingSimilarityEvaluator
+    from minisbert.evaluation import EmbeddingSimilarityEvaluator
     ours, reference = both
     examples = read_sts_benchmark(data_dir / "stsbenchmark" / "sts-dev.csv")[:150]
     columns = [e.texts[0] for e in examples], [e.texts[1] for e in examples], [e.label for e in examples]
@@ -340,7 +340,7 @@ def test_triplet_evaluator_as_sentence_transformers(minilm_folder, data_dir, opt
     from sentence_transformers.sentence_transformer.evaluation import TripletEvaluator as ReferenceEvaluator
 
     from minisbert.data import nli_triplets, read_nli
-    from minisbert.evaluate import TripletEvaluator
+    from minisbert.evaluation import TripletEvaluator
     ours, reference = SentenceTransformer(minilm_folder, prompts=prompts), Reference(str(minilm_folder), device="cpu",
                                                                                     prompts=prompts)
     triplets = nli_triplets(read_nli(data_dir / "nli" / "snli_1.0_dev.jsonl"))[:120]
@@ -389,7 +389,7 @@ def test_information_retrieval_evaluator_as_sentence_transformers(minilm_folder,
         InformationRetrievalEvaluator as ReferenceEvaluator
 
     from minisbert import util
-    from minisbert.evaluate import InformationRetrievalEvaluator
+    from minisbert.evaluation import InformationRetrievalEvaluator
     prompts = {"passage": "passage: "}
     ours, reference = (SentenceTransformer(minilm_folder, prompts=prompts),
                        Reference(str(minilm_folder), device="cpu", prompts=prompts))
@@ -435,7 +435,7 @@ def test_binary_classification_evaluator_as_sentence_transformers(minilm_folder,
     from sentence_transformers.sentence_transformer.evaluation import \
         BinaryClassificationEvaluator as ReferenceEvaluator
 
-    from minisbert.evaluate import BinaryClassificationEvaluator
+    from minisbert.evaluation import BinaryClassificationEvaluator
     ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
     data = binary_pairs(data_dir)
     evaluator = BinaryClassificationEvaluator(*data, **options)
@@ -462,7 +462,7 @@ def test_binary_classification_metrics_equal_sentence_transformers_and_scikit_le
     from sentence_transformers.sentence_transformer.evaluation import BinaryClassificationEvaluator as Reference
     from sklearn.metrics import average_precision_score, matthews_corrcoef
 
-    from minisbert.evaluate import binary_classification_metrics
+    from minisbert.evaluation import binary_classification_metrics
     generator = np.random.default_rng(seed)
     n = (1 if seed == 5 else 200)
     scores = generator.integers(0, 12, n).astype(np.float32) / np.float32(7)
@@ -495,7 +495,7 @@ def test_paraphrase_mining_evaluator_as_sentence_transformers(minilm_folder, dat
     from sentence_transformers.sentence_transformer.evaluation import ParaphraseMiningEvaluator as ReferenceEvaluator
 
     from minisbert.data import read_sts_benchmark
-    from minisbert.evaluate import ParaphraseMiningEvaluator
+    from minisbert.evaluation import ParaphraseMiningEvaluator
     examples = read_sts_benchmark(data_dir / "stsbenchmark" / "sts-dev.csv")[:300]
     ids = {}
     for example in examples:
@@ -529,7 +529,7 @@ def test_paraphrase_mining_evaluator_as_sentence_transformers(minilm_folder, dat
 
 
 def test_transitive_closure_joins_every_chain():
-    from minisbert.evaluate import transitive_closure
+    from minisbert.evaluation import transitive_closure
     pairs = {frozenset(pair) for pair in [("a", "b"), ("c", "b"), ("d", "e"), ("f", "c")]}
     expected = {frozenset(pair) for pair in [("a", "b"), ("a", "c"), ("a", "f"), ("b", "c"), ("b", "f"), ("c", "f"),
                                               ("d", "e")]}
@@ -546,7 +546,7 @@ def test_mse_and_sequential_evaluators_as_sentence_transformers(minilm_folder, d
         MSEEvaluator as ReferenceMSE, SequentialEvaluator as ReferenceSequential)
 
     from minisbert.data import read_sts_benchmark
-    from minisbert.evaluate import (BinaryClassificationEvaluator, EmbeddingSimilarityEvaluator, MSEEvaluator,
+    from minisbert.evaluation import (BinaryClassificationEvaluator, EmbeddingSimilarityEvaluator, MSEEvaluator,
                                     SequentialEvaluator)
     examples = read_sts_benchmark(data_dir / "stsbenchmark" / "sts-dev.csv")[:120]
     first, second = [e.texts[0] for e in examples], [e.texts[1] for e in examples]
@@ -573,12 +573,19 @@ def test_mse_and_sequential_evaluators_as_sentence_transformers(minilm_folder, d
         assert ours_sequence.primary_metric == their_sequence.primary_metric == "sequential_score"
 
 
+def test_the_evaluators_can_still_be_imported_from_where_they_were_first():
+    from minisbert import evaluate, evaluation
+    for name in ("EmbeddingSimilarityEvaluator", "TripletEvaluator", "InformationRetrievalEvaluator",
+                 "BinaryClassificationEvaluator", "ParaphraseMiningEvaluator", "MSEEvaluator", "SequentialEvaluator"):
+        assert getattr(evaluate, name) is getattr(evaluation, name)
+
+
 @pytest.mark.parametrize("options, message", [
     ({"main_score_function": "cosin"}, "main_score_function 'cosin' is not one of cosine, dot"),
     ({"ndcg_at_k": [0, 10]}, "every list of k must hold positive integers"),
     ({"map_at_k": []}, "every list of k must hold positive integers")])
 def test_information_retrieval_evaluator_refuses_what_it_cannot_rank(options, message):
-    from minisbert.evaluate import InformationRetrievalEvaluator
+    from minisbert.evaluation import InformationRetrievalEvaluator
     with pytest.raises(ValueError, match=message):
         InformationRetrievalEvaluator({"q": "a"}, {"d": "b"}, {"q": {"d"}}, **options)
 
@@ -588,7 +595,7 @@ def test_information_retrieval_evaluator_refuses_what_it_cannot_rank(options, me
     ([1], {}, "must be as long as each other, not 2, 2 and 1"),
     ([1, 0], {"similarity_fn_names": ["cos"]}, "similarity function 'cos' is not one of cosine, dot")])
 def test_binary_classification_evaluator_refuses_what_it_cannot_classify(labels, options, message):
-    from minisbert.evaluate import BinaryClassificationEvaluator
+    from minisbert.evaluation import BinaryClassificationEvaluator
     with pytest.raises(ValueError, match=message):
         BinaryClassificationEvaluator(["a", "b"], ["c", "d"], labels, **options)
 
