@@ -7,7 +7,8 @@ paper's STS evaluation). TripletEvaluator: how often the anchor is nearer the po
 paper's Wikipedia section distinction). InformationRetrievalEvaluator: accuracy, precision, recall, MRR, NDCG and
 MAP of each query's top hits in a corpus. BinaryClassificationEvaluator: pairs labelled alike or not, accuracy and F1
 at the best thresholds, average precision. ParaphraseMiningEvaluator: mined pairs against known duplicates.
-MSEEvaluator: a teacher's embeddings against the model's (distillation). SequentialEvaluator: several in turn.
+RerankingEvaluator: each query's positives ranked among its negatives (MAP, MRR, NDCG). MSEEvaluator: a teacher's
+embeddings against the model's (distillation). SequentialEvaluator: several in turn.
 """
 
 import csv
@@ -379,8 +380,7 @@ def binary_classification_metrics(scores: np.ndarray, labels: np.ndarray, higher
     if positives:
         best = int(np.argmax(f1s))
         f1, precision, recall, f1_threshold = f1s[best], precisions[best], recalls[best], threshold(ends[best])
-    # average precision: the precision at each threshold, weighed by the recall it adds
-    ap = float(np.sum(np.diff(recalls, prepend=0.0) * precisions)) if positives else 0.0
+    ap = average_precision(scores if higher_is_alike else -scores, labels)
     predicted = scores >= f1_threshold if higher_is_alike else scores <= f1_threshold
     tp, fp = int((predicted & (labels == 1)).sum()), int((predicted & (labels == 0)).sum())
     fn, tn = positives - tp, n - positives - fp
@@ -389,6 +389,85 @@ def binary_classification_metrics(scores: np.ndarray, labels: np.ndarray, higher
     return {"accuracy": float(best_accuracy), "accuracy_threshold": float(accuracy_threshold), "f1": float(f1),
             "f1_threshold": float(f1_threshold), "precision": float(precision), "recall": float(recall), "ap": ap,
             "mcc": float(mcc)}
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """scikit-learn's average_precision_score of binary labels (1 relevant) by scores (higher first): the precision
+    at each distinct score, weighed by the share of the relevant ones it adds; 0 without a relevant one."""
+    positives = int(np.sum(labels))
+    if not positives:
+        return 0.0
+    order = np.argsort(-scores, kind="stable")
+    ranked, relevant = scores[order], np.asarray(labels)[order]
+    ends = np.flatnonzero(np.append(ranked[1:] != ranked[:-1], True))  # the last of each run of equal scores
+    hits = np.cumsum(relevant)[ends]
+    return float(np.sum(np.diff(hits, prepend=0) / positives * (hits / (ends + 1))))
+
+
+def ndcg_at(scores: np.ndarray, relevance: np.ndarray, k: int) -> float:
+    """scikit-learn's ndcg_score of one ranking at k: DCG over the top k (discount 1/log2(rank + 1)) over the
+    ideal's. Equal scores share their ranks: each takes the mean of the gains of its run of equal scores."""
+    discounts = np.where(np.arange(len(scores)) < k, 1 / np.log2(np.arange(len(scores)) + 2), 0.0)
+    values, runs, counts = np.unique(-scores, return_inverse=True, return_counts=True)
+    mean_gains = np.bincount(runs.ravel(), weights=relevance, minlength=len(values)) / counts
+    run_discounts = np.diff(np.cumsum(discounts)[np.cumsum(counts) - 1], prepend=0.0)
+    ideal = np.sum(np.sort(relevance)[::-1] * discounts)
+    return float(np.sum(mean_gains * run_discounts) / ideal) if ideal else 0.0
+
+
+class RerankingEvaluator:
+    """sentence-transformers' evaluator of this name, for code moved from it: each sample's query ("query", through
+    encode_query) against its "positive" and "negative" documents (a text or a list; through encode_document),
+    ranked by `similarity_fct` (the model's similarity unless given): mean average precision, MRR at k (positives
+    first among equal scores) and NDCG at k; named and written to CSV as it does. Samples without a positive or a
+    negative are left out. Documents are embedded in batches either way (`use_batched_encoding`: minisbert's
+    embeddings do not depend on the batch)."""
+
+    def __init__(self, samples: list[dict] | dict, at_k: int = 10, name: str = "", write_csv: bool = True,
+                 similarity_fct=None, batch_size: int = 64, show_progress_bar: bool = False,
+                 use_batched_encoding: bool = True, truncate_dim: int | None = None, mrr_at_k: int | None = None):
+        samples = list(samples.values()) if isinstance(samples, dict) else list(samples)
+        for index, sample in enumerate(samples):
+            missing = {"query", "positive", "negative"} - set(sample)
+            if missing:
+                raise ValueError(f"samples[{index}] has no {', '.join(sorted(missing))}: each sample is a dict of "
+                                 f"a query, its positive and its negative documents")
+        self.samples = [{**sample, **{key: [sample[key]] if isinstance(sample[key], str) else list(sample[key])
+                                      for key in ("positive", "negative")}} for sample in samples]
+        self.samples = [sample for sample in self.samples if sample["positive"] and sample["negative"]]
+        self.at_k = mrr_at_k if mrr_at_k is not None else at_k
+        self.similarity_fct, self.batch_size, self.show_progress_bar = similarity_fct, batch_size, show_progress_bar
+        self.use_batched_encoding, self.truncate_dim = use_batched_encoding, truncate_dim
+        self.name, self.write_csv = name, write_csv
+        self.csv_file = f"RerankingEvaluator{'_' + name if name else ''}_results_@{self.at_k}.csv"
+        self.primary_metric = f"ndcg@{self.at_k}"
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        options = {"batch_size": self.batch_size, "show_progress_bar": self.show_progress_bar,
+                   "convert_to_tensor": True, "truncate_dim": self.truncate_dim}
+        similarity = self.similarity_fct or model.similarity
+        queries = model.encode_query([sample["query"] for sample in self.samples], **options)
+        documents = model.encode_document([text for sample in self.samples
+                                           for text in sample["positive"] + sample["negative"]], **options)
+        found = {"map": [], "mrr": [], "ndcg": []}
+        start = 0
+        for query, sample in zip(queries, self.samples):
+            count = len(sample["positive"]) + len(sample["negative"])
+            scores = similarity(query[None], documents[start:start + count])[0].float().cpu().numpy()
+            start += count
+            relevant = np.arange(count) < len(sample["positive"])
+            first_hit = np.flatnonzero(relevant[np.argsort(-scores, kind="stable")][:self.at_k])
+            found["mrr"].append(1 / (first_hit[0] + 1) if len(first_hit) else 0.0)
+            found["ndcg"].append(ndcg_at(scores, relevant.astype(float), self.at_k))
+            found["map"].append(average_precision(scores, relevant))
+        mean = {metric: float(np.mean(values)) for metric, values in found.items()}
+        if output_path is not None and self.write_csv:
+            append_csv_row(Path(output_path) / self.csv_file,
+                           ["epoch", "steps", "MAP", f"MRR@{self.at_k}", f"NDCG@{self.at_k}"],
+                           [epoch, steps, mean["map"], mean["mrr"], mean["ndcg"]])
+        metrics = {"map": mean["map"], f"mrr@{self.at_k}": mean["mrr"], f"ndcg@{self.at_k}": mean["ndcg"]}
+        self.primary_metric = f"{self.name}_ndcg@{self.at_k}" if self.name else f"ndcg@{self.at_k}"
+        return {f"{self.name}_{key}" if self.name else key: value for key, value in metrics.items()}
 
 
 class ParaphraseMiningEvaluator:

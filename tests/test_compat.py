@@ -573,10 +573,78 @@ def test_mse_and_sequential_evaluators_as_sentence_transformers(minilm_folder, d
         assert ours_sequence.primary_metric == their_sequence.primary_metric == "sequential_score"
 
 
+def reranking_samples(data_dir):
+    """SNLI dev premises as queries, their entailed hypotheses as positives and the others as negatives, several of
+    each; one sample has no negative (left out by both) and two documents are the same text (equal scores)."""
+    from minisbert.data import read_nli
+    by_premise = {}
+    for example in read_nli(data_dir / "nli" / "snli_1.0_dev.jsonl")[:450]:
+        premise, hypothesis = example.texts
+        sample = by_premise.setdefault(premise, {"query": premise, "positive": [], "negative": []})
+        sample["positive" if example.label == 1 else "negative"].append(hypothesis)
+    samples = [sample for sample in by_premise.values() if sample["positive"] and sample["negative"]]
+    samples[0]["negative"] = []
+    samples[1]["negative"].append(samples[1]["positive"][0])
+    samples[2]["positive"] = samples[2]["positive"][0]  # a text, not a list
+    return samples
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"name": "snli", "at_k": 2, "batch_size": 5}, {"mrr_at_k": 1, "use_batched_encoding": False, "truncate_dim": 64,
+                                                      "similarity_fct": "dot_score", "samples": "dict"}])
+def test_reranking_evaluator_as_sentence_transformers(minilm_folder, data_dir, options, tmp_path):
+    from sentence_transformers import util as reference_util
+    from sentence_transformers.sentence_transformer.evaluation import RerankingEvaluator as ReferenceEvaluator
+
+    from minisbert import util
+    from minisbert.evaluation import RerankingEvaluator
+    ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
+    samples, ours_options, their_options = reranking_samples(data_dir), dict(options), dict(options)
+    if options.get("similarity_fct"):
+        ours_options["similarity_fct"] = getattr(util, options["similarity_fct"])
+        their_options["similarity_fct"] = getattr(reference_util, options["similarity_fct"])
+    if ours_options.pop("samples", None) == "dict":
+        samples = {f"s{i}": sample for i, sample in enumerate(samples)}
+    their_options.pop("samples", None)
+    evaluator, reference_evaluator = (RerankingEvaluator(samples, **ours_options),
+                                      ReferenceEvaluator(samples, **their_options))
+    got = ours.evaluate(evaluator, str(tmp_path / "ours"))
+    expected = reference.evaluate(reference_evaluator, str(tmp_path / "theirs"))
+    assert list(got) == list(expected) and evaluator.primary_metric == reference_evaluator.primary_metric
+    assert got == pytest.approx(expected, abs=1e-9)
+    assert 0 < min(got.values()) <= max(got.values()) < 1
+    [ours_csv] = (tmp_path / "ours").iterdir()
+    [their_csv] = (tmp_path / "theirs").iterdir()
+    assert ours_csv.name == their_csv.name
+    mine, theirs = (path.read_text().splitlines() for path in (ours_csv, their_csv))
+    assert mine[0] == theirs[0] and len(mine) == len(theirs) == 2
+    np.testing.assert_allclose(np.array(mine[1].split(","), dtype=float), np.array(theirs[1].split(","), dtype=float),
+                               atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ranking_metrics_equal_scikit_learns(seed):
+    # scores with many equal values, graded relevance for NDCG, and several k
+    from sklearn.metrics import average_precision_score, ndcg_score
+
+    from minisbert.evaluation import average_precision, ndcg_at
+    generator = np.random.default_rng(seed)
+    n = int(generator.integers(2, 40))
+    scores = generator.integers(0, 6, n).astype(np.float32) / np.float32(3)
+    relevant = generator.random(n) < 0.3
+    relevant[0] = True
+    grades = generator.integers(0, 4, n).astype(float)
+    assert average_precision(scores, relevant) == pytest.approx(average_precision_score(relevant, scores), abs=1e-12)
+    for k in (1, 3, 10, 100):
+        for relevance in (relevant.astype(float), grades):
+            assert ndcg_at(scores, relevance, k) == pytest.approx(ndcg_score([relevance], [scores], k=k), abs=1e-12)
+
+
 def test_the_evaluators_can_still_be_imported_from_where_they_were_first():
     from minisbert import evaluate, evaluation
     for name in ("EmbeddingSimilarityEvaluator", "TripletEvaluator", "InformationRetrievalEvaluator",
-                 "BinaryClassificationEvaluator", "ParaphraseMiningEvaluator", "MSEEvaluator", "SequentialEvaluator"):
+                 "BinaryClassificationEvaluator", "ParaphraseMiningEvaluator", "RerankingEvaluator", "MSEEvaluator",
+                 "SequentialEvaluator"):
         assert getattr(evaluate, name) is getattr(evaluation, name)
 
 
