@@ -122,19 +122,11 @@ def read_nli(path: Path) -> list[Example]:
         examples.append(Example((premise, hypothesis), NLI_LABELS[label]))
 
     if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for line_number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    if not isinstance(row, dict):
-                        raise DataError(f"{path}:{line_number}: expected a JSON object, found {type(row).__name__}")
-                    add(row["gold_label"], row["sentence1"], row["sentence2"], line_number)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
-                except KeyError as error:
-                    raise DataError(f"{path}:{line_number}: no {error.args[0]!r} key") from None
+        for line_number, row in _json_objects(path):
+            try:
+                add(row["gold_label"], row["sentence1"], row["sentence2"], line_number)
+            except KeyError as error:
+                raise DataError(f"{path}:{line_number}: no {error.args[0]!r} key") from None
     else:
         rows = _rows(path, 1)
         at = _columns(path, rows, {"label": ("gold_label",), "s1": ("sentence1",), "s2": ("sentence2",)})
@@ -152,6 +144,38 @@ def read_columns(path: Path) -> tuple[list[Example], str]:
     and its positive, then any negatives, for in-batch negatives (or, with one negative, the triplet objective)."""
     path = Path(path)
     examples, columns = [], None
+    for line_number, row in _json_objects(path):
+        if columns is None:
+            columns = list(row)
+            labels = [name for name in columns if name in LABEL_COLUMNS]
+            texts = [name for name in columns if name not in LABEL_COLUMNS]
+            if len(labels) > 1 or len(texts) < 2 or (labels and len(texts) != 2):
+                raise DataError(f"{path}:{line_number}: expected two text columns and a score or label column, "
+                                f"or two or more text columns (anchor, positive, negatives); found "
+                                f"{', '.join(columns) or 'none'}")
+            label = labels[0] if labels else None
+        if set(row) != set(columns):
+            raise DataError(f"{path}:{line_number}: the columns {', '.join(row)} are not the first line's "
+                            f"({', '.join(columns)})")
+        for name in texts:
+            if not isinstance(row[name], str):
+                raise DataError(f"{path}:{line_number}: {name} must be a string, not {row[name]!r}")
+        value = row.get(label, 0)
+        if label == "score" and not (type(value) in (int, float) and -1 <= value <= 1):
+            raise DataError(f"{path}:{line_number}: the score {value!r} is not a similarity in [-1, 1] (scale "
+                            "gold scores to it, as sentence-transformers' cosine objective expects)")
+        if label == "label" and not (type(value) is int and value >= 0):
+            raise DataError(f"{path}:{line_number}: the label {value!r} is not a class id (0, 1, ...); a gold "
+                            "similarity goes in a score column")
+        examples.append(Example(tuple(row[name] for name in texts), value))
+    if columns is None:
+        raise DataError(f"{path}: the file is empty")
+    return examples, LABEL_COLUMNS.get(label, "pairs")
+
+
+def _json_objects(path: Path):
+    """(line number, object) for each non-blank line of a JSON lines file; a line that is not a JSON object is a
+    DataError naming it."""
     with open(path, encoding="utf-8") as f:
         for line_number, line in enumerate(f, 1):
             if not line.strip():
@@ -162,32 +186,7 @@ def read_columns(path: Path) -> tuple[list[Example], str]:
                 raise DataError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{line_number}: expected a JSON object, found {type(row).__name__}")
-            if columns is None:
-                columns = list(row)
-                labels = [name for name in columns if name in LABEL_COLUMNS]
-                texts = [name for name in columns if name not in LABEL_COLUMNS]
-                if len(labels) > 1 or len(texts) < 2 or (labels and len(texts) != 2):
-                    raise DataError(f"{path}:{line_number}: expected two text columns and a score or label column, "
-                                    f"or two or more text columns (anchor, positive, negatives); found "
-                                    f"{', '.join(columns) or 'none'}")
-                label = labels[0] if labels else None
-            if set(row) != set(columns):
-                raise DataError(f"{path}:{line_number}: the columns {', '.join(row)} are not the first line's "
-                                f"({', '.join(columns)})")
-            for name in texts:
-                if not isinstance(row[name], str):
-                    raise DataError(f"{path}:{line_number}: {name} must be a string, not {row[name]!r}")
-            value = row.get(label, 0)
-            if label == "score" and not (type(value) in (int, float) and -1 <= value <= 1):
-                raise DataError(f"{path}:{line_number}: the score {value!r} is not a similarity in [-1, 1] (scale "
-                                "gold scores to it, as sentence-transformers' cosine objective expects)")
-            if label == "label" and not (type(value) is int and value >= 0):
-                raise DataError(f"{path}:{line_number}: the label {value!r} is not a class id (0, 1, ...); a gold "
-                                "similarity goes in a score column")
-            examples.append(Example(tuple(row[name] for name in texts), value))
-    if columns is None:
-        raise DataError(f"{path}: the file is empty")
-    return examples, LABEL_COLUMNS.get(label, "pairs")
+            yield line_number, row
 
 
 def nli_triplets(examples: list[Example]) -> list[Example]:
