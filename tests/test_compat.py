@@ -298,6 +298,17 @@ def test_pooling_without_the_prompt_set_on_the_model_as_sentence_transformers(mi
                                atol=1e-5, rtol=0)
 
 
+def assert_same_csv_file(tmp_path, atol: float):
+    """Each evaluator wrote one CSV file under tmp_path/ours and tmp_path/theirs: the same name, header and row."""
+    [ours_csv] = (tmp_path / "ours").iterdir()
+    [their_csv] = (tmp_path / "theirs").iterdir()
+    assert ours_csv.name == their_csv.name
+    mine, theirs = (path.read_text().splitlines() for path in (ours_csv, their_csv))
+    assert mine[0] == theirs[0] and len(mine) == len(theirs) == 2
+    np.testing.assert_allclose(np.array(mine[1].split(","), dtype=float), np.array(theirs[1].split(","), dtype=float),
+                               atol=atol)
+
+
 # ---------------------------------------------------------------- evaluation
 
 @pytest.mark.parametrize("options", [{}, {"name": "sts-dev", "similarity_fn_names": ["cosine", "dot", "euclidean",
@@ -320,13 +331,7 @@ def test_embedding_similarity_evaluator_as_sentence_transformers(both, data_dir,
     assert got.keys() == expected.keys() and evaluator.primary_metric == reference_evaluator.primary_metric
     for key in expected:
         assert got[key] == pytest.approx(expected[key], abs=1e-4), key
-    [ours_csv] = (tmp_path / "ours").iterdir()
-    [their_csv] = (tmp_path / "theirs").iterdir()
-    assert ours_csv.name == their_csv.name
-    mine, theirs = (path.read_text().splitlines() for path in (ours_csv, their_csv))
-    assert mine[0] == theirs[0] and len(mine) == len(theirs) == 2
-    np.testing.assert_allclose(np.array(mine[1].split(","), dtype=float), np.array(theirs[1].split(","), dtype=float),
-                               atol=1e-4)
+    assert_same_csv_file(tmp_path, atol=1e-4)
 
 
 @pytest.mark.parametrize("options", [{}, {"name": "nli", "similarity_fn_names": ["cosine", "dot", "euclidean", "manhattan"]},
@@ -351,13 +356,7 @@ def test_triplet_evaluator_as_sentence_transformers(minilm_folder, data_dir, opt
     expected = reference.evaluate(reference_evaluator, str(tmp_path / "theirs"))
     assert got == pytest.approx(expected, abs=1e-6) and evaluator.primary_metric == reference_evaluator.primary_metric
     assert 0 < min(got.values()) <= max(got.values()) < 1  # neither none nor all: margins and prompts can show
-    [ours_csv] = (tmp_path / "ours").iterdir()
-    [their_csv] = (tmp_path / "theirs").iterdir()
-    assert ours_csv.name == their_csv.name
-    mine, theirs = (path.read_text().splitlines() for path in (ours_csv, their_csv))
-    assert mine[0] == theirs[0] and len(mine) == len(theirs) == 2
-    np.testing.assert_allclose(np.array(mine[1].split(","), dtype=float), np.array(theirs[1].split(","), dtype=float),
-                               atol=1e-6)
+    assert_same_csv_file(tmp_path, atol=1e-6)
 
 
 def retrieval_data(data_dir):
@@ -409,13 +408,7 @@ def test_information_retrieval_evaluator_as_sentence_transformers(minilm_folder,
     expected = reference.evaluate(reference_evaluator, str(tmp_path / "theirs"))
     assert got == pytest.approx(expected, abs=1e-9) and evaluator.primary_metric == reference_evaluator.primary_metric
     assert len(set(got.values())) > 5  # the metrics differ from each other: a wrong one cannot hide among them
-    [ours_csv] = (tmp_path / "ours").iterdir()
-    [their_csv] = (tmp_path / "theirs").iterdir()
-    assert ours_csv.name == their_csv.name
-    mine, theirs = (path.read_text().splitlines() for path in (ours_csv, their_csv))
-    assert mine[0] == theirs[0] and len(mine) == len(theirs) == 2
-    np.testing.assert_allclose(np.array(mine[1].split(","), dtype=float), np.array(theirs[1].split(","), dtype=float),
-                               atol=1e-9)
+    assert_same_csv_file(tmp_path, atol=1e-9)
 
 
 def binary_pairs(data_dir):
@@ -445,13 +438,7 @@ def test_binary_classification_evaluator_as_sentence_transformers(minilm_folder,
     assert list(got) == list(expected) and evaluator.primary_metric == reference_evaluator.primary_metric
     assert got == pytest.approx({key: float(value) for key, value in expected.items()}, abs=1e-6)
     assert 0.5 < got[evaluator.primary_metric] < 1  # neither chance nor perfect
-    [ours_csv] = (tmp_path / "ours").iterdir()
-    [their_csv] = (tmp_path / "theirs").iterdir()
-    assert ours_csv.name == their_csv.name
-    mine, theirs = (path.read_text().splitlines() for path in (ours_csv, their_csv))
-    assert mine[0] == theirs[0] and len(mine) == len(theirs) == 2
-    np.testing.assert_allclose(np.array(mine[1].split(","), dtype=float), np.array(theirs[1].split(","), dtype=float),
-                               atol=1e-6)
+    assert_same_csv_file(tmp_path, atol=1e-6)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -519,13 +506,7 @@ def test_paraphrase_mining_evaluator_as_sentence_transformers(minilm_folder, dat
     assert list(got) == list(expected) and evaluator.primary_metric == reference_evaluator.primary_metric
     assert got == pytest.approx(expected, abs=1e-6)
     assert 0 < got[evaluator.primary_metric] < 1
-    [ours_csv] = (tmp_path / "ours").iterdir()
-    [their_csv] = (tmp_path / "theirs").iterdir()
-    assert ours_csv.name == their_csv.name
-    mine, theirs = (path.read_text().splitlines() for path in (ours_csv, their_csv))
-    assert mine[0] == theirs[0] and len(mine) == len(theirs) == 2
-    np.testing.assert_allclose(np.array(mine[1].split(","), dtype=float), np.array(theirs[1].split(","), dtype=float),
-                               atol=1e-6)
+    assert_same_csv_file(tmp_path, atol=1e-6)
 
 
 def test_transitive_closure_joins_every_chain():
@@ -613,13 +594,7 @@ def test_reranking_evaluator_as_sentence_transformers(minilm_folder, data_dir, o
     assert list(got) == list(expected) and evaluator.primary_metric == reference_evaluator.primary_metric
     assert got == pytest.approx(expected, abs=1e-9)
     assert 0 < min(got.values()) <= max(got.values()) < 1
-    [ours_csv] = (tmp_path / "ours").iterdir()
-    [their_csv] = (tmp_path / "theirs").iterdir()
-    assert ours_csv.name == their_csv.name
-    mine, theirs = (path.read_text().splitlines() for path in (ours_csv, their_csv))
-    assert mine[0] == theirs[0] and len(mine) == len(theirs) == 2
-    np.testing.assert_allclose(np.array(mine[1].split(","), dtype=float), np.array(theirs[1].split(","), dtype=float),
-                               atol=1e-9)
+    assert_same_csv_file(tmp_path, atol=1e-9)
 
 
 @pytest.mark.parametrize("seed", range(5))
