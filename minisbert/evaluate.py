@@ -15,13 +15,14 @@ from scipy.stats import pearsonr, spearmanr
 from . import data
 from .evaluation import (BinaryClassificationEvaluator, EmbeddingSimilarityEvaluator, InformationRetrievalEvaluator,
                          MSEEvaluator, ParaphraseMiningEvaluator, RerankingEvaluator, SequentialEvaluator,
-                         TripletEvaluator)
+                         TranslationEvaluator, TripletEvaluator)
 from .similarity import pairwise_cos_sim
 
 __all__ = ["TABLE_COLUMNS", "format_table", "sts_correlations", "table", "table_sets",
            # where they were first: their home is evaluation.py
            "BinaryClassificationEvaluator", "EmbeddingSimilarityEvaluator", "InformationRetrievalEvaluator",
-           "MSEEvaluator", "ParaphraseMiningEvaluator", "RerankingEvaluator", "SequentialEvaluator", "TripletEvaluator"]
+           "MSEEvaluator", "ParaphraseMiningEvaluator", "RerankingEvaluator", "SequentialEvaluator",
+           "TranslationEvaluator", "TripletEvaluator"]
 
 TABLE_COLUMNS = ["STS12", "STS13", "STS14", "STS15", "STS16", "STSb", "SICK-R"]
 

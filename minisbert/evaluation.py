@@ -7,8 +7,9 @@ paper's STS evaluation). TripletEvaluator: how often the anchor is nearer the po
 paper's Wikipedia section distinction). InformationRetrievalEvaluator: accuracy, precision, recall, MRR, NDCG and
 MAP of each query's top hits in a corpus. BinaryClassificationEvaluator: pairs labelled alike or not, accuracy and F1
 at the best thresholds, average precision. ParaphraseMiningEvaluator: mined pairs against known duplicates.
-RerankingEvaluator: each query's positives ranked among its negatives (MAP, MRR, NDCG). MSEEvaluator: a teacher's
-embeddings against the model's (distillation). SequentialEvaluator: several in turn.
+RerankingEvaluator: each query's positives ranked among its negatives (MAP, MRR, NDCG). TranslationEvaluator:
+how often a sentence's nearest translation is its own. MSEEvaluator: a teacher's embeddings against the model's
+(distillation). SequentialEvaluator: several in turn.
 """
 
 import csv
@@ -20,7 +21,7 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from .search import paraphrase_mining
-from .similarity import SIMILARITY_FUNCTIONS
+from .similarity import SIMILARITY_FUNCTIONS, cos_sim
 
 
 class EmbeddingSimilarityEvaluator:
@@ -537,6 +538,48 @@ def transitive_closure(pairs: set[frozenset]) -> set[frozenset]:
             group_of[i] = merged
     groups = {id(group): group for group in group_of.values()}.values()
     return {frozenset((a, b)) for group in groups for a in group for b in group if a != b}
+
+
+class TranslationEvaluator:
+    """sentence-transformers' evaluator of this name, for code moved from it (multilingual models): how often a
+    source sentence's most similar target (cosine; the first of equal ones) is its own translation, or a target of the
+    same text, and the other way round; "src2trg_accuracy", "trg2src_accuracy" and their mean (the primary metric),
+    named and written to CSV as it does."""
+
+    def __init__(self, source_sentences: list[str], target_sentences: list[str], show_progress_bar: bool = False,
+                 batch_size: int = 16, name: str = "", print_wrong_matches: bool = False, write_csv: bool = True,
+                 truncate_dim: int | None = None):
+        if len(source_sentences) != len(target_sentences):
+            raise ValueError(f"source_sentences ({len(source_sentences)}) and target_sentences "
+                             f"({len(target_sentences)}) must be as long as each other")
+        self.source_sentences, self.target_sentences = list(source_sentences), list(target_sentences)
+        self.batch_size, self.show_progress_bar, self.name = batch_size, show_progress_bar, name
+        self.print_wrong_matches, self.write_csv, self.truncate_dim = print_wrong_matches, write_csv, truncate_dim
+        self.csv_file = f"translation_evaluation{'_' + name if name else ''}_results.csv"
+        self.primary_metric = "mean_accuracy"
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        options = {"batch_size": self.batch_size, "show_progress_bar": self.show_progress_bar,
+                   "convert_to_tensor": True, "truncate_dim": self.truncate_dim}
+        sources, targets = (model.encode(texts, **options) for texts in (self.source_sentences, self.target_sentences))
+        scores = cos_sim(sources, targets).cpu().numpy()
+        accuracies = []
+        for scores_by_row, rows, columns in ((scores, self.source_sentences, self.target_sentences),
+                                             (scores.T, self.target_sentences, self.source_sentences)):
+            best = scores_by_row.argmax(axis=1)
+            right = [columns[found] == columns[i] for i, found in enumerate(best)]
+            if self.print_wrong_matches and rows is self.source_sentences:
+                for i in np.flatnonzero(np.logical_not(right)):
+                    print(f"source {i} is most similar to target {best[i]} ({scores[i, best[i]]:.4f}), not to target "
+                          f"{i} ({scores[i, i]:.4f}):\n  {rows[i]}\n  found: {columns[best[i]]}\n  true:  {columns[i]}")
+            accuracies.append(sum(right) / len(right))
+        if output_path is not None and self.write_csv:
+            append_csv_row(Path(output_path) / self.csv_file, ["epoch", "steps", "src2trg", "trg2src"],
+                           [epoch, steps, *accuracies])
+        metrics = {"src2trg_accuracy": accuracies[0], "trg2src_accuracy": accuracies[1],
+                   "mean_accuracy": sum(accuracies) / 2}
+        self.primary_metric = f"{self.name}_mean_accuracy" if self.name else "mean_accuracy"
+        return {f"{self.name}_{key}" if self.name else key: value for key, value in metrics.items()}
 
 
 class MSEEvaluator:

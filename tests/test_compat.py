@@ -615,11 +615,31 @@ def test_ranking_metrics_equal_scikit_learns(seed):
             assert ndcg_at(scores, relevance, k) == pytest.approx(ndcg_score([relevance], [scores], k=k), abs=1e-12)
 
 
+@pytest.mark.parametrize("options", [{}, {"name": "en-en", "truncate_dim": 32, "batch_size": 9}])
+def test_translation_evaluator_as_sentence_transformers(minilm_folder, data_dir, options, tmp_path):
+    # STS benchmark dev pairs as sources and "translations": some texts come twice (a match of the same text counts)
+    from sentence_transformers.sentence_transformer.evaluation import TranslationEvaluator as ReferenceEvaluator
+
+    from minisbert.data import read_sts_benchmark
+    from minisbert.evaluation import TranslationEvaluator
+    examples = read_sts_benchmark(data_dir / "stsbenchmark" / "sts-dev.csv")[:250]
+    sources, targets = [e.texts[0] for e in examples], [e.texts[1] for e in examples]
+    assert len(set(targets)) < len(targets)
+    ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
+    evaluator, reference_evaluator = (TranslationEvaluator(sources, targets, **options),
+                                      ReferenceEvaluator(sources, targets, **options))
+    got = ours.evaluate(evaluator, str(tmp_path / "ours"))
+    expected = reference.evaluate(reference_evaluator, str(tmp_path / "theirs"))
+    assert list(got) == list(expected) and evaluator.primary_metric == reference_evaluator.primary_metric
+    assert got == pytest.approx(expected, abs=1e-9) and 0 < min(got.values()) <= max(got.values()) < 1
+    assert_same_csv_file(tmp_path, atol=1e-9)
+
+
 def test_the_evaluators_can_still_be_imported_from_where_they_were_first():
     from minisbert import evaluate, evaluation
     for name in ("EmbeddingSimilarityEvaluator", "TripletEvaluator", "InformationRetrievalEvaluator",
-                 "BinaryClassificationEvaluator", "ParaphraseMiningEvaluator", "RerankingEvaluator", "MSEEvaluator",
-                 "SequentialEvaluator"):
+                 "BinaryClassificationEvaluator", "ParaphraseMiningEvaluator", "RerankingEvaluator",
+                 "TranslationEvaluator", "MSEEvaluator", "SequentialEvaluator"):
         assert getattr(evaluate, name) is getattr(evaluation, name)
 
 
