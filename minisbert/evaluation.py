@@ -214,18 +214,23 @@ class InformationRetrievalEvaluator:
         top = max(k for ks in self.at_k.values() for k in ks)
         hits = {name: [[] for _ in self.queries] for name in functions}  # the best (score, corpus id) of each query
         id_ranks = {cid: rank for rank, cid in enumerate(sorted(self.corpus_ids))}  # ties go to the smaller id
-        for start in range(0, len(self.corpus), self.corpus_chunk_size):
+        n = len(self.corpus_ids)
+        for start in range(0, n, self.corpus_chunk_size):
             documents = model.encode_document(self.corpus[start:start + self.corpus_chunk_size],
                                               prompt_name=self.corpus_prompt_name, prompt=self.corpus_prompt, **options)
             ids = self.corpus_ids[start:start + self.corpus_chunk_size]
+            ranks = torch.tensor([id_ranks[cid] for cid in ids])
             for name, function in functions.items():
                 scores = function(queries, documents).float().cpu()  # (queries, documents)
-                # the top scores and every score equal to the lowest of them, so that equal scores rank by id
-                threshold = scores.topk(min(top, scores.shape[1]), dim=1).values[:, -1:]
-                for row, (values, candidates) in enumerate(zip(scores, scores >= threshold)):
-                    candidates = candidates.nonzero().squeeze(1).tolist()
-                    found = hits[name][row] + list(zip(values[candidates].tolist(), (ids[i] for i in candidates)))
-                    hits[name][row] = sorted(found, key=lambda hit: (-hit[0], id_ranks[hit[1]]))[:top]
+                k = min(top, scores.shape[1])
+                # the k best of each row, equal scores by id: every score above the k-th best, then of those equal
+                # to it the ones with the smaller ids (one integer key: ranks below n, n + rank, then 2n)
+                threshold = scores.topk(k, dim=1).values[:, -1:]
+                keys = torch.where(scores > threshold, ranks, torch.where(scores == threshold, ranks + n, 2 * n))
+                columns = keys.topk(k, dim=1, largest=False).indices
+                for row, (values, found) in enumerate(zip(scores.gather(1, columns).tolist(), columns.tolist())):
+                    merged = hits[name][row] + [(value, ids[i]) for value, i in zip(values, found)]
+                    hits[name][row] = sorted(merged, key=lambda hit: (-hit[0], id_ranks[hit[1]]))[:top]
         metrics = {name: self.compute_metrics(found) for name, found in hits.items()}
         names = sorted(functions)
         if output_path is not None and self.write_csv:
