@@ -13,7 +13,9 @@ how often a sentence's nearest translation is its own. MSEEvaluator: a teacher's
 """
 
 import csv
+import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +115,12 @@ class TripletEvaluator:
     def __init__(self, anchors: list[str], positives: list[str], negatives: list[str],
                  main_similarity_function: str | None = None, margin: float | dict[str, float] | None = None,
                  name: str = "", batch_size: int = 16, show_progress_bar: bool = False, write_csv: bool = True,
-                 truncate_dim: int | None = None, similarity_fn_names: list[str] | None = None):
+                 truncate_dim: int | None = None, similarity_fn_names: list[str] | None = None,
+                 main_distance_function: str | None = None):
+        if main_distance_function is not None:
+            warnings.warn("TripletEvaluator's main_distance_function is main_similarity_function's old name, as in "
+                          "sentence-transformers", DeprecationWarning, stacklevel=2)
+            main_similarity_function = main_similarity_function or main_distance_function
         if not len(anchors) == len(positives) == len(negatives):
             raise ValueError(f"anchors, positives and negatives must be as long as each other, not {len(anchors)}, "
                              f"{len(positives)} and {len(negatives)}")
@@ -183,7 +190,7 @@ class InformationRetrievalEvaluator:
                  write_csv: bool = True, truncate_dim: int | None = None, score_functions: dict | None = None,
                  main_score_function: str | None = None, query_prompt: str | None = None,
                  query_prompt_name: str | None = None, corpus_prompt: str | None = None,
-                 corpus_prompt_name: str | None = None):
+                 corpus_prompt_name: str | None = None, write_predictions: bool = False):
         self.queries_ids = [qid for qid in queries if relevant_docs.get(qid)]  # those with a relevant document
         self.queries = [queries[qid] for qid in self.queries_ids]
         self.corpus_ids = list(corpus)
@@ -203,6 +210,8 @@ class InformationRetrievalEvaluator:
         self.query_prompt, self.query_prompt_name = query_prompt, query_prompt_name
         self.corpus_prompt, self.corpus_prompt_name = corpus_prompt, corpus_prompt_name
         self.csv_file = f"Information-Retrieval_evaluation{'_' + name if name else ''}_results.csv"
+        self.write_predictions = write_predictions
+        self.predictions_file = f"Information-Retrieval_evaluation{'_' + name if name else ''}_predictions.jsonl"
         self.primary_metric = None
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
@@ -232,6 +241,13 @@ class InformationRetrievalEvaluator:
                     merged = hits[name][row] + [(value, ids[i]) for value, i in zip(values, found)]
                     hits[name][row] = sorted(merged, key=lambda hit: (-hit[0], id_ranks[hit[1]]))[:top]
         metrics = {name: self.compute_metrics(found) for name, found in hits.items()}
+        if output_path is not None and self.write_predictions:
+            for name, found in hits.items():  # a file per score function, each query's hits best first
+                lines = (json.dumps({"query_id": query_id, "query": query, "results": [
+                    {"corpus_id": corpus_id, "score": score} for score, corpus_id in ranked]})
+                    for query_id, query, ranked in zip(self.queries_ids, self.queries, found))
+                path = Path(output_path) / self.predictions_file.replace(".jsonl", f"_{name}.jsonl")
+                path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         names = sorted(functions)
         if output_path is not None and self.write_csv:
             columns = []  # (score function, metric, k) in sentence-transformers' order: precision beside recall

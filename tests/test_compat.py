@@ -378,8 +378,10 @@ def retrieval_data(data_dir):
 
 
 @pytest.mark.parametrize("options", [
-    {}, {"name": "sts-ir", "corpus_chunk_size": 70, "mrr_at_k": [3, 10], "ndcg_at_k": [5, 20], "map_at_k": [10]},
-    {"score_functions": "all", "main_score_function": "dot", "accuracy_at_k": [1, 2], "truncate_dim": 64},
+    {}, {"name": "sts-ir", "corpus_chunk_size": 70, "mrr_at_k": [3, 10], "ndcg_at_k": [5, 20], "map_at_k": [10],
+         "write_predictions": True},
+    {"score_functions": "all", "main_score_function": "dot", "accuracy_at_k": [1, 2], "truncate_dim": 64,
+     "write_predictions": True},
     {"query_prompt": "query: ", "corpus_prompt_name": "passage", "precision_recall_at_k": [1, 50]},
     {"score_functions": "rounded", "corpus_chunk_size": 64}])  # many equal scores, within and across chunks
 def test_information_retrieval_evaluator_as_sentence_transformers(minilm_folder, data_dir, options, tmp_path):
@@ -408,6 +410,25 @@ def test_information_retrieval_evaluator_as_sentence_transformers(minilm_folder,
     expected = reference.evaluate(reference_evaluator, str(tmp_path / "theirs"))
     assert got == pytest.approx(expected, abs=1e-9) and evaluator.primary_metric == reference_evaluator.primary_metric
     assert len(set(got.values())) > 5  # the metrics differ from each other: a wrong one cannot hide among them
+    if options.get("write_predictions"):  # one file per score function: each query's hits, best first
+        mine, theirs = (sorted((tmp_path / side).glob("*_predictions_*.jsonl")) for side in ("ours", "theirs"))
+        assert [path.name for path in mine] == [path.name for path in theirs] and mine
+        for ours_file, their_file in zip(mine, theirs):
+            ours_lines, their_lines = (list(map(json.loads, path.read_text().splitlines()))
+                                       for path in (ours_file, their_file))
+            assert len(ours_lines) == len(their_lines) == len(evaluator.queries)
+            for a, b in zip(ours_lines, their_lines):
+                assert {**a, "results": None} == {**b, "results": None}
+                scores = np.array([hit["score"] for hit in a["results"]])
+                np.testing.assert_allclose(scores, [hit["score"] for hit in b["results"]], atol=1e-5)
+                # the same documents in the same places, but where scores closer than the libraries' rounding
+                # (about 1e-7 in cosine, 1e-6 in Manhattan distances) may trade places
+                apart = np.diff(scores, prepend=np.inf, append=-np.inf)
+                clear = (np.abs(apart[:-1]) > 1e-5) & (np.abs(apart[1:]) > 1e-5)
+                assert clear.mean() > 0.5
+                assert ([hit["corpus_id"] for hit, kept in zip(a["results"], clear) if kept]
+                        == [hit["corpus_id"] for hit, kept in zip(b["results"], clear) if kept])
+            ours_file.unlink(), their_file.unlink()
     assert_same_csv_file(tmp_path, atol=1e-9)
 
 
@@ -633,6 +654,13 @@ def test_translation_evaluator_as_sentence_transformers(minilm_folder, data_dir,
     assert list(got) == list(expected) and evaluator.primary_metric == reference_evaluator.primary_metric
     assert got == pytest.approx(expected, abs=1e-9) and 0 < min(got.values()) <= max(got.values()) < 1
     assert_same_csv_file(tmp_path, atol=1e-9)
+
+
+def test_triplet_evaluator_takes_main_distance_function_as_its_old_name():
+    from minisbert.evaluation import TripletEvaluator
+    with pytest.warns(DeprecationWarning, match="main_distance_function"):
+        evaluator = TripletEvaluator(["a"], ["b"], ["c"], main_distance_function="dot")
+    assert evaluator.main_similarity_function == "dot" and evaluator.similarity_fn_names == ["dot"]
 
 
 def test_the_evaluators_can_still_be_imported_from_where_they_were_first():
