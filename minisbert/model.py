@@ -8,6 +8,7 @@ arithmetic of the encoder is minisbert's own `dtype` ("fp32", "bf16", "fp16", "i
 import contextlib
 import copy
 import sys
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -244,13 +245,14 @@ class SentenceTransformer(nn.Module):
             return self.prompts[prompt_name]
         return self.prompts.get(self.default_prompt_name) if self.default_prompt_name is not None else None
 
-    def encode(self, sentences: str | Iterable[str], prompt_name: str | None = None, prompt: str | None = None,
+    def encode(self, inputs: str | Iterable[str] = None, prompt_name: str | None = None, prompt: str | None = None,
                batch_size: int = 32, show_progress_bar: bool | None = None,
                output_value: str | None = "sentence_embedding", precision: str | None = "float32",
                convert_to_numpy: bool = True, convert_to_tensor: bool = False, device=None,
                normalize_embeddings: bool = False, truncate_dim: int | None = None, pool: dict | None = None,
-               chunk_size: int | None = None, *, dtype: str | torch.dtype | None = None):
-        """Embed `sentences` (a str, or any sequence or iterable of str): by default a float32 array (N, dim).
+               chunk_size: int | None = None, *, dtype: str | torch.dtype | None = None, sentences=None):
+        """Embed `inputs` (a str, or any sequence or iterable of str): by default a float32 array (N, dim).
+        `sentences` is their old name (sentence-transformers before 6, and minisbert before it followed).
 
         The arguments, in sentence-transformers' order, mean what they mean there: `precision` quantizes the
         output, `output_value="token_embeddings"` gives each text's token embeddings without padding, and None
@@ -259,6 +261,7 @@ class SentenceTransformer(nn.Module):
         (CPU or GPU), fp16 (GPU), int8 (CPU) or auto (see __init__); pooling and what follows run in fp32. Texts are sorted by token count so
         that each batch pads little; the output keeps the input order.
         """
+        sentences = _renamed_inputs(inputs, sentences)
         single = isinstance(sentences, str)
         sentences = [sentences] if single else _as_text_list(sentences)
         if type(batch_size) is not int or batch_size < 1:
@@ -338,17 +341,17 @@ class SentenceTransformer(nn.Module):
             result = _convert(embeddings, precision, convert_to_numpy, convert_to_tensor)
         return result[0] if single else result
 
-    def encode_query(self, sentences, prompt_name: str | None = None, prompt: str | None = None, **options):
+    def encode_query(self, inputs=None, prompt_name: str | None = None, prompt: str | None = None, **options):
         """encode() with the model's "query" prompt, if it has one and no other is named."""
         if prompt_name is None and prompt is None and "query" in self.prompts:
             prompt_name = "query"
-        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **options)
+        return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, **options)
 
-    def encode_document(self, sentences, prompt_name: str | None = None, prompt: str | None = None, **options):
+    def encode_document(self, inputs=None, prompt_name: str | None = None, prompt: str | None = None, **options):
         """encode() with the model's "document", "passage" or "corpus" prompt (the first it has), if no other is named."""
         if prompt_name is None and prompt is None:
             prompt_name = next((name for name in ("document", "passage", "corpus") if name in self.prompts), None)
-        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **options)
+        return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, **options)
 
     def start_multi_process_pool(self, target_devices: list[str] | None = None) -> dict:
         """Processes that encode in parallel, one per device (default: every GPU, else 4 CPU processes)."""
@@ -371,6 +374,19 @@ class SentenceTransformer(nn.Module):
         if output_path is not None:
             Path(output_path).mkdir(parents=True, exist_ok=True)
         return evaluator(self, output_path)
+
+
+def _renamed_inputs(inputs, sentences):
+    """encode()'s texts, given as `inputs` (sentence-transformers 6's name) or `sentences` (the name before)."""
+    if sentences is None:
+        if inputs is None:
+            raise TypeError("encode() needs the texts to embed: encode(inputs)")
+        return inputs
+    if inputs is not None:
+        raise TypeError("encode() got its texts twice: as inputs and as sentences (the old name of inputs)")
+    warnings.warn("encode()'s sentences is now named inputs, as in sentence-transformers 6", DeprecationWarning,
+                  stacklevel=3)
+    return sentences
 
 
 def _as_text_list(sentences) -> list[str]:

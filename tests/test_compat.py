@@ -175,6 +175,19 @@ def test_prompts_and_the_default_prompt_are_used_as_sentence_transformers_uses_t
         ours.encode(TEXTS, prompt_name="nope")
 
 
+def test_the_texts_are_inputs_as_in_sentence_transformers_6_and_sentences_still_works(prompted_folder):
+    ours, reference = SentenceTransformer(prompted_folder), Reference(str(prompted_folder), device="cpu")
+    for method in ("encode", "encode_query", "encode_document"):
+        expected = getattr(reference, method)(inputs=TEXTS)
+        np.testing.assert_allclose(getattr(ours, method)(inputs=TEXTS), expected, atol=1e-5, rtol=0)
+        with pytest.warns(DeprecationWarning, match="sentences is now named inputs"):
+            np.testing.assert_allclose(getattr(ours, method)(sentences=TEXTS), expected, atol=1e-5, rtol=0)
+    with pytest.raises(TypeError, match="got its texts twice"):
+        ours.encode(TEXTS, sentences=TEXTS)
+    with pytest.raises(TypeError, match="needs the texts to embed"):
+        ours.encode()
+
+
 def test_saving_writes_the_prompts_back(prompted_folder, tmp_path):
     SentenceTransformer(prompted_folder).save(tmp_path / "saved")
     reference = Reference(str(tmp_path / "saved"), device="cpu")
