@@ -676,11 +676,26 @@ def test_triplet_evaluator_takes_main_distance_function_as_its_old_name():
     assert evaluator.main_similarity_function == "dot" and evaluator.similarity_fn_names == ["dot"]
 
 
+EVALUATORS = ("EmbeddingSimilarityEvaluator", "TripletEvaluator", "InformationRetrievalEvaluator",
+              "BinaryClassificationEvaluator", "ParaphraseMiningEvaluator", "RerankingEvaluator", "TranslationEvaluator",
+              "MSEEvaluator", "SequentialEvaluator")
+
+
+@pytest.mark.parametrize("name", EVALUATORS)
+def test_each_evaluator_takes_sentence_transformers_arguments_in_its_order(name):
+    # code moved from sentence-transformers passes them by position or by name: both must mean the same here
+    import inspect
+
+    from sentence_transformers.sentence_transformer import evaluation as reference
+
+    from minisbert import evaluation
+    assert (list(inspect.signature(getattr(evaluation, name)).parameters)
+            == list(inspect.signature(getattr(reference, name)).parameters))
+
+
 def test_the_evaluators_can_still_be_imported_from_where_they_were_first():
     from minisbert import evaluate, evaluation
-    for name in ("EmbeddingSimilarityEvaluator", "TripletEvaluator", "InformationRetrievalEvaluator",
-                 "BinaryClassificationEvaluator", "ParaphraseMiningEvaluator", "RerankingEvaluator",
-                 "TranslationEvaluator", "MSEEvaluator", "SequentialEvaluator"):
+    for name in EVALUATORS:
         assert getattr(evaluate, name) is getattr(evaluation, name)
 
 
