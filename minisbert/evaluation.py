@@ -390,9 +390,10 @@ def binary_classification_metrics(scores: np.ndarray, labels: np.ndarray, higher
         return ranked[end] if middle == ranked[end + 1] else middle
 
     accuracies = (hits + (n - positives) - (called - hits)) / n
+    # the threshold to beat: just beyond the best score, every pair called unlike
     best_accuracy, accuracy_threshold = (n - positives) / n, np.nextafter(ranked[0], np.inf if higher_is_alike
                                                                           else -np.inf, dtype=ranked.dtype)
-    if n and accuracies.max() > best_accuracy:  # no threshold beats calling every pair unlike: that one
+    if accuracies.max() > best_accuracy:
         best = int(np.argmax(accuracies))
         best_accuracy, accuracy_threshold = accuracies[best], threshold(ends[best])
     precisions, recalls = hits / called, hits / max(positives, 1)
