@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from sentence_transformers import SentenceTransformer as Reference
-from sentence_transformers import models as reference_modules
+from sentence_transformers.sentence_transformer import modules as reference_modules
 from transformers import AutoModel, AutoTokenizer, T5EncoderModel
 
 from minisbert import SentenceTransformer
