@@ -63,7 +63,8 @@ class SentenceTransformer(nn.Module):
                  cache_folder: str | Path | None = None, revision: str | None = None, local_files_only: bool = False,
                  token: str | bool | None = None, similarity_fn_name: str | None = None,
                  truncate_dim: int | None = None, dtype: str | torch.dtype = "fp32", encoder: Encoder | None = None,
-                 tokenizer: Tokenizer | None = None, pooling: Pooling | None = None, after: list[nn.Module] = ()):
+                 tokenizer: Tokenizer | None = None, pooling: Pooling | None = None, after: list[nn.Module] = (),
+                 model_kwargs: dict | None = None):
         """Load a model folder or hub id (all-MiniLM-L6-v2 if none is named); or build one from its parts:
         `encoder` and `tokenizer`, then `pooling` (mean pooling if None) and the Dense/Normalize modules `after` it.
 
@@ -72,7 +73,10 @@ class SentenceTransformer(nn.Module):
         `dtype` is the encoder's arithmetic in encode(): fp32, bf16 (CPU or GPU), fp16 (GPU), int8 (the linear
         layers, on x86 CPUs; see int8.py: it costs some accuracy, how much depends on the model), or auto: the
         fastest that stays as accurate as fp32 on the device (bf16 on a GPU and on CPUs with AVX-512 bf16 or AMX,
-        else fp32; never int8).
+        else fp32; never int8). sentence-transformers' `model_kwargs` (what it passes to transformers) may set it
+        instead: {"torch_dtype" or "dtype": float32, bfloat16, float16 (as torch dtypes or names) or "auto", the type
+        config.json names, fp32 where it names none}; its "attn_implementation" changes nothing here (minisbert picks
+        its attention kernels itself, and they all compute the same attention); any other key is an error.
         """
         super().__init__()
         config, settings = None, {}
@@ -108,8 +112,8 @@ class SentenceTransformer(nn.Module):
             raise ValueError(f"truncate_dim must be a positive integer, not {truncate_dim!r}")
         # sentence-transformers 6 saves truncate_dim with the model (a Matryoshka model's chosen size)
         self.truncate_dim = settings.get("truncate_dim") if truncate_dim is None else truncate_dim
-        self.dtype_name = dtype
-        check_dtype(dtype)
+        self.dtype_name = _dtype_from_model_kwargs(model_kwargs or {}, dtype, self.config)
+        check_dtype(self.dtype_name)
         self._low_precision_encoders = {}
         self.eval()
         if device is not None:
@@ -374,6 +378,27 @@ class SentenceTransformer(nn.Module):
         if output_path is not None:
             Path(output_path).mkdir(parents=True, exist_ok=True)
         return evaluator(self, output_path)
+
+
+def _dtype_from_model_kwargs(model_kwargs: dict, dtype, config: dict):
+    """The encoder's dtype, from the constructor's `dtype` or sentence-transformers' model_kwargs (see __init__)."""
+    unknown = set(model_kwargs) - {"torch_dtype", "dtype", "attn_implementation"}
+    if unknown:
+        raise ValueError(f"model_kwargs {sorted(unknown)} mean nothing here: minisbert loads the checkpoint itself, "
+                         f"without transformers; it takes torch_dtype (or dtype) and attn_implementation")
+    given = [model_kwargs[key] for key in ("torch_dtype", "dtype") if key in model_kwargs]
+    if not given:
+        return dtype
+    if len(given) > 1 or dtype != "fp32":
+        raise ValueError("the dtype is given twice: pass dtype= or model_kwargs' torch_dtype (or dtype), not both")
+    [wanted] = given
+    if wanted == "auto":  # as transformers: the type config.json names
+        wanted = config.get("dtype") or config.get("torch_dtype") or "float32"
+    if isinstance(wanted, str):
+        wanted = wanted.removeprefix("torch.")  # as str(torch.float16) writes it
+    if wanted not in (torch.float32, torch.bfloat16, torch.float16, "float32", "bfloat16", "float16"):
+        raise ValueError(f"model_kwargs' dtype {wanted!r} is not one of float32, bfloat16, float16 or auto")
+    return wanted
 
 
 def _renamed_inputs(inputs, sentences):

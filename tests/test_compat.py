@@ -188,6 +188,30 @@ def test_the_texts_are_inputs_as_in_sentence_transformers_6_and_sentences_still_
         ours.encode()
 
 
+@pytest.mark.parametrize("model_kwargs, dtype", [
+    ({"torch_dtype": torch.bfloat16}, "bf16"), ({"dtype": "bfloat16", "attn_implementation": "eager"}, "bf16"),
+    ({"torch_dtype": "auto"}, "fp32"), ({"torch_dtype": "float32", "attn_implementation": "sdpa"}, "fp32")])
+def test_model_kwargs_dtype_is_the_encoders_dtype_as_in_sentence_transformers(minilm_folder, model_kwargs, dtype):
+    # sentence-transformers hands model_kwargs to transformers, which then computes in that type; minisbert's
+    # encoder runs in it (pooling in fp32 in both); "auto" is config.json's type, fp32 for this checkpoint
+    ours = SentenceTransformer(minilm_folder, model_kwargs=model_kwargs)
+    reference = Reference(str(minilm_folder), device="cpu", model_kwargs=model_kwargs)
+    got = ours.encode(TEXTS)
+    np.testing.assert_array_equal(got, SentenceTransformer(minilm_folder, dtype=dtype).encode(TEXTS))
+    expected = reference.encode(TEXTS, convert_to_tensor=True).float().numpy()
+    cosines = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cosines.min() > (0.999 if dtype == "bf16" else 1 - 1e-6)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"model_kwargs": {"device_map": "auto"}}, r"model_kwargs \['device_map'\] mean nothing here"),
+    ({"model_kwargs": {"torch_dtype": "int4"}}, "model_kwargs' dtype 'int4' is not one of"),
+    ({"model_kwargs": {"torch_dtype": torch.float16}, "dtype": "bf16"}, "the dtype is given twice")])
+def test_model_kwargs_it_cannot_follow_are_errors(minilm_folder, options, message):
+    with pytest.raises(ValueError, match=message):
+        SentenceTransformer(minilm_folder, **options)
+
+
 def test_saving_writes_the_prompts_back(prompted_folder, tmp_path):
     SentenceTransformer(prompted_folder).save(tmp_path / "saved")
     reference = Reference(str(tmp_path / "saved"), device="cpu")
