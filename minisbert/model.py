@@ -64,7 +64,7 @@ class SentenceTransformer(nn.Module):
                  token: str | bool | None = None, similarity_fn_name: str | None = None,
                  truncate_dim: int | None = None, dtype: str | torch.dtype = "fp32", encoder: Encoder | None = None,
                  tokenizer: Tokenizer | None = None, pooling: Pooling | None = None, after: list[nn.Module] = (),
-                 model_kwargs: dict | None = None):
+                 model_kwargs: dict | None = None, trust_remote_code: bool = False, backend: str = "torch"):
         """Load a model folder or hub id (all-MiniLM-L6-v2 if none is named); or build one from its parts:
         `encoder` and `tokenizer`, then `pooling` (mean pooling if None) and the Dense/Normalize modules `after` it.
 
@@ -77,7 +77,15 @@ class SentenceTransformer(nn.Module):
         instead: {"torch_dtype" or "dtype": float32, bfloat16, float16 (as torch dtypes or names) or "auto", the type
         config.json names, fp32 where it names none}; its "attn_implementation" changes nothing here (minisbert picks
         its attention kernels itself, and they all compute the same attention); any other key is an error.
+        `trust_remote_code` and `backend` are sentence-transformers' too: minisbert runs no code from a model
+        repository and runs PyTorch only, so True and any backend but "torch" are errors.
         """
+        if trust_remote_code:
+            raise ValueError("trust_remote_code=True: minisbert runs no code from a model repository; it loads the "
+                             "architectures it knows (see architectures.py) from their weights")
+        if backend != "torch":
+            raise ValueError(f"backend {backend!r}: minisbert runs PyTorch only (sentence-transformers' onnx and "
+                             f"openvino backends are not here)")
         super().__init__()
         config, settings = None, {}
         if encoder is None:

@@ -193,8 +193,9 @@ def test_the_texts_are_inputs_as_in_sentence_transformers_6_and_sentences_still_
     ({"torch_dtype": "auto"}, "fp32"), ({"torch_dtype": "float32", "attn_implementation": "sdpa"}, "fp32")])
 def test_model_kwargs_dtype_is_the_encoders_dtype_as_in_sentence_transformers(minilm_folder, model_kwargs, dtype):
     # sentence-transformers hands model_kwargs to transformers, which then computes in that type; minisbert's
-    # encoder runs in it (pooling in fp32 in both); "auto" is config.json's type, fp32 for this checkpoint
-    ours = SentenceTransformer(minilm_folder, model_kwargs=model_kwargs)
+    # encoder runs in it (pooling in fp32 in both); "auto" is config.json's type, fp32 for this checkpoint.
+    # trust_remote_code=False and backend="torch", its defaults, are taken as they are
+    ours = SentenceTransformer(minilm_folder, model_kwargs=model_kwargs, trust_remote_code=False, backend="torch")
     reference = Reference(str(minilm_folder), device="cpu", model_kwargs=model_kwargs)
     got = ours.encode(TEXTS)
     np.testing.assert_array_equal(got, SentenceTransformer(minilm_folder, dtype=dtype).encode(TEXTS))
@@ -206,8 +207,10 @@ def test_model_kwargs_dtype_is_the_encoders_dtype_as_in_sentence_transformers(mi
 @pytest.mark.parametrize("options, message", [
     ({"model_kwargs": {"device_map": "auto"}}, r"model_kwargs \['device_map'\] mean nothing here"),
     ({"model_kwargs": {"torch_dtype": "int4"}}, "model_kwargs' dtype 'int4' is not one of"),
-    ({"model_kwargs": {"torch_dtype": torch.float16}, "dtype": "bf16"}, "the dtype is given twice")])
-def test_model_kwargs_it_cannot_follow_are_errors(minilm_folder, options, message):
+    ({"model_kwargs": {"torch_dtype": torch.float16}, "dtype": "bf16"}, "the dtype is given twice"),
+    ({"trust_remote_code": True}, "runs no code from a model repository"),
+    ({"backend": "onnx"}, "backend 'onnx': minisbert runs PyTorch only")])
+def test_arguments_it_cannot_follow_are_errors(minilm_folder, options, message):
     with pytest.raises(ValueError, match=message):
         SentenceTransformer(minilm_folder, **options)
 
