@@ -338,6 +338,12 @@ def test_pooling_without_the_prompt_set_on_the_model_as_sentence_transformers(mi
                                atol=1e-5, rtol=0)
 
 
+def evaluate_both(ours, reference, evaluator, reference_evaluator, tmp_path):
+    """Each library's evaluator on its own model, writing under tmp_path/ours and tmp_path/theirs: their metrics."""
+    return (ours.evaluate(evaluator, str(tmp_path / "ours")),
+            reference.evaluate(reference_evaluator, str(tmp_path / "theirs")))
+
+
 def assert_same_csv_file(tmp_path, atol: float):
     """Each evaluator wrote one CSV file under tmp_path/ours and tmp_path/theirs: the same name, header and row."""
     [ours_csv] = (tmp_path / "ours").iterdir()
@@ -366,8 +372,7 @@ def test_embedding_similarity_evaluator_as_sentence_transformers(both, data_dir,
     columns = [e.texts[0] for e in examples], [e.texts[1] for e in examples], [e.label for e in examples]
     evaluator = EmbeddingSimilarityEvaluator(*columns, **options)
     reference_evaluator = ReferenceEvaluator(*columns, **options)
-    got = ours.evaluate(evaluator, str(tmp_path / "ours"))
-    expected = reference.evaluate(reference_evaluator, str(tmp_path / "theirs"))
+    got, expected = evaluate_both(ours, reference, evaluator, reference_evaluator, tmp_path)
     assert got.keys() == expected.keys() and evaluator.primary_metric == reference_evaluator.primary_metric
     for key in expected:
         assert got[key] == pytest.approx(expected[key], abs=1e-4), key
@@ -392,8 +397,7 @@ def test_triplet_evaluator_as_sentence_transformers(minilm_folder, data_dir, opt
     columns = ([t.texts[i] for t in triplets] for i in range(3))
     evaluator = TripletEvaluator(*columns, **options)
     reference_evaluator = ReferenceEvaluator.from_input_examples(triplets, **options)
-    got = ours.evaluate(evaluator, str(tmp_path / "ours"))
-    expected = reference.evaluate(reference_evaluator, str(tmp_path / "theirs"))
+    got, expected = evaluate_both(ours, reference, evaluator, reference_evaluator, tmp_path)
     assert got == pytest.approx(expected, abs=1e-6) and evaluator.primary_metric == reference_evaluator.primary_metric
     assert 0 < min(got.values()) <= max(got.values()) < 1  # neither none nor all: margins and prompts can show
     assert_same_csv_file(tmp_path, atol=1e-6)
@@ -446,8 +450,7 @@ def test_information_retrieval_evaluator_as_sentence_transformers(minilm_folder,
                                             for name, function in functions.items()}
     evaluator, reference_evaluator = InformationRetrievalEvaluator(*data, **ours_options), ReferenceEvaluator(
         *data, **their_options)
-    got = ours.evaluate(evaluator, str(tmp_path / "ours"))
-    expected = reference.evaluate(reference_evaluator, str(tmp_path / "theirs"))
+    got, expected = evaluate_both(ours, reference, evaluator, reference_evaluator, tmp_path)
     assert got == pytest.approx(expected, abs=1e-9) and evaluator.primary_metric == reference_evaluator.primary_metric
     assert len(set(got.values())) > 5  # the metrics differ from each other: a wrong one cannot hide among them
     if options.get("write_predictions"):  # one file per score function: each query's hits, best first
@@ -494,8 +497,7 @@ def test_binary_classification_evaluator_as_sentence_transformers(minilm_folder,
     data = binary_pairs(data_dir)
     evaluator = BinaryClassificationEvaluator(*data, **options)
     reference_evaluator = ReferenceEvaluator(*data, **options)
-    got = ours.evaluate(evaluator, str(tmp_path / "ours"))
-    expected = reference.evaluate(reference_evaluator, str(tmp_path / "theirs"))
+    got, expected = evaluate_both(ours, reference, evaluator, reference_evaluator, tmp_path)
     assert list(got) == list(expected) and evaluator.primary_metric == reference_evaluator.primary_metric
     assert got == pytest.approx({key: float(value) for key, value in expected.items()}, abs=1e-6)
     assert 0.5 < got[evaluator.primary_metric] < 1  # neither chance nor perfect
@@ -562,8 +564,7 @@ def test_paraphrase_mining_evaluator_as_sentence_transformers(minilm_folder, dat
     ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
     evaluator, reference_evaluator = (ParaphraseMiningEvaluator(sentences, **options),
                                       ReferenceEvaluator(sentences, **options))
-    got = ours.evaluate(evaluator, str(tmp_path / "ours"))
-    expected = reference.evaluate(reference_evaluator, str(tmp_path / "theirs"))
+    got, expected = evaluate_both(ours, reference, evaluator, reference_evaluator, tmp_path)
     assert list(got) == list(expected) and evaluator.primary_metric == reference_evaluator.primary_metric
     assert got == pytest.approx(expected, abs=1e-6)
     assert 0 < got[evaluator.primary_metric] < 1
@@ -650,8 +651,7 @@ def test_reranking_evaluator_as_sentence_transformers(minilm_folder, data_dir, o
     their_options.pop("samples", None)
     evaluator, reference_evaluator = (RerankingEvaluator(samples, **ours_options),
                                       ReferenceEvaluator(samples, **their_options))
-    got = ours.evaluate(evaluator, str(tmp_path / "ours"))
-    expected = reference.evaluate(reference_evaluator, str(tmp_path / "theirs"))
+    got, expected = evaluate_both(ours, reference, evaluator, reference_evaluator, tmp_path)
     assert list(got) == list(expected) and evaluator.primary_metric == reference_evaluator.primary_metric
     assert got == pytest.approx(expected, abs=1e-9)
     assert 0 < min(got.values()) <= max(got.values()) < 1
@@ -689,8 +689,7 @@ def test_translation_evaluator_as_sentence_transformers(minilm_folder, data_dir,
     ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
     evaluator, reference_evaluator = (TranslationEvaluator(sources, targets, **options),
                                       ReferenceEvaluator(sources, targets, **options))
-    got = ours.evaluate(evaluator, str(tmp_path / "ours"))
-    expected = reference.evaluate(reference_evaluator, str(tmp_path / "theirs"))
+    got, expected = evaluate_both(ours, reference, evaluator, reference_evaluator, tmp_path)
     assert list(got) == list(expected) and evaluator.primary_metric == reference_evaluator.primary_metric
     assert got == pytest.approx(expected, abs=1e-9) and 0 < min(got.values()) <= max(got.values()) < 1
     assert_same_csv_file(tmp_path, atol=1e-9)
