@@ -21,6 +21,7 @@ most local_attention / 2 tokens away, and turn them with another base.
 """
 
 import contextlib
+import copy
 import functools
 import math
 
@@ -186,7 +187,7 @@ class Layer(nn.Module):
         t5, modernbert = config.model_type == "t5", config.model_type == "modernbert"
 
         def norm():
-            return nn.RMSNorm(d, eps=config.layer_norm_eps) if t5 else nn.LayerNorm(
+            return T5Norm(d, eps=config.layer_norm_eps) if t5 else nn.LayerNorm(
                 d, eps=config.layer_norm_eps, bias=config.norm_bias)
 
         self.query, self.key, self.value = (nn.Linear(d, d, bias=config.attention_bias) for _ in range(3))
@@ -198,6 +199,7 @@ class Layer(nn.Module):
         self.output = nn.Linear(h, d, bias=config.mlp_bias)
         self.output_norm = norm()
         self.attention_scale = 1.0 if t5 else None  # T5 folds 1/sqrt(d) into its weights
+        self.clamps_fp16 = t5  # see clamp_fp16
         # ModernBERT: rotary positions of the base of this layer's kind; a sliding layer's queries attend to the keys
         # at most `window` tokens away (Encoder.forward's masks)
         sliding = modernbert and config.layer_types[index] == "sliding_attention"
@@ -235,12 +237,23 @@ class Layer(nn.Module):
         if rotation is not None:
             q, k = rotate(q, *rotation), rotate(k, *rotation)
         attended = self.attend(q, k, self.value(n), packing, mask)
-        x = x + self.dropout_after_attention(self.attention_output(attended))
+        x = self.clamp_fp16(x + self.dropout_after_attention(self.attention_output(attended)))
         n = self.output_norm(x)
         hidden = self.activation(self.intermediate(n))
         if self.gate is not None:
             hidden = hidden * self.gate(n)
-        return x + self.dropout_after_output(self.output(self.dropout(hidden)))
+        hidden = self.dropout(hidden).to(self.output.weight.dtype)  # fp32 in T5's fp16 copy (Encoder.in_dtype)
+        return self.clamp_fp16(x + self.dropout_after_output(self.output(hidden)))
+
+    def clamp_fp16(self, x: torch.Tensor) -> torch.Tensor:
+        """T5's sums in fp16 clamped as transformers clamps them: to the largest fp16 value, or 1000 below it where
+        any is infinite, so that an overflow does not become NaN in the next layer. Other layers, and other types,
+        as they are."""
+        if not self.clamps_fp16 or x.dtype != torch.float16:
+            return x
+        largest = torch.finfo(torch.float16).max
+        limit = torch.where(x.isinf().any(), largest - 1000, largest)  # a tensor: no wait for the GPU
+        return x.clamp(-limit, limit)
 
     def fuses_on_cpu(self, x: torch.Tensor) -> bool:
         """At inference on the CPU (no autograd, no dropout), each product runs through oneDNN, which adds the bias,
@@ -335,7 +348,7 @@ class Encoder(nn.Module):
         # T5: no LayerNorm of the embeddings, an RMSNorm (and dropout) after the last layer; ModernBERT: both LayerNorms
         t5 = config.model_type == "t5"
         self.embeddings_norm = None if t5 else nn.LayerNorm(d, eps=config.layer_norm_eps, bias=config.norm_bias)
-        self.final_norm = ((nn.RMSNorm if t5 else functools.partial(nn.LayerNorm, bias=config.norm_bias))(
+        self.final_norm = ((T5Norm if t5 else functools.partial(nn.LayerNorm, bias=config.norm_bias))(
             config.hidden_size, eps=config.layer_norm_eps) if config.normalizes_first else None)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.dropout_after_final_norm = self.dropout if t5 else nn.Identity()
@@ -409,6 +422,17 @@ class Encoder(nn.Module):
         x = packing.unpack(x)  # (B, S, D)
         return x if packing.index is not None else x * attention_mask[..., None].to(x.dtype)  # zeros at padding
 
+    def in_dtype(self, dtype: torch.dtype) -> "Encoder":
+        """A copy whose weights are in `dtype`, for inference. In fp16, T5's feed-forward output products keep their
+        weights in fp32, as transformers keeps them (T5's _keep_in_fp32_modules): their sums overflow fp16 in
+        large T5 models. Their input is then rounded up to fp32, and the layers' sums stay in fp32 from the first
+        such product on (normalizing_first_forward)."""
+        copied = copy.deepcopy(self).to(dtype)
+        if dtype == torch.float16 and self.config.model_type == "t5":
+            for layer in copied.layers:
+                layer.output.float()
+        return copied
+
     def packs(self, attention_mask: torch.Tensor) -> bool:
         """Whether this batch's dense layers run on its real tokens only (see Packing): always on a GPU, where
         attention then runs on the packed tokens too; on the CPU where padding is more than PACK_ABOVE of the
@@ -432,6 +456,17 @@ class Encoder(nn.Module):
                 module.weight.fill_(1.0)
             if isinstance(module, nn.LayerNorm) and module.bias is not None:
                 module.bias.zero_()
+
+
+class T5Norm(nn.RMSNorm):
+    """T5's RMSNorm. In bf16 and fp16 as transformers' T5LayerNorm: the mean square in fp32, the normalized values
+    rounded to the weight's type, then scaled; its input may be fp32 where the weight is not (Encoder.in_dtype)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype == torch.float32:
+            return super().forward(x)
+        mean_square = x.float().pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(mean_square + self.eps)).to(self.weight.dtype)
 
 
 class IndexAddEmbedding(torch.autograd.Function):

@@ -6,7 +6,6 @@ arithmetic of the encoder is minisbert's own `dtype` ("fp32", "bf16", "fp16", "i
 """
 
 import contextlib
-import copy
 import sys
 import warnings
 from collections.abc import Iterable
@@ -237,7 +236,7 @@ class SentenceTransformer(nn.Module):
         cached = self._low_precision_encoders.get(dtype)
         if cached is None or cached[0] != weights:
             low_precision = (int8_encoder(self.encoder) if dtype == torch.int8
-                             else copy.deepcopy(self.encoder).to(dtype))
+                             else self.encoder.in_dtype(dtype))
             self._low_precision_encoders[dtype] = (weights, low_precision)
         return self._low_precision_encoders[dtype][1]
 

@@ -94,6 +94,46 @@ def test_t5_dropout_in_training_falls_where_transformers_puts_it(name, request):
     assert_the_same_dropout(reference, encoder)
 
 
+@pytest.mark.parametrize("name", ["tiny_t5", "tiny_t5_gated"])
+@pytest.mark.parametrize("output_scale", [1.0, 1e5])
+def test_t5_in_fp16_keeps_its_feed_forward_output_in_fp32_as_transformers(name, output_scale, request, tmp_path):
+    # transformers loads T5 in fp16 with each feed-forward output product (wo) in fp32, so that sums past fp16's
+    # range (large T5 models reach them; here the weights scaled up) stay finite; its hidden states are fp16
+    folder = tmp_path / name
+    shutil.copytree(request.getfixturevalue(name), folder)
+    reference = T5EncoderModel.from_pretrained(folder)
+    with torch.no_grad():
+        for block in reference.encoder.block:
+            block.layer[-1].DenseReluDense.wo.weight.mul_(output_scale)
+    reference.save_pretrained(folder)
+    reference = T5EncoderModel.from_pretrained(folder, dtype=torch.float16).eval()
+    batch = AutoTokenizer.from_pretrained(folder)(TEXTS, padding=True, return_tensors="pt")
+    mask = batch["attention_mask"].bool()
+    encoder, _ = load_encoder(folder)
+    half = encoder.in_dtype(torch.float16).eval()
+    with torch.no_grad():
+        expected = reference(**batch).last_hidden_state
+        got = half(batch["input_ids"], batch["attention_mask"])
+        all_fp16 = encoder.half()(batch["input_ids"], batch["attention_mask"])
+    assert got.dtype == expected.dtype == torch.float16
+    assert half.layers[0].output.weight.dtype == torch.float32 and half.layers[0].query.weight.dtype == torch.float16
+    torch.testing.assert_close(got[mask].float(), expected[mask].float(), atol=2e-2, rtol=0)
+    assert all_fp16[mask].isfinite().all() == (output_scale == 1.0)  # the scaled sums do overflow fp16
+
+
+def test_t5_fp16_sums_are_clamped_as_transformers_clamps_them(tiny_t5):
+    # transformers' T5Block: to the largest fp16 value, or 1000 below it where any value is infinite
+    layer = load_encoder(tiny_t5)[0].layers[0]
+    largest = torch.finfo(torch.float16).max
+    x = torch.tensor([1.0, -largest, largest], dtype=torch.float16)
+    assert torch.equal(layer.clamp_fp16(x), x)
+    x = torch.tensor([1.0, float("inf"), -float("inf"), 65000.0, float("nan")], dtype=torch.float16)
+    expected = torch.tensor([1.0, largest - 1000, 1000 - largest, largest - 1000, float("nan")], dtype=torch.float16)
+    torch.testing.assert_close(layer.clamp_fp16(x), expected, equal_nan=True, atol=0, rtol=0)
+    x = torch.tensor([1e6, float("inf")])
+    assert torch.equal(layer.clamp_fp16(x), x)  # fp32 as it is
+
+
 def test_a_whole_t5_checkpoint_loads_its_encoder(tiny_t5_gated, tmp_path):
     # a T5ForConditionalGeneration's file: the decoder's tensors left out; older files hold the shared embeddings
     # twice (encoder.embed_tokens.weight), or only there
