@@ -374,8 +374,15 @@ class SentenceTransformer(nn.Module):
         from .multiprocess import stop_pool
         stop_pool(pool)
 
-    def save(self, path: str | Path) -> None:
-        """Write a sentence-transformers folder (safetensors) that both libraries load; other files in it stay."""
+    def save(self, path: str | Path, model_name: str | None = None, create_model_card: bool = True,
+             train_datasets: list[str] | None = None, safe_serialization: bool = True) -> None:
+        """Write a sentence-transformers folder (safetensors) that both libraries load; other files in it stay.
+        sentence-transformers' arguments are taken: `model_name`, `create_model_card` and `train_datasets` describe
+        the model card it writes (README.md), which minisbert does not write; `safe_serialization=False`, its
+        pickled weights (pytorch_model.bin), is an error."""
+        if not safe_serialization:
+            raise ValueError("safe_serialization=False: minisbert writes its weights as safetensors only, which "
+                             "sentence-transformers and transformers load too, never as a pickle (pytorch_model.bin)")
         checkpoint.save_folder(self, path)
 
     save_pretrained = save  # sentence-transformers' other name for it

@@ -132,6 +132,20 @@ def test_truncate_dim_is_saved_and_read_as_sentence_transformers_does(minilm_fol
     assert Reference(str(tmp_path / "ours"), device="cpu").truncate_dim is None
 
 
+def test_save_takes_sentence_transformers_arguments(both, tmp_path):
+    import inspect
+    ours, reference = both
+    for name in ("save", "save_pretrained"):
+        assert (list(inspect.signature(getattr(ours, name)).parameters)
+                == list(inspect.signature(getattr(reference, name)).parameters))
+    ours.save(tmp_path / "ours", "a-model", False, ["snli"], True)  # positionally, as sentence-transformers takes them
+    np.testing.assert_allclose(Reference(str(tmp_path / "ours"), device="cpu").encode(TEXTS), reference.encode(TEXTS),
+                               atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="safetensors only"):
+        ours.save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    assert not (tmp_path / "pickled").exists()
+
+
 @pytest.mark.parametrize("name", ["cosine", "dot", "euclidean", "manhattan"])
 def test_similarity_follows_similarity_fn_name(minilm_folder, name):
     ours = SentenceTransformer(minilm_folder, similarity_fn_name=name)
