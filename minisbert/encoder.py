@@ -429,8 +429,8 @@ class Encoder(nn.Module):
         such product on (normalizing_first_forward)."""
         copied = copy.deepcopy(self).to(dtype)
         if dtype == torch.float16 and self.config.model_type == "t5":
-            for layer in copied.layers:
-                layer.output.float()
+            for layer, source in zip(copied.layers, self.layers):  # the weights as they were, not through fp16
+                layer.output = copy.deepcopy(source.output).float()
         return copied
 
     def packs(self, attention_mask: torch.Tensor) -> bool:
