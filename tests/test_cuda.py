@@ -133,6 +133,34 @@ def test_cuda_encoding_of_a_modernbert_equals_the_cpu(gpu_tokenizer, dtype):
         assert torch.nn.functional.cosine_similarity(got, expected).min() > 0.999
 
 
+def random_t5(tokenizer: Tokenizer, output_scale: float = 1.0) -> SentenceTransformer:
+    """A random gated T5 encoder (relative position bias); its feed-forward output weights times `output_scale`."""
+    torch.manual_seed(0)
+    config = EncoderConfig.from_dict({"model_type": "t5", "vocab_size": 30522, "d_model": 256, "d_kv": 64,
+                                      "d_ff": 512, "num_layers": 3, "num_heads": 4,
+                                      "feed_forward_proj": "gated-gelu", "pad_token_id": 0}, "test")
+    encoder = Encoder(config)
+    encoder.init_weights()
+    with torch.no_grad():
+        for layer in encoder.layers:
+            layer.output.weight.mul_(output_scale)
+    return SentenceTransformer(encoder=encoder, tokenizer=tokenizer)
+
+
+@pytest.mark.parametrize("dtype,output_scale", [("fp32", 1.0), ("bf16", 1.0), ("fp16", 1.0), ("fp16", 1e7)])
+def test_cuda_encoding_of_a_t5_equals_the_cpu(gpu_tokenizer, dtype, output_scale):
+    # in fp16 the feed-forward output products keep fp32 weights (Encoder.in_dtype): scaled up 1e7, the weights and
+    # their sums would overflow fp16 (an all-fp16 copy gives infinities on the CPU), and do not
+    model = random_t5(gpu_tokenizer, output_scale)
+    expected = torch.as_tensor(model.to("cpu").encode(TEXTS))
+    got = torch.as_tensor(model.to("cuda").encode(TEXTS, dtype=dtype, batch_size=3))
+    assert got.isfinite().all()
+    if dtype == "fp32":
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    else:
+        assert torch.nn.functional.cosine_similarity(got, expected).min() > 0.999
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_flash_attention_on_packed_tokens_equals_padded_attention(random_minilm, dtype):
     from minisbert import encoder as encoder_module
