@@ -63,7 +63,8 @@ class SentenceTransformer(nn.Module):
                  token: str | bool | None = None, similarity_fn_name: str | None = None,
                  truncate_dim: int | None = None, dtype: str | torch.dtype = "fp32", encoder: Encoder | None = None,
                  tokenizer: Tokenizer | None = None, pooling: Pooling | None = None, after: list[nn.Module] = (),
-                 model_kwargs: dict | None = None, trust_remote_code: bool = False, backend: str = "torch"):
+                 model_kwargs: dict | None = None, trust_remote_code: bool = False, backend: str = "torch",
+                 use_auth_token: str | bool | None = None):
         """Load a model folder or hub id (all-MiniLM-L6-v2 if none is named); or build one from its parts:
         `encoder` and `tokenizer`, then `pooling` (mean pooling if None) and the Dense/Normalize modules `after` it.
 
@@ -77,8 +78,16 @@ class SentenceTransformer(nn.Module):
         config.json names, fp32 where it names none}; its "attn_implementation" changes nothing here (minisbert picks
         its attention kernels itself, and they all compute the same attention); any other key is an error.
         `trust_remote_code` and `backend` are sentence-transformers' too: minisbert runs no code from a model
-        repository and runs PyTorch only, so True and any backend but "torch" are errors.
+        repository and runs PyTorch only, so True and any backend but "torch" are errors. `use_auth_token` is
+        `token`'s old name, taken with sentence-transformers' FutureWarning.
         """
+        if use_auth_token is not None:
+            warnings.warn("The `use_auth_token` argument is deprecated and will be removed in a future release of "
+                          "SentenceTransformers.", FutureWarning, stacklevel=2)
+            if token is not None:
+                raise ValueError("Both `token` and `use_auth_token` are specified. Please only specify the `token` "
+                                 "argument.")
+            token = use_auth_token
         if trust_remote_code:
             raise ValueError("trust_remote_code=True: minisbert runs no code from a model repository; it loads the "
                              "architectures it knows (see architectures.py) from their weights")

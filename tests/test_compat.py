@@ -229,6 +229,20 @@ def test_arguments_it_cannot_follow_are_errors(minilm_folder, options, message):
         SentenceTransformer(minilm_folder, **options)
 
 
+def test_use_auth_token_is_tokens_old_name_as_in_sentence_transformers(minilm_folder, monkeypatch):
+    from minisbert import checkpoint
+    for library in (Reference, SentenceTransformer):
+        with pytest.warns(FutureWarning, match="The `use_auth_token` argument is deprecated"):
+            library(str(minilm_folder), use_auth_token="hf_xyz", device="cpu")
+        with pytest.raises(ValueError, match="Both `token` and `use_auth_token` are specified"):
+            library(str(minilm_folder), use_auth_token="hf_xyz", token="hf_abc", device="cpu")
+    seen, load = [], checkpoint.load
+    monkeypatch.setattr(checkpoint, "load", lambda *args, **kwargs: seen.append(kwargs["token"]) or load(*args, **kwargs))
+    with pytest.warns(FutureWarning):
+        SentenceTransformer(minilm_folder, use_auth_token="hf_xyz")
+    assert seen == ["hf_xyz"]
+
+
 def test_saving_writes_the_prompts_back(prompted_folder, tmp_path):
     SentenceTransformer(prompted_folder).save(tmp_path / "saved")
     reference = Reference(str(tmp_path / "saved"), device="cpu")
