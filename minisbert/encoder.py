@@ -199,7 +199,9 @@ class Layer(nn.Module):
         self.output = nn.Linear(h, d, bias=config.mlp_bias)
         self.output_norm = norm()
         self.attention_scale = 1.0 if t5 else None  # T5 folds 1/sqrt(d) into its weights
-        self.clamps_fp16 = t5  # see clamp_fp16
+        # T5's half precision as transformers': sums clamped (clamp_fp16), the feed-forward output product's input in
+        # that product's type (fp32 in the fp16 copy: Encoder.in_dtype)
+        self.t5_half_precision = t5
         # ModernBERT: rotary positions of the base of this layer's kind; a sliding layer's queries attend to the keys
         # at most `window` tokens away (Encoder.forward's masks)
         sliding = modernbert and config.layer_types[index] == "sliding_attention"
@@ -242,14 +244,16 @@ class Layer(nn.Module):
         hidden = self.activation(self.intermediate(n))
         if self.gate is not None:
             hidden = hidden * self.gate(n)
-        hidden = self.dropout(hidden).to(self.output.weight.dtype)  # fp32 in T5's fp16 copy (Encoder.in_dtype)
+        hidden = self.dropout(hidden)
+        if self.t5_half_precision:
+            hidden = hidden.to(self.output.weight.dtype)
         return self.clamp_fp16(x + self.dropout_after_output(self.output(hidden)))
 
     def clamp_fp16(self, x: torch.Tensor) -> torch.Tensor:
         """T5's sums in fp16 clamped as transformers clamps them: to the largest fp16 value, or 1000 below it where
         any is infinite, so that an overflow does not become NaN in the next layer. Other layers, and other types,
         as they are."""
-        if not self.clamps_fp16 or x.dtype != torch.float16:
+        if not self.t5_half_precision or x.dtype != torch.float16:
             return x
         largest = torch.finfo(torch.float16).max
         limit = torch.where(x.isinf().any(), largest - 1000, largest)  # a tensor: no wait for the GPU
