@@ -234,7 +234,8 @@ def test_use_auth_token_is_tokens_old_name_as_in_sentence_transformers(minilm_fo
     for library in (Reference, SentenceTransformer):
         with pytest.warns(FutureWarning, match="The `use_auth_token` argument is deprecated"):
             library(str(minilm_folder), use_auth_token="hf_xyz", device="cpu")
-        with pytest.raises(ValueError, match="Both `token` and `use_auth_token` are specified"):
+        with pytest.raises(ValueError, match="Both `token` and `use_auth_token` are specified"), \
+                pytest.warns(FutureWarning):
             library(str(minilm_folder), use_auth_token="hf_xyz", token="hf_abc", device="cpu")
     seen, load = [], checkpoint.load
     monkeypatch.setattr(checkpoint, "load", lambda *args, **kwargs: seen.append(kwargs["token"]) or load(*args, **kwargs))
