@@ -2,7 +2,8 @@
 (fused_fp32_products), and how encode() shares its threads.
 
 On the CPU, bf16 matrix products are fast only with AVX-512 bf16 or AMX (about 1.7x fp32 on the AMD EPYC we
-measured); on an AVX2-only CPU PyTorch emulates them and bf16 runs about 5x slower than fp32. So "auto" is bf16
+measured); elsewhere PyTorch emulates them: on an AVX2-only CPU bf16 runs about 5x slower than fp32, on an Intel
+Xeon with AVX-512 but no bf16 instructions (Ice Lake's set) at 0.37x fp32's speed (the README). So "auto" is bf16
 where the instructions are there and fp32 elsewhere, never a type that is slower than fp32 on this machine. On a
 GPU it is bf16 (fp16 where the GPU has no bf16): within 10% of fp16's speed on an H200, and no overflow.
 The limits a user or a benchmark sets on the instructions used are honoured: ATEN_CPU_CAPABILITY (PyTorch's
@@ -78,8 +79,8 @@ def fused_fp32_products() -> bool:
     residual in the product's own pass (encoder.Layer.fused_forward), than as F.linear (MKL) and passes of their own.
     Measured on whole encodings of all-MiniLM-L6-v2 (benchmarks/encode_speed.py --unfused): on an AMD EPYC (Zen 4)
     1.02-1.13x over five runs, oneDNN running AVX-512; with oneDNN and MKL capped at AVX2 on the same EPYC 0.94x and
-    0.89x (see the README); on an Intel Xeon, where MKL runs AVX-512 too, 0.94x. So: where oneDNN may run AVX-512
-    and the CPU is not Intel's."""
+    0.89x (see the README); on Intel Xeons, where MKL runs AVX-512 too, 0.94-1.00x with AMX and 0.96x without bf16
+    instructions. So: where oneDNN may run AVX-512 and the CPU is not Intel's."""
     avx512 = "avx512f" in cpu_flags() and onednn_cap() in ONEDNN_AVX512_ISAS
     return avx512 and _cpuinfo().get("vendor_id") != "GenuineIntel"
 
