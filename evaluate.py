@@ -25,8 +25,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "int8", "auto"],
-                        help="arithmetic of the encoder (bf16: CPU or GPU, fp16: GPU, int8: the linear layers on an "
-                             "x86 CPU, auto: bf16 where it is fast, else fp32)")
+                        help="arithmetic of the encoder (bf16: CPU or GPU, fp16: GPU, on a CPU no faster than fp32, "
+                             "int8: the linear layers on an x86 CPU, auto: bf16 where it is fast, else fp32)")
     args = parser.parse_args()
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, not {args.batch_size}")

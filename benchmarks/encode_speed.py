@@ -1,7 +1,7 @@
 """Encoding speed and cold start: minisbert against sentence-transformers, same model, threads and batch size.
 
     python benchmarks/encode_speed.py [--data ../shared/data] [--threads 2] [--batch-size 32] [--limit N] [--rounds 3]
-                                      [--chunk 1000] [--unfused] [--serial]
+                                      [--chunk 1000] [--unfused] [--serial] [--fp16]
 
 Prints what the CPU has (the instructions that decide which compute type is fast). Embeds the distinct sentences of
 the STS benchmark (15,487), --rounds times, chunk by chunk (--chunk sentences): each chunk along every path in turn, in
@@ -15,7 +15,8 @@ sentence-transformers, and what dtype="auto" picks here. With --unfused, also mi
 does not take here (hardware.fused_fp32_products): "unfused", plain F.linear calls followed by the GELU and the
 residual, where fp32 takes oneDNN's fused products, and "fused" where it does not. With --serial,
 also minisbert fp32 and int8 one batch at a time on all the threads (what two batches in flight gain, see
-hardware.in_flight). Then starts fresh processes that import, load the
+hardware.in_flight). With --fp16, also both libraries in fp16, which both run on the CPU when asked (minisbert's
+dtype="auto" never picks it there). Then starts fresh processes that import, load the
 default model and embed one sentence, and prints their wall time and peak memory (median of --repeats).
 
 An AVX2-only CPU can be imitated on an AVX-512 one (PyTorch's kernels, oneDNN's and MKL's all capped at AVX2;
@@ -122,6 +123,7 @@ def main():
     parser.add_argument("--serial", action="store_true",
                         help="also time minisbert fp32 and int8 one batch at a time on all the threads, to measure "
                              "what two batches in flight gain (hardware.in_flight)")
+    parser.add_argument("--fp16", action="store_true", help="also time both libraries in fp16")
     args = parser.parse_args()
     from sentence_transformers import SentenceTransformer as Reference
     from transformers.utils import logging as reference_logging
@@ -153,6 +155,10 @@ def main():
         for layer in other.encoder.layers:
             layer.fused_products = other_products == "fused"
         paths[f"minisbert fp32, {other_products}"] = lambda s, b: other.encode(s, batch_size=b)
+    if args.fp16:
+        reference_fp16 = Reference(str(folder), device="cpu").half()
+        paths.update({"sentence-transformers fp16": theirs(reference_fp16),
+                      "minisbert fp16": lambda s, b: ours.encode(s, batch_size=b, dtype="fp16")})
     if args.serial:
         def serial(dtype):
             def encode(s, b):
@@ -182,7 +188,7 @@ def main():
     spearman = {"sentence-transformers fp32": 100 * reference_spearman(reference, test, args.batch_size),
                 "sentence-transformers int8": 100 * reference_spearman(reference_int8, test, args.batch_size),
                 **{f"minisbert {dtype}": 100 * sts_correlations(ours, test, args.batch_size, dtype)["spearman"]
-                   for dtype in ("fp32", "bf16", "int8")}}
+                   for dtype in ("fp32", "bf16", "int8") + (("fp16",) if args.fp16 else ())}}
 
     def cosine_to(name, other):
         a, b = outputs[name], outputs[other]
@@ -193,7 +199,9 @@ def main():
                  for name in ("minisbert fp32", f"minisbert fp32, {other_products}", "minisbert fp32, serial")
                  if name in outputs}
     agreement.update({
-                 "minisbert bf16": f"min cosine to s-t bf16 {cosine_to('minisbert bf16', 'sentence-transformers bf16'):.4f}",
+                 **{f"minisbert {dtype}": f"min cosine to s-t {dtype} "
+                                          f"{cosine_to(f'minisbert {dtype}', f'sentence-transformers {dtype}'):.4f}"
+                    for dtype in ("bf16", "fp16") if f"minisbert {dtype}" in outputs},
                  **{name: f"min cosine to s-t fp32 {cosine_to(name, 'sentence-transformers fp32'):.4f}"
                     for name in ("sentence-transformers int8", "minisbert int8", "minisbert int8, serial")
                     if name in outputs}})

@@ -70,16 +70,17 @@ class SentenceTransformer(nn.Module):
 
         The other arguments are sentence-transformers': prompts and similarity_fn_name override what the folder's
         config_sentence_transformers.json says; cache_folder, revision, token and local_files_only steer a download.
-        `dtype` is the encoder's arithmetic in encode(): fp32, bf16 (CPU or GPU), fp16 (GPU), int8 (the linear
-        layers, on x86 CPUs; see int8.py: it costs some accuracy, how much depends on the model), or auto: the
-        fastest that stays as accurate as fp32 on the device (bf16 on a GPU and on CPUs with AVX-512 bf16 or AMX,
-        else fp32; never int8). sentence-transformers' `model_kwargs` (what it passes to transformers) may set it
-        instead: {"torch_dtype" or "dtype": float32, bfloat16, float16 (as torch dtypes or names) or "auto", the type
-        config.json names, fp32 where it names none}; its "attn_implementation" changes nothing here (minisbert picks
-        its attention kernels itself, and they all compute the same attention); any other key is an error.
-        `trust_remote_code` and `backend` are sentence-transformers' too: minisbert runs no code from a model
-        repository and runs PyTorch only, so True and any backend but "torch" are errors. `use_auth_token` is
-        `token`'s old name, taken with sentence-transformers' FutureWarning.
+        `dtype` is the encoder's arithmetic in encode(): fp32, bf16 or fp16 (on the CPU each fast only where the CPU has
+        instructions for it: see the README), int8 (the linear layers, on x86 CPUs; see int8.py: it costs some accuracy,
+        how much depends on the model), or auto: the fastest that stays as accurate as fp32 on the device (bf16 on a GPU
+        and on CPUs with AVX-512 bf16 or AMX, else fp32; never int8, nor fp16 on the CPU). sentence-transformers'
+        `model_kwargs` (what it passes to transformers) may set it instead: {"torch_dtype" or "dtype": float32,
+        bfloat16, float16 (as torch dtypes or names) or "auto", the type config.json names, fp32 where it names none};
+        its "attn_implementation" changes nothing here (minisbert picks its attention kernels itself, and they all
+        compute the same attention); any other key is an error. `trust_remote_code` and `backend` are
+        sentence-transformers' too: minisbert runs no code from a model repository and runs PyTorch only, so True and
+        any backend but "torch" are errors. `use_auth_token` is `token`'s old name, taken with sentence-transformers'
+        FutureWarning.
         """
         if use_auth_token is not None:
             warnings.warn("The `use_auth_token` argument is deprecated and will be removed in a future release of "
@@ -277,9 +278,9 @@ class SentenceTransformer(nn.Module):
         The arguments, in sentence-transformers' order, mean what they mean there: `precision` quantizes the
         output, `output_value="token_embeddings"` gives each text's token embeddings without padding, and None
         both (a dict per text); `device` may name several devices, which encode in processes of their own, as a
-        `pool` from start_multi_process_pool does. `dtype` (minisbert's) is the encoder's arithmetic: fp32, bf16
-        (CPU or GPU), fp16 (GPU), int8 (CPU) or auto (see __init__); pooling and what follows run in fp32. Texts are sorted by token count so
-        that each batch pads little; the output keeps the input order.
+        `pool` from start_multi_process_pool does. `dtype` (minisbert's) is the encoder's arithmetic: fp32, bf16,
+        fp16, int8 (CPU) or auto (see __init__); pooling and what follows run in fp32. Texts are sorted by token
+        count so that each batch pads little; the output keeps the input order.
         """
         sentences = _renamed_inputs(inputs, sentences)
         single = isinstance(sentences, str)
@@ -302,8 +303,6 @@ class SentenceTransformer(nn.Module):
         if device is not None:
             self.to(check_device(device))
         dtype = check_dtype(dtype or self.dtype_name, self.device)
-        if dtype == torch.float16 and self.device.type == "cpu":
-            raise ValueError("dtype fp16 needs a GPU; on the CPU use bf16 or fp32")
         prompt = self._resolve_prompt(prompt, prompt_name)
         truncate_dim = truncate_dim or self.truncate_dim
         texts = sentences if not prompt else [prompt + sentence for sentence in sentences]

@@ -43,13 +43,11 @@ def test_non_string_item_names_its_index_and_type(model):
         model.encode([None])
 
 
-def test_unknown_precision_and_fp16_on_cpu(model):
+def test_unknown_precision_and_dtype(model):
     with pytest.raises(ValueError, match="Precision 'int3' is not supported, must be one of"):
         model.encode(["a"], precision="int3")
     with pytest.raises(ValueError, match="dtype 'fp8' is not one of"):
         model.encode(["a"], dtype="fp8")
-    with pytest.raises(ValueError, match="fp16 needs a GPU"):
-        model.encode(["a"], dtype="fp16")
 
 
 def test_missing_model_says_what_was_looked_for(tmp_path):

@@ -204,10 +204,12 @@ def test_the_texts_are_inputs_as_in_sentence_transformers_6_and_sentences_still_
 
 @pytest.mark.parametrize("model_kwargs, dtype", [
     ({"torch_dtype": torch.bfloat16}, "bf16"), ({"dtype": "bfloat16", "attn_implementation": "eager"}, "bf16"),
-    ({"torch_dtype": "auto"}, "fp32"), ({"torch_dtype": "float32", "attn_implementation": "sdpa"}, "fp32")])
+    ({"torch_dtype": torch.float16}, "fp16"), ({"torch_dtype": "auto"}, "fp32"),
+    ({"torch_dtype": "float32", "attn_implementation": "sdpa"}, "fp32")])
 def test_model_kwargs_dtype_is_the_encoders_dtype_as_in_sentence_transformers(minilm_folder, model_kwargs, dtype):
     # sentence-transformers hands model_kwargs to transformers, which then computes in that type; minisbert's
-    # encoder runs in it (pooling in fp32 in both); "auto" is config.json's type, fp32 for this checkpoint.
+    # encoder runs in it (pooling in fp32 in both), fp16 on the CPU too; "auto" is config.json's type, fp32 for this
+    # checkpoint.
     # trust_remote_code=False and backend="torch", its defaults, are taken as they are
     ours = SentenceTransformer(minilm_folder, model_kwargs=model_kwargs, trust_remote_code=False, backend="torch")
     reference = Reference(str(minilm_folder), device="cpu", model_kwargs=model_kwargs)
@@ -215,7 +217,7 @@ def test_model_kwargs_dtype_is_the_encoders_dtype_as_in_sentence_transformers(mi
     np.testing.assert_array_equal(got, SentenceTransformer(minilm_folder, dtype=dtype).encode(TEXTS))
     expected = reference.encode(TEXTS, convert_to_tensor=True).float().numpy()
     cosines = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
-    assert cosines.min() > (0.999 if dtype == "bf16" else 1 - 1e-6)
+    assert cosines.min() > {"bf16": 0.999, "fp16": 0.9999, "fp32": 1 - 1e-6}[dtype]
 
 
 @pytest.mark.parametrize("options, message", [

@@ -380,6 +380,22 @@ def test_sentence_embeddings_equal_sentence_transformers(name, pooling_mode, den
     np.testing.assert_allclose(ours.encode(TEXTS, batch_size=3), reference.encode(TEXTS, batch_size=3), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet", "tiny_distilbert", "tiny_albert",
+                                  "tiny_t5_gated", "tiny_modernbert"])
+def test_fp16_on_the_cpu_is_as_close_to_fp32_as_sentence_transformers_fp16(name, request, tmp_path):
+    # sentence-transformers computes in fp16 on the CPU when model_kwargs ask for it, and so does minisbert: its
+    # embeddings must be as near the fp32 ones as sentence-transformers' fp16 ones are (mean error), and near those
+    folder, _ = sentence_folder(tmp_path, request.getfixturevalue(name), "mean")
+    fp16 = {"model_kwargs": {"torch_dtype": torch.float16}}
+    expected = Reference(str(folder), device="cpu").encode(TEXTS, batch_size=3, convert_to_tensor=True)
+    theirs = Reference(str(folder), device="cpu", **fp16).encode(TEXTS, batch_size=3, convert_to_tensor=True).float()
+    ours = SentenceTransformer(folder, **fp16).encode(TEXTS, batch_size=3, convert_to_tensor=True)
+    assert ours.dtype == torch.float32  # the output stays float32 (the README says so)
+    ours_error, their_error = (ours - expected).abs().mean(), (theirs - expected).abs().mean()
+    assert 0 < ours_error <= 1.5 * their_error, (ours_error, their_error)
+    torch.testing.assert_close(ours, theirs, atol=5e-3, rtol=0)  # measured: at most 1e-3
+
+
 @pytest.mark.parametrize("name,pooling_mode", [("tiny_bert", "mean"), ("tiny_roberta", ("cls", "max")),
                                                ("tiny_mpnet", ("weightedmean", "lasttoken", "mean_sqrt_len_tokens"))])
 def test_pooling_without_the_prompt_equals_sentence_transformers(name, pooling_mode, request, tmp_path):
