@@ -4,8 +4,9 @@
 On the CPU, bf16 matrix products are fast only with AVX-512 bf16 or AMX (about 1.7x fp32 on the AMD EPYC we
 measured); elsewhere PyTorch emulates them: on an AVX2-only CPU bf16 runs about 5x slower than fp32, on an Intel
 Xeon with AVX-512 but no bf16 instructions (Ice Lake's set) at 0.37x fp32's speed (the README). So "auto" is bf16
-where the instructions are there and fp32 elsewhere, never a type that is slower than fp32 on this machine. On a
-GPU it is bf16 (fp16 where the GPU has no bf16): within 10% of fp16's speed on an H200, and no overflow.
+where the instructions are there and fp32 elsewhere, never a type that is slower than fp32 on this machine. fp16
+runs on the CPU only when asked for: at best it ran at fp32's speed (an Intel Xeon with AVX-512 fp16; the README). On
+a GPU it is bf16 (fp16 where the GPU has no bf16): within 10% of fp16's speed on an H200, and no overflow.
 The limits a user or a benchmark sets on the instructions used are honoured: ATEN_CPU_CAPABILITY (PyTorch's
 own kernels) and ONEDNN_MAX_CPU_ISA (oneDNN's, which run the bf16 products).
 On the CPU encode() keeps two batches in flight, each on half of PyTorch's threads (in_flight).
@@ -20,7 +21,8 @@ from pathlib import Path
 import torch
 
 # the instructions that matter for our compute types, as /proc/cpuinfo names them
-FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "avx512_fp16",
+         "amx_fp16")
 # oneDNN's ISA names that still include AVX-512 bf16 (ONEDNN_MAX_CPU_ISA caps oneDNN at one of them)
 ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512",
                     "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2", "DEFAULT", "ALL")
