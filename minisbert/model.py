@@ -21,7 +21,8 @@ from . import checkpoint, similarity
 from .encoder import Encoder
 from .hardware import auto_dtype, in_flight
 from .int8 import int8_encoder
-from .pooling import Normalize, Pooling
+from .models import Transformer
+from .pooling import Dense, Normalize, Pooling
 from .quantization import ALLOWED_PRECISIONS, quantize_embeddings
 from .tokenize import Tokenizer
 
@@ -57,7 +58,8 @@ class SentenceTransformer(nn.Module):
     `count_tokens()` tells how many tokens a text has before truncation.
     """
 
-    def __init__(self, model_name_or_path: str | Path | None = None, *, device: str | None = None,
+    def __init__(self, model_name_or_path: str | Path | None = None, *, modules: list[nn.Module] | None = None,
+                 device: str | None = None,
                  prompts: dict[str, str] | None = None, default_prompt_name: str | None = None,
                  cache_folder: str | Path | None = None, revision: str | None = None, local_files_only: bool = False,
                  token: str | bool | None = None, similarity_fn_name: str | None = None,
@@ -65,7 +67,8 @@ class SentenceTransformer(nn.Module):
                  tokenizer: Tokenizer | None = None, pooling: Pooling | None = None, after: list[nn.Module] = (),
                  model_kwargs: dict | None = None, trust_remote_code: bool = False, backend: str = "torch",
                  use_auth_token: str | bool | None = None):
-        """Load a model folder or hub id (all-MiniLM-L6-v2 if none is named); or build one from its parts:
+        """Load a model folder or hub id (all-MiniLM-L6-v2 if none is named); or build one from sentence-transformers'
+        `modules` (minisbert.models: a Transformer, a Pooling, then Dense or Normalize modules), or from its parts:
         `encoder` and `tokenizer`, then `pooling` (mean pooling if None) and the Dense/Normalize modules `after` it.
 
         The other arguments are sentence-transformers': prompts and similarity_fn_name override what the folder's
@@ -97,6 +100,15 @@ class SentenceTransformer(nn.Module):
                              f"openvino backends are not here)")
         super().__init__()
         config, settings = None, {}
+        if modules is not None:
+            if model_name_or_path is not None or encoder is not None or tokenizer is not None or pooling or after:
+                raise ValueError("pass either a model name or path, modules=, or the parts (encoder=, tokenizer=)")
+            transformer, pooling, after = _from_modules(modules)
+            encoder, config, tokenizer = transformer.encoder, transformer.config, transformer.tokenizer
+            if transformer.dtype_name != "fp32":  # the Transformer's model_kwargs, as sentence-transformers
+                if dtype != "fp32" or any(key in (model_kwargs or {}) for key in ("torch_dtype", "dtype")):
+                    raise ValueError("the dtype is given twice: by the Transformer's model_kwargs and here")
+                dtype = transformer.dtype_name
         if encoder is None:
             if tokenizer is not None or pooling is not None or after:
                 raise ValueError("the parts of a model start with its encoder: pass encoder= and tokenizer= too")
@@ -400,6 +412,28 @@ class SentenceTransformer(nn.Module):
         if output_path is not None:
             Path(output_path).mkdir(parents=True, exist_ok=True)
         return evaluator(self, output_path)
+
+
+def _from_modules(modules) -> tuple[Transformer, Pooling, list[nn.Module]]:
+    """sentence-transformers' modules= as minisbert's parts: a Transformer, a Pooling, then Dense or Normalize
+    modules, each taking the size the one before gives."""
+    modules = list(modules)
+    kinds = [Transformer, Pooling] + [(Dense, Normalize)] * (len(modules) - 2)
+    if len(modules) < 2:
+        kinds, modules = kinds[:2], modules + [None] * (2 - len(modules))
+    for i, (module, kind) in enumerate(zip(modules, kinds)):
+        if not isinstance(module, kind):
+            what = "missing" if module is None else f"{type(module).__module__}.{type(module).__qualname__}"
+            raise ValueError(f"modules[{i}] is {what}: minisbert builds a model from minisbert.models' Transformer, "
+                             "then a Pooling (sentence-transformers needs one too), then Dense or Normalize modules")
+    size = modules[0].get_embedding_dimension()
+    for i, module in enumerate(modules[1:], start=1):
+        takes = module.embedding_dimension if isinstance(module, Pooling) else getattr(module, "linear", None)
+        takes = takes.in_features if isinstance(takes, nn.Linear) else takes
+        if takes is not None and takes != size:
+            raise ValueError(f"modules[{i}] takes {takes} values, but the module before it gives {size}")
+        size = size if isinstance(module, Normalize) else module.get_embedding_dimension()
+    return modules[0], modules[1], modules[2:]
 
 
 def _dtype_from_model_kwargs(model_kwargs: dict, dtype, config: dict):

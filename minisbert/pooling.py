@@ -3,6 +3,8 @@
 Each class reads and writes the config of the sentence-transformers module of the same name.
 """
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,13 +18,33 @@ LEGACY_KEYS = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens"
 
 
 class Pooling(nn.Module):
-    """Token embeddings to one vector per text, by each of `modes` in turn, concatenated in the order given (as
-    sentence-transformers does). With include_prompt False, the tokens of a prompt put in front of the texts
-    ([CLS] included) are left out, as INSTRUCTOR-style models are trained."""
+    """Token embeddings to one vector per text, by each of the modes in `pooling_mode` in turn, concatenated in the
+    order given (as sentence-transformers does). With include_prompt False, the tokens of a prompt put in front of
+    the texts ([CLS] included) are left out, as INSTRUCTOR-style models are trained.
 
-    def __init__(self, embedding_dimension: int, modes: str | list[str] = "mean", include_prompt: bool = True):
+    The arguments of sentence-transformers before 6 are taken as sentence-transformers 6 takes them, with its
+    FutureWarning: `word_embedding_dimension`, and the boolean `pooling_mode_*_tokens` keys (LEGACY_KEYS), the modes
+    set True pooled in LEGACY_KEYS' order; a key left out counts as False, so that
+    `pooling_mode_cls_token=True` alone is CLS pooling, not CLS and mean as before 6."""
+
+    def __init__(self, embedding_dimension: int | None = None, pooling_mode: str | list[str] | None = None,
+                 include_prompt: bool = True, **legacy):
         super().__init__()
-        modes = [modes] if isinstance(modes, str) else list(modes)
+        if "word_embedding_dimension" in legacy:
+            warnings.warn("Pooling's word_embedding_dimension is now named embedding_dimension", FutureWarning,
+                          stacklevel=2)
+            embedding_dimension = legacy.pop("word_embedding_dimension")
+        flags = {mode: legacy.pop(key) for mode, key in LEGACY_KEYS.items() if key in legacy}
+        if legacy:
+            raise TypeError(f"Pooling() got an unexpected keyword argument {next(iter(legacy))!r}")
+        if flags:
+            warnings.warn(f"Pooling's boolean keys ({', '.join(LEGACY_KEYS[mode] for mode in flags)}) are "
+                          "deprecated: name the modes in pooling_mode", FutureWarning, stacklevel=2)
+            pooling_mode = pooling_mode or [mode for mode in POOLING_MODES if flags.get(mode)] or "mean"
+        if embedding_dimension is None:
+            raise TypeError("Pooling() needs embedding_dimension, the token embeddings' size")
+        pooling_mode = pooling_mode or "mean"
+        modes = [pooling_mode] if isinstance(pooling_mode, str) else list(pooling_mode)
         unknown = [m for m in modes if m not in POOLING_MODES]
         if unknown or not modes:
             raise ValueError(f"pooling mode {unknown or modes} is not supported; choose from {', '.join(POOLING_MODES)}")
@@ -33,6 +55,11 @@ class Pooling(nn.Module):
     @property
     def output_dimension(self) -> int:
         return self.embedding_dimension * len(self.modes)
+
+    def get_embedding_dimension(self) -> int:  # sentence-transformers' name
+        return self.output_dimension
+
+    get_sentence_embedding_dimension = get_embedding_dimension  # its name before sentence-transformers 6
 
     def forward(self, token_embeddings: torch.Tensor, attention_mask: torch.Tensor,
                 prompt_length: int | None = None) -> torch.Tensor:
@@ -111,17 +138,44 @@ def check_sentence_embedding_module(config: dict, source: str) -> None:
 
 
 class Dense(nn.Module):
-    """activation(W x + b) on the sentence embedding, as sentence-transformers' Dense."""
+    """activation(W x + b) on the sentence embedding, as sentence-transformers' Dense: `activation_function` an
+    activation module (nn.Tanh(), as there), its class, the name its config.json holds, or None for none;
+    `init_weight` and `init_bias` the starting W and b (random otherwise, as nn.Linear's)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 activation_function: str = "torch.nn.modules.activation.Tanh"):
+                 activation_function: nn.Module | type | str | None = "torch.nn.modules.activation.Tanh",
+                 init_weight: torch.Tensor | None = None, init_bias: torch.Tensor | None = None,
+                 module_input_name: str = "sentence_embedding", module_output_name: str | None = None,
+                 use_residual: bool = False):
         super().__init__()
+        if use_residual:
+            raise ValueError("Dense use_residual=True is not supported")
+        check_sentence_embedding_module({"module_input_name": module_input_name,
+                                         "module_output_name": module_output_name}, "Dense")
+        if activation_function is None:
+            activation_function = nn.Identity
+        if not isinstance(activation_function, str):  # a module or its class: the name config.json gives it
+            kind = activation_function if isinstance(activation_function, type) else type(activation_function)
+            activation_function = f"{kind.__module__}.{kind.__name__}"
         if activation_function not in ACTIVATIONS:
             raise ValueError(f"Dense activation_function {activation_function!r} is not supported; "
                              f"choose from {', '.join(ACTIVATIONS)}")
         self.linear = nn.Linear(in_features, out_features, bias=bias)
+        with torch.no_grad():
+            for name, given in (("weight", init_weight), ("bias", init_bias)):
+                if given is not None:
+                    target = getattr(self.linear, name)
+                    if target is None or given.shape != target.shape:
+                        raise ValueError(f"Dense init_{name} has shape {tuple(given.shape)}, not "
+                                         f"{None if target is None else tuple(target.shape)}")
+                    target.copy_(given)
         self.activation_function = activation_function
         self.activation = ACTIVATIONS[activation_function]()
+
+    def get_embedding_dimension(self) -> int:  # sentence-transformers' name
+        return self.linear.out_features
+
+    get_sentence_embedding_dimension = get_embedding_dimension  # its name before sentence-transformers 6
 
     def forward(self, x):
         return self.activation(self.linear(x))
@@ -143,6 +197,11 @@ class Dense(nn.Module):
 
 
 class Normalize(nn.Module):
+    def __init__(self, module_input_name: str = "sentence_embedding", module_output_name: str | None = None):
+        super().__init__()
+        check_sentence_embedding_module({"module_input_name": module_input_name,
+                                         "module_output_name": module_output_name}, "Normalize")
+
     def forward(self, x):
         return F.normalize(x, p=2, dim=-1)
 

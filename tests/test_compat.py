@@ -1,6 +1,7 @@
 """sentence-transformers code moved to minisbert means the same thing: the same arguments in the same order,
 the same outputs, on the same inputs (sentence-transformers itself is the reference in every test)."""
 
+import contextlib
 import json
 import shutil
 
@@ -8,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 from sentence_transformers import SentenceTransformer as Reference
+from sentence_transformers.sentence_transformer import modules as reference_models
 from sentence_transformers import util as reference_util
+from torch import nn
 
-from minisbert import SentenceTransformer, util
+from minisbert import SentenceTransformer, models, util
 
 TEXTS = ["A man is playing guitar.", "Someone plays an instrument.", "A woman slices an onion.", "The cat sleeps.",
          "Ça va très bien 🙂", "", "word " * 300, "A man plays the guitar."]
@@ -384,6 +387,107 @@ def assert_same_csv_file(tmp_path, atol: float):
     assert mine[0] == theirs[0] and len(mine) == len(theirs) == 2
     np.testing.assert_allclose(np.array(mine[1].split(","), dtype=float), np.array(theirs[1].split(","), dtype=float),
                                atol=atol)
+
+
+# ---------------------------------------------------------------- a model built from modules
+
+def modules_of(library, folder, dense=None, **pooling_options):
+    """A Transformer, a Pooling, a Dense (ReLU; the weights of `dense`, another Dense, if given) and a Normalize
+    from `library`: sentence-transformers' models or minisbert's."""
+    transformer = library.Transformer(str(folder), max_seq_length=20, do_lower_case=True)
+    pooling = library.Pooling(transformer.get_embedding_dimension(), **pooling_options)
+    weights = {} if dense is None else {"init_weight": dense.linear.weight.detach(),
+                                        "init_bias": dense.linear.bias.detach()}
+    dense = library.Dense(pooling.get_embedding_dimension(), 24, activation_function=nn.ReLU(), **weights)
+    return [transformer, pooling, dense, library.Normalize()]
+
+
+@pytest.mark.parametrize("name", ["minilm_folder", "tiny_roberta", "tiny_mpnet"])
+def test_a_model_built_from_modules_equals_sentence_transformers(name, request, tmp_path):
+    folder = request.getfixturevalue(name)
+    theirs = modules_of(reference_models, folder, pooling_mode=("cls", "mean"))
+    ours = SentenceTransformer(modules=modules_of(models, folder, theirs[2], pooling_mode=("cls", "mean")))
+    reference = Reference(modules=theirs, device="cpu")
+    assert ours.max_seq_length == reference.max_seq_length == 20
+    assert ours.get_embedding_dimension() == reference.get_embedding_dimension() == 24
+    np.testing.assert_allclose(ours.encode(TEXTS), reference.encode(TEXTS), atol=1e-5, rtol=0)
+    # unless given, the length is the tokenizer's model_max_length within the position table, as there
+    # (sentence_bert_config.json is not read); capped at the positions RoBERTa's table holds, where
+    # sentence-transformers caps at max_position_embeddings (two more: RoBERTa numbers from padding_idx + 1)
+    transformer = models.Transformer(folder)
+    their_length = reference_models.Transformer(str(folder)).max_seq_length
+    assert transformer.max_seq_length == min(their_length, transformer.encoder.config.max_tokens)
+    ours.save(tmp_path / "saved")
+    np.testing.assert_allclose(Reference(str(tmp_path / "saved"), device="cpu").encode(TEXTS), ours.encode(TEXTS),
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("options", [{"pooling_mode_cls_token": True},
+                                     {"pooling_mode_max_tokens": True, "pooling_mode_mean_tokens": True},
+                                     {"pooling_mode_mean_tokens": False}, {"pooling_mode": "max"}])
+def test_pooling_takes_the_arguments_before_sentence_transformers_6_as_it_does(options, minilm_folder):
+    # sentence-transformers 6 turns the boolean keys into modes (a key left out is False) with a FutureWarning
+    legacy = any(key.startswith("pooling_mode_") for key in options)
+    with pytest.warns(FutureWarning) if legacy else contextlib.nullcontext():
+        theirs = modules_of(reference_models, minilm_folder, **options)
+    with pytest.warns(FutureWarning) if legacy else contextlib.nullcontext():
+        ours_modules = modules_of(models, minilm_folder, theirs[2], **options)
+    ours = SentenceTransformer(modules=ours_modules)
+    np.testing.assert_allclose(ours.encode(TEXTS), Reference(modules=theirs, device="cpu").encode(TEXTS),
+                               atol=1e-5, rtol=0)
+    with pytest.warns(FutureWarning, match="word_embedding_dimension is now named embedding_dimension"):
+        assert models.Pooling(word_embedding_dimension=384).get_embedding_dimension() == 384
+    # the dimension getters' names before sentence-transformers 6
+    transformer, pooling, dense, _ = ours_modules
+    assert transformer.get_word_embedding_dimension() == 384
+    assert [pooling.get_sentence_embedding_dimension(), dense.get_sentence_embedding_dimension()] == [
+        module.get_embedding_dimension() for module in ours_modules[1:3]]
+
+
+def test_a_transformer_takes_its_tokenizer_from_another_folder_as_in_sentence_transformers(tiny_mpnet, tiny_roberta):
+    ours = models.Transformer(tiny_mpnet, tokenizer_name_or_path=tiny_roberta)
+    theirs = reference_models.Transformer(str(tiny_mpnet), tokenizer_name_or_path=str(tiny_roberta))
+    texts = [text for text in TEXTS if len(text) < 100]  # none truncated
+    assert ours.tokenizer.token_ids(texts) == [theirs.tokenizer(text)["input_ids"] for text in texts]
+    assert ours.tokenizer.token_ids(texts) != models.Transformer(tiny_mpnet).tokenizer.token_ids(texts)
+
+
+def test_a_transformers_model_kwargs_set_the_compute_type_as_in_sentence_transformers(minilm_folder):
+    bf16 = {"model_kwargs": {"torch_dtype": torch.bfloat16}}
+    ours = SentenceTransformer(modules=[models.Transformer(minilm_folder, **bf16), models.Pooling(384)])
+    plain = SentenceTransformer(modules=[models.Transformer(minilm_folder), models.Pooling(384)], dtype="bf16")
+    np.testing.assert_array_equal(ours.encode(TEXTS), plain.encode(TEXTS))
+    reference = Reference(modules=[reference_models.Transformer(str(minilm_folder), **bf16),
+                                   reference_models.Pooling(384)], device="cpu")
+    expected = reference.encode(TEXTS, convert_to_tensor=True).float().numpy()
+    got = ours.encode(TEXTS)
+    assert ((got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)).min() > 0.999
+    with pytest.raises(ValueError, match="the dtype is given twice"):
+        SentenceTransformer(modules=[models.Transformer(minilm_folder, **bf16), models.Pooling(384)], dtype="fp16")
+
+
+def test_modules_it_cannot_build_from_are_named(minilm_folder):
+    transformer = models.Transformer(minilm_folder)
+    for modules, message in [
+            ([models.Pooling(384)], r"modules\[0\] is minisbert.pooling.Pooling"),
+            ([transformer], r"modules\[1\] is missing: .*then a Pooling"),
+            ([transformer, models.Normalize()], r"modules\[1\] is minisbert.pooling.Normalize"),
+            ([transformer, reference_models.Pooling(384)], r"modules\[1\] is sentence_transformers\..*Pooling"),
+            ([transformer, models.Pooling(384, "max"), models.Pooling(384)],
+             r"modules\[2\] is minisbert.pooling.Pooling"),
+            ([transformer, models.Pooling(256)], r"modules\[1\] takes 256 values, but the module before it gives 384"),
+            ([transformer, models.Pooling(384, ["cls", "max"]), models.Dense(384, 8)],
+             r"modules\[2\] takes 384 values, but the module before it gives 768")]:
+        with pytest.raises(ValueError, match=message):
+            SentenceTransformer(modules=modules)
+    with pytest.raises(ValueError, match="either a model name or path, modules=, or the parts"):
+        SentenceTransformer(minilm_folder, modules=[transformer, models.Pooling(384)])
+    with pytest.raises(ValueError, match="Dense activation_function 'torch.nn.modules.activation.Softmax'"):
+        models.Dense(384, 8, activation_function=nn.Softmax())
+    with pytest.raises(ValueError, match=r"Dense init_weight has shape \(4, 4\), not \(8, 384\)"):
+        models.Dense(384, 8, init_weight=torch.zeros(4, 4))
+    with pytest.raises(ValueError, match="max_seq_length 1000 is more than the 512 positions"):
+        models.Transformer(minilm_folder, max_seq_length=1000)
 
 
 # ---------------------------------------------------------------- evaluation

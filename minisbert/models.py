@@ -1,0 +1,66 @@
+"""sentence-transformers' modules under the names its users build models with (sentence_transformers.models), so
+that a model put together from parts ports with its import line changed:
+
+    from minisbert import SentenceTransformer, models
+    transformer = models.Transformer("bert-base-uncased", max_seq_length=128)
+    pooling = models.Pooling(transformer.get_word_embedding_dimension(), "mean")
+    model = SentenceTransformer(modules=[transformer, pooling, models.Normalize()])
+
+Transformer holds an encoder and its tokenizer, loaded as sentence-transformers' Transformer loads them; Pooling,
+Dense and Normalize are minisbert's own (pooling.py).
+"""
+
+from pathlib import Path
+
+from torch import nn
+
+from . import checkpoint
+from .pooling import Dense, Normalize, Pooling
+from .tokenize import Tokenizer
+
+__all__ = ["Dense", "Normalize", "Pooling", "Transformer"]
+
+
+class Transformer(nn.Module):
+    """An encoder and its tokenizer from a model folder or hub id, as sentence-transformers' Transformer loads them:
+    the encoder from `model_name_or_path` itself (its config.json and weights; a sentence-transformers folder's other
+    modules are not read), texts truncated at `max_seq_length`, or else at tokenizer_config.json's
+    model_max_length capped at what the position table holds (sentence_bert_config.json is not read either, as
+    there), lower-cased first where `do_lower_case`, the tokenizer taken from `tokenizer_name_or_path` where given.
+    `model_kwargs` may set the compute type as in SentenceTransformer ({"torch_dtype": ...}); `cache_folder`,
+    `revision`, `token` and `local_files_only` steer a download, as in SentenceTransformer."""
+
+    def __init__(self, model_name_or_path: str | Path, *, max_seq_length: int | None = None,
+                 do_lower_case: bool = False, model_kwargs: dict | None = None,
+                 tokenizer_name_or_path: str | Path | None = None, backend: str = "torch",
+                 cache_folder: str | Path | None = None, revision: str | None = None, token: str | bool | None = None,
+                 local_files_only: bool = False):
+        from .model import _dtype_from_model_kwargs, check_dtype
+        super().__init__()
+        if backend != "torch":
+            raise ValueError(f"backend {backend!r}: minisbert runs PyTorch only")
+        if max_seq_length is not None and (type(max_seq_length) is not int or max_seq_length < 1):
+            raise ValueError(f"max_seq_length must be a positive integer, not {max_seq_length!r}")
+        where = {"cache_folder": cache_folder, "revision": revision, "token": token,
+                 "local_files_only": local_files_only}
+        folder = checkpoint.resolve_model(str(model_name_or_path), **where)
+        self.encoder, self.config = checkpoint.load_encoder(folder)
+        tokenizer_folder = folder if tokenizer_name_or_path is None else checkpoint.resolve_model(
+            str(tokenizer_name_or_path), **where)
+        config = self.encoder.config
+        if max_seq_length is not None and max_seq_length > config.max_tokens:
+            raise ValueError(f"max_seq_length {max_seq_length} is more than the {config.max_tokens} positions "
+                             f"{folder / 'config.json'} has")
+        self.tokenizer = Tokenizer.from_folder(tokenizer_folder, max_seq_length, config.max_tokens, do_lower_case,
+                                               config.pad_token_id, config.model_type)
+        self.dtype_name = _dtype_from_model_kwargs(model_kwargs or {}, "fp32", self.config)
+        check_dtype(self.dtype_name)
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.tokenizer.max_seq_length
+
+    def get_embedding_dimension(self) -> int:
+        return self.encoder.config.hidden_size
+
+    get_word_embedding_dimension = get_embedding_dimension  # its name before sentence-transformers 6
