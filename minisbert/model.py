@@ -158,9 +158,7 @@ class SentenceTransformer(nn.Module):
 
     @max_seq_length.setter
     def max_seq_length(self, value: int) -> None:
-        if not 0 < value <= self.encoder.config.max_tokens:
-            raise ValueError(f"max_seq_length must be in 1..{self.encoder.config.max_tokens}, got {value}")
-        self.tokenizer.truncate_at(value)
+        self[0].max_seq_length = value
 
     def get_max_seq_length(self) -> int:
         return self.max_seq_length
@@ -213,6 +211,18 @@ class SentenceTransformer(nn.Module):
         if prompt:
             batch["prompt_length"] = self.tokenizer.prompt_length(prompt)
         return batch
+
+    def __getitem__(self, index: int) -> nn.Module:
+        """The modules as sentence-transformers lists them, model[0] to model[-1]: a models.Transformer over this
+        model's own encoder and tokenizer (made on each access; its max_seq_length may be set), the Pooling, then
+        the Dense and Normalize modules."""
+        return [Transformer.over(self.encoder, self.tokenizer, self.config), self.pooling, *self.after][index]
+
+    def __len__(self) -> int:
+        return 2 + len(self.after)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
 
     def set_pooling_include_prompt(self, include_prompt: bool) -> None:
         """Whether pooling takes in the prompt's tokens (False for INSTRUCTOR models), as sentence-transformers'."""

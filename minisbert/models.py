@@ -15,6 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from . import checkpoint
+from .encoder import Encoder
 from .pooling import Dense, Normalize, Pooling
 from .tokenize import Tokenizer
 
@@ -56,9 +57,25 @@ class Transformer(nn.Module):
         self.dtype_name = _dtype_from_model_kwargs(model_kwargs or {}, "fp32", self.config)
         check_dtype(self.dtype_name)
 
+    @classmethod
+    def over(cls, encoder: Encoder, tokenizer: Tokenizer, config: dict) -> "Transformer":
+        """A Transformer holding an encoder and tokenizer that are already loaded (a model's: SentenceTransformer's
+        model[0])."""
+        transformer = cls.__new__(cls)
+        nn.Module.__init__(transformer)
+        transformer.encoder, transformer.tokenizer, transformer.config = encoder, tokenizer, config
+        transformer.dtype_name = "fp32"
+        return transformer
+
     @property
     def max_seq_length(self) -> int:
         return self.tokenizer.max_seq_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        if type(value) is not int or not 0 < value <= self.encoder.config.max_tokens:
+            raise ValueError(f"max_seq_length must be an integer in 1..{self.encoder.config.max_tokens}, got {value!r}")
+        self.tokenizer.truncate_at(value)
 
     def get_embedding_dimension(self) -> int:
         return self.encoder.config.hidden_size

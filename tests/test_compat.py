@@ -466,6 +466,22 @@ def test_a_transformers_model_kwargs_set_the_compute_type_as_in_sentence_transfo
         SentenceTransformer(modules=[models.Transformer(minilm_folder, **bf16), models.Pooling(384)], dtype="fp16")
 
 
+def test_a_model_lists_its_modules_as_sentence_transformers_does(minilm_folder, tmp_path):
+    # model[i], len(model) and iteration, as on sentence-transformers' nn.Sequential; model[0]'s max_seq_length is
+    # the model's
+    ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
+    assert len(ours) == len(reference) == 3
+    assert [type(module).__name__ for module in ours] == [type(module).__name__ for module in reference]
+    assert isinstance(ours[-1], models.Normalize) and ours[1] is ours.pooling
+    assert ours[0].max_seq_length == reference[0].max_seq_length == 256
+    ours[0].max_seq_length = reference[0].max_seq_length = 5
+    assert ours.max_seq_length == reference.max_seq_length == 5
+    np.testing.assert_allclose(ours.encode(TEXTS), reference.encode(TEXTS), atol=1e-5, rtol=0)
+    assert ours[0].get_embedding_dimension() == reference[0].get_embedding_dimension() == 384
+    with pytest.raises(ValueError, match=r"max_seq_length must be an integer in 1\.\.512, got 513"):
+        ours[0].max_seq_length = 513
+
+
 def test_modules_it_cannot_build_from_are_named(minilm_folder):
     transformer = models.Transformer(minilm_folder)
     for modules, message in [
