@@ -223,6 +223,23 @@ def test_model_kwargs_dtype_is_the_encoders_dtype_as_in_sentence_transformers(mi
     assert cosines.min() > {"bf16": 0.999, "fp16": 0.9999, "fp32": 1 - 1e-6}[dtype]
 
 
+def test_a_checkpoint_that_names_bf16_runs_in_fp32_unless_auto_is_asked(minilm_folder, tmp_path):
+    # sentence-transformers (with transformers 5) computes in the type config.json names unless told otherwise;
+    # minisbert keeps fp32 (the README says so), and model_kwargs' "auto" takes config.json's type, as there
+    folder = tmp_path / "bf16"
+    shutil.copytree(minilm_folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "torch_dtype": "bfloat16"}))
+    reference = Reference(str(folder), device="cpu")
+    assert next(reference.parameters()).dtype == torch.bfloat16
+    np.testing.assert_array_equal(SentenceTransformer(folder).encode(TEXTS),
+                                  SentenceTransformer(minilm_folder).encode(TEXTS))
+    auto = SentenceTransformer(folder, model_kwargs={"torch_dtype": "auto"})
+    assert auto.dtype_name == "bfloat16"
+    got, expected = auto.encode(TEXTS), reference.encode(TEXTS)
+    assert ((got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)).min() > 0.999
+
+
 @pytest.mark.parametrize("options, message", [
     ({"model_kwargs": {"device_map": "auto"}}, r"model_kwargs \['device_map'\] mean nothing here"),
     ({"model_kwargs": {"torch_dtype": "int4"}}, "model_kwargs' dtype 'int4' is not one of"),
