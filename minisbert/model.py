@@ -428,21 +428,20 @@ def _from_modules(modules) -> tuple[Transformer, Pooling, list[nn.Module]]:
     """sentence-transformers' modules= as minisbert's parts: a Transformer, a Pooling, then Dense or Normalize
     modules, each taking the size the one before gives."""
     modules = list(modules)
-    kinds = [Transformer, Pooling] + [(Dense, Normalize)] * (len(modules) - 2)
-    if len(modules) < 2:
-        kinds, modules = kinds[:2], modules + [None] * (2 - len(modules))
-    for i, (module, kind) in enumerate(zip(modules, kinds)):
-        if not isinstance(module, kind):
+    for i in range(max(len(modules), 2)):
+        module = modules[i] if i < len(modules) else None
+        if not isinstance(module, (Transformer, Pooling)[i] if i < 2 else (Dense, Normalize)):
             what = "missing" if module is None else f"{type(module).__module__}.{type(module).__qualname__}"
             raise ValueError(f"modules[{i}] is {what}: minisbert builds a model from minisbert.models' Transformer, "
                              "then a Pooling (sentence-transformers needs one too), then Dense or Normalize modules")
     size = modules[0].get_embedding_dimension()
     for i, module in enumerate(modules[1:], start=1):
-        takes = module.embedding_dimension if isinstance(module, Pooling) else getattr(module, "linear", None)
-        takes = takes.in_features if isinstance(takes, nn.Linear) else takes
-        if takes is not None and takes != size:
+        if isinstance(module, Normalize):
+            continue
+        takes = module.embedding_dimension if isinstance(module, Pooling) else module.linear.in_features
+        if takes != size:
             raise ValueError(f"modules[{i}] takes {takes} values, but the module before it gives {size}")
-        size = size if isinstance(module, Normalize) else module.get_embedding_dimension()
+        size = module.get_embedding_dimension()
     return modules[0], modules[1], modules[2:]
 
 
