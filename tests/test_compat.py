@@ -109,6 +109,21 @@ def test_token_embeddings_and_both_outputs_equal_sentence_transformers(both):
     torch.testing.assert_close(everything[1]["sentence_embedding"], torch.as_tensor(ours.encode(TEXTS[1])))
 
 
+def test_padding_is_on_the_right_whatever_tokenizer_config_says(minilm_folder, tmp_path):
+    # sentence-transformers pads on the left where tokenizer_config.json says so; BERT numbers positions from the
+    # padded row's start, so its embedding of a text then moves with the longest text of the batch. minisbert pads
+    # on the right: each text gets the embedding sentence-transformers gives it alone (the README says so)
+    folder = tmp_path / "left"
+    shutil.copytree(minilm_folder, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": "left"}))
+    reference = Reference(str(folder), device="cpu")
+    texts = TEXTS[:4] + ["A much longer sentence about a man who plays a guitar in the street for money."]
+    alone = np.stack([reference.encode([text])[0] for text in texts])
+    np.testing.assert_allclose(SentenceTransformer(folder).encode(texts), alone, atol=1e-5, rtol=0)
+    assert np.abs(reference.encode(texts) - alone).max() > 1e-2  # the reason: padded on the left, it differs
+
+
 def test_truncate_dim_as_sentence_transformers(minilm_folder):
     ours, reference = SentenceTransformer(minilm_folder, truncate_dim=64), Reference(str(minilm_folder), device="cpu",
                                                                                       truncate_dim=64)
