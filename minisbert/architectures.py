@@ -1,4 +1,4 @@
-"""BERT, RoBERTa, MPNet, DistilBERT, ALBERT, T5 and ModernBERT as their Hugging Face files describe them, in the
+"""BERT, RoBERTa, MPNet, DistilBERT, ALBERT, T5, ModernBERT and Qwen3 as their Hugging Face files describe them, in the
 encoder's terms: `EncoderConfig`, read from each architecture's config.json (its names, its defaults) and written back
 as transformers reads it, and `checkpoint_names`, the table from our tensor names to those of a published checkpoint,
 with which checkpoint.py loads and saves the weights (checking each one) and optim.py leaves out of the weight decay
@@ -11,10 +11,11 @@ import torch.nn.functional as F
 
 # xlm-roberta and camembert are RoBERTa with another vocabulary
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "mpnet", "distilbert", "albert", "t5",
-                         "modernbert")
+                         "modernbert", "qwen3")
 ARCHITECTURES = {"bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel",
                  "camembert": "CamembertModel", "mpnet": "MPNetModel", "distilbert": "DistilBertModel",
-                 "albert": "AlbertModel", "t5": "T5EncoderModel", "modernbert": "ModernBertModel"}
+                 "albert": "AlbertModel", "t5": "T5EncoderModel", "modernbert": "ModernBertModel",
+                 "qwen3": "Qwen3Model"}
 # transformers' defaults for the fields of ours that its AlbertConfig sets otherwise than BERT's
 ALBERT_DEFAULTS = {"embedding_size": 128, "hidden_act": "gelu_new", "hidden_dropout_prob": 0.0,
                    "attention_probs_dropout_prob": 0.0}
@@ -39,11 +40,18 @@ MODERNBERT_DEFAULTS = {"vocab_size": 50368, "hidden_size": 768, "intermediate_si
                        "local_attention": 128, "global_attn_every_n_layers": 3, "global_rope_theta": 160000.0,
                        "local_rope_theta": 10000.0}
 LAYER_TYPES = ("full_attention", "sliding_attention")  # ModernBERT's layers attend to all keys or to those near
+# transformers' Qwen3Config defaults (Qwen3-Embedding's config.json sets most of them)
+QWEN3_DEFAULTS = {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
+                  "num_attention_heads": 32, "head_dim": 128, "hidden_act": "silu", "max_position_embeddings": 32768,
+                  "rms_norm_eps": 1e-6, "attention_bias": False, "attention_dropout": 0.0, "rope_theta": 10000.0,
+                  "use_sliding_window": False}
 # the fields that only some model types set: any other model's config.json that holds them anyway does not
 OWN_FIELDS = {"albert": ("embedding_size", "num_hidden_groups", "inner_group_num"),
               "t5": ("relative_attention_max_distance", "gated_feed_forward", "attention_bias", "mlp_bias"),
               "modernbert": ("gated_feed_forward", "attention_bias", "mlp_bias", "norm_bias", "rope_theta",
-                             "local_rope_theta", "local_attention", "layer_types")}
+                             "local_rope_theta", "local_attention", "layer_types"),
+              "qwen3": ("gated_feed_forward", "attention_bias", "mlp_bias", "rope_theta", "num_key_value_heads",
+                        "head_dim")}
 
 ACTIVATIONS = {
     "gelu": F.gelu,  # exact erf GELU, as BERT was trained with
@@ -70,7 +78,7 @@ class EncoderConfig:
     max_position_embeddings: int = 512
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
-    pad_token_id: int = 0
+    pad_token_id: int | None = 0  # Qwen3 may have none
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     relative_attention_num_buckets: int = 32  # MPNet and T5
@@ -86,6 +94,8 @@ class EncoderConfig:
     local_rope_theta: float | None = None  # of this one in its sliding layers,
     local_attention: int | None = None  # which attend to the keys at most local_attention // 2 tokens away;
     layer_types: list[str] | None = None  # each layer's kind, one of LAYER_TYPES
+    num_key_value_heads: int | None = None  # Qwen3: fewer key and value heads than query heads, each shared by a group
+    head_dim: int | None = None  # Qwen3: each head's size, which need not be hidden_size / num_attention_heads
 
     @classmethod
     def from_dict(cls, config: dict, source: str = "config.json") -> "EncoderConfig":
@@ -107,6 +117,8 @@ class EncoderConfig:
             config = t5_config(config, source)
         if model_type == "modernbert":
             config = modernbert_config(config, source)
+        if model_type == "qwen3":
+            config = qwen3_config(config, source)
         if model_type == "albert":
             config = {**ALBERT_DEFAULTS, **config}
         config = {k: v for k, v in config.items() if k not in foreign_fields(model_type)}
@@ -118,6 +130,8 @@ class EncoderConfig:
                               "is not supported; only 'absolute' is")
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in config.items() if k in known and v is not None}
+        if model_type == "qwen3" and config.get("pad_token_id") is None:  # none: no padding row in the token table
+            values["pad_token_id"] = None
         required = {f.name for f in fields(cls) if f.default is MISSING}
         missing = sorted(required - values.keys())
         if missing:
@@ -136,10 +150,14 @@ class EncoderConfig:
         if values.get("num_hidden_groups", 1) > values["num_hidden_layers"]:
             raise ConfigError(f"{source}: num_hidden_groups {values['num_hidden_groups']} is more than "
                               f"num_hidden_layers {values['num_hidden_layers']}: some groups would never run")
-        if values.get("pad_token_id", 0) >= values["vocab_size"]:
+        if (values.get("pad_token_id") or 0) >= values["vocab_size"]:
             raise ConfigError(f"{source}: pad_token_id {values['pad_token_id']} is outside the vocabulary "
                               f"(vocab_size {values['vocab_size']})")
-        if values["hidden_size"] % values["num_attention_heads"]:
+        heads, key_value_heads = values["num_attention_heads"], values.get("num_key_value_heads")
+        if key_value_heads is not None and heads % key_value_heads:
+            raise ConfigError(f"{source}: num_attention_heads {heads} is not a multiple of num_key_value_heads "
+                              f"{key_value_heads}")
+        if values.get("head_dim") is None and values["hidden_size"] % values["num_attention_heads"]:
             raise ConfigError(f"{source}: hidden_size {values['hidden_size']} is not a multiple of "
                               f"num_attention_heads {values['num_attention_heads']}")
         return cls(**values)
@@ -160,6 +178,15 @@ class EncoderConfig:
                     "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": self.rope_theta},
                                         "sliding_attention": {"rope_type": "default",
                                                               "rope_theta": self.local_rope_theta}}}
+        if self.model_type == "qwen3":
+            return {"architectures": [ARCHITECTURES["qwen3"]], "model_type": "qwen3",
+                    **{k: config[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                              "num_attention_heads", "num_key_value_heads", "head_dim",
+                                              "max_position_embeddings", "pad_token_id", "attention_bias")},
+                    "hidden_act": self.hidden_act, "rms_norm_eps": self.layer_norm_eps,
+                    "attention_dropout": self.attention_probs_dropout_prob, "use_sliding_window": False,
+                    "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+                    "tie_word_embeddings": True, "use_cache": False}
         if self.model_type == "t5":
             theirs = {ours: theirs for theirs, ours in T5_NAMES.items()}
             return {"architectures": [ARCHITECTURES["t5"]], "model_type": "t5", "vocab_size": self.vocab_size,
@@ -179,19 +206,31 @@ class EncoderConfig:
 
     @property
     def has_token_types(self) -> bool:
-        return self.model_type not in ("mpnet", "distilbert", "t5", "modernbert")
+        return self.model_type not in ("mpnet", "distilbert", "t5", "modernbert", "qwen3")
 
     @property
-    def has_position_table(self) -> bool:  # T5 has relative position biases instead, ModernBERT rotary positions
-        return self.model_type not in ("t5", "modernbert")
+    def has_position_table(self) -> bool:  # T5 has relative position biases instead, ModernBERT and Qwen3 rotary ones
+        return self.model_type not in ("t5", "modernbert", "qwen3")
+
+    @property
+    def is_causal(self) -> bool:  # Qwen3, a decoder: each token attends to itself and the tokens before it
+        return self.model_type == "qwen3"
+
+    @property
+    def attention_head_size(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def key_value_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads
 
     @property
     def has_relative_attention_bias(self) -> bool:
         return self.model_type in ("mpnet", "t5")
 
     @property
-    def normalizes_first(self) -> bool:  # T5, ModernBERT: a norm before attention and feed-forward, and after all
-        return self.model_type in ("t5", "modernbert")
+    def normalizes_first(self) -> bool:  # T5, ModernBERT, Qwen3: a norm before attention and feed-forward, and last
+        return self.model_type in ("t5", "modernbert", "qwen3")
 
     @property
     def position_padding_idx(self) -> int:
@@ -284,13 +323,39 @@ def modernbert_config(config: dict, source: str) -> dict:
                                       "attention_bias", "mlp_bias", "norm_bias", "local_attention")}}
 
 
+def qwen3_config(config: dict, source: str) -> dict:
+    """A Qwen3 config.json (transformers' Qwen3Config defaults where a key is missing; the rotary base as
+    rope_parameters or rope_theta) in our field names. Sliding-window layers and scaled rotary positions are not
+    supported (Qwen3-Embedding has neither)."""
+    config = {**QWEN3_DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
+    if config["use_sliding_window"] or "sliding_attention" in (config.get("layer_types") or []):
+        raise ConfigError(f"{source}: sliding-window attention (use_sliding_window, layer_types) is not supported")
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise ConfigError(f"{source}: rope_type {rope.get('rope_type', rope.get('type'))!r} is not supported; "
+                          "only 'default' is")
+    theta = rope.get("rope_theta", config["rope_theta"])
+    if type(theta) not in (int, float) or theta <= 0:
+        raise ConfigError(f"{source}: rope_theta must be a number above 0, not {theta!r}")
+    return {"model_type": "qwen3", "layer_norm_eps": config["rms_norm_eps"], "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": config["attention_dropout"], "type_vocab_size": 1,
+            "gated_feed_forward": True, "mlp_bias": False, "rope_theta": float(theta),
+            "num_key_value_heads": config.get("num_key_value_heads") or config["num_attention_heads"],
+            **{k: config[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                      "num_attention_heads", "head_dim", "hidden_act", "max_position_embeddings",
+                                      "attention_bias")},
+            **({"pad_token_id": config["pad_token_id"]} if "pad_token_id" in config else {})}
+
+
 def checkpoint_names(config: EncoderConfig) -> dict[str, str]:
     """{our tensor name: its name in a Hugging Face BertModel / RobertaModel / MPNetModel / DistilBertModel /
-    AlbertModel / T5EncoderModel / ModernBertModel checkpoint}."""
+    AlbertModel / T5EncoderModel / ModernBertModel / Qwen3Model checkpoint}."""
     if config.model_type == "t5":
         return t5_checkpoint_names(config)
     if config.model_type == "modernbert":
         return modernbert_checkpoint_names(config)
+    if config.model_type == "qwen3":
+        return qwen3_checkpoint_names(config)
     names = {"word_embeddings.weight": "embeddings.word_embeddings.weight",
              "position_embeddings.weight": "embeddings.position_embeddings.weight",
              "embeddings_norm.weight": "embeddings.LayerNorm.weight",
@@ -362,6 +427,25 @@ def modernbert_checkpoint_names(config: EncoderConfig) -> dict[str, str]:
         for ours, (theirs, kind) in per_layer.items():
             if not (i == 0 and ours == "attention_norm"):
                 names.update({f"layers.{i}.{ours}.{k}": f"layers.{i}.{theirs}.{k}" for k in kinds[kind]})
+    return names
+
+
+def qwen3_checkpoint_names(config: EncoderConfig) -> dict[str, str]:
+    """checkpoint_names for Qwen3Model (a Qwen3ForCausalLM's under "model.", its lm_head left out): the feed-forward's
+    gate_proj is our `intermediate` (the activation's input) and up_proj our `gate`; each head's queries and keys are
+    normalized (q_norm, k_norm) before they are turned."""
+    bias = ("weight", "bias") if config.attention_bias else ("weight",)
+    names = {"word_embeddings.weight": "embed_tokens.weight", "final_norm.weight": "norm.weight"}
+    per_layer = {"query": ("self_attn.q_proj", bias), "key": ("self_attn.k_proj", bias),
+                 "value": ("self_attn.v_proj", bias), "attention_output": ("self_attn.o_proj", bias),
+                 "query_norm": ("self_attn.q_norm", ("weight",)), "key_norm": ("self_attn.k_norm", ("weight",)),
+                 "attention_norm": ("input_layernorm", ("weight",)),
+                 "output_norm": ("post_attention_layernorm", ("weight",)),
+                 "intermediate": ("mlp.gate_proj", ("weight",)), "gate": ("mlp.up_proj", ("weight",)),
+                 "output": ("mlp.down_proj", ("weight",))}
+    for i in range(config.num_hidden_layers):
+        for ours, (theirs, kinds) in per_layer.items():
+            names.update({f"layers.{i}.{ours}.{k}": f"layers.{i}.{theirs}.{k}" for k in kinds})
     return names
 
 

@@ -86,8 +86,8 @@ class _ShapeGraphs:
 
     def _shape(self, batch: dict) -> tuple[dict, tuple[str, ...], tuple[torch.Tensor, ...], tuple]:
         """(the batch padded to the bucket, the names and tensors a graph takes, the key of its shape)"""
-        config = self.loss_fn.model.encoder.config
-        batch = pad_to_bucket(batch, self.bucket, config.pad_token_id, config.max_tokens)
+        model = self.loss_fn.model  # the tokenizer's padding id: Qwen3's config.json may name none
+        batch = pad_to_bucket(batch, self.bucket, model.tokenizer.pad_token_id, model.encoder.config.max_tokens)
         names = tuple(name for name in GRAPH_INPUTS if batch.get(name) is not None)
         tensors = tuple(batch[name] for name in names)
         key = (names, tuple(tuple(t.shape) for t in tensors), tuple(t.dtype for t in tensors), batch["columns"],

@@ -1,5 +1,5 @@
-"""BERT, RoBERTa, MPNet, DistilBERT, ALBERT, T5's encoder and ModernBERT in plain PyTorch (their config.json files and
-checkpoint names: architectures.py).
+"""BERT, RoBERTa, MPNet, DistilBERT, ALBERT, T5's encoder, ModernBERT and Qwen3 in plain PyTorch (their config.json
+files and checkpoint names: architectures.py).
 
 One layer, as in the paper's figure of BERT (post-LayerNorm):
     x = LayerNorm(x + Dropout(W_o Attention(W_q x, W_k x, W_v x)))
@@ -17,7 +17,11 @@ of the attention scores, and an RMSNorm after the last layer. ModernBERT normali
 before the first layer's attention, which takes the embeddings'), gated like T5 v1.1, without biases (config:
 attention_bias, mlp_bias, norm_bias), and instead of a position table turns each head's queries and keys by angles that
 grow with the token's place (rotary positions: rotary_angles, rotate); two layers of three attend only to the keys at
-most local_attention / 2 tokens away, and turn them with another base.
+most local_attention / 2 tokens away, and turn them with another base. Qwen3 (Qwen3-Embedding), a decoder,
+normalizes first with RMSNorms, gated like T5 v1.1 (SiLU), rotary positions as ModernBERT's; each token attends only
+to itself and the tokens before it (causal), its heads need not divide the layer's width (head_dim), fewer key and
+value heads serve groups of query heads (num_key_value_heads), and each head's queries and keys are normalized
+(RMSNorm) before they are turned.
 """
 
 import contextlib
@@ -178,20 +182,25 @@ class Layer(nn.Module):
     def __init__(self, config: EncoderConfig, index: int = 0):
         super().__init__()
         d, h = config.hidden_size, config.intermediate_size
-        self.num_heads = config.num_attention_heads
-        self.head_dim = d // self.num_heads
+        self.num_heads, self.key_value_heads = config.num_attention_heads, config.key_value_heads
+        self.head_dim = config.attention_head_size
         self.hidden_act = config.hidden_act
         self.attention_dropout = config.attention_probs_dropout_prob
-        # T5's and ModernBERT's layers normalize first (T5 with RMSNorm); their products have no biases
+        # T5's, ModernBERT's and Qwen3's layers normalize first (T5 and Qwen3 with RMSNorm); their products have no
+        # biases (Qwen3's attention may)
         self.normalizes_first = config.normalizes_first
-        t5, modernbert = config.model_type == "t5", config.model_type == "modernbert"
+        t5, modernbert, qwen3 = (config.model_type == kind for kind in ("t5", "modernbert", "qwen3"))
 
-        def norm():
-            return T5Norm(d, eps=config.layer_norm_eps) if t5 else nn.LayerNorm(
-                d, eps=config.layer_norm_eps, bias=config.norm_bias)
+        def norm(size: int = d):
+            return T5Norm(size, eps=config.layer_norm_eps) if t5 or qwen3 else nn.LayerNorm(
+                size, eps=config.layer_norm_eps, bias=config.norm_bias)
 
-        self.query, self.key, self.value = (nn.Linear(d, d, bias=config.attention_bias) for _ in range(3))
-        self.attention_output = nn.Linear(d, d, bias=config.attention_bias)
+        queries, keys = self.num_heads * self.head_dim, self.key_value_heads * self.head_dim
+        self.query = nn.Linear(d, queries, bias=config.attention_bias)
+        self.key, self.value = (nn.Linear(d, keys, bias=config.attention_bias) for _ in range(2))
+        self.attention_output = nn.Linear(queries, d, bias=config.attention_bias)
+        # Qwen3 normalizes each head's queries and keys (RMSNorm over the head's dimensions) before turning them
+        self.query_norm, self.key_norm = (norm(self.head_dim), norm(self.head_dim)) if qwen3 else (None, None)
         # ModernBERT's first layer takes the embeddings' LayerNorm as its own
         self.attention_norm = nn.Identity() if modernbert and index == 0 else norm()
         self.intermediate = nn.Linear(d, h, bias=config.mlp_bias)
@@ -205,7 +214,7 @@ class Layer(nn.Module):
         # ModernBERT: rotary positions of the base of this layer's kind; a sliding layer's queries attend to the keys
         # at most `window` tokens away (Encoder.forward's masks)
         sliding = modernbert and config.layer_types[index] == "sliding_attention"
-        self.rope_theta = (config.local_rope_theta if sliding else config.rope_theta) if modernbert else None
+        self.rope_theta = (config.local_rope_theta if sliding else config.rope_theta) if modernbert or qwen3 else None
         self.window = config.local_attention // 2 if sliding else None
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.dropout_after_attention = {"distilbert": nn.Identity(), "modernbert": nn.Dropout(
@@ -236,6 +245,9 @@ class Layer(nn.Module):
         feed-forward."""
         n = self.attention_norm(x)
         q, k = self.query(n), self.key(n)
+        if self.query_norm is not None:  # per head: (N, H * d) -> (N, H, d) and back
+            q = self.query_norm(q.view(len(q), -1, self.head_dim)).view(q.shape)
+            k = self.key_norm(k.view(len(k), -1, self.head_dim)).view(k.shape)
         if rotation is not None:
             q, k = rotate(q, *rotation), rotate(k, *rotation)
         attended = self.attend(q, k, self.value(n), packing, mask)
@@ -287,20 +299,22 @@ class Layer(nn.Module):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing,
                mask: torch.Tensor) -> torch.Tensor:
-        """Multi-head attention of packed queries, keys and values (N, D) within each row: (N, D)."""
+        """Multi-head attention of packed queries (N, H * d), keys and values (N, K * d) within each row: (N, H * d).
+        K = H but in Qwen3, whose K key and value heads each serve H / K query heads in turn."""
         B, S = packing.shape
         N, D = q.shape
-        H = self.num_heads
+        H, d = self.num_heads, self.head_dim
         dropout = self.attention_dropout if self.training else 0.0
         if self.attends_packed(packing, mask, q.dtype, dropout):  # flash attention on the packed tokens
-            q, k, v = (t.view(N, H, D // H) for t in (q, k, v))
+            q, k, v = (t.view(N, H, d) for t in (q, k, v))
             cu_seqlens, longest = packing.cu_seqlens, packing.longest
             return varlen_attention()(q, k, v, cu_seqlens, cu_seqlens, longest, longest).reshape(N, D)
 
         L = mask.shape[-1]  # the rows' length in attention: S, or more (attention_length)
 
-        def heads(t):  # (N, D) -> (B, H, L, D/H)
-            return packing.unpack(t, L).view(B, L, H, D // H).transpose(1, 2)
+        def heads(t):  # (N, K * d) -> (B, H, L, d)
+            t = packing.unpack(t, L).view(B, L, -1, d).transpose(1, 2)
+            return t if t.shape[1] == H else t.repeat_interleave(H // t.shape[1], dim=1)
 
         q, k, v = heads(q), heads(k), heads(v)
         if self.attends_with_products(q, dropout):
@@ -309,7 +323,7 @@ class Layer(nn.Module):
             mask = mask if mask.dtype in (torch.bool, q.dtype) else mask.to(q.dtype)  # int8: bf16 attention
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
                                                       scale=self.attention_scale)
-        return packing.pack(attended.transpose(1, 2).reshape(B, L, D))  # (B, H, L, D/H) -> (N, D)
+        return packing.pack(attended.transpose(1, 2).reshape(B, L, D))  # (B, H, L, d) -> (N, H * d)
 
     @staticmethod
     def attends_with_products(q: torch.Tensor, dropout: float) -> bool:
@@ -328,8 +342,10 @@ class Layer(nn.Module):
     def attends_packed(self, packing: Packing, mask: torch.Tensor, dtype: torch.dtype, dropout: float) -> bool:
         """Whether attention can run as flash attention over the packed tokens: on a GPU, in fp16/bf16, with the
         rows' lengths known (Packing.cu_seqlens), no attention dropout, no added bias (MPNet's) and every key of a
-        row attended (not ModernBERT's sliding layers)."""
+        row attended (not ModernBERT's sliding layers, not Qwen3's causal attention), as many key heads as query
+        heads."""
         return (packing.cu_seqlens is not None and mask.dtype == torch.bool and mask.shape[-2] == 1
+                and self.key_value_heads == self.num_heads
                 and dtype in (torch.float16, torch.bfloat16)
                 and dropout == 0.0 and self.head_dim % 8 == 0 and self.head_dim <= 256 and varlen_attention() is not None)
 
@@ -349,10 +365,11 @@ class Encoder(nn.Module):
             config.max_position_embeddings, d)) if config.has_position_table else None
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, d, _weight=torch.empty(
             config.type_vocab_size, d)) if config.has_token_types else None
-        # T5: no LayerNorm of the embeddings, an RMSNorm (and dropout) after the last layer; ModernBERT: both LayerNorms
-        t5 = config.model_type == "t5"
-        self.embeddings_norm = None if t5 else nn.LayerNorm(d, eps=config.layer_norm_eps, bias=config.norm_bias)
-        self.final_norm = ((T5Norm if t5 else functools.partial(nn.LayerNorm, bias=config.norm_bias))(
+        # T5: no LayerNorm of the embeddings, an RMSNorm (and dropout) after the last layer, as Qwen3 (no dropout);
+        # ModernBERT: both LayerNorms
+        t5, rms = config.model_type == "t5", config.model_type in ("t5", "qwen3")
+        self.embeddings_norm = None if rms else nn.LayerNorm(d, eps=config.layer_norm_eps, bias=config.norm_bias)
+        self.final_norm = ((T5Norm if rms else functools.partial(nn.LayerNorm, bias=config.norm_bias))(
             config.hidden_size, eps=config.layer_norm_eps) if config.normalizes_first else None)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.dropout_after_final_norm = self.dropout if t5 else nn.Identity()
@@ -396,8 +413,10 @@ class Encoder(nn.Module):
         x = self.dropout(x if self.embeddings_norm is None else self.embeddings_norm(x))  # (B, S, D)
         packing = Packing(attention_mask.bool(), self.packs(attention_mask), lengths)
         L = attention_length(input_ids.shape[1], x, self.training)
-        # (B, 1, 1, L): every position attends to its row's tokens
+        # (B, 1, 1, L): every position attends to its row's tokens; in Qwen3 (B, 1, L, L), to those up to its own
         mask = F.pad(attention_mask.bool(), (0, L - input_ids.shape[1]))[:, None, None, :]
+        if self.config.is_causal:
+            mask = mask & torch.ones(L, L, dtype=torch.bool, device=mask.device).tril()
         if self.relative_attention_bias is not None:
             buckets = relative_position_buckets(L, input_ids.device, self.config.relative_attention_num_buckets,
                                                 self.config.relative_attention_max_distance)
@@ -463,8 +482,9 @@ class Encoder(nn.Module):
 
 
 class T5Norm(nn.RMSNorm):
-    """T5's RMSNorm. In bf16 and fp16 as transformers' T5LayerNorm: the mean square in fp32, the normalized values
-    rounded to the weight's type, then scaled; its input may be fp32 where the weight is not (Encoder.in_dtype)."""
+    """T5's RMSNorm, and Qwen3's. In bf16 and fp16 as transformers' T5LayerNorm: the mean square in fp32, the
+    normalized values rounded to the weight's type, then scaled; its input may be fp32 where the weight is not
+    (Encoder.in_dtype). Qwen3RMSNorm rounds to the input's type instead, the same type in every copy of Qwen3."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == self.weight.dtype == torch.float32:

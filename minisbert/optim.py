@@ -21,7 +21,7 @@ def parameter_groups(model: nn.Module, weight_decay: float = 0.01) -> list[dict]
     """Two groups: the weights that decay, and those that don't, told apart as sentence-transformers' fit() does, by
     the name an encoder's parameter has in its checkpoint (NO_DECAY_NAMES): so biases and LayerNorms named LayerNorm
     (BERT's, RoBERTa's, MPNet's), and also MPNet's and T5's relative position bias; but DistilBERT's, ALBERT's last
-    and T5's norms, named layer_norm, decay."""
+    and T5's norms, named layer_norm, decay, as do ModernBERT's and Qwen3's."""
     checkpoint_name = {}  # parameter -> its name in the encoder's checkpoint
     for module in model.modules():
         if isinstance(module, Encoder):

@@ -7,7 +7,7 @@ at `max_seq_length`. So do we. Where tokenizer_config.json says so, texts are cu
 characters), an ALBERT tokenizer's (lower-casing, accents) and a RoBERTa tokenizer's `add_prefix_space` follow it,
 and an XLM-RoBERTa, CamemBERT, ALBERT or T5 tokenizer splits words at whitespace and gets its unknown id and (but
 ALBERT) its special tokens from its class, as transformers builds them (CONFIG_NORMALIZED_CLASSES,
-SENTENCEPIECE_CLASSES).
+SENTENCEPIECE_CLASSES); a Qwen2 tokenizer (Qwen3's) gets its class's normalizer and pre-tokenizer (QWEN2_CLASSES).
 """
 
 import base64
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Regex
 from tokenizers import Tokenizer as FastTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
@@ -60,10 +61,16 @@ CONFIG_NORMALIZED_CLASSES = ("BertTokenizer", "BertTokenizerFast", "DistilBertTo
 SENTENCEPIECE_CLASSES = ("XLMRobertaTokenizer", "XLMRobertaTokenizerFast", "CamembertTokenizer",
                          "CamembertTokenizerFast", "AlbertTokenizer", "AlbertTokenizerFast", "T5Tokenizer",
                          "T5TokenizerFast")
+# Qwen2Tokenizer (Qwen3's) builds its BPE's normalizer (NFC) and pre-tokenizer (this split, then bytes) itself,
+# whatever tokenizer.json holds; it keeps tokenizer.json's post-processor (Qwen3-Embedding's puts <|endoftext|> last)
+QWEN2_CLASSES = ("Qwen2Tokenizer", "Qwen2TokenizerFast")
+QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+               r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
 # the class transformers picks by the encoder's model_type where tokenizer_config.json names none
 TOKENIZER_CLASSES = {"bert": "BertTokenizer", "distilbert": "DistilBertTokenizer", "mpnet": "MPNetTokenizer",
                      "roberta": "RobertaTokenizer", "xlm-roberta": "XLMRobertaTokenizer",
-                     "camembert": "CamembertTokenizer", "albert": "AlbertTokenizer", "t5": "T5Tokenizer"}
+                     "camembert": "CamembertTokenizer", "albert": "AlbertTokenizer", "t5": "T5Tokenizer",
+                     "qwen3": "Qwen2Tokenizer"}
 
 
 def _bert_normalizer(config: dict) -> normalizers.Normalizer:
@@ -127,6 +134,11 @@ def _as_transformers_builds_it(tokenizer: FastTokenizer, config: dict, tokenizer
     if (tokenizer_class in ("RobertaTokenizer", "RobertaTokenizerFast")
             and isinstance(tokenizer.pre_tokenizer, pre_tokenizers.ByteLevel)):  # add_prefix_space from the config
         tokenizer.pre_tokenizer.add_prefix_space = config.get("add_prefix_space", False)
+    if tokenizer_class in QWEN2_CLASSES and isinstance(tokenizer.model, models.BPE):
+        tokenizer.normalizer = normalizers.NFC()
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space")), use_regex=False)])
     if tokenizer_class not in SENTENCEPIECE_CLASSES or not isinstance(tokenizer.model, models.Unigram):
         return
     family = tokenizer_class.removesuffix("Fast").removesuffix("Tokenizer")  # XLMRoberta, Camembert, Albert, T5

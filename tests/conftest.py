@@ -282,6 +282,42 @@ def tiny_t5(tmp_path_factory) -> Path:
     return build_t5(tmp_path_factory.mktemp("tiny_t5"), CORPUS, gated=False)
 
 
+def build_qwen3(folder: Path, texts: list[str]) -> Path:
+    """A random Qwen3Model (a decoder: causal attention; 4 query heads sharing 2 key and value heads, heads of 16
+    dimensions on 32-wide layers, normalized queries and keys, rotary positions, tied embeddings) with a byte-level BPE
+    tokenizer trained here, built as Qwen3-Embedding's: <|endoftext|> after each text, padding on the left, and a
+    tokenizer.json whose own normalizer and pre-tokenizer transformers' Qwen2Tokenizer replaces with its own."""
+    from tokenizers import Tokenizer as FastTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3Model
+
+    bpe = FastTokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)  # not Qwen2Tokenizer's: it is replaced
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts * 5, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    end = bpe.token_to_id("<|endoftext|>")
+    bpe.post_processor = processors.TemplateProcessing(single="$A:0 <|endoftext|>:0", pair="$A:0 $B:1 <|endoftext|>:1",
+                                                       special_tokens=[("<|endoftext|>", end)])
+    PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                            model_max_length=131072).save_pretrained(folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "Qwen2Tokenizer",
+                                                              "padding_side": "left"}))
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=bpe.get_vocab_size(), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1000.0}, tie_word_embeddings=True,
+                         eos_token_id=end)
+    model = Qwen3Model(config)
+    with torch.no_grad():  # norms away from 1, so that a norm left out or misplaced shows
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.uniform_(0.5, 1.5)
+    model.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_t5_gated(tmp_path_factory) -> Path:
     return build_t5(tmp_path_factory.mktemp("tiny_t5_gated"), CORPUS, gated=True)
@@ -290,6 +326,11 @@ def tiny_t5_gated(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_modernbert(tmp_path_factory) -> Path:
     return build_modernbert(tmp_path_factory.mktemp("tiny_modernbert"), CORPUS)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory) -> Path:
+    return build_qwen3(tmp_path_factory.mktemp("tiny_qwen3"), CORPUS)
 
 
 @pytest.fixture(autouse=True)

@@ -302,3 +302,20 @@ def test_bad_modernbert_config_values_are_named(tiny_modernbert, tmp_path, chang
     folder = copy_with_config(tiny_modernbert, tmp_path, **changes)
     with pytest.raises(ValueError, match=message):  # each names config.json
         SentenceTransformer(folder)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"use_sliding_window": True, "sliding_window": 8}, "sliding-window attention .* is not supported"),
+    ({"layer_types": ["full_attention", "sliding_attention"]}, "sliding-window attention .* is not supported"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1000.0, "factor": 4.0}},
+     "rope_type 'yarn' is not supported; only 'default' is"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": -1}}, "rope_theta must be a number above 0, not -1"),
+    ({"num_key_value_heads": 3}, "num_attention_heads 4 is not a multiple of num_key_value_heads 3"),
+    ({"head_dim": 8}, r"tensor layers\.0\.self_attn\.q_proj\.weight has shape \(64, 32\) but config\.json asks for "
+                      r"\(32, 32\)"),
+    ({"attention_bias": True}, r"missing tensors: layers\.0\.self_attn\.k_proj\.bias"),
+])
+def test_bad_qwen3_config_values_are_named(tiny_qwen3, tmp_path, changes, message):
+    folder = copy_with_config(tiny_qwen3, tmp_path, **changes)
+    with pytest.raises(ValueError, match=message):  # each names config.json
+        SentenceTransformer(folder)

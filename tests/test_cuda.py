@@ -18,6 +18,7 @@ from minisbert import SentenceTransformer
 from minisbert.encoder import Encoder, EncoderConfig
 from minisbert.losses import SoftmaxLoss, tokenize_batch
 from minisbert.optim import AdamW, parameter_groups
+from minisbert.pooling import Pooling
 from minisbert.tokenize import Tokenizer
 from minisbert.training import train_step
 
@@ -125,6 +126,25 @@ def test_cuda_encoding_of_a_modernbert_equals_the_cpu(gpu_tokenizer, dtype):
                                       "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 384,
                                       "local_attention": 16, "pad_token_id": 0}, "test")
     model = SentenceTransformer(encoder=Encoder(config), tokenizer=gpu_tokenizer)
+    expected = torch.as_tensor(model.to("cpu").encode(TEXTS))
+    got = torch.as_tensor(model.to("cuda").encode(TEXTS, dtype=dtype, batch_size=3))
+    if dtype == "fp32":
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    else:
+        assert torch.nn.functional.cosine_similarity(got, expected).min() > 0.999
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+def test_cuda_encoding_of_a_qwen3_equals_the_cpu(gpu_tokenizer, dtype):
+    # causal attention (a mask on the GPU too: not the packed flash path), grouped key and value heads, heads wider
+    # than the layer's share, last-token pooling
+    torch.manual_seed(0)
+    config = EncoderConfig.from_dict({"model_type": "qwen3", "vocab_size": 30522, "hidden_size": 256,
+                                      "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                      "head_dim": 128, "intermediate_size": 384, "max_position_embeddings": 512},
+                                     "test")
+    model = SentenceTransformer(encoder=Encoder(config), tokenizer=gpu_tokenizer,
+                                pooling=Pooling(config.hidden_size, "lasttoken"))
     expected = torch.as_tensor(model.to("cpu").encode(TEXTS))
     got = torch.as_tensor(model.to("cuda").encode(TEXTS, dtype=dtype, batch_size=3))
     if dtype == "fp32":

@@ -40,7 +40,8 @@ def both_hidden_states(folder, padding_side: str = "right", texts: list[str] = T
 
 
 @pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_xlm_roberta", "tiny_camembert", "tiny_mpnet",
-                                  "tiny_distilbert", "tiny_albert", "tiny_t5", "tiny_t5_gated", "tiny_modernbert"])
+                                  "tiny_distilbert", "tiny_albert", "tiny_t5", "tiny_t5_gated", "tiny_modernbert",
+                                  "tiny_qwen3"])
 def test_hidden_states_equal_transformers(name, request):
     got, expected, batch, _ = both_hidden_states(request.getfixturevalue(name))
     mask = batch["attention_mask"].bool()
@@ -327,13 +328,16 @@ def test_hidden_states_with_lengths_from_the_cpu_equal_transformers(name, reques
         encoder(batch["input_ids"], batch["attention_mask"], lengths=batch["attention_mask"].sum(1)[:-1])
 
 
-@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet", "tiny_qwen3"])
 def test_position_numbering_equals_transformers_with_padding_on_the_left(name, request):
     # Left padding moves the real tokens: BERT numbers positions from the start of the row, padding included;
-    # RoBERTa counts real tokens only, from padding_idx + 1. Right padding cannot tell the two apart.
+    # RoBERTa counts real tokens only, from padding_idx + 1. Right padding cannot tell the two apart. Qwen3's
+    # rotary positions count from the row's start too, but only their distances count (and its causal mask)
     got, expected, batch, encoder = both_hidden_states(request.getfixturevalue(name), padding_side="left")
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
+    if name == "tiny_qwen3":
+        return
     encoder.config.model_type = "roberta" if name == "tiny_bert" else "bert"  # the other numbering shows
     with torch.no_grad():
         other = encoder(batch["input_ids"], batch["attention_mask"])
@@ -367,7 +371,9 @@ CASES = [("tiny_bert", "mean", False, False), ("tiny_bert", "cls", True, True), 
          ("tiny_xlm_roberta", "mean", False, True), ("tiny_camembert", "mean", False, False),
          ("tiny_albert", "mean", False, True), ("tiny_albert", "cls", True, False),
          ("tiny_t5", "mean", True, True), ("tiny_t5_gated", "mean", False, True),
-         ("tiny_modernbert", "mean", False, True), ("tiny_modernbert", "cls", True, False)]
+         ("tiny_modernbert", "mean", False, True), ("tiny_modernbert", "cls", True, False),
+         # Qwen3-Embedding's: the last token (<|endoftext|>), normalized; sentence-transformers pads it on the left
+         ("tiny_qwen3", "lasttoken", False, True), ("tiny_qwen3", "mean", True, False)]
 
 
 @pytest.mark.parametrize("name,pooling_mode,dense,normalize", CASES)
@@ -381,7 +387,7 @@ def test_sentence_embeddings_equal_sentence_transformers(name, pooling_mode, den
 
 
 @pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet", "tiny_distilbert", "tiny_albert",
-                                  "tiny_t5_gated", "tiny_modernbert"])
+                                  "tiny_t5_gated", "tiny_modernbert", "tiny_qwen3"])
 def test_fp16_on_the_cpu_is_as_close_to_fp32_as_sentence_transformers_fp16(name, request, tmp_path):
     # sentence-transformers computes in fp16 on the CPU when model_kwargs ask for it, and so does minisbert: its
     # embeddings must be as near the fp32 ones as sentence-transformers' fp16 ones are (mean error), and near those
@@ -433,7 +439,7 @@ def test_an_early_models_sentence_config_is_read_as_sentence_transformers_reads_
 
 @pytest.mark.parametrize("name,architecture", [("tiny_distilbert", "DistilBertModel"), ("tiny_albert", "AlbertModel"),
                                                ("tiny_t5_gated", "T5EncoderModel"),
-                                               ("tiny_modernbert", "ModernBertModel")])
+                                               ("tiny_modernbert", "ModernBertModel"), ("tiny_qwen3", "Qwen3Model")])
 def test_a_model_loaded_or_built_here_saves_a_folder_sentence_transformers_reads(name, architecture, request, tmp_path):
     from minisbert.encoder import Encoder, EncoderConfig
 
@@ -514,6 +520,20 @@ def sentencepiece_tokenizer_folder(folder: Path, tokenizer_config: dict) -> Path
                "pad_token": "<pad>"}
     (folder / "tokenizer_config.json").write_text(json.dumps({**special, **tokenizer_config}))
     return folder
+
+
+def test_a_qwen2_tokenizer_is_built_as_transformers_builds_it(tiny_qwen3):
+    # transformers' Qwen2Tokenizer replaces tokenizer.json's normalizer and pre-tokenizer with its own (NFC, its
+    # split, bytes without a prefix space) and keeps its post-processor (<|endoftext|> last)
+    from tokenizers import Tokenizer as FastTokenizer
+
+    texts = [text for text in TEXTS if len(text) < 100] + ["line\nbreak  and 123 numbers's", "Don't STOP—now!",
+                                                           "café and café"]  # untruncated
+    expected = [AutoTokenizer.from_pretrained(tiny_qwen3)(text)["input_ids"] for text in texts]
+    assert SentenceTransformer(tiny_qwen3).tokenizer.token_ids(texts) == expected
+    as_stored = FastTokenizer.from_file(str(tiny_qwen3 / "tokenizer.json"))
+    assert [as_stored.encode(text).ids for text in texts] != expected  # what the file alone would give
+    assert {ids[-1] for ids in expected} == {as_stored.token_to_id("<|endoftext|>")}
 
 
 @pytest.mark.parametrize("tokenizer_config", [{"tokenizer_class": "XLMRobertaTokenizer"},

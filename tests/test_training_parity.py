@@ -95,10 +95,11 @@ def test_cosine_objective_matches_sentence_transformers_for_20_steps(dropout_fre
 
 
 DROPOUTS = {"distilbert": ("dropout", "attention_dropout"), "t5": ("dropout_rate",),
-            "modernbert": ("embedding_dropout", "mlp_dropout", "attention_dropout")}
+            "modernbert": ("embedding_dropout", "mlp_dropout", "attention_dropout"), "qwen3": ("attention_dropout",)}
 
 
-@pytest.mark.parametrize("name", ["tiny_mpnet", "tiny_distilbert", "tiny_albert", "tiny_t5_gated", "tiny_modernbert"])
+@pytest.mark.parametrize("name", ["tiny_mpnet", "tiny_distilbert", "tiny_albert", "tiny_t5_gated", "tiny_modernbert",
+                                  "tiny_qwen3"])
 def test_every_architecture_decays_the_weights_fit_decays(name, request, data_dir, tmp_path):
     # fit() leaves out of the decay the parameters whose names hold "bias" or "LayerNorm.weight": so also MPNet's and
     # T5's relative position bias, but not DistilBERT's, ALBERT's last or T5's norms (named layer_norm)
