@@ -216,7 +216,8 @@ class SentenceTransformer(nn.Module):
         """The modules as sentence-transformers lists them, model[0] to model[-1]: a models.Transformer over this
         model's own encoder and tokenizer (made on each access; its max_seq_length may be set), the Pooling, then
         the Dense and Normalize modules."""
-        return [Transformer.over(self.encoder, self.tokenizer, self.config), self.pooling, *self.after][index]
+        transformer = Transformer.over(self.encoder, self.tokenizer, self.config, self.dtype_name)
+        return [transformer, self.pooling, *self.after][index]
 
     def __len__(self) -> int:
         return 2 + len(self.after)

@@ -58,13 +58,13 @@ class Transformer(nn.Module):
         check_dtype(self.dtype_name)
 
     @classmethod
-    def over(cls, encoder: Encoder, tokenizer: Tokenizer, config: dict) -> "Transformer":
+    def over(cls, encoder: Encoder, tokenizer: Tokenizer, config: dict, dtype_name="fp32") -> "Transformer":
         """A Transformer holding an encoder and tokenizer that are already loaded (a model's: SentenceTransformer's
-        model[0])."""
+        model[0]), computing in `dtype_name` (the model's)."""
         transformer = cls.__new__(cls)
         nn.Module.__init__(transformer)
         transformer.encoder, transformer.tokenizer, transformer.config = encoder, tokenizer, config
-        transformer.dtype_name = "fp32"
+        transformer.dtype_name = dtype_name
         return transformer
 
     @property
