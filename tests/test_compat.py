@@ -512,6 +512,8 @@ def test_a_model_lists_its_modules_as_sentence_transformers_does(minilm_folder, 
     assert ours[0].get_embedding_dimension() == reference[0].get_embedding_dimension() == 384
     with pytest.raises(ValueError, match=r"max_seq_length must be an integer in 1\.\.512, got 513"):
         ours[0].max_seq_length = 513
+    rebuilt = SentenceTransformer(modules=list(SentenceTransformer(minilm_folder, dtype="bf16")))
+    assert rebuilt.dtype_name == "bf16" and len(rebuilt) == 3  # a model rebuilt from its modules computes as it did
 
 
 def test_modules_it_cannot_build_from_are_named(minilm_folder):
