@@ -31,6 +31,11 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
 
 
+def default_device() -> str:
+    """Where a model goes when no device is named, as in sentence-transformers: the first GPU where there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def check_device(device) -> torch.device:
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -66,24 +71,26 @@ class SentenceTransformer(nn.Module):
                  truncate_dim: int | None = None, dtype: str | torch.dtype = "fp32", encoder: Encoder | None = None,
                  tokenizer: Tokenizer | None = None, pooling: Pooling | None = None, after: list[nn.Module] = (),
                  model_kwargs: dict | None = None, trust_remote_code: bool = False, backend: str = "torch",
-                 use_auth_token: str | bool | None = None):
+                 use_auth_token: str | bool | None = None, processor_kwargs: dict | None = None,
+                 tokenizer_kwargs: dict | None = None):
         """Load a model folder or hub id (all-MiniLM-L6-v2 if none is named); or build one from sentence-transformers'
         `modules` (minisbert.models: a Transformer, a Pooling, then Dense or Normalize modules), or from its parts:
         `encoder` and `tokenizer`, then `pooling` (mean pooling if None) and the Dense/Normalize modules `after` it.
 
-        The other arguments are sentence-transformers': prompts and similarity_fn_name override what the folder's
-        config_sentence_transformers.json says; cache_folder, revision, token and local_files_only steer a download.
-        `dtype` is the encoder's arithmetic in encode(): fp32, bf16 or fp16 (on the CPU each fast only where the CPU has
-        instructions for it: see the README), int8 (the linear layers, on x86 CPUs; see int8.py: it costs some accuracy,
-        how much depends on the model), or auto: the fastest that stays as accurate as fp32 on the device (bf16 on a GPU
-        and on CPUs with AVX-512 bf16 or AMX, else fp32; never int8, nor fp16 on the CPU). sentence-transformers'
-        `model_kwargs` (what it passes to transformers) may set it instead: {"torch_dtype" or "dtype": float32,
-        bfloat16, float16 (as torch dtypes or names) or "auto", the type config.json names, fp32 where it names none};
-        its "attn_implementation" changes nothing here (minisbert picks its attention kernels itself, and they all
-        compute the same attention); any other key is an error. `trust_remote_code` and `backend` are
-        sentence-transformers' too: minisbert runs no code from a model repository and runs PyTorch only, so True and
-        any backend but "torch" are errors. `use_auth_token` is `token`'s old name, taken with sentence-transformers'
-        FutureWarning.
+        The other arguments are sentence-transformers': `device` None is the first GPU where there is one, else the CPU;
+        prompts and similarity_fn_name override what the folder's config_sentence_transformers.json says; cache_folder,
+        revision, token and local_files_only steer a download. `dtype` is the encoder's arithmetic in encode(): fp32,
+        bf16 or fp16 (on the CPU each fast only where the CPU has instructions for it: see the README), int8 (the linear
+        layers, on x86 CPUs; see int8.py: it costs some accuracy, how much depends on the model), or auto: the fastest
+        that stays as accurate as fp32 on the device (bf16 on a GPU and on CPUs with AVX-512 bf16 or AMX, else fp32;
+        never int8, nor fp16 on the CPU). sentence-transformers' `model_kwargs` (what it passes to transformers) may set
+        it instead: {"torch_dtype" or "dtype": float32, bfloat16, float16 (as torch dtypes or names) or "auto", the type
+        config.json names, fp32 where it names none}; its "attn_implementation" changes nothing here (minisbert picks
+        its attention kernels itself, and they all compute the same attention), nor does "device_map": "auto"; any
+        other key is an error. `processor_kwargs` (or its old name `tokenizer_kwargs`) may hold "padding_side", which
+        changes nothing (see _check_processor_kwargs). `trust_remote_code` and `backend` are sentence-transformers'
+        too: minisbert runs no code from a model repository and runs PyTorch only, so True and any backend but "torch"
+        are errors. `use_auth_token` is `token`'s old name, taken with sentence-transformers' FutureWarning.
         """
         if use_auth_token is not None:
             warnings.warn("The `use_auth_token` argument is deprecated and will be removed in a future release of "
@@ -92,6 +99,11 @@ class SentenceTransformer(nn.Module):
                 raise ValueError("Both `token` and `use_auth_token` are specified. Please only specify the `token` "
                                  "argument.")
             token = use_auth_token
+        if tokenizer_kwargs is not None:
+            warnings.warn("The `tokenizer_kwargs` argument was renamed and is now deprecated. Please use "
+                          "`processor_kwargs` instead.", FutureWarning, stacklevel=2)
+            processor_kwargs = tokenizer_kwargs if processor_kwargs is None else processor_kwargs
+        _check_processor_kwargs(processor_kwargs or {})
         if trust_remote_code:
             raise ValueError("trust_remote_code=True: minisbert runs no code from a model repository; it loads the "
                              "architectures it knows (see architectures.py) from their weights")
@@ -145,8 +157,7 @@ class SentenceTransformer(nn.Module):
         check_dtype(self.dtype_name)
         self._low_precision_encoders = {}
         self.eval()
-        if device is not None:
-            self.to(check_device(device))
+        self.to(check_device(default_device() if device is None else device))
 
     @property
     def device(self) -> torch.device:
@@ -446,12 +457,28 @@ def _from_modules(modules) -> tuple[Transformer, Pooling, list[nn.Module]]:
     return modules[0], modules[1], modules[2:]
 
 
+def _check_processor_kwargs(processor_kwargs: dict) -> None:
+    """sentence-transformers' processor_kwargs (what it passes to the tokenizer): its padding_side only, which
+    changes nothing here: texts are padded on the right, so that a text's embedding never depends on its batch (the
+    README's "Padding"; Qwen3-Embedding's own example asks for "left")."""
+    unknown = set(processor_kwargs) - {"padding_side"}
+    if unknown:
+        raise ValueError(f"processor_kwargs {sorted(unknown)} mean nothing here: minisbert takes padding_side only")
+    if processor_kwargs.get("padding_side", "right") not in ("left", "right"):
+        raise ValueError(f"processor_kwargs' padding_side must be 'left' or 'right', not "
+                         f"{processor_kwargs['padding_side']!r}")
+
+
 def _dtype_from_model_kwargs(model_kwargs: dict, dtype, config: dict):
     """The encoder's dtype, from the constructor's `dtype` or sentence-transformers' model_kwargs (see __init__)."""
-    unknown = set(model_kwargs) - {"torch_dtype", "dtype", "attn_implementation"}
+    unknown = set(model_kwargs) - {"torch_dtype", "dtype", "attn_implementation", "device_map"}
     if unknown:
         raise ValueError(f"model_kwargs {sorted(unknown)} mean nothing here: minisbert loads the checkpoint itself, "
-                         f"without transformers; it takes torch_dtype (or dtype) and attn_implementation")
+                         f"without transformers; it takes torch_dtype (or dtype), attn_implementation and "
+                         f"device_map \"auto\"")
+    if model_kwargs.get("device_map", "auto") != "auto":
+        raise ValueError(f"model_kwargs' device_map {model_kwargs['device_map']!r}: minisbert puts the whole model on "
+                         f"one device (device=); it takes device_map \"auto\", which changes nothing")
     given = [model_kwargs[key] for key in ("torch_dtype", "dtype") if key in model_kwargs]
     if not given:
         return dtype

@@ -255,8 +255,33 @@ def test_a_checkpoint_that_names_bf16_runs_in_fp32_unless_auto_is_asked(minilm_f
     assert ((got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)).min() > 0.999
 
 
+def test_qwen3_embeddings_own_example_arguments_are_taken(minilm_folder):
+    # Qwen3-Embedding's model card loads it with model_kwargs={"attn_implementation": "flash_attention_2",
+    # "device_map": "auto"} and tokenizer_kwargs={"padding_side": "left"}; sentence-transformers takes them (the last
+    # under its new name, processor_kwargs, with a warning). Here they change nothing: one device, the first GPU if
+    # any (as device=None), and padding on the right (README)
+    options = {"model_kwargs": {"attn_implementation": "flash_attention_2", "device_map": "auto"}}
+    Reference(str(minilm_folder), device="cpu", model_kwargs={"device_map": "auto"},
+              processor_kwargs={"padding_side": "left"})
+    with pytest.warns(FutureWarning, match="`tokenizer_kwargs` argument was renamed"):
+        ours = SentenceTransformer(minilm_folder, tokenizer_kwargs={"padding_side": "left"}, **options)
+    np.testing.assert_array_equal(ours.encode(TEXTS), SentenceTransformer(minilm_folder).encode(TEXTS))
+    SentenceTransformer(minilm_folder, processor_kwargs={"padding_side": "right"})
+
+
+def test_no_device_is_the_first_gpu_where_there_is_one_as_in_sentence_transformers(minilm_folder, monkeypatch):
+    from minisbert import model as model_module
+    assert model_module.default_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(model_module, "default_device", lambda: "meta")  # a device this machine surely has
+    assert SentenceTransformer(minilm_folder).device.type == "meta"
+    assert SentenceTransformer(minilm_folder, device="cpu").device.type == "cpu"
+
+
 @pytest.mark.parametrize("options, message", [
-    ({"model_kwargs": {"device_map": "auto"}}, r"model_kwargs \['device_map'\] mean nothing here"),
+    ({"model_kwargs": {"low_cpu_mem_usage": True}}, r"model_kwargs \['low_cpu_mem_usage'\] mean nothing here"),
+    ({"model_kwargs": {"device_map": "balanced"}}, "device_map 'balanced': minisbert puts the whole model on one"),
+    ({"processor_kwargs": {"truncation_side": "left"}}, r"processor_kwargs \['truncation_side'\] mean nothing here"),
+    ({"processor_kwargs": {"padding_side": "middle"}}, "padding_side must be 'left' or 'right', not 'middle'"),
     ({"model_kwargs": {"torch_dtype": "int4"}}, "model_kwargs' dtype 'int4' is not one of"),
     ({"model_kwargs": {"torch_dtype": torch.float16}, "dtype": "bf16"}, "the dtype is given twice"),
     ({"trust_remote_code": True}, "runs no code from a model repository"),

@@ -106,6 +106,12 @@ def gpu_tokenizer(minilm_tokenizer_file) -> Tokenizer:
     return Tokenizer(FastTokenizer.from_file(str(minilm_tokenizer_file)), max_seq_length=256, pad_token_id=0)
 
 
+def test_a_model_goes_to_the_gpu_when_no_device_is_named(gpu_tokenizer):
+    config = EncoderConfig(model_type="bert", vocab_size=30522, hidden_size=64, num_hidden_layers=1,
+                           num_attention_heads=4, intermediate_size=128)
+    assert SentenceTransformer(encoder=Encoder(config), tokenizer=gpu_tokenizer).device.type == "cuda"
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
 def test_cuda_encoding_equals_the_cpu(random_minilm, dtype):
     expected = torch.as_tensor(random_minilm.to("cpu").encode(TEXTS))
