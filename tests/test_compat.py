@@ -109,14 +109,19 @@ def test_token_embeddings_and_both_outputs_equal_sentence_transformers(both):
     torch.testing.assert_close(everything[1]["sentence_embedding"], torch.as_tensor(ours.encode(TEXTS[1])))
 
 
+def copy_changing(source, tmp_path, file_name: str, **changes):
+    """A copy of the model folder `source` whose JSON file `file_name` has `changes`."""
+    folder = shutil.copytree(source, tmp_path / "changed")
+    config = json.loads((folder / file_name).read_text())
+    (folder / file_name).write_text(json.dumps({**config, **changes}))
+    return folder
+
+
 def test_padding_is_on_the_right_whatever_tokenizer_config_says(minilm_folder, tmp_path):
     # sentence-transformers pads on the left where tokenizer_config.json says so; BERT numbers positions from the
     # padded row's start, so its embedding of a text then moves with the longest text of the batch. minisbert pads
     # on the right: each text gets the embedding sentence-transformers gives it alone (the README says so)
-    folder = tmp_path / "left"
-    shutil.copytree(minilm_folder, folder)
-    config = json.loads((folder / "tokenizer_config.json").read_text())
-    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": "left"}))
+    folder = copy_changing(minilm_folder, tmp_path, "tokenizer_config.json", padding_side="left")
     reference = Reference(str(folder), device="cpu")
     texts = TEXTS[:4] + ["A much longer sentence about a man who plays a guitar in the street for money."]
     alone = np.stack([reference.encode([text])[0] for text in texts])
@@ -241,10 +246,7 @@ def test_model_kwargs_dtype_is_the_encoders_dtype_as_in_sentence_transformers(mi
 def test_a_checkpoint_that_names_bf16_runs_in_fp32_unless_auto_is_asked(minilm_folder, tmp_path):
     # sentence-transformers (with transformers 5) computes in the type config.json names unless told otherwise;
     # minisbert keeps fp32 (the README says so), and model_kwargs' "auto" takes config.json's type, as there
-    folder = tmp_path / "bf16"
-    shutil.copytree(minilm_folder, folder)
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "torch_dtype": "bfloat16"}))
+    folder = copy_changing(minilm_folder, tmp_path, "config.json", torch_dtype="bfloat16")
     reference = Reference(str(folder), device="cpu")
     assert next(reference.parameters()).dtype == torch.bfloat16
     np.testing.assert_array_equal(SentenceTransformer(folder).encode(TEXTS),

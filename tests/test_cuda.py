@@ -112,15 +112,21 @@ def test_a_model_goes_to_the_gpu_when_no_device_is_named(gpu_tokenizer):
     assert SentenceTransformer(encoder=Encoder(config), tokenizer=gpu_tokenizer).device.type == "cuda"
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
-def test_cuda_encoding_equals_the_cpu(random_minilm, dtype):
-    expected = torch.as_tensor(random_minilm.to("cpu").encode(TEXTS))
-    got = torch.as_tensor(random_minilm.to("cuda").encode(TEXTS, dtype=dtype, batch_size=3))
-    random_minilm.to("cpu")
+def assert_cuda_encoding_equals_the_cpu(model: SentenceTransformer, dtype: str) -> None:
+    """The model's embeddings of TEXTS on the GPU in `dtype` against its fp32 ones on the CPU; it is left on the CPU."""
+    expected = torch.as_tensor(model.to("cpu").encode(TEXTS))
+    got = torch.as_tensor(model.to("cuda").encode(TEXTS, dtype=dtype, batch_size=3))
+    model.to("cpu")
+    assert got.isfinite().all()
     if dtype == "fp32":
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     else:
         assert torch.nn.functional.cosine_similarity(got, expected).min() > 0.999
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+def test_cuda_encoding_equals_the_cpu(random_minilm, dtype):
+    assert_cuda_encoding_equals_the_cpu(random_minilm, dtype)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
@@ -131,13 +137,7 @@ def test_cuda_encoding_of_a_modernbert_equals_the_cpu(gpu_tokenizer, dtype):
     config = EncoderConfig.from_dict({"model_type": "modernbert", "vocab_size": 30522, "hidden_size": 256,
                                       "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 384,
                                       "local_attention": 16, "pad_token_id": 0}, "test")
-    model = SentenceTransformer(encoder=Encoder(config), tokenizer=gpu_tokenizer)
-    expected = torch.as_tensor(model.to("cpu").encode(TEXTS))
-    got = torch.as_tensor(model.to("cuda").encode(TEXTS, dtype=dtype, batch_size=3))
-    if dtype == "fp32":
-        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
-    else:
-        assert torch.nn.functional.cosine_similarity(got, expected).min() > 0.999
+    assert_cuda_encoding_equals_the_cpu(SentenceTransformer(encoder=Encoder(config), tokenizer=gpu_tokenizer), dtype)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
@@ -151,12 +151,7 @@ def test_cuda_encoding_of_a_qwen3_equals_the_cpu(gpu_tokenizer, dtype):
                                      "test")
     model = SentenceTransformer(encoder=Encoder(config), tokenizer=gpu_tokenizer,
                                 pooling=Pooling(config.hidden_size, "lasttoken"))
-    expected = torch.as_tensor(model.to("cpu").encode(TEXTS))
-    got = torch.as_tensor(model.to("cuda").encode(TEXTS, dtype=dtype, batch_size=3))
-    if dtype == "fp32":
-        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
-    else:
-        assert torch.nn.functional.cosine_similarity(got, expected).min() > 0.999
+    assert_cuda_encoding_equals_the_cpu(model, dtype)
 
 
 def random_t5(tokenizer: Tokenizer, output_scale: float = 1.0) -> SentenceTransformer:
@@ -177,14 +172,7 @@ def random_t5(tokenizer: Tokenizer, output_scale: float = 1.0) -> SentenceTransf
 def test_cuda_encoding_of_a_t5_equals_the_cpu(gpu_tokenizer, dtype, output_scale):
     # in fp16 the feed-forward output products keep fp32 weights (Encoder.in_dtype): scaled up 1e7, the weights and
     # their sums would overflow fp16 (an all-fp16 copy gives infinities on the CPU), and do not
-    model = random_t5(gpu_tokenizer, output_scale)
-    expected = torch.as_tensor(model.to("cpu").encode(TEXTS))
-    got = torch.as_tensor(model.to("cuda").encode(TEXTS, dtype=dtype, batch_size=3))
-    assert got.isfinite().all()
-    if dtype == "fp32":
-        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
-    else:
-        assert torch.nn.functional.cosine_similarity(got, expected).min() > 0.999
+    assert_cuda_encoding_equals_the_cpu(random_t5(gpu_tokenizer, output_scale), dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
