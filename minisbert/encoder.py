@@ -27,6 +27,7 @@ value heads serve groups of query heads (num_key_value_heads), and each head's q
 import contextlib
 import copy
 import functools
+import inspect
 import math
 
 import torch
@@ -72,6 +73,14 @@ def varlen_attention():
     except ImportError:
         return None
     return varlen_attn
+
+
+@functools.cache
+def varlen_options() -> frozenset[str]:
+    """The keyword arguments varlen_attention takes in this PyTorch: window_size (causal or sliding attention) and
+    enable_gqa (fewer key heads than query heads) came after 2.9."""
+    attention = varlen_attention()
+    return frozenset() if attention is None else frozenset(inspect.signature(attention).parameters)
 
 
 class Packing:
@@ -216,6 +225,7 @@ class Layer(nn.Module):
         sliding = modernbert and config.layer_types[index] == "sliding_attention"
         self.rope_theta = (config.local_rope_theta if sliding else config.rope_theta) if modernbert or qwen3 else None
         self.window = config.local_attention // 2 if sliding else None
+        self.causal = config.is_causal  # Qwen3: a query attends to its own token and those before it
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.dropout_after_attention = {"distilbert": nn.Identity(), "modernbert": nn.Dropout(
             self.attention_dropout)}.get(config.model_type, self.dropout)
@@ -306,9 +316,10 @@ class Layer(nn.Module):
         H, d = self.num_heads, self.head_dim
         dropout = self.attention_dropout if self.training else 0.0
         if self.attends_packed(packing, mask, q.dtype, dropout):  # flash attention on the packed tokens
-            q, k, v = (t.view(N, H, d) for t in (q, k, v))
+            q, k, v = q.view(N, H, d), k.view(N, -1, d), v.view(N, -1, d)
             cu_seqlens, longest = packing.cu_seqlens, packing.longest
-            return varlen_attention()(q, k, v, cu_seqlens, cu_seqlens, longest, longest).reshape(N, D)
+            return varlen_attention()(q, k, v, cu_seqlens, cu_seqlens, longest, longest,
+                                      **self.packed_attention_options()).reshape(N, D)
 
         L = mask.shape[-1]  # the rows' length in attention: S, or more (attention_length)
 
@@ -341,13 +352,27 @@ class Layer(nn.Module):
 
     def attends_packed(self, packing: Packing, mask: torch.Tensor, dtype: torch.dtype, dropout: float) -> bool:
         """Whether attention can run as flash attention over the packed tokens: on a GPU, in fp16/bf16, with the
-        rows' lengths known (Packing.cu_seqlens), no attention dropout, no added bias (MPNet's) and every key of a
-        row attended (not ModernBERT's sliding layers, not Qwen3's causal attention), as many key heads as query
-        heads."""
-        return (packing.cu_seqlens is not None and mask.dtype == torch.bool and mask.shape[-2] == 1
-                and self.key_value_heads == self.num_heads
-                and dtype in (torch.float16, torch.bfloat16)
-                and dropout == 0.0 and self.head_dim % 8 == 0 and self.head_dim <= 256 and varlen_attention() is not None)
+        rows' lengths known (Packing.cu_seqlens), no attention dropout, no added bias (MPNet's, T5's), and what the
+        layer attends to within a row (packed_attention_options) said in words this PyTorch's varlen_attn takes."""
+        options = self.packed_attention_options()
+        return (packing.cu_seqlens is not None and mask.dtype == torch.bool
+                and (mask.shape[-2] == 1 or "window_size" in options)
+                and dtype in (torch.float16, torch.bfloat16) and dropout == 0.0 and self.head_dim % 8 == 0
+                and self.head_dim <= 256 and varlen_attention() is not None and set(options) <= varlen_options())
+
+    def packed_attention_options(self) -> dict:
+        """varlen_attn's arguments for this layer beyond full attention: the keys a query sees, from
+        window_size[0] before it to window_size[1] after (Qwen3's causal attention: all before, none after;
+        ModernBERT's sliding layers: `window` either side, as sliding_window_mask), and enable_gqa where key and value
+        heads are fewer than query heads (Qwen3)."""
+        options = {}
+        if self.causal:
+            options["window_size"] = (-1, 0)
+        elif self.window is not None:
+            options["window_size"] = (self.window, self.window)
+        if self.key_value_heads != self.num_heads:
+            options["enable_gqa"] = True
+        return options
 
 
 class Encoder(nn.Module):

@@ -132,7 +132,8 @@ def test_cuda_encoding_equals_the_cpu(random_minilm, dtype):
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
 def test_cuda_encoding_of_a_modernbert_equals_the_cpu(gpu_tokenizer, dtype):
     # rotary positions, and sliding layers (a window of 16 tokens over rows up to 202) beside global ones: on the GPU
-    # the global layers run flash attention on the packed tokens, the sliding ones attention with a mask
+    # every layer runs flash attention on the packed tokens, the sliding ones with a window (where this PyTorch's
+    # varlen_attn takes window_size; else attention with a mask)
     torch.manual_seed(0)
     config = EncoderConfig.from_dict({"model_type": "modernbert", "vocab_size": 30522, "hidden_size": 256,
                                       "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 384,
@@ -142,8 +143,9 @@ def test_cuda_encoding_of_a_modernbert_equals_the_cpu(gpu_tokenizer, dtype):
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
 def test_cuda_encoding_of_a_qwen3_equals_the_cpu(gpu_tokenizer, dtype):
-    # causal attention (a mask on the GPU too: not the packed flash path), grouped key and value heads, heads wider
-    # than the layer's share, last-token pooling
+    # causal attention and grouped key and value heads (flash attention on the packed tokens where this PyTorch's
+    # varlen_attn takes window_size and enable_gqa, else attention with a mask), heads wider than the layer's share,
+    # last-token pooling
     torch.manual_seed(0)
     config = EncoderConfig.from_dict({"model_type": "qwen3", "vocab_size": 30522, "hidden_size": 256,
                                       "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,

@@ -328,6 +328,63 @@ def test_hidden_states_with_lengths_from_the_cpu_equal_transformers(name, reques
         encoder(batch["input_ids"], batch["attention_mask"], lengths=batch["attention_mask"].sum(1)[:-1])
 
 
+def varlen_by_rows(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, *, window_size=(-1, -1), enable_gqa=False):
+    """torch.nn.attention.varlen.varlen_attn as its documentation states it, row by row (it runs on CUDA only): the
+    keys from window_size[0] before a query to window_size[1] after it (-1: all), fewer key heads with enable_gqa."""
+    rows = []
+    for start, end in zip(cu_seq_q[:-1].tolist(), cu_seq_q[1:].tolist()):
+        qs, ks, vs = (t[start:end].transpose(0, 1).float() for t in (q, k, v))  # (heads, n, d)
+        if ks.shape[0] != qs.shape[0]:
+            assert enable_gqa
+            ks, vs = (t.repeat_interleave(qs.shape[0] // t.shape[0], dim=0) for t in (ks, vs))
+        places = torch.arange(end - start)
+        after = places[None, :] - places[:, None]  # key - query
+        seen = ((after >= -window_size[0]) | (window_size[0] < 0)) & ((after <= window_size[1]) | (window_size[1] < 0))
+        rows.append(torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, attn_mask=seen).transpose(0, 1))
+    return torch.cat(rows).to(q.dtype)
+
+
+@pytest.mark.parametrize("config,options", [
+    ({"model_type": "bert", "num_hidden_layers": 2}, [{}, {}]),
+    ({"model_type": "modernbert", "num_hidden_layers": 3, "local_attention": 8, "pad_token_id": 0},
+     [{}, {"window_size": (4, 4)}, {"window_size": (4, 4)}]),  # global, sliding, sliding
+    ({"model_type": "qwen3", "num_hidden_layers": 2, "num_key_value_heads": 2, "head_dim": 32},
+     [{"window_size": (-1, 0), "enable_gqa": True}] * 2)])
+def test_attention_on_packed_tokens_asks_varlen_attn_for_what_each_layer_attends_to(config, options, monkeypatch):
+    # On a GPU, attention runs on the packed tokens through varlen_attn (CUDA only); here a row-by-row stand-in with
+    # its documented meaning checks what each layer asks of it: ModernBERT's sliding layers a window, Qwen3's layers
+    # causal attention and shared key heads. In bf16 the packed run must equal the padded one (to bf16's rounding)
+    from minisbert import encoder as encoder_module
+    from minisbert.encoder import Encoder, EncoderConfig
+    calls = []
+    monkeypatch.setattr(encoder_module, "varlen_attention",
+                        lambda: lambda *args, **kwargs: calls.append(kwargs) or varlen_by_rows(*args, **kwargs))
+    monkeypatch.setattr(encoder_module, "varlen_options", lambda: frozenset({"window_size", "enable_gqa"}))
+
+    class PackingWithRows(encoder_module.Packing):  # as on a GPU: the rows' starts in the packed tokens
+        def __init__(self, attention_mask, enabled=True, lengths=None):
+            super().__init__(attention_mask, enabled, lengths)
+            if lengths is not None and self.index is not None:
+                lengths = torch.as_tensor(lengths)
+                self.cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+                self.longest = int(lengths.max())
+
+    torch.manual_seed(0)
+    encoder = Encoder(EncoderConfig.from_dict({"vocab_size": 100, "hidden_size": 64, "num_attention_heads": 4,
+                                               "intermediate_size": 96, **config}, "test"))
+    encoder = encoder.eval().to(torch.bfloat16)
+    lengths = torch.tensor([30, 7, 19, 1, 26])
+    mask = torch.arange(30)[None, :] < lengths[:, None]  # padded on the right
+    ids = torch.randint(1, 100, mask.shape).masked_fill(~mask, 0)
+    with torch.no_grad():
+        padded = encoder(ids, mask.long()).float()
+        assert not calls
+        monkeypatch.setattr(encoder_module, "Packing", PackingWithRows)
+        packed = encoder(ids, mask.long(), lengths=lengths).float()
+    assert calls == options
+    assert torch.nn.functional.cosine_similarity(packed[mask], padded[mask]).min() > 0.999
+
+
 @pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet", "tiny_qwen3"])
 def test_position_numbering_equals_transformers_with_padding_on_the_left(name, request):
     # Left padding moves the real tokens: BERT numbers positions from the start of the row, padding included;
