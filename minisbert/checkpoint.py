@@ -242,11 +242,16 @@ def encoder_state_for_checkpoint(encoder: Encoder) -> dict[str, torch.Tensor]:
                                          for theirs, parts in stacked.items()}}
 
 
-def load_encoder(folder: Path) -> tuple[Encoder, dict]:
+def load_encoder(folder: Path, config_kwargs: dict | None = None) -> tuple[Encoder, dict]:
+    """The encoder of `folder` and its config.json as read, with `config_kwargs` (sentence-transformers' name: values
+    that replace config.json's, such as the dropout rates) put over it."""
     config_dict = read_json(Path(folder) / "config.json")
+    source = str(Path(folder) / "config.json")
     if not isinstance(config_dict, dict):
-        raise ValueError(f"{Path(folder) / 'config.json'}: expected a JSON object")
-    config = EncoderConfig.from_dict(config_dict, source=str(Path(folder) / "config.json"))
+        raise ValueError(f"{source}: expected a JSON object")
+    if config_kwargs:
+        config_dict, source = {**config_dict, **config_kwargs}, f"{source} with config_kwargs {config_kwargs}"
+    config = EncoderConfig.from_dict(config_dict, source=source)
     tensors, source = read_tensors(folder)
     with torch.device("meta"):  # no random initialisation: the checkpoint fills every tensor
         encoder = Encoder(config)
@@ -299,12 +304,12 @@ def read_sentence_config(sbert_config: dict, source: Path) -> int | None:
     return value
 
 
-def load_folder(folder: Path) -> dict:
+def load_folder(folder: Path, config_kwargs: dict | None = None) -> dict:
     """The parts of a sentence model: encoder, its raw config, tokenizer, pooling and the modules after it."""
     folder = Path(folder)
     modules = read_modules(folder)
     encoder_folder = folder / modules[0][1]
-    encoder, config = load_encoder(encoder_folder)
+    encoder, config = load_encoder(encoder_folder, config_kwargs)
     sbert_config, sbert_config_file = {}, encoder_folder / hub.SENTENCE_CONFIG_FILES[0]
     for name in hub.SENTENCE_CONFIG_FILES:
         if (encoder_folder / name).exists():
@@ -363,12 +368,12 @@ def load_folder(folder: Path) -> dict:
             "settings": settings}
 
 
-def load(name: str, **where) -> dict:
+def load(name: str, config_kwargs: dict | None = None, **where) -> dict:
     """Find the model `name` (see resolve_model, which takes `where`), read it and check it: the parts
     load_folder returns."""
     folder = resolve_model(str(name), **where)
     try:
-        return load_folder(folder)
+        return load_folder(folder, config_kwargs)
     except (ValueError, FileNotFoundError) as error:
         cache = Path(where.get("cache_folder") or hub.cache_dir())
         if not folder.resolve().is_relative_to(cache.resolve()):

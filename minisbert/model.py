@@ -72,7 +72,7 @@ class SentenceTransformer(nn.Module):
                  tokenizer: Tokenizer | None = None, pooling: Pooling | None = None, after: list[nn.Module] = (),
                  model_kwargs: dict | None = None, trust_remote_code: bool = False, backend: str = "torch",
                  use_auth_token: str | bool | None = None, processor_kwargs: dict | None = None,
-                 tokenizer_kwargs: dict | None = None):
+                 config_kwargs: dict | None = None, tokenizer_kwargs: dict | None = None):
         """Load a model folder or hub id (all-MiniLM-L6-v2 if none is named); or build one from sentence-transformers'
         `modules` (minisbert.models: a Transformer, a Pooling, then Dense or Normalize modules), or from its parts:
         `encoder` and `tokenizer`, then `pooling` (mean pooling if None) and the Dense/Normalize modules `after` it.
@@ -87,8 +87,9 @@ class SentenceTransformer(nn.Module):
         it instead: {"torch_dtype" or "dtype": float32, bfloat16, float16 (as torch dtypes or names) or "auto", the type
         config.json names, fp32 where it names none}; its "attn_implementation" changes nothing here (minisbert picks
         its attention kernels itself, and they all compute the same attention), nor does "device_map": "auto"; any
-        other key is an error. `processor_kwargs` (or its old name `tokenizer_kwargs`) may hold "padding_side", which
-        changes nothing (see _check_processor_kwargs). `trust_remote_code` and `backend` are sentence-transformers'
+        other key is an error. `config_kwargs` replace values of config.json (the dropout rates, say), as there.
+        `processor_kwargs` (or its old name `tokenizer_kwargs`) may hold "padding_side", which changes nothing (see
+        _check_processor_kwargs). `trust_remote_code` and `backend` are sentence-transformers'
         too: minisbert runs no code from a model repository and runs PyTorch only, so True and any backend but "torch"
         are errors. `use_auth_token` is `token`'s old name, taken with sentence-transformers' FutureWarning.
         """
@@ -112,6 +113,9 @@ class SentenceTransformer(nn.Module):
                              f"openvino backends are not here)")
         super().__init__()
         config, settings = None, {}
+        if config_kwargs and (modules is not None or encoder is not None):
+            raise ValueError("config_kwargs change the config.json of a model loaded by name; a model built from "
+                             "modules or parts has its config already (models.Transformer takes config_kwargs)")
         if modules is not None:
             if model_name_or_path is not None or encoder is not None or tokenizer is not None or pooling or after:
                 raise ValueError("pass either a model name or path, modules=, or the parts (encoder=, tokenizer=)")
@@ -124,8 +128,9 @@ class SentenceTransformer(nn.Module):
         if encoder is None:
             if tokenizer is not None or pooling is not None or after:
                 raise ValueError("the parts of a model start with its encoder: pass encoder= and tokenizer= too")
-            parts = checkpoint.load(model_name_or_path or checkpoint.DEFAULT_MODEL, cache_folder=cache_folder,
-                                    revision=revision, token=token, local_files_only=local_files_only)
+            parts = checkpoint.load(model_name_or_path or checkpoint.DEFAULT_MODEL, config_kwargs,
+                                    cache_folder=cache_folder, revision=revision, token=token,
+                                    local_files_only=local_files_only)
             encoder, config, tokenizer, pooling, after, settings = (
                 parts[k] for k in ("encoder", "config", "tokenizer", "pooling", "after", "settings"))
         elif model_name_or_path is not None or tokenizer is None:

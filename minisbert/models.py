@@ -28,14 +28,15 @@ class Transformer(nn.Module):
     modules are not read), texts truncated at `max_seq_length`, or else at tokenizer_config.json's
     model_max_length capped at what the position table holds (sentence_bert_config.json is not read either, as
     there), lower-cased first where `do_lower_case`, the tokenizer taken from `tokenizer_name_or_path` where given.
-    `model_kwargs` may set the compute type as in SentenceTransformer ({"torch_dtype": ...}); `cache_folder`,
-    `revision`, `token` and `local_files_only` steer a download, as in SentenceTransformer."""
+    `model_kwargs` may set the compute type as in SentenceTransformer ({"torch_dtype": ...}), `config_kwargs` replace
+    values of config.json; `cache_folder`, `revision`, `token` and `local_files_only` steer a download, as in
+    SentenceTransformer."""
 
     def __init__(self, model_name_or_path: str | Path, *, max_seq_length: int | None = None,
                  do_lower_case: bool = False, model_kwargs: dict | None = None,
                  tokenizer_name_or_path: str | Path | None = None, backend: str = "torch",
                  cache_folder: str | Path | None = None, revision: str | None = None, token: str | bool | None = None,
-                 local_files_only: bool = False):
+                 local_files_only: bool = False, config_kwargs: dict | None = None):
         from .model import _dtype_from_model_kwargs, check_dtype
         super().__init__()
         if backend != "torch":
@@ -45,7 +46,7 @@ class Transformer(nn.Module):
         where = {"cache_folder": cache_folder, "revision": revision, "token": token,
                  "local_files_only": local_files_only}
         folder = checkpoint.resolve_model(str(model_name_or_path), **where)
-        self.encoder, self.config = checkpoint.load_encoder(folder)
+        self.encoder, self.config = checkpoint.load_encoder(folder, config_kwargs)
         tokenizer_folder = folder if tokenizer_name_or_path is None else checkpoint.resolve_model(
             str(tokenizer_name_or_path), **where)
         config = self.encoder.config

@@ -271,6 +271,29 @@ def test_qwen3_embeddings_own_example_arguments_are_taken(minilm_folder):
     SentenceTransformer(minilm_folder, processor_kwargs={"padding_side": "right"})
 
 
+def test_config_kwargs_replace_config_values_as_in_sentence_transformers(minilm_folder, tmp_path):
+    # sentence-transformers hands config_kwargs to transformers' config; the dropout rates are what training sets
+    changes = {"hidden_dropout_prob": 0.3, "attention_probs_dropout_prob": 0.2}
+    ours = SentenceTransformer(minilm_folder, config_kwargs=changes)
+    reference = Reference(str(minilm_folder), device="cpu", config_kwargs=changes)
+    their_config = reference[0].auto_model.config
+    assert (their_config.hidden_dropout_prob, their_config.attention_probs_dropout_prob) == (0.3, 0.2)
+    layer = ours.encoder.layers[0]
+    assert (layer.dropout.p, layer.attention_dropout) == (0.3, 0.2)
+    transformer = models.Transformer(minilm_folder, config_kwargs=changes)
+    their_transformer = reference_models.Transformer(str(minilm_folder), config_kwargs=changes)
+    assert their_transformer.auto_model.config.hidden_dropout_prob == transformer.encoder.layers[0].dropout.p == 0.3
+    ours.save(tmp_path / "saved")  # written back, and read so by sentence-transformers
+    saved = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert {key: saved[key] for key in changes} == changes
+    assert Reference(str(tmp_path / "saved"), device="cpu")[0].auto_model.config.hidden_dropout_prob == 0.3
+    np.testing.assert_allclose(ours.encode(TEXTS), reference.encode(TEXTS), atol=1e-5, rtol=0)  # inference: no dropout
+    with pytest.raises(ValueError, match=r"hidden_dropout_prob must be a number in \[0, 1\).*not 2"):
+        SentenceTransformer(minilm_folder, config_kwargs={"hidden_dropout_prob": 2})
+    with pytest.raises(ValueError, match="config_kwargs change the config.json of a model loaded by name"):
+        SentenceTransformer(modules=[transformer, models.Pooling(384)], config_kwargs=changes)
+
+
 def test_no_device_is_the_first_gpu_where_there_is_one_as_in_sentence_transformers(minilm_folder, monkeypatch):
     from minisbert import model as model_module
     assert model_module.default_device() == ("cuda" if torch.cuda.is_available() else "cpu")
