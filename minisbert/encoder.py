@@ -220,8 +220,8 @@ class Layer(nn.Module):
         # T5's half precision as transformers': sums clamped (clamp_fp16), the feed-forward output product's input in
         # that product's type (fp32 in the fp16 copy: Encoder.in_dtype)
         self.t5_half_precision = t5
-        # ModernBERT: rotary positions of the base of this layer's kind; a sliding layer's queries attend to the keys
-        # at most `window` tokens away (Encoder.forward's masks)
+        # ModernBERT and Qwen3: rotary positions, of the base of this layer's kind in ModernBERT, whose sliding layers'
+        # queries attend to the keys at most `window` tokens away (Encoder.forward's masks)
         sliding = modernbert and config.layer_types[index] == "sliding_attention"
         self.rope_theta = (config.local_rope_theta if sliding else config.rope_theta) if modernbert or qwen3 else None
         self.window = config.local_attention // 2 if sliding else None
