@@ -121,8 +121,8 @@ class SentenceTransformer(nn.Module):
                 raise ValueError("pass either a model name or path, modules=, or the parts (encoder=, tokenizer=)")
             transformer, pooling, after = _from_modules(modules)
             encoder, config, tokenizer = transformer.encoder, transformer.config, transformer.tokenizer
-            if transformer.dtype_name != "fp32":  # the Transformer's model_kwargs, as sentence-transformers
-                if dtype != "fp32" or any(key in (model_kwargs or {}) for key in ("torch_dtype", "dtype")):
+            if check_dtype(transformer.dtype_name) != torch.float32:  # its model_kwargs, as sentence-transformers
+                if not _is_default_dtype(dtype) or any(key in (model_kwargs or {}) for key in ("torch_dtype", "dtype")):
                     raise ValueError("the dtype is given twice: by the Transformer's model_kwargs and here")
                 dtype = transformer.dtype_name
         if encoder is None:
@@ -474,6 +474,11 @@ def _check_processor_kwargs(processor_kwargs: dict) -> None:
                          f"{processor_kwargs['padding_side']!r}")
 
 
+def _is_default_dtype(dtype) -> bool:
+    """Whether the constructor's `dtype` is fp32 in any of its spellings, so it does not clash with model_kwargs'."""
+    return dtype in ("fp32", "float32", torch.float32)
+
+
 def _dtype_from_model_kwargs(model_kwargs: dict, dtype, config: dict):
     """The encoder's dtype, from the constructor's `dtype` or sentence-transformers' model_kwargs (see __init__)."""
     unknown = set(model_kwargs) - {"torch_dtype", "dtype", "attn_implementation", "device_map"}
@@ -487,7 +492,7 @@ def _dtype_from_model_kwargs(model_kwargs: dict, dtype, config: dict):
     given = [model_kwargs[key] for key in ("torch_dtype", "dtype") if key in model_kwargs]
     if not given:
         return dtype
-    if len(given) > 1 or dtype != "fp32":
+    if len(given) > 1 or not _is_default_dtype(dtype):
         raise ValueError("the dtype is given twice: pass dtype= or model_kwargs' torch_dtype (or dtype), not both")
     [wanted] = given
     if wanted == "auto":  # as transformers: the type config.json names

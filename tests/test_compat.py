@@ -548,6 +548,17 @@ def test_a_transformers_model_kwargs_set_the_compute_type_as_in_sentence_transfo
         SentenceTransformer(modules=[models.Transformer(minilm_folder, **bf16), models.Pooling(384)], dtype="fp16")
 
 
+@pytest.mark.parametrize("fp32", [torch.float32, "float32", "torch.float32"])
+def test_a_transformer_asked_for_fp32_in_any_spelling_leaves_the_models_dtype_free(minilm_folder, fp32):
+    # fp32 is the default, so it is not a second dtype beside the model's own dtype=
+    transformer = models.Transformer(minilm_folder, model_kwargs={"torch_dtype": fp32})
+    ours = SentenceTransformer(modules=[transformer, models.Pooling(384)], dtype="bf16")
+    plain = SentenceTransformer(modules=[models.Transformer(minilm_folder), models.Pooling(384)], dtype="bf16")
+    np.testing.assert_array_equal(ours.encode(TEXTS), plain.encode(TEXTS))
+    assert not np.array_equal(ours.encode(TEXTS), SentenceTransformer(
+        modules=[models.Transformer(minilm_folder), models.Pooling(384)]).encode(TEXTS))
+
+
 def test_a_model_lists_its_modules_as_sentence_transformers_does(minilm_folder, tmp_path):
     # model[i], len(model) and iteration, as on sentence-transformers' nn.Sequential; model[0]'s max_seq_length is
     # the model's
