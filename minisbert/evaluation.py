@@ -23,7 +23,7 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from .search import paraphrase_mining
-from .similarity import SIMILARITY_FUNCTIONS, cos_sim
+from .similarity import SIMILARITY_FUNCTIONS, cos_sim, similarity_name
 
 
 class EmbeddingSimilarityEvaluator:
@@ -41,10 +41,8 @@ class EmbeddingSimilarityEvaluator:
         if not len(sentences1) == len(sentences2) == len(scores):
             raise ValueError(f"sentences1, sentences2 and scores must be as long as each other, not {len(sentences1)}, "
                              f"{len(sentences2)} and {len(scores)}")
-        main_similarity = getattr(main_similarity, "value", main_similarity)  # its SimilarityFunction enum, too
-        for fn_name in [main_similarity] * bool(main_similarity) + list(similarity_fn_names or []):
-            if fn_name not in SIMILARITY_FUNCTIONS:
-                raise ValueError(f"similarity function {fn_name!r} is not one of {', '.join(SIMILARITY_FUNCTIONS)}")
+        main_similarity = main_similarity and similarity_name(main_similarity)
+        similarity_fn_names = [similarity_name(fn_name) for fn_name in similarity_fn_names or []]
         self.sentences1, self.sentences2, self.scores = list(sentences1), list(sentences2), list(scores)
         self.batch_size, self.show_progress_bar, self.name = batch_size, show_progress_bar, name
         self.write_csv, self.precision, self.truncate_dim = write_csv, precision, truncate_dim
@@ -124,10 +122,8 @@ class TripletEvaluator:
         if not len(anchors) == len(positives) == len(negatives):
             raise ValueError(f"anchors, positives and negatives must be as long as each other, not {len(anchors)}, "
                              f"{len(positives)} and {len(negatives)}")
-        main = getattr(main_similarity_function, "value", main_similarity_function)  # its SimilarityFunction enum
-        for fn_name in [main] * bool(main) + list(similarity_fn_names or []):
-            if fn_name not in SIMILARITY_FUNCTIONS:
-                raise ValueError(f"similarity function {fn_name!r} is not one of {', '.join(SIMILARITY_FUNCTIONS)}")
+        main = main_similarity_function and similarity_name(main_similarity_function)
+        similarity_fn_names = [similarity_name(fn_name) for fn_name in similarity_fn_names or []]
         margins = margin if isinstance(margin, dict) else dict.fromkeys(SIMILARITY_FUNCTIONS, margin or 0)
         if set(margins) - set(SIMILARITY_FUNCTIONS) or any(type(v) not in (int, float) for v in margins.values()):
             raise ValueError(f"margin must be a number or a dict of numbers by similarity function "
@@ -201,10 +197,8 @@ class InformationRetrievalEvaluator:
         if not all(self.at_k.values()) or any(type(k) is not int or k < 1 for ks in self.at_k.values() for k in ks):
             raise ValueError(f"every list of k must hold positive integers, not {self.at_k}")
         self.score_functions = score_functions
-        self.main_score_function = getattr(main_score_function, "value", main_score_function)  # or its enum
-        if self.main_score_function is not None and self.main_score_function not in SIMILARITY_FUNCTIONS:
-            raise ValueError(f"main_score_function {self.main_score_function!r} is not one of "
-                             f"{', '.join(SIMILARITY_FUNCTIONS)}")
+        self.main_score_function = main_score_function and similarity_name(main_score_function,
+                                                                            "main_score_function")
         self.batch_size, self.show_progress_bar, self.name = batch_size, show_progress_bar, name
         self.write_csv, self.truncate_dim = write_csv, truncate_dim
         self.query_prompt, self.query_prompt_name = query_prompt, query_prompt_name
@@ -324,9 +318,7 @@ class BinaryClassificationEvaluator:
         for index, label in enumerate(labels):
             if label not in (0, 1):
                 raise ValueError(f"labels[{index}] is {label!r}: a pair is labelled 1 (alike) or 0 (not)")
-        for fn_name in similarity_fn_names or []:
-            if fn_name not in SIMILARITY_FUNCTIONS:
-                raise ValueError(f"similarity function {fn_name!r} is not one of {', '.join(SIMILARITY_FUNCTIONS)}")
+        similarity_fn_names = [similarity_name(fn_name) for fn_name in similarity_fn_names or []]
         self.sentences1, self.sentences2 = list(sentences1), list(sentences2)
         self.labels = np.array([int(label) for label in labels])
         self.batch_size, self.show_progress_bar, self.name = batch_size, show_progress_bar, name

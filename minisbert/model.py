@@ -184,10 +184,8 @@ class SentenceTransformer(nn.Module):
         return self._similarity_fn_name
 
     @similarity_fn_name.setter
-    def similarity_fn_name(self, name: str) -> None:
-        if name not in similarity.SIMILARITY_FUNCTIONS:
-            raise ValueError(f"similarity_fn_name {name!r} is not one of {', '.join(similarity.SIMILARITY_FUNCTIONS)}")
-        self._similarity_fn_name = name
+    def similarity_fn_name(self, name: str | similarity.SimilarityFunction) -> None:
+        self._similarity_fn_name = similarity.similarity_name(name, "similarity_fn_name")
 
     def similarity(self, embeddings1, embeddings2) -> torch.Tensor:
         """Every row of embeddings1 against every row of embeddings2, by `similarity_fn_name`: (N, M)."""

@@ -4,6 +4,8 @@ Every function takes numpy arrays or tensors, one row (1-D) or many (2-D), in fp
 3-D arrays, mismatched dimensions) is an error that says which argument.
 """
 
+from enum import Enum
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -100,6 +102,20 @@ def pairwise_manhattan_sim(a, b) -> torch.Tensor:
     return -(a - b).abs().sum(dim=-1)
 
 
+def pairwise_angle_sim(a, b) -> torch.Tensor:
+    """AnglE's similarity of a[i] and b[i] (Li & Li, 2023; sentence-transformers' AnglELoss): each row, unit length,
+    read as a complex vector, its first half the real parts and its second half the imaginary ones (an odd width
+    padded with a zero); the score is |Re + Im| of a's conjugate product with b, the cosine plus the sine term: (N,)."""
+    a, b = _same_dtype(a, b, "pairwise_angle_sim", pairwise=True)
+    a, b = F.normalize(a, p=2, dim=-1), F.normalize(b, p=2, dim=-1)
+    if a.shape[-1] % 2:
+        a, b = F.pad(a, (0, 1)), F.pad(b, (0, 1))
+    a_real, a_imaginary = a.chunk(2, dim=-1)
+    b_real, b_imaginary = b.chunk(2, dim=-1)
+    sines = (a_imaginary * b_real - a_real * b_imaginary).sum(dim=-1)
+    return ((a * b).sum(dim=-1) + sines).abs()
+
+
 def normalize_embeddings(embeddings: torch.Tensor) -> torch.Tensor:
     """Each row scaled to unit length."""
     return F.normalize(torch.as_tensor(embeddings), p=2, dim=-1)
@@ -109,3 +125,38 @@ def normalize_embeddings(embeddings: torch.Tensor) -> torch.Tensor:
 SIMILARITY_FUNCTIONS = {"cosine": (cos_sim, pairwise_cos_sim), "dot": (dot_score, pairwise_dot_score),
                         "euclidean": (euclidean_sim, pairwise_euclidean_sim),
                         "manhattan": (manhattan_sim, pairwise_manhattan_sim)}
+
+
+class SimilarityFunction(Enum):
+    """The names of SIMILARITY_FUNCTIONS as sentence-transformers' enum has them: wherever a similarity function is
+    named (similarity_fn_name, the evaluators), a member of this enum or of sentence-transformers' may stand for its
+    name."""
+    COSINE = "cosine"
+    DOT_PRODUCT = "dot"
+    DOT = "dot"
+    EUCLIDEAN = "euclidean"
+    MANHATTAN = "manhattan"
+
+    @staticmethod
+    def to_similarity_fn(name):
+        """The function scoring every row of one set against every row of another."""
+        return SIMILARITY_FUNCTIONS[similarity_name(name)][0]
+
+    @staticmethod
+    def to_similarity_pairwise_fn(name):
+        """The function scoring row i of one set against row i of the other."""
+        return SIMILARITY_FUNCTIONS[similarity_name(name)][1]
+
+    @staticmethod
+    def possible_values() -> list[str]:
+        return [member.value for member in SimilarityFunction]
+
+
+def similarity_name(name, what: str = "similarity function") -> str:
+    """A similarity function's name, given as a string or as an enum member (ours or sentence-transformers');
+    a name not in SIMILARITY_FUNCTIONS is an error that says which are (sentence-transformers' multi-vector
+    "maxsim" is not here)."""
+    name = name.value if isinstance(name, Enum) else name
+    if name not in SIMILARITY_FUNCTIONS:
+        raise ValueError(f"{what} {name!r} is not one of {', '.join(SIMILARITY_FUNCTIONS)}")
+    return name

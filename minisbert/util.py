@@ -7,13 +7,19 @@ from tqdm.autonotebook import tqdm
 from .quantization import quantize_embeddings
 from .search import paraphrase_mining, paraphrase_mining_embeddings, semantic_search
 from .similarity import (as_matrix, check_finite, check_positive, cos_sim, dot_score, euclidean_sim, manhattan_sim,
-                         normalize_embeddings, pairwise_cos_sim, pairwise_dot_score, pairwise_euclidean_sim,
-                         pairwise_manhattan_sim, pytorch_cos_sim)
+                         normalize_embeddings, pairwise_angle_sim, pairwise_cos_sim, pairwise_dot_score,
+                         pairwise_euclidean_sim, pairwise_manhattan_sim, pytorch_cos_sim, SimilarityFunction)
 
-__all__ = ["community_detection", "cos_sim", "dot_score", "euclidean_sim", "manhattan_sim", "normalize_embeddings",
-           "pairwise_cos_sim", "pairwise_dot_score", "pairwise_euclidean_sim", "pairwise_manhattan_sim",
-           "paraphrase_mining", "paraphrase_mining_embeddings", "pytorch_cos_sim", "quantize_embeddings",
-           "semantic_search"]
+__all__ = ["SimilarityFunction", "community_detection", "cos_sim", "dot_score", "euclidean_sim", "manhattan_sim",
+           "normalize_embeddings", "pairwise_angle_sim", "pairwise_cos_sim", "pairwise_dot_score",
+           "pairwise_euclidean_sim", "pairwise_manhattan_sim", "paraphrase_mining", "paraphrase_mining_embeddings",
+           "pytorch_cos_sim", "quantize_embeddings", "semantic_search", "truncate_embeddings"]
+
+
+def truncate_embeddings(embeddings, truncate_dim: int | None):
+    """The first `truncate_dim` values of each embedding (all of them for None), an array or tensor as given: a
+    Matryoshka model's smaller embeddings."""
+    return embeddings[..., :truncate_dim]
 
 
 def community_detection(embeddings, threshold: float = 0.75, min_community_size: int = 10, batch_size: int = 1024,

@@ -342,11 +342,47 @@ def test_saving_writes_the_prompts_back(prompted_folder, tmp_path):
 
 @pytest.mark.parametrize("name", ["cos_sim", "dot_score", "euclidean_sim", "manhattan_sim", "pairwise_cos_sim",
                                   "pairwise_dot_score", "pairwise_euclidean_sim", "pairwise_manhattan_sim",
-                                  "normalize_embeddings"])
-def test_util_functions_equal_sentence_transformers(embeddings, name):
-    a, b = embeddings[:6], embeddings[6:12]
+                                  "pairwise_angle_sim", "normalize_embeddings"])
+@pytest.mark.parametrize("width", [384, 101])  # an odd width: AnglE's halves need a zero added
+def test_util_functions_equal_sentence_transformers(embeddings, name, width):
+    a, b = embeddings[:6, :width], embeddings[6:12, :width]
     args = (a,) if name == "normalize_embeddings" else (a, b)
     torch.testing.assert_close(getattr(util, name)(*args), getattr(reference_util, name)(*args), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("truncate_dim", [None, 1, 100, 1000])
+def test_truncate_embeddings_as_sentence_transformers(embeddings, truncate_dim):
+    for given in (embeddings, embeddings.numpy()):
+        got, expected = util.truncate_embeddings(given, truncate_dim), reference_util.truncate_embeddings(given,
+                                                                                                      truncate_dim)
+        assert type(got) is type(expected) and got.shape == expected.shape and (got == expected).all()
+
+
+def test_similarity_function_enum_as_sentence_transformers(minilm_folder, embeddings):
+    from sentence_transformers import SimilarityFunction as ReferenceFunction
+
+    from minisbert import SimilarityFunction
+    from minisbert.evaluation import EmbeddingSimilarityEvaluator
+    ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
+    supported = ["cosine", "dot", "euclidean", "manhattan"]
+    assert SimilarityFunction.possible_values() == supported == ReferenceFunction.possible_values()[:4]
+    a, b = embeddings[:6], embeddings[6:12]
+    for name in supported:
+        for given in (name, SimilarityFunction(name), ReferenceFunction(name)):
+            for convert in ("to_similarity_fn", "to_similarity_pairwise_fn"):
+                torch.testing.assert_close(getattr(SimilarityFunction, convert)(given)(a, b),
+                                           getattr(ReferenceFunction, convert)(name)(a, b), atol=1e-5, rtol=0)
+            ours.similarity_fn_name = given
+            reference.similarity_fn_name = given if isinstance(given, str) else ReferenceFunction(name)
+            assert ours.similarity_fn_name == reference.similarity_fn_name == name
+            torch.testing.assert_close(ours.similarity(a, b), reference.similarity(a, b), atol=1e-5, rtol=0)
+            evaluator = EmbeddingSimilarityEvaluator(["a"], ["b"], [1.0], main_similarity=given)
+            assert evaluator.main_similarity == name and evaluator.similarity_fn_names == [name]
+    assert SimilarityFunction.DOT is SimilarityFunction.DOT_PRODUCT
+    with pytest.raises(ValueError, match="similarity_fn_name 'maxsim' is not one of cosine, dot, euclidean, manhattan"):
+        ours.similarity_fn_name = ReferenceFunction.MAXSIM
+    with pytest.raises(ValueError, match="similarity function 'maxsim' is not one of"):
+        SimilarityFunction.to_similarity_fn("maxsim")
 
 
 @pytest.mark.parametrize("threshold,min_size", [(0.75, 3), (0.5, 2), (0.9, 5), (0.3, 10)])
