@@ -169,6 +169,39 @@ class SentenceTransformer(nn.Module):
         return next(self.parameters()).device
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The type encode() computes in by default, what sentence-transformers' model.dtype (its parameters' type)
+        says of a model loaded in it: bf16 or fp16 (the parameters stay fp32 here, with a copy in that type), int8,
+        "auto"'s choice on the model's device, and else the parameters' type (fp16 after model.half())."""
+        dtype = check_dtype(self.dtype_name, self.device)
+        return next(self.parameters()).dtype if dtype == torch.float32 else dtype
+
+    # A model whose parameters are given a floating type (half(), float(), bfloat16(), to(dtype)) computes in it
+    # from then on, as sentence-transformers' does: the type it was loaded in (dtype_name) no longer counts.
+    def to(self, *args, **kwargs):
+        self._computes_in_parameters_type(torch._C._nn._parse_to(*args, **kwargs)[1])
+        return super().to(*args, **kwargs)
+
+    def half(self):
+        self._computes_in_parameters_type(torch.float16)
+        return super().half()
+
+    def bfloat16(self):
+        self._computes_in_parameters_type(torch.bfloat16)
+        return super().bfloat16()
+
+    def float(self):
+        self._computes_in_parameters_type(torch.float32)
+        return super().float()
+
+    def _computes_in_parameters_type(self, dtype: torch.dtype | None) -> None:
+        if dtype is not None and dtype.is_floating_point:
+            self.dtype_name = "fp32"  # encode()'s default: the encoder as it is, in its parameters' type
+
+    def get_backend(self) -> str:
+        return "torch"  # sentence-transformers' onnx and openvino backends are not here
+
+    @property
     def max_seq_length(self) -> int:
         return self.tokenizer.max_seq_length
 

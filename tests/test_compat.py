@@ -316,6 +316,31 @@ def test_arguments_it_cannot_follow_are_errors(minilm_folder, options, message):
         SentenceTransformer(minilm_folder, **options)
 
 
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16, torch.float16, "float16", "auto"])
+def test_dtype_tells_what_sentence_transformers_model_dtype_tells(minilm_folder, dtype):
+    options = {} if dtype is None else {"model_kwargs": {"torch_dtype": dtype}}
+    ours, reference = SentenceTransformer(minilm_folder, **options), Reference(str(minilm_folder), device="cpu",
+                                                                                **options)
+    assert ours.dtype == reference.dtype and ours.get_backend() == reference.get_backend() == "torch"
+
+
+@pytest.mark.parametrize("convert,expected", [(lambda model: model.half(), torch.float16),
+                                              (lambda model: model.float(), torch.float32),
+                                              (lambda model: model.to(torch.float16), torch.float16),
+                                              (lambda model: model.to("cpu", dtype=torch.float32), torch.float32)])
+def test_a_model_given_a_type_computes_in_it_as_in_sentence_transformers(minilm_folder, convert, expected):
+    # loaded in bf16, then given another type: sentence-transformers' model computes in that type from then on
+    bf16 = {"model_kwargs": {"torch_dtype": torch.bfloat16}}
+    ours, reference = SentenceTransformer(minilm_folder, **bf16), Reference(str(minilm_folder), device="cpu", **bf16)
+    assert convert(ours).dtype == convert(reference).dtype == expected
+    got = ours.encode(TEXTS)
+    np.testing.assert_array_equal(got, SentenceTransformer(minilm_folder, dtype=expected).encode(TEXTS))
+    # sentence-transformers' weights went through bf16 on the way; ours kept them
+    np.testing.assert_allclose(got, reference.encode(TEXTS, convert_to_tensor=True).float(), atol=2e-2, rtol=0)
+    ours.to("cpu")  # no type given: the model computes as before
+    assert ours.dtype == expected
+
+
 def test_use_auth_token_is_tokens_old_name_as_in_sentence_transformers(minilm_folder, monkeypatch):
     from minisbert import checkpoint
     for library in (Reference, SentenceTransformer):
