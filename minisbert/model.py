@@ -291,10 +291,22 @@ class SentenceTransformer(nn.Module):
 
     truncate_sentence_embeddings = truncate_embeddings  # its name before sentence-transformers 6
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, encoder: nn.Module | None = None,
-                lengths=None):
+    def forward(self, input_ids: torch.Tensor | dict, attention_mask: torch.Tensor | None = None,
+                encoder: nn.Module | None = None, lengths=None):
         """Token ids (B, S) -> sentence embeddings (B, dim), with autograd; `encoder` may be a low-precision copy,
-        `lengths` each row's token count on the CPU (see Encoder.forward)."""
+        `lengths` each row's token count on the CPU (see Encoder.forward).
+
+        Or sentence-transformers' call, model(features): a dict holding input_ids and attention_mask (model.tokenize's,
+        and prompt_length for a model that leaves the prompt out of its pooling) gives a new dict, the features with
+        "token_embeddings" (B, S, D; zeros at padding) and "sentence_embedding" (B, dim) added."""
+        if isinstance(input_ids, dict):
+            features = input_ids
+            prompt_length = features.get("prompt_length")
+            if isinstance(prompt_length, torch.Tensor):  # sentence-transformers' training batches carry it so
+                prompt_length = int(prompt_length.flatten()[0])
+            tokens, embeddings = self.embed(features["input_ids"], features["attention_mask"], encoder,
+                                            prompt_length=prompt_length)
+            return {**features, "token_embeddings": tokens, "sentence_embedding": embeddings}
         return self.embed(input_ids, attention_mask, encoder, lengths)[1]
 
     def embed(self, input_ids, attention_mask, encoder: nn.Module | None = None, lengths=None,

@@ -2,6 +2,7 @@
 `from minisbert import util` in place of `from sentence_transformers import util`."""
 
 import numpy as np
+import torch
 from tqdm.autonotebook import tqdm
 
 from .quantization import quantize_embeddings
@@ -10,10 +11,18 @@ from .similarity import (as_matrix, check_finite, check_positive, cos_sim, dot_s
                          normalize_embeddings, pairwise_angle_sim, pairwise_cos_sim, pairwise_dot_score,
                          pairwise_euclidean_sim, pairwise_manhattan_sim, pytorch_cos_sim, SimilarityFunction)
 
-__all__ = ["SimilarityFunction", "community_detection", "cos_sim", "dot_score", "euclidean_sim", "manhattan_sim",
+__all__ = ["SimilarityFunction", "batch_to_device", "community_detection", "cos_sim", "dot_score", "euclidean_sim", "manhattan_sim",
            "normalize_embeddings", "pairwise_angle_sim", "pairwise_cos_sim", "pairwise_dot_score",
            "pairwise_euclidean_sim", "pairwise_manhattan_sim", "paraphrase_mining", "paraphrase_mining_embeddings",
            "pytorch_cos_sim", "quantize_embeddings", "semantic_search", "truncate_embeddings"]
+
+
+def batch_to_device(batch: dict, target_device) -> dict:
+    """The batch (a dict, such as model.tokenize's) with its tensors moved to `target_device`, in place."""
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            batch[key] = value.to(target_device)
+    return batch
 
 
 def truncate_embeddings(embeddings, truncate_dim: int | None):

@@ -186,6 +186,30 @@ def test_max_seq_length_and_tokenize(both):
         torch.testing.assert_close(mine[key], theirs[key].to(mine[key].dtype))
 
 
+@pytest.mark.parametrize("include_prompt", [True, False])
+def test_a_model_called_on_features_gives_what_sentence_transformers_gives(minilm_folder, include_prompt):
+    # model(features), as in training loops of one's own: the embeddings, and the gradients through them
+    ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu").eval()
+    for model in (ours, reference):
+        model.set_pooling_include_prompt(include_prompt)
+    texts = [text for text in TEXTS if len(text) < 100]  # none truncated
+    got = ours(util.batch_to_device(ours.preprocess(texts, prompt="query: "), "cpu"))
+    expected = reference(reference_util.batch_to_device(reference.preprocess(texts, prompt="query: "), "cpu"))
+    assert set(expected) - set(got) == {"token_type_ids", "modality"}  # transformers' inputs, not ours
+    torch.testing.assert_close(got["sentence_embedding"], expected["sentence_embedding"], atol=1e-5, rtol=0)
+    real = got["attention_mask"].bool()
+    torch.testing.assert_close(got["token_embeddings"][real], expected["token_embeddings"][real], atol=1e-5, rtol=0)
+    assert (got["token_embeddings"][~real] == 0).all()  # transformers leaves numbers there; pooling never reads them
+    with torch.no_grad():  # prompt_length counts where the pooling leaves the prompt out
+        whole = ours({"input_ids": got["input_ids"], "attention_mask": got["attention_mask"]})["sentence_embedding"]
+    assert torch.allclose(whole, got["sentence_embedding"], atol=1e-5, rtol=0) == include_prompt
+    for output in (got, expected):
+        output["sentence_embedding"][:, :10].sum().backward()
+    torch.testing.assert_close(ours.encoder.layers[0].query.weight.grad,
+                               reference[0].auto_model.encoder.layer[0].attention.self.query.weight.grad,
+                               atol=1e-5, rtol=1e-4)
+
+
 # ---------------------------------------------------------------- prompts from config_sentence_transformers.json
 
 @pytest.fixture(scope="module")
