@@ -210,12 +210,14 @@ class Tokenizer:
     """Texts in, `input_ids` and `attention_mask` tensors (B, S) out, S the longest text in the batch."""
 
     def __init__(self, tokenizer: FastTokenizer, max_seq_length: int, pad_token_id: int,
-                 do_lower_case: bool = False, files: dict[str, bytes] | None = None, truncation_side: str = "right"):
+                 do_lower_case: bool = False, files: dict[str, bytes] | None = None, truncation_side: str = "right",
+                 unk_token: str | None = None):
         self.tokenizer = tokenizer
         self.pad_token_id = pad_token_id
         self.do_lower_case = do_lower_case  # already applied by the tokenizer's normalizer; kept for save()
         self.files = files or {}  # the original files, written back unchanged by files_to_save()
         self.truncation_side = truncation_side  # "left" keeps a long text's end (and its special tokens)
+        self.unk_token = unk_token  # tokenizer_config.json's, for convert_tokens_to_ids
         self._untruncated = None
         tokenizer.no_padding()
         self.truncate_at(max_seq_length)
@@ -269,8 +271,11 @@ class Tokenizer:
             raise ValueError(f"{folder / 'tokenizer_config.json'}: truncation_side must be 'left' or 'right', "
                              f"not {truncation_side!r}")
         files = {name: (folder / name).read_bytes() for name in TOKENIZER_FILES if (folder / name).exists()}
+        tokenizer_class = config.get("tokenizer_class") or TOKENIZER_CLASSES.get(model_type)
+        unk_token = config.get("unk_token", "<|endoftext|>" if tokenizer_class in QWEN2_CLASSES else None)  # its default
         return cls(tokenizer, min(max_seq_length, max_tokens),
-                   config_pad_token_id if pad_token_id is None else pad_token_id, do_lower_case, files, truncation_side)
+                   config_pad_token_id if pad_token_id is None else pad_token_id, do_lower_case, files, truncation_side,
+                   _token_text(unk_token))
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """Ids of each text with its special tokens, truncated at max_seq_length, not padded."""
@@ -286,10 +291,7 @@ class Tokenizer:
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Length of each text in tokens, special tokens included, before truncation."""
-        if self._untruncated is None:
-            self._untruncated = FastTokenizer.from_str(self.tokenizer.to_str())
-            self._untruncated.no_truncation()
-        return [len(encoding.ids) for encoding in _encode_batch(self._untruncated, texts)]
+        return [len(encoding.ids) for encoding in _encode_batch(self.untruncated(), texts)]
 
     def pad(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
         longest = max(len(row) for row in ids)
@@ -300,8 +302,68 @@ class Tokenizer:
             attention_mask[i, :len(row)] = 1
         return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask)}
 
-    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
+    def __call__(self, texts: list[str], padding: bool | str = True, truncation: bool | str = True,
+                 return_tensors: str = "pt") -> dict[str, torch.Tensor]:
+        """input_ids and attention_mask (B, S) of `texts`, padded to the longest and truncated at max_seq_length: what
+        transformers' tokenizer gives with padding=True, truncation=True and return_tensors="pt" (without
+        token_type_ids), the only settings taken."""
+        if isinstance(texts, str):
+            raise TypeError("model.tokenizer(texts) takes a list of texts and gives padded tensors; for one text's ids, "
+                            "model.tokenizer.encode(text)")
+        settings = {"padding": padding, "truncation": truncation, "return_tensors": return_tensors}
+        if padding not in (True, "longest") or truncation not in (True, "longest_first") or return_tensors != "pt":
+            raise ValueError(f"model.tokenizer pads to the longest text, truncates at max_seq_length and gives "
+                             f"tensors (padding=True, truncation=True, return_tensors='pt'), not {settings}")
         return self.pad(self.token_ids(texts))
+
+    # transformers' tokenizer methods, as code written for sentence-transformers calls them on model.tokenizer
+
+    def tokenize(self, text: str) -> list[str]:
+        """The text's tokens as strings, without special tokens and not truncated."""
+        return self.untruncated().encode(text, add_special_tokens=False).tokens
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """The text's ids, not truncated (transformers truncates only when asked)."""
+        return self.untruncated().encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        ids = ids.tolist() if isinstance(ids, (torch.Tensor, np.ndarray)) else list(ids)
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def convert_ids_to_tokens(self, ids: int | list[int]) -> str | list[str]:
+        if isinstance(ids, int):
+            return self.tokenizer.id_to_token(ids)
+        return [self.tokenizer.id_to_token(i) for i in ids]
+
+    def convert_tokens_to_ids(self, tokens: str | list[str]) -> int | list[int]:
+        """Each token's id; a token not in the vocabulary gets the unknown token's (None without one)."""
+        if isinstance(tokens, str):
+            return self.convert_tokens_to_ids([tokens])[0]
+        unknown = self.tokenizer.token_to_id(self.unk_token or getattr(self.tokenizer.model, "unk_token", None) or "")
+        ids = [self.tokenizer.token_to_id(token) for token in tokens]
+        return [unknown if i is None else i for i in ids]
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.tokenizer.get_vocab(with_added_tokens=True)
+
+    @property
+    def vocab_size(self) -> int:
+        """The vocabulary without the tokens added to it, as transformers counts it; len() counts them too."""
+        return self.tokenizer.get_vocab_size(with_added_tokens=False)
+
+    def __len__(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def model_max_length(self) -> int:
+        return self.max_seq_length
+
+    def untruncated(self) -> FastTokenizer:
+        """The tokenizer without truncation at max_seq_length."""
+        if self._untruncated is None:
+            self._untruncated = FastTokenizer.from_str(self.tokenizer.to_str())
+            self._untruncated.no_truncation()
+        return self._untruncated
 
     def files_to_save(self) -> dict[str, bytes]:
         """The files a saved model folder gets: those read, unchanged; for a tokenizer built in code, a

@@ -210,6 +210,43 @@ def test_a_model_called_on_features_gives_what_sentence_transformers_gives(minil
                                atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("folder", ["minilm_folder", "tiny_roberta", "tiny_mpnet", "tiny_albert", "tiny_t5",
+                                    "tiny_modernbert", "tiny_qwen3"])
+def test_the_tokenizer_answers_transformers_calls_as_transformers_does(request, folder):
+    # the calls code written for sentence-transformers makes on model.tokenizer (transformers' tokenizer there)
+    from transformers import AutoTokenizer
+    folder = request.getfixturevalue(folder)
+    ours, theirs = models.Transformer(folder).tokenizer, AutoTokenizer.from_pretrained(str(folder))
+    for text in ["Hello, World! Ça va? 🙂 unaffable", "  The cat's   sleeping isn't it .  ", "日本語 and CamelCase",
+                 "word " * 600]:  # the last one longer than max_seq_length: not truncated but by __call__
+        ids = theirs(text)["input_ids"]
+        assert ours.tokenize(text) == theirs.tokenize(text)
+        assert ours.encode(text) == theirs.encode(text) == ids
+        assert ours.encode(text, add_special_tokens=False) == theirs.encode(text, add_special_tokens=False)
+        for skip in (False, True):
+            assert ours.decode(ids, skip_special_tokens=skip) == theirs.decode(ids, skip_special_tokens=skip)
+        assert ours.decode(torch.tensor(ids)) == theirs.decode(ids)
+        tokens = theirs.convert_ids_to_tokens(ids)
+        assert ours.convert_ids_to_tokens(ids) == tokens and ours.convert_ids_to_tokens(ids[1]) == tokens[1]
+        assert ours.convert_tokens_to_ids(tokens + ["never-a-token"]) == theirs.convert_tokens_to_ids(
+            tokens + ["never-a-token"])
+        assert ours.convert_tokens_to_ids(tokens[1]) == theirs.convert_tokens_to_ids(tokens[1])
+    assert (len(ours), ours.vocab_size, ours.get_vocab()) == (len(theirs), theirs.vocab_size, theirs.get_vocab())
+
+
+def test_calling_the_tokenizer_as_transformers_gives_what_tokenize_gives(both):
+    ours, reference = both
+    assert ours.tokenizer.model_max_length == reference.tokenizer.model_max_length == 256
+    mine = ours.tokenizer(TEXTS, padding=True, truncation=True, return_tensors="pt")
+    theirs = reference.tokenizer(TEXTS, padding=True, truncation=True, return_tensors="pt")
+    for key in ("input_ids", "attention_mask"):
+        assert torch.equal(mine[key], theirs[key]) and torch.equal(mine[key], ours.tokenize(TEXTS)[key])
+    with pytest.raises(TypeError, match=r"for one text's ids, model.tokenizer.encode\(text\)"):
+        ours.tokenizer("one text")
+    with pytest.raises(ValueError, match="model.tokenizer pads to the longest text"):
+        ours.tokenizer(TEXTS, padding="max_length")
+
+
 # ---------------------------------------------------------------- prompts from config_sentence_transformers.json
 
 @pytest.fixture(scope="module")
