@@ -59,6 +59,18 @@ class Example:
     label: float | int = 0  # an NLI class, a class of another kind, or a gold similarity
 
 
+class InputExample(Example):
+    """An Example under sentence-transformers' name and arguments, for code moved from it: `guid` first (kept, not
+    used), then the texts and the label."""
+
+    def __init__(self, guid: str = "", texts: list[str] | None = None, label: float | int = 0):
+        super().__init__(texts, label)
+        self.guid = guid
+
+    def __str__(self) -> str:
+        return f"<InputExample> label: {self.label}, texts: {'; '.join(self.texts)}"
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get("MINISBERT_DATA", "data"))
 

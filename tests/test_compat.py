@@ -576,6 +576,22 @@ def test_pooling_without_the_prompt_set_on_the_model_as_sentence_transformers(mi
                                atol=1e-5, rtol=0)
 
 
+def test_input_examples_as_sentence_transformers_makes_them(both, tmp_path):
+    from sentence_transformers import InputExample as ReferenceExample
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator as ReferenceEvaluator
+
+    from minisbert import InputExample
+    from minisbert.evaluation import EmbeddingSimilarityEvaluator
+    rows = [("a", [TEXTS[0], TEXTS[1]], 0.9), ("b", [TEXTS[2], TEXTS[3]], 0.1), ("c", [TEXTS[0], TEXTS[7]], 1.0),
+            ("d", [TEXTS[3], TEXTS[4]], 0.0)]
+    ours, theirs = [InputExample(*row) for row in rows], [ReferenceExample(*row) for row in rows]
+    assert [(e.guid, e.texts, e.label, str(e)) for e in ours] == [(e.guid, e.texts, e.label, str(e)) for e in theirs]
+    assert InputExample(texts=["x"], label=2).texts == ReferenceExample(texts=["x"], label=2).texts
+    got, expected = evaluate_both(*both, EmbeddingSimilarityEvaluator.from_input_examples(ours),
+                                  ReferenceEvaluator.from_input_examples(theirs), tmp_path)
+    assert got == pytest.approx(expected, abs=1e-6)
+
+
 def evaluate_both(ours, reference, evaluator, reference_evaluator, tmp_path):
     """Each library's evaluator on its own model, writing under tmp_path/ours and tmp_path/theirs: their metrics."""
     return (ours.evaluate(evaluator, str(tmp_path / "ours")),
