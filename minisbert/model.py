@@ -459,6 +459,19 @@ class SentenceTransformer(nn.Module):
         from .multiprocess import start_pool
         return start_pool(self, target_devices)
 
+    def encode_multi_process(self, sentences: list[str], pool: dict, prompt_name: str | None = None,
+                             prompt: str | None = None, batch_size: int = 32, chunk_size: int | None = None,
+                             show_progress_bar: bool | None = None, precision: str = "float32",
+                             normalize_embeddings: bool = False, truncate_dim: int | None = None) -> np.ndarray:
+        """sentence-transformers' older call: encode(sentences, pool=pool, ...), with its warning."""
+        warnings.warn("The `encode_multi_process` method has been deprecated, and its functionality has been "
+                      "integrated into `encode`. You can now call `encode` with the same parameters to achieve "
+                      "multi-process encoding.", DeprecationWarning, stacklevel=2)
+        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, batch_size=batch_size,
+                           show_progress_bar=show_progress_bar, precision=precision,
+                           normalize_embeddings=normalize_embeddings, truncate_dim=truncate_dim, pool=pool,
+                           chunk_size=chunk_size)
+
     @staticmethod
     def stop_multi_process_pool(pool: dict) -> None:
         from .multiprocess import stop_pool

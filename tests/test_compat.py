@@ -485,15 +485,21 @@ def test_community_detection_equals_sentence_transformers(data_dir, minilm_folde
 # ---------------------------------------------------------------- several processes
 
 def test_two_cpu_processes_give_the_embeddings_of_one(both):
-    ours, _ = both
+    import inspect
+    ours, reference = both
+    assert (list(inspect.signature(ours.encode_multi_process).parameters)
+            == list(inspect.signature(reference.encode_multi_process).parameters))
     expected = ours.encode(TEXTS * 3)
     pool = ours.start_multi_process_pool(["cpu", "cpu"])
     try:
         got = ours.encode(TEXTS * 3, pool=pool, chunk_size=5)
         tokens = ours.encode(TEXTS[:4], pool=pool, output_value="token_embeddings", chunk_size=1)
+        with pytest.warns(DeprecationWarning, match="The `encode_multi_process` method has been deprecated"):
+            older = ours.encode_multi_process(TEXTS * 3, pool, None, None, 32, 5)  # its order of arguments
     finally:
         ours.stop_multi_process_pool(pool)
     np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(older, got)
     for a, b in zip(tokens, ours.encode(TEXTS[:4], output_value="token_embeddings")):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)  # batches of one text: other matrix shapes, other rounding
     np.testing.assert_allclose(ours.encode(TEXTS[:3], device=["cpu", "cpu"], precision="int8"),
