@@ -72,7 +72,8 @@ class SentenceTransformer(nn.Module):
                  tokenizer: Tokenizer | None = None, pooling: Pooling | None = None, after: list[nn.Module] = (),
                  model_kwargs: dict | None = None, trust_remote_code: bool = False, backend: str = "torch",
                  use_auth_token: str | bool | None = None, processor_kwargs: dict | None = None,
-                 config_kwargs: dict | None = None, tokenizer_kwargs: dict | None = None):
+                 config_kwargs: dict | None = None, tokenizer_kwargs: dict | None = None, model_card_data=None,
+                 use_kernels: bool = False, kernel_config=None):
         """Load a model folder or hub id (all-MiniLM-L6-v2 if none is named); or build one from sentence-transformers'
         `modules` (minisbert.models: a Transformer, a Pooling, then Dense or Normalize modules), or from its parts:
         `encoder` and `tokenizer`, then `pooling` (mean pooling if None) and the Dense/Normalize modules `after` it.
@@ -92,6 +93,9 @@ class SentenceTransformer(nn.Module):
         _check_processor_kwargs). `trust_remote_code` and `backend` are sentence-transformers'
         too: minisbert runs no code from a model repository and runs PyTorch only, so True and any backend but "torch"
         are errors. `use_auth_token` is `token`'s old name, taken with sentence-transformers' FutureWarning.
+        `model_card_data` (what sentence-transformers writes in the model card, which minisbert does not write),
+        `use_kernels` and `kernel_config` (kernels from the Hugging Face Hub in place of transformers' own; minisbert
+        runs its own) are taken and change nothing.
         """
         if use_auth_token is not None:
             warnings.warn("The `use_auth_token` argument is deprecated and will be removed in a future release of "
@@ -442,17 +446,21 @@ class SentenceTransformer(nn.Module):
             result = _convert(embeddings, precision, convert_to_numpy, convert_to_tensor)
         return result[0] if single else result
 
-    def encode_query(self, inputs=None, prompt_name: str | None = None, prompt: str | None = None, **options):
-        """encode() with the model's "query" prompt, if it has one and no other is named."""
+    def encode_query(self, inputs=None, prompt_name: str | None = None, prompt: str | None = None, *arguments,
+                     **options):
+        """encode() with the model's "query" prompt, if it has one and no other is named; encode()'s other
+        arguments in its order."""
         if prompt_name is None and prompt is None and "query" in self.prompts:
             prompt_name = "query"
-        return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, **options)
+        return self.encode(inputs, prompt_name, prompt, *arguments, **options)
 
-    def encode_document(self, inputs=None, prompt_name: str | None = None, prompt: str | None = None, **options):
-        """encode() with the model's "document", "passage" or "corpus" prompt (the first it has), if no other is named."""
+    def encode_document(self, inputs=None, prompt_name: str | None = None, prompt: str | None = None, *arguments,
+                        **options):
+        """encode() with the model's "document", "passage" or "corpus" prompt (the first it has), if no other is
+        named; encode()'s other arguments in its order."""
         if prompt_name is None and prompt is None:
             prompt_name = next((name for name in ("document", "passage", "corpus") if name in self.prompts), None)
-        return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, **options)
+        return self.encode(inputs, prompt_name, prompt, *arguments, **options)
 
     def start_multi_process_pool(self, target_devices: list[str] | None = None) -> dict:
         """Processes that encode in parallel, one per device (default: every GPU, else 4 CPU processes)."""

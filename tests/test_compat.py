@@ -266,7 +266,10 @@ def test_prompts_and_the_default_prompt_are_used_as_sentence_transformers_uses_t
     assert ours.similarity_fn_name == reference.similarity_fn_name == "dot"
     for call in (lambda m: m.encode(TEXTS), lambda m: m.encode(TEXTS, prompt_name="query"),
                  lambda m: m.encode(TEXTS, prompt="custom: "), lambda m: m.encode_query(TEXTS),
-                 lambda m: m.encode_document(TEXTS)):
+                 lambda m: m.encode_document(TEXTS),
+                 # encode()'s arguments in its order: batch size, progress bar, output, precision, numpy, tensor
+                 lambda m: m.encode_query(TEXTS, None, None, 3, False, "sentence_embedding", "float32", False, True),
+                 lambda m: m.encode_document(TEXTS, "query", None, 2)):
         np.testing.assert_allclose(call(ours), call(reference), atol=1e-5, rtol=0)
     assert not np.allclose(ours.encode(TEXTS), ours.encode(TEXTS, prompt=""), atol=1e-3)  # the default prompt counts
     with pytest.raises(ValueError, match="Prompt name 'nope' not found"):
@@ -330,6 +333,15 @@ def test_qwen3_embeddings_own_example_arguments_are_taken(minilm_folder):
         ours = SentenceTransformer(minilm_folder, tokenizer_kwargs={"padding_side": "left"}, **options)
     np.testing.assert_array_equal(ours.encode(TEXTS), SentenceTransformer(minilm_folder).encode(TEXTS))
     SentenceTransformer(minilm_folder, processor_kwargs={"padding_side": "right"})
+
+
+def test_model_card_data_and_kernel_arguments_are_taken_and_change_nothing(minilm_folder):
+    from sentence_transformers import SentenceTransformerModelCardData
+    options = {"model_card_data": SentenceTransformerModelCardData(language="en", license="apache-2.0"),
+               "use_kernels": False, "kernel_config": None}
+    Reference(str(minilm_folder), device="cpu", **options)
+    ours = SentenceTransformer(minilm_folder, **options)
+    np.testing.assert_array_equal(ours.encode(TEXTS), SentenceTransformer(minilm_folder).encode(TEXTS))
 
 
 def test_config_kwargs_replace_config_values_as_in_sentence_transformers(minilm_folder, tmp_path):
