@@ -233,7 +233,8 @@ def build_training(args, loss_name: str, resume_from: Path | None, device, class
     model = SentenceTransformer(resume_from or args.model, device=device)
     if args.pooling and not resume_from:
         model.pooling = Pooling(model.encoder.config.hidden_size, args.pooling)
-    loss_options = {"concatenation": args.concat, "num_labels": classes} if loss_name == "softmax" else {}
+    loss_options = ({"concatenation": args.concat, "num_labels": classes} if loss_name == "softmax"
+                    else {"triplet_margin": 1.0} if loss_name == "triplet" else {})  # the paper's margin
     loss_fn = LOSSES[loss_name](model, **loss_options).to(device)
     optimizer = AdamW(parameter_groups(loss_fn, weight_decay=0.01), lr=args.lr)
     scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None

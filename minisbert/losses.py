@@ -1,8 +1,11 @@
 """The training objectives of the paper (section 3), plus in-batch negatives.
 
 Every loss embeds all its text columns with the one shared model (the siamese / triplet network: the same
-weights in every branch) and takes a batch as produced by `tokenize_batch`.
+weights in every branch) and takes a batch as produced by `tokenize_batch`; or, as sentence-transformers' losses
+do, the features of each column (model.tokenize's) and the labels: loss([features_a, features_b], labels). Their
+arguments are sentence-transformers' too, under its names and defaults.
 """
+
 
 import torch
 import torch.distributed as dist
@@ -10,7 +13,7 @@ import torch.distributed.nn.functional as distributed
 import torch.nn.functional as F
 from torch import nn
 
-from .similarity import cos_sim
+from .similarity import cos_sim, pairwise_cos_sim
 
 CONCATENATIONS = ("u", "v", "|u-v|", "u*v")  # the parts of the paper's Table 6 ablation
 
@@ -29,73 +32,105 @@ def tokenize_batch(model, columns: list[list[str]], labels=None) -> dict:
     return batch
 
 
-def embed_columns(model, batch: dict) -> list[torch.Tensor]:
-    """One forward pass of the shared model over every column, split back into u, v[, w]: each (B, dim)."""
-    embeddings = model(batch["input_ids"], batch["attention_mask"], lengths=batch.get("lengths"))
-    return list(embeddings.chunk(batch["columns"]))
+def embed_columns(model, batch, labels=None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """u, v[, w] (each (B, dim)) and the labels: from a batch of tokenize_batch's, in one forward pass of the shared
+    model over every column; or from sentence-transformers' call, the features of each column and the labels."""
+    if isinstance(batch, dict):
+        embeddings = model(batch["input_ids"], batch["attention_mask"], lengths=batch.get("lengths"))
+        return list(embeddings.chunk(batch["columns"])), batch.get("labels")
+    return [model(features)["sentence_embedding"] for features in batch], labels
 
 
 class SoftmaxLoss(nn.Module):
-    """Classify (premise, hypothesis) from a concatenation of u, v, |u-v| (and u*v): o = softmax(W [u; v; |u-v|])."""
+    """Classify (premise, hypothesis) from a concatenation of u, v, |u-v| (and u*v): o = softmax(W [u; v; |u-v|]).
 
-    def __init__(self, model, num_labels: int = 3, concatenation: tuple[str, ...] = ("u", "v", "|u-v|")):
+    The parts are `concatenation`, in its order, or as sentence-transformers names them: u and v
+    (concatenation_sent_rep), |u-v| (concatenation_sent_difference), u*v (concatenation_sent_multiplication);
+    `embedding_dimension`, sentence-transformers' second argument, is the model's, which it must match if given."""
+
+    def __init__(self, model, embedding_dimension: int | None = None, num_labels: int = 3,
+                 concatenation_sent_rep: bool = True, concatenation_sent_difference: bool = True,
+                 concatenation_sent_multiplication: bool = False, *, concatenation: tuple[str, ...] | None = None):
         super().__init__()
+        dimension = model.get_sentence_embedding_dimension()
+        if embedding_dimension is not None and embedding_dimension != dimension:
+            raise ValueError(f"embedding_dimension {embedding_dimension}: the model's embeddings have {dimension}")
+        flags = (concatenation_sent_rep, concatenation_sent_difference, concatenation_sent_multiplication)
+        if concatenation is None:
+            concatenation = ("u", "v") * flags[0] + ("|u-v|",) * flags[1] + ("u*v",) * flags[2]
+        elif flags != (True, True, False):
+            raise ValueError("the concatenation is given twice: by concatenation and by the concatenation_sent_* "
+                             "flags")
         unknown = [part for part in concatenation if part not in CONCATENATIONS]
         if unknown or not concatenation:
             raise ValueError(f"concatenation {list(concatenation)} is not made of {', '.join(CONCATENATIONS)}")
         self.model = model
         self.concatenation = tuple(concatenation)
-        self.classifier = nn.Linear(len(concatenation) * model.get_sentence_embedding_dimension(), num_labels,
-                                    device=model.device)
+        self.classifier = nn.Linear(len(concatenation) * dimension, num_labels, device=model.device)
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        u, v = embed_columns(self.model, batch)
+    def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
+        (u, v), labels = embed_columns(self.model, batch, labels)
         parts = {"u": u, "v": v, "|u-v|": (u - v).abs(), "u*v": u * v}
         features = torch.cat([parts[name] for name in self.concatenation], dim=1)  # (B, n * dim)
-        return F.cross_entropy(self.classifier(features), batch["labels"].long())
+        return F.cross_entropy(self.classifier(features), labels.view(-1).long())
 
 
 class CosineSimilarityLoss(nn.Module):
-    """Regression: the mean squared error between cos(u, v) and the gold similarity scaled to [0, 1]."""
+    """Regression: the mean squared error (`loss_fct`) between cos(u, v) (through `cos_score_transformation`) and
+    the gold similarity scaled to [0, 1]."""
 
-    def __init__(self, model):
+    def __init__(self, model, loss_fct: nn.Module | None = None, cos_score_transformation: nn.Module | None = None):
         super().__init__()
         self.model = model
+        self.loss_fct = nn.MSELoss() if loss_fct is None else loss_fct
+        self.cos_score_transformation = nn.Identity() if cos_score_transformation is None else cos_score_transformation
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        u, v = embed_columns(self.model, batch)
-        return F.mse_loss(F.cosine_similarity(u, v), batch["labels"].float())
+    def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
+        (u, v), labels = embed_columns(self.model, batch, labels)
+        return self.loss_fct(self.cos_score_transformation(F.cosine_similarity(u, v)), labels.float().view(-1))
+
+
+class TripletDistanceMetric:
+    """The distances TripletLoss may take, under sentence-transformers' names: functions of two (B, dim) tensors."""
+    COSINE = staticmethod(lambda x, y: 1 - pairwise_cos_sim(x, y))
+    EUCLIDEAN = staticmethod(lambda x, y: F.pairwise_distance(x, y, p=2))
+    MANHATTAN = staticmethod(lambda x, y: F.pairwise_distance(x, y, p=1))
 
 
 class TripletLoss(nn.Module):
-    """max(||a - p|| - ||a - n|| + margin, 0) with Euclidean distance; the paper's margin is 1."""
+    """max(d(a, p) - d(a, n) + margin, 0), d the Euclidean distance unless `distance_metric` says otherwise (one of
+    TripletDistanceMetric's, or any function of two (B, dim) tensors). The margin is sentence-transformers' default,
+    5; the paper's, which train.py takes, is 1."""
 
-    def __init__(self, model, margin: float = 1.0):
+    def __init__(self, model, distance_metric=TripletDistanceMetric.EUCLIDEAN, triplet_margin: float = 5.0):
         super().__init__()
         self.model = model
-        self.margin = margin
+        self.distance_metric = distance_metric
+        self.triplet_margin = triplet_margin
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        anchor, positive, negative = embed_columns(self.model, batch)
-        distance = F.pairwise_distance(anchor, positive) - F.pairwise_distance(anchor, negative)
-        return F.relu(distance + self.margin).mean()
+    def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
+        (anchor, positive, negative), _ = embed_columns(self.model, batch, labels)
+        distance = self.distance_metric(anchor, positive) - self.distance_metric(anchor, negative)
+        return F.relu(distance + self.triplet_margin).mean()
 
 
 class MultipleNegativesRankingLoss(nn.Module):
     """In-batch negatives: each anchor must pick its own positive among every positive (and negative) of the
-    batch; cross-entropy over scaled cosine similarities (scale 20, as sentence-transformers)."""
+    batch; cross-entropy over similarities (`similarity_fct`, cosine) times `scale` (20, as sentence-transformers)."""
 
-    def __init__(self, model, scale: float = 20.0):
+    def __init__(self, model, scale: float = 20.0, similarity_fct=cos_sim):
         super().__init__()
         self.model = model
         self.scale = scale
+        self.similarity_fct = similarity_fct
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        anchors, *candidates = embed_columns(self.model, batch)
+    def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
+        (anchors, *candidates), _ = embed_columns(self.model, batch, labels)
         # under DDP the candidates are those of the global batch, so that two processes train as one
         gathered = [gather_across_processes(column) for column in candidates]
         offset = gathered[0][1]
-        scores = cos_sim(anchors, torch.cat([rows for rows, _ in gathered])) * self.scale  # (B, G * (columns - 1))
+        candidates = torch.cat([rows for rows, _ in gathered])  # (G * (columns - 1), dim)
+        scores = self.similarity_fct(anchors, candidates) * self.scale  # (B, G * (columns - 1))
         return F.cross_entropy(scores, offset + torch.arange(len(anchors), device=scores.device))
 
 

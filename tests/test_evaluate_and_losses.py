@@ -6,7 +6,7 @@ from sentence_transformers import SentenceTransformer as Reference
 from sentence_transformers.sentence_transformer import losses as reference_losses
 from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
-from minisbert import SentenceTransformer
+from minisbert import SentenceTransformer, losses
 from minisbert.data import read_nli, read_sts_benchmark
 from minisbert.evaluate import sts_correlations
 from minisbert.losses import (CosineSimilarityLoss, MultipleNegativesRankingLoss, SoftmaxLoss, TripletLoss,
@@ -43,7 +43,7 @@ def test_triplet_and_in_batch_negative_losses_equal_sentence_transformers(both, 
                                                                           reference_class, options):
     ours, reference = both
     columns = [list(column) for column in zip(*(t.texts for t in triplets))]
-    our_loss = ours_class(ours)(tokenize_batch(ours, columns))
+    our_loss = ours_class(ours, **options)(tokenize_batch(ours, columns))
     their_loss = reference_class(reference, **options)([reference.preprocess(c) for c in columns], None)
     assert our_loss.item() == pytest.approx(their_loss.item(), abs=1e-5)
     assert our_loss.item() > 0
@@ -66,3 +66,48 @@ def test_softmax_concatenations_of_table_6(both, triplets):
     with torch.no_grad():
         assert cosine(batch).item() == pytest.approx(
             ((torch.nn.functional.cosine_similarity(u, v) - 1) ** 2).mean().item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("name,options", [
+    ("SoftmaxLoss", {"embedding_dimension": 384, "num_labels": 3}),
+    ("SoftmaxLoss", {"embedding_dimension": 384, "num_labels": 3, "concatenation_sent_rep": False,
+                     "concatenation_sent_multiplication": True}),
+    ("CosineSimilarityLoss", {}), ("CosineSimilarityLoss", {"loss_fct": torch.nn.L1Loss()}),
+    ("TripletLoss", {}), ("TripletLoss", {"distance_metric": "MANHATTAN"}),
+    ("TripletLoss", {"distance_metric": "COSINE", "triplet_margin": 0.5}),
+    ("MultipleNegativesRankingLoss", {}), ("MultipleNegativesRankingLoss", {"scale": 10.0})])
+def test_losses_called_as_in_sentence_transformers_give_its_values_and_gradients(minilm_folder, triplets, name,
+                                                                                 options):
+    # a training loop of one's own: loss([features of each column], labels), the arguments and defaults (the
+    # triplet margin: 5) sentence-transformers' own
+    ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
+    ours_options, their_options = dict(options), dict(options)
+    if "distance_metric" in options:
+        ours_options["distance_metric"] = getattr(losses.TripletDistanceMetric, options["distance_metric"])
+        their_options["distance_metric"] = getattr(reference_losses.TripletDistanceMetric, options["distance_metric"])
+    ours_loss, their_loss = getattr(losses, name)(ours, **ours_options), getattr(reference_losses, name)(
+        reference, **their_options)
+    paired = name in ("SoftmaxLoss", "CosineSimilarityLoss")
+    columns = [list(column) for column in zip(*(t.texts[:2] if paired else t.texts for t in triplets))]
+    labels = {"SoftmaxLoss": torch.tensor([0, 1, 2, 1, 0, 2, 2, 1]),
+              "CosineSimilarityLoss": torch.linspace(0, 1, len(triplets))}.get(name)
+    if name == "SoftmaxLoss":
+        ours_loss.classifier.load_state_dict(their_loss.classifier.state_dict())
+    got = ours_loss([ours.preprocess(column) for column in columns], labels)
+    expected = their_loss([reference.preprocess(column) for column in columns], labels)
+    assert got.item() == pytest.approx(expected.item(), abs=1e-5) and got.item() > 0
+    got.backward()
+    expected.backward()
+    torch.testing.assert_close(ours.encoder.layers[0].query.weight.grad,
+                               reference[0].auto_model.encoder.layer[0].attention.self.query.weight.grad,
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_softmax_loss_arguments_that_disagree_are_errors(both):
+    ours, _ = both
+    with pytest.raises(ValueError, match="embedding_dimension 768: the model's embeddings have 384"):
+        losses.SoftmaxLoss(ours, 768, 3)
+    with pytest.raises(ValueError, match="the concatenation is given twice"):
+        losses.SoftmaxLoss(ours, concatenation=("u", "v"), concatenation_sent_multiplication=True)
+    with pytest.raises(ValueError, match=r"concatenation \[\] is not made of"):
+        losses.SoftmaxLoss(ours, concatenation_sent_rep=False, concatenation_sent_difference=False)

@@ -338,3 +338,12 @@ def test_every_flag_has_help_with_its_default():
     assert len(flags) > 15
     for block in flags:
         assert block.startswith("-h") or "(default: " in " ".join(block.split()), block
+
+
+def test_triplet_training_takes_the_papers_margin(tiny_bert, monkeypatch):
+    # the class's default is sentence-transformers' (5); the paper trains with a margin of 1
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    import train
+    args = train.parse_args(["--data", "snli", "--model", str(tiny_bert), "--loss", "triplet", "--output", "unused"])
+    _, loss_fn, _, _ = train.build_training(args, "triplet", None, torch.device("cpu"))
+    assert loss_fn.triplet_margin == 1.0
