@@ -180,8 +180,8 @@ class SentenceTransformer(nn.Module):
         dtype = check_dtype(self.dtype_name, self.device)
         return next(self.parameters()).dtype if dtype == torch.float32 else dtype
 
-    # A model whose parameters are given a floating type (half(), float(), bfloat16(), to(dtype)) computes in it
-    # from then on, as sentence-transformers' does: the type it was loaded in (dtype_name) no longer counts.
+    # A model whose parameters are given a floating type (half(), float(), double(), bfloat16(), to(dtype)) computes
+    # in it from then on, as sentence-transformers' does: the type it was loaded in (dtype_name) no longer counts.
     def to(self, *args, **kwargs):
         self._computes_in_parameters_type(torch._C._nn._parse_to(*args, **kwargs)[1])
         return super().to(*args, **kwargs)
@@ -197,6 +197,10 @@ class SentenceTransformer(nn.Module):
     def float(self):
         self._computes_in_parameters_type(torch.float32)
         return super().float()
+
+    def double(self):
+        self._computes_in_parameters_type(torch.float64)
+        return super().double()
 
     def _computes_in_parameters_type(self, dtype: torch.dtype | None) -> None:
         if dtype is not None and dtype.is_floating_point:

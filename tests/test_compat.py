@@ -414,6 +414,13 @@ def test_a_model_given_a_type_computes_in_it_as_in_sentence_transformers(minilm_
     assert ours.dtype == expected
 
 
+def test_a_model_given_float64_computes_in_it_as_in_sentence_transformers(minilm_folder):
+    bf16 = {"model_kwargs": {"torch_dtype": torch.bfloat16}}
+    ours, reference = SentenceTransformer(minilm_folder, **bf16), Reference(str(minilm_folder), device="cpu")
+    assert ours.double().dtype == reference.double().dtype == torch.float64
+    np.testing.assert_allclose(ours.encode(TEXTS), reference.encode(TEXTS), atol=1e-7, rtol=0)  # output: float32
+
+
 def test_use_auth_token_is_tokens_old_name_as_in_sentence_transformers(minilm_folder, monkeypatch):
     from minisbert import checkpoint
     for library in (Reference, SentenceTransformer):
