@@ -225,8 +225,9 @@ class SentenceTransformer(nn.Module):
         return self._similarity_fn_name
 
     @similarity_fn_name.setter
-    def similarity_fn_name(self, name: str | similarity.SimilarityFunction) -> None:
-        self._similarity_fn_name = similarity.similarity_name(name, "similarity_fn_name")
+    def similarity_fn_name(self, name: str | similarity.SimilarityFunction | None) -> None:
+        # None: the default, cosine, as in sentence-transformers
+        self._similarity_fn_name = "cosine" if name is None else similarity.similarity_name(name, "similarity_fn_name")
 
     def similarity(self, embeddings1, embeddings2) -> torch.Tensor:
         """Every row of embeddings1 against every row of embeddings2, by `similarity_fn_name`: (N, M)."""
@@ -309,6 +310,10 @@ class SentenceTransformer(nn.Module):
         "token_embeddings" (B, S, D; zeros at padding) and "sentence_embedding" (B, dim) added."""
         if isinstance(input_ids, dict):
             features = input_ids
+            missing = [key for key in ("input_ids", "attention_mask") if key not in features]
+            if missing:
+                raise KeyError(f"model(features): features must hold input_ids and attention_mask, as model.tokenize "
+                               f"gives them; {missing} missing from {sorted(features)}")
             prompt_length = features.get("prompt_length")
             if isinstance(prompt_length, torch.Tensor):  # sentence-transformers' training batches carry it so
                 prompt_length = int(prompt_length.flatten()[0])

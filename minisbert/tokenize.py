@@ -272,7 +272,8 @@ class Tokenizer:
                              f"not {truncation_side!r}")
         files = {name: (folder / name).read_bytes() for name in TOKENIZER_FILES if (folder / name).exists()}
         tokenizer_class = config.get("tokenizer_class") or TOKENIZER_CLASSES.get(model_type)
-        unk_token = config.get("unk_token", "<|endoftext|>" if tokenizer_class in QWEN2_CLASSES else None)  # its default
+        # where tokenizer_config.json names none, the class's default
+        unk_token = config.get("unk_token", "<|endoftext|>" if tokenizer_class in QWEN2_CLASSES else None)
         return cls(tokenizer, min(max_seq_length, max_tokens),
                    config_pad_token_id if pad_token_id is None else pad_token_id, do_lower_case, files, truncation_side,
                    _token_text(unk_token))
@@ -308,8 +309,8 @@ class Tokenizer:
         transformers' tokenizer gives with padding=True, truncation=True and return_tensors="pt" (without
         token_type_ids), the only settings taken."""
         if isinstance(texts, str):
-            raise TypeError("model.tokenizer(texts) takes a list of texts and gives padded tensors; for one text's ids, "
-                            "model.tokenizer.encode(text)")
+            raise TypeError("model.tokenizer(texts) takes a list of texts and gives padded tensors; for one text's "
+                            "ids, model.tokenizer.encode(text)")
         settings = {"padding": padding, "truncation": truncation, "return_tensors": return_tensors}
         if padding not in (True, "longest") or truncation not in (True, "longest_first") or return_tensors != "pt":
             raise ValueError(f"model.tokenizer pads to the longest text, truncates at max_seq_length and gives "
@@ -329,6 +330,9 @@ class Tokenizer:
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         ids = ids.tolist() if isinstance(ids, (torch.Tensor, np.ndarray)) else list(ids)
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(self, rows, skip_special_tokens: bool = False) -> list[str]:
+        return [self.decode(ids, skip_special_tokens) for ids in rows]
 
     def convert_ids_to_tokens(self, ids: int | list[int]) -> str | list[str]:
         if isinstance(ids, int):

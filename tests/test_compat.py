@@ -178,6 +178,14 @@ def test_similarity_follows_similarity_fn_name(minilm_folder, name):
     torch.testing.assert_close(ours.similarity_pairwise(a, b), reference.similarity_pairwise(a, b), atol=1e-5, rtol=0)
 
 
+def test_encode_puts_back_the_training_mode_where_sentence_transformers_leaves_it_off(minilm_folder):
+    # a difference kept on purpose (README): a training loop that calls encode() between steps keeps its dropout
+    ours, reference = SentenceTransformer(minilm_folder).train(), Reference(str(minilm_folder), device="cpu").train()
+    ours.encode(TEXTS[:2])
+    reference.encode(TEXTS[:2])
+    assert ours.training and ours.encoder.training and not reference.training
+
+
 def test_max_seq_length_and_tokenize(both):
     ours, reference = both
     assert ours.get_max_seq_length() == reference.get_max_seq_length() == 256
@@ -203,6 +211,8 @@ def test_a_model_called_on_features_gives_what_sentence_transformers_gives(minil
     with torch.no_grad():  # prompt_length counts where the pooling leaves the prompt out
         whole = ours({"input_ids": got["input_ids"], "attention_mask": got["attention_mask"]})["sentence_embedding"]
     assert torch.allclose(whole, got["sentence_embedding"], atol=1e-5, rtol=0) == include_prompt
+    with pytest.raises(KeyError, match=r"\['attention_mask'\] missing from \['input_ids'\]"):
+        ours({"input_ids": got["input_ids"]})
     for output in (got, expected):
         output["sentence_embedding"][:, :10].sum().backward()
     torch.testing.assert_close(ours.encoder.layers[0].query.weight.grad,
@@ -217,8 +227,9 @@ def test_the_tokenizer_answers_transformers_calls_as_transformers_does(request, 
     from transformers import AutoTokenizer
     folder = request.getfixturevalue(folder)
     ours, theirs = models.Transformer(folder).tokenizer, AutoTokenizer.from_pretrained(str(folder))
-    for text in ["Hello, World! Ça va? 🙂 unaffable", "  The cat's   sleeping isn't it .  ", "日本語 and CamelCase",
-                 "word " * 600]:  # the last one longer than max_seq_length: not truncated but by __call__
+    # the last text is longer than max_seq_length: only __call__ truncates it
+    for text in ["Hello, World! Ça va? 🙂 unaffable", "  The cat's   sleeping isn't it .  ",
+                 "日本語 and CamelCase", "word " * 600]:
         ids = theirs(text)["input_ids"]
         assert ours.tokenize(text) == theirs.tokenize(text)
         assert ours.encode(text) == theirs.encode(text) == ids
@@ -226,6 +237,8 @@ def test_the_tokenizer_answers_transformers_calls_as_transformers_does(request, 
         for skip in (False, True):
             assert ours.decode(ids, skip_special_tokens=skip) == theirs.decode(ids, skip_special_tokens=skip)
         assert ours.decode(torch.tensor(ids)) == theirs.decode(ids)
+        assert ours.batch_decode([ids, ids[:3]], skip_special_tokens=True) == theirs.batch_decode(
+            [ids, ids[:3]], skip_special_tokens=True)
         tokens = theirs.convert_ids_to_tokens(ids)
         assert ours.convert_ids_to_tokens(ids) == tokens and ours.convert_ids_to_tokens(ids[1]) == tokens[1]
         assert ours.convert_tokens_to_ids(tokens + ["never-a-token"]) == theirs.convert_tokens_to_ids(
@@ -484,6 +497,8 @@ def test_similarity_function_enum_as_sentence_transformers(minilm_folder, embedd
             evaluator = EmbeddingSimilarityEvaluator(["a"], ["b"], [1.0], main_similarity=given)
             assert evaluator.main_similarity == name and evaluator.similarity_fn_names == [name]
     assert SimilarityFunction.DOT is SimilarityFunction.DOT_PRODUCT
+    ours.similarity_fn_name = reference.similarity_fn_name = None  # the default again in either
+    assert ours.similarity_fn_name == reference.similarity_fn_name == "cosine"
     with pytest.raises(ValueError, match="similarity_fn_name 'maxsim' is not one of cosine, dot, euclidean, manhattan"):
         ours.similarity_fn_name = ReferenceFunction.MAXSIM
     with pytest.raises(ValueError, match="similarity function 'maxsim' is not one of"):

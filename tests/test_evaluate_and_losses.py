@@ -111,3 +111,16 @@ def test_softmax_loss_arguments_that_disagree_are_errors(both):
         losses.SoftmaxLoss(ours, concatenation=("u", "v"), concatenation_sent_multiplication=True)
     with pytest.raises(ValueError, match=r"concatenation \[\] is not made of"):
         losses.SoftmaxLoss(ours, concatenation_sent_rep=False, concatenation_sent_difference=False)
+
+
+def test_losses_called_with_what_they_cannot_take_say_what_they_need(both):
+    ours, _ = both
+    features = [ours.preprocess(["a", "b"]), ours.preprocess(["c", "d"])]
+    with pytest.raises(ValueError, match=r"SoftmaxLoss needs labels: loss\(\[features of each column\], labels\)"):
+        losses.SoftmaxLoss(ours)(features)
+    with pytest.raises(ValueError, match="TripletLoss takes 3 text columns, not 2"):
+        losses.TripletLoss(ours)(features, None)
+    with pytest.raises(ValueError, match="MultipleNegativesRankingLoss takes 2 text columns or more, not 1"):
+        losses.MultipleNegativesRankingLoss(ours)(features[:1], None)
+    with pytest.raises(TypeError, match="a list of the features of each text column"):
+        losses.CosineSimilarityLoss(ours)([["a", "b"], ["c", "d"]], torch.ones(2))
