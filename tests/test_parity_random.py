@@ -234,6 +234,26 @@ def test_attention_over_short_rows_through_two_products_equals_transformers(name
     assert not choices[-1]
 
 
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet", "tiny_distilbert", "tiny_albert"])
+def test_bf16_products_on_packed_weights_equal_those_on_plain_weights(name, request):
+    # bf16 inference copies on the CPU hand oneDNN weights laid out once in its own order (Layer.pack_weights)
+    from minisbert import encoder as encoder_module
+    if not encoder_module.onednn_packed_weights(torch.bfloat16):
+        pytest.skip("oneDNN takes no packed bf16 weights on this CPU")
+    model = SentenceTransformer(request.getfixturevalue(name))
+    packed, plain = model.encoder.in_dtype(torch.bfloat16), model.encoder.in_dtype(torch.bfloat16)
+    names = ("query", "key", "value", "attention_output", "intermediate", "output")
+    assert all(getattr(layer, name).packed_weight.is_mkldnn for layer in packed.layers for name in names)
+    for layer in plain.layers:
+        for name in names:
+            vars(getattr(layer, name)).pop("packed_weight", None)  # ALBERT's layers are one layer, met again
+    batch = model.tokenize(TEXTS)
+    with torch.inference_mode():
+        got, expected = (encoder(batch["input_ids"], batch["attention_mask"]).float() for encoder in (packed, plain))
+    real = batch["attention_mask"].bool()
+    assert torch.nn.functional.cosine_similarity(got[real], expected[real]).min() > 0.9999
+
+
 @pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet"])
 def test_bf16_attention_over_short_rows_through_two_products(name, request, monkeypatch):
     # bf16 takes the two products over short rows (Layer.attends_with_products); its scores are rounded to bf16
