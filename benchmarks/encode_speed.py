@@ -1,7 +1,7 @@
 """Encoding speed and cold start: minisbert against sentence-transformers, same model, threads and batch size.
 
     python benchmarks/encode_speed.py [--data ../shared/data] [--threads 2] [--batch-size 32] [--limit N] [--rounds 3]
-                                      [--chunk 1000] [--unfused] [--serial] [--fp16]
+                                      [--chunk 1000] [--unfused] [--serial] [--fp16] [--unpacked] [--paths NAME ...]
 
 Prints what the CPU has (the instructions that decide which compute type is fast). Embeds the distinct sentences of
 the STS benchmark (15,487), --rounds times, chunk by chunk (--chunk sentences): each chunk along every path in turn, in
@@ -16,7 +16,10 @@ does not take here (hardware.fused_fp32_products): "unfused", plain F.linear cal
 residual, where fp32 takes oneDNN's fused products, and "fused" where it does not. With --serial,
 also minisbert fp32 and int8 one batch at a time on all the threads (what two batches in flight gain, see
 hardware.in_flight). With --fp16, also both libraries in fp16, which both run on the CPU when asked (minisbert's
-dtype="auto" never picks it there). Then starts fresh processes that import, load the
+dtype="auto" never picks it there). With --unpacked, also minisbert bf16 with its products' weights left in
+their own layout, which oneDNN then reorders at every call (what Layer.pack_weights gains). --paths keeps only the
+paths named (and sentence-transformers fp32, the baseline): with seven paths or more in turn, two paths' difference
+can vanish that shows when they alternate alone. Then starts fresh processes that import, load the
 default model and embed one sentence, and prints their wall time and peak memory (median of --repeats).
 
 An AVX2-only CPU can be imitated on an AVX-512 one (PyTorch's kernels, oneDNN's and MKL's all capped at AVX2;
@@ -124,6 +127,12 @@ def main():
                         help="also time minisbert fp32 and int8 one batch at a time on all the threads, to measure "
                              "what two batches in flight gain (hardware.in_flight)")
     parser.add_argument("--fp16", action="store_true", help="also time both libraries in fp16")
+    parser.add_argument("--paths", nargs="+", metavar="NAME",
+                        help="time only these paths (as the table names them) and sentence-transformers fp32, the "
+                             "baseline: fewer paths in turn, closer to one model running alone")
+    parser.add_argument("--unpacked", action="store_true",
+                        help="also time minisbert bf16 with its products' weights not packed for oneDNN, to measure "
+                             "what packing them gains (encoder.Layer.pack_weights)")
     args = parser.parse_args()
     from sentence_transformers import SentenceTransformer as Reference
     from transformers.utils import logging as reference_logging
@@ -159,6 +168,12 @@ def main():
         reference_fp16 = Reference(str(folder), device="cpu").half()
         paths.update({"sentence-transformers fp16": theirs(reference_fp16),
                       "minisbert fp16": lambda s, b: ours.encode(s, batch_size=b, dtype="fp16")})
+    if args.unpacked:
+        unpacked = SentenceTransformer(folder)
+        for layer in unpacked._encoder_in(torch.bfloat16).layers:
+            for module in layer.modules():
+                vars(module).pop("packed_weight", None)
+        paths["minisbert bf16, unpacked"] = lambda s, b: unpacked.encode(s, batch_size=b, dtype="bf16")
     if args.serial:
         def serial(dtype):
             def encode(s, b):
@@ -169,6 +184,12 @@ def main():
                     hardware.IN_FLIGHT = True
             return encode
         paths.update({f"minisbert {dtype}, serial": serial(dtype) for dtype in ("fp32", "int8")})
+    if args.paths:
+        unknown = sorted(set(args.paths) - set(paths))
+        if unknown:
+            parser.error(f"--paths: no path named {unknown}; the paths with these flags: {list(paths)}")
+        paths = {name: encode for name, encode in paths.items()
+                 if name in args.paths or name == "sentence-transformers fp32"}
     for encode in paths.values():
         encode(sentences[:64], args.batch_size)  # warm-up: allocator, kernels, lazily made copies
     seconds = dict.fromkeys(paths, 0.0)
@@ -199,9 +220,9 @@ def main():
                  for name in ("minisbert fp32", f"minisbert fp32, {other_products}", "minisbert fp32, serial")
                  if name in outputs}
     agreement.update({
-                 **{f"minisbert {dtype}": f"min cosine to s-t {dtype} "
-                                          f"{cosine_to(f'minisbert {dtype}', f'sentence-transformers {dtype}'):.4f}"
-                    for dtype in ("bf16", "fp16") if f"minisbert {dtype}" in outputs},
+                 **{name: f"min cosine to s-t {dtype} {cosine_to(name, f'sentence-transformers {dtype}'):.4f}"
+                    for dtype in ("bf16", "fp16") for name in (f"minisbert {dtype}", f"minisbert {dtype}, unpacked")
+                    if name in outputs and f"sentence-transformers {dtype}" in outputs},
                  **{name: f"min cosine to s-t fp32 {cosine_to(name, 'sentence-transformers fp32'):.4f}"
                     for name in ("sentence-transformers int8", "minisbert int8", "minisbert int8, serial")
                     if name in outputs}})
@@ -213,13 +234,16 @@ def main():
         score = f"{spearman[name]:.2f}" if name in spearman else "-"
         print(f"{name:<30}{rate:>8.0f}{rate / baseline:>11.2f}x{score:>10}   {agreement.get(name, '')}")
     picked = auto_dtype("cpu")
-    print(f"\ndtype='auto' picks {picked} here: {rates[f'minisbert {picked}'] / baseline:.2f}x sentence-transformers fp32, "
-          f"Spearman {spearman[f'minisbert {picked}'] - spearman['minisbert fp32']:+.2f} against fp32")
+    if f"minisbert {picked}" in rates:
+        gain = spearman[f"minisbert {picked}"] - spearman["minisbert fp32"]
+        print(f"\ndtype='auto' picks {picked} here: {rates[f'minisbert {picked}'] / baseline:.2f}x "
+              f"sentence-transformers fp32, Spearman {gain:+.2f} against fp32")
     accurate = [name for name in rates if name.startswith("minisbert") and name in spearman
                 and spearman[name] >= spearman["minisbert fp32"] - 0.3]
-    fastest = max(accurate, key=rates.get)
-    print(f"fastest minisbert path within 0.3 Spearman points of fp32: {fastest.split()[-1]}, "
-          f"{rates[fastest] / baseline:.2f}x sentence-transformers fp32")
+    if accurate:
+        fastest = max(accurate, key=rates.get)
+        print(f"fastest minisbert path within 0.3 Spearman points of fp32: {fastest.split()[-1]}, "
+              f"{rates[fastest] / baseline:.2f}x sentence-transformers fp32")
     print(f"\ncold start (fresh process: import, load, embed one sentence), median of {args.repeats}")
     results = {name: cold_start(name, folder, args.repeats) for name in COLD_START}
     for name, (seconds, megabytes) in results.items():
