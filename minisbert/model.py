@@ -183,28 +183,22 @@ class SentenceTransformer(nn.Module):
     # A model whose parameters are given a floating type (half(), float(), double(), bfloat16(), to(dtype)) computes
     # in it from then on, as sentence-transformers' does: the type it was loaded in (dtype_name) no longer counts.
     def to(self, *args, **kwargs):
-        self._computes_in_parameters_type(torch._C._nn._parse_to(*args, **kwargs)[1])
+        dtype = torch._C._nn._parse_to(*args, **kwargs)[1]
+        if dtype is not None and dtype.is_floating_point:
+            self.dtype_name = "fp32"  # encode()'s default: the encoder as it is, in its parameters' type
         return super().to(*args, **kwargs)
 
     def half(self):
-        self._computes_in_parameters_type(torch.float16)
-        return super().half()
+        return self.to(torch.float16)
 
     def bfloat16(self):
-        self._computes_in_parameters_type(torch.bfloat16)
-        return super().bfloat16()
+        return self.to(torch.bfloat16)
 
     def float(self):
-        self._computes_in_parameters_type(torch.float32)
-        return super().float()
+        return self.to(torch.float32)
 
     def double(self):
-        self._computes_in_parameters_type(torch.float64)
-        return super().double()
-
-    def _computes_in_parameters_type(self, dtype: torch.dtype | None) -> None:
-        if dtype is not None and dtype.is_floating_point:
-            self.dtype_name = "fp32"  # encode()'s default: the encoder as it is, in its parameters' type
+        return self.to(torch.float64)
 
     def get_backend(self) -> str:
         return "torch"  # sentence-transformers' onnx and openvino backends are not here
