@@ -32,24 +32,25 @@ def tokenize_batch(model, columns: list[list[str]], labels=None) -> dict:
     return batch
 
 
-def embed_columns(model, batch, labels=None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+def embed_columns(model, batch, labels, loss: str, columns: int, needs_labels: bool = False,
+                  more: bool = False) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """u, v[, w] (each (B, dim)) and the labels: from a batch of tokenize_batch's, in one forward pass of the shared
-    model over every column; or from sentence-transformers' call, the features of each column and the labels."""
-    if isinstance(batch, dict):
-        embeddings = model(batch["input_ids"], batch["attention_mask"], lengths=batch.get("lengths"))
-        return list(embeddings.chunk(batch["columns"])), batch.get("labels")
-    if not all(isinstance(features, dict) for features in batch):
+    model over every column; or from sentence-transformers' call, the features of each column and the labels. Inputs
+    the `loss` cannot take (other than `columns` text columns, or fewer with `more`; no labels where it needs them)
+    are errors that say so, before any work."""
+    given = batch["columns"] if isinstance(batch, dict) else len(batch)
+    labels = batch.get("labels") if isinstance(batch, dict) else labels
+    if not isinstance(batch, dict) and not all(isinstance(features, dict) for features in batch):
         raise TypeError("a loss takes a batch of tokenize_batch's, or a list of the features of each text column "
                         "(dicts from model.tokenize) and the labels")
-    return [model(features)["sentence_embedding"] for features in batch], labels
-
-
-def checked_columns(columns: list, labels, loss: str, count: int, needs_labels: bool) -> None:
-    """What a loss needs of its inputs, as errors that say which loss and what it got."""
-    if len(columns) != count:
-        raise ValueError(f"{loss} takes {count} text columns, not {len(columns)}")
+    if given < columns or (given > columns and not more):
+        raise ValueError(f"{loss} takes {columns} text columns{' or more' if more else ''}, not {given}")
     if needs_labels and labels is None:
         raise ValueError(f"{loss} needs labels: loss([features of each column], labels)")
+    if isinstance(batch, dict):
+        embeddings = model(batch["input_ids"], batch["attention_mask"], lengths=batch.get("lengths"))
+        return list(embeddings.chunk(batch["columns"])), labels
+    return [model(features)["sentence_embedding"] for features in batch], labels
 
 
 class SoftmaxLoss(nn.Module):
@@ -80,9 +81,7 @@ class SoftmaxLoss(nn.Module):
         self.classifier = nn.Linear(len(concatenation) * dimension, num_labels, device=model.device)
 
     def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
-        columns, labels = embed_columns(self.model, batch, labels)
-        checked_columns(columns, labels, "SoftmaxLoss", 2, needs_labels=True)
-        u, v = columns
+        (u, v), labels = embed_columns(self.model, batch, labels, "SoftmaxLoss", 2, needs_labels=True)
         parts = {"u": u, "v": v, "|u-v|": (u - v).abs(), "u*v": u * v}
         features = torch.cat([parts[name] for name in self.concatenation], dim=1)  # (B, n * dim)
         return F.cross_entropy(self.classifier(features), labels.view(-1).long())
@@ -99,9 +98,7 @@ class CosineSimilarityLoss(nn.Module):
         self.cos_score_transformation = nn.Identity() if cos_score_transformation is None else cos_score_transformation
 
     def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
-        columns, labels = embed_columns(self.model, batch, labels)
-        checked_columns(columns, labels, "CosineSimilarityLoss", 2, needs_labels=True)
-        u, v = columns
+        (u, v), labels = embed_columns(self.model, batch, labels, "CosineSimilarityLoss", 2, needs_labels=True)
         return self.loss_fct(self.cos_score_transformation(F.cosine_similarity(u, v)), labels.float().view(-1))
 
 
@@ -124,9 +121,7 @@ class TripletLoss(nn.Module):
         self.triplet_margin = triplet_margin
 
     def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
-        columns, _ = embed_columns(self.model, batch, labels)
-        checked_columns(columns, labels, "TripletLoss", 3, needs_labels=False)
-        anchor, positive, negative = columns
+        (anchor, positive, negative), _ = embed_columns(self.model, batch, labels, "TripletLoss", 3)
         distance = self.distance_metric(anchor, positive) - self.distance_metric(anchor, negative)
         return F.relu(distance + self.triplet_margin).mean()
 
@@ -142,10 +137,8 @@ class MultipleNegativesRankingLoss(nn.Module):
         self.similarity_fct = similarity_fct
 
     def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
-        columns, _ = embed_columns(self.model, batch, labels)
-        if len(columns) < 2:
-            raise ValueError(f"MultipleNegativesRankingLoss takes 2 text columns or more, not {len(columns)}")
-        anchors, *candidates = columns
+        (anchors, *candidates), _ = embed_columns(self.model, batch, labels, "MultipleNegativesRankingLoss", 2,
+                                                  more=True)
         # under DDP the candidates are those of the global batch, so that two processes train as one
         gathered = [gather_across_processes(column) for column in candidates]
         offset = gathered[0][1]

@@ -239,13 +239,13 @@ class Tokenizer:
         folder = Path(folder)
         config = _read_json(folder / "tokenizer_config.json")
         config.update({k: v for k, v in _read_json(folder / "special_tokens_map.json").items() if k not in config})
+        tokenizer_class = config.get("tokenizer_class") or TOKENIZER_CLASSES.get(model_type)
         if (folder / "tokenizer.json").exists():
             try:
                 tokenizer = FastTokenizer.from_file(str(folder / "tokenizer.json"))
             except Exception as error:
                 raise ValueError(f"{folder / 'tokenizer.json'}: cannot read the tokenizer ({error})") from None
-            _as_transformers_builds_it(tokenizer, config, config.get("tokenizer_class")
-                                       or TOKENIZER_CLASSES.get(model_type))
+            _as_transformers_builds_it(tokenizer, config, tokenizer_class)
         elif (folder / "vocab.txt").exists():
             tokenizer = _wordpiece_from_vocab(folder, config)
         elif (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
@@ -271,7 +271,6 @@ class Tokenizer:
             raise ValueError(f"{folder / 'tokenizer_config.json'}: truncation_side must be 'left' or 'right', "
                              f"not {truncation_side!r}")
         files = {name: (folder / name).read_bytes() for name in TOKENIZER_FILES if (folder / name).exists()}
-        tokenizer_class = config.get("tokenizer_class") or TOKENIZER_CLASSES.get(model_type)
         # where tokenizer_config.json names none, the class's default
         unk_token = config.get("unk_token", "<|endoftext|>" if tokenizer_class in QWEN2_CLASSES else None)
         return cls(tokenizer, min(max_seq_length, max_tokens),
