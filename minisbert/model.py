@@ -21,8 +21,8 @@ from . import checkpoint, similarity
 from .encoder import Encoder
 from .hardware import auto_dtype, in_flight
 from .int8 import int8_encoder
-from .models import Transformer
-from .pooling import Dense, Normalize, Pooling
+from .models import Transformer, check_token_features
+from .pooling import Dense, Normalize, Pooling, prompt_length_of
 from .quantization import ALLOWED_PRECISIONS, quantize_embeddings
 from .tokenize import Tokenizer
 
@@ -255,19 +255,27 @@ class SentenceTransformer(nn.Module):
     def preprocess(self, inputs: list[str], prompt: str | None = None) -> dict:
         """sentence-transformers 6's tokenize(): with a `prompt`, in front of each text, and its token count as
         `prompt_length` (what pooling with include_prompt=False leaves out); an empty dict for no texts."""
-        if not inputs:
-            return {}
-        batch = self.tokenize([prompt + text for text in inputs] if prompt else inputs)
-        if prompt:
-            batch["prompt_length"] = self.tokenizer.prompt_length(prompt)
-        return batch
+        return self._first_module().preprocess(inputs, prompt)
 
     def __getitem__(self, index: int) -> nn.Module:
         """The modules as sentence-transformers lists them, model[0] to model[-1]: a models.Transformer over this
-        model's own encoder and tokenizer (made on each access; its max_seq_length may be set), the Pooling, then
-        the Dense and Normalize modules."""
-        transformer = Transformer.over(self.encoder, self.tokenizer, self.config, self.dtype_name)
-        return [transformer, self.pooling, *self.after][index]
+        model's own encoder and tokenizer (its max_seq_length may be set), the Pooling, then the Dense and
+        Normalize modules. Each may be called on a features dict, as there."""
+        return [self._first_module(), self.pooling, *self.after][index]
+
+    def _first_module(self) -> Transformer:
+        """model[0], sentence-transformers' name: the same object on each access while the encoder, tokenizer and
+        compute type stay; kept outside nn.Module's registry, so that the encoder's parameters are listed once."""
+        view = self.__dict__.get("_transformer")
+        if (view is None or view.encoder is not self.encoder or view.tokenizer is not self.tokenizer
+                or view.dtype_name != self.dtype_name):
+            view = Transformer.over(self.encoder, self.tokenizer, self.config, self.dtype_name)
+            self.__dict__["_transformer"] = view
+        return view
+
+    def _last_module(self) -> nn.Module:
+        """model[-1], sentence-transformers' name."""
+        return self[-1]
 
     def __len__(self) -> int:
         return 2 + len(self.after)
@@ -299,21 +307,17 @@ class SentenceTransformer(nn.Module):
         """Token ids (B, S) -> sentence embeddings (B, dim), with autograd; `encoder` may be a low-precision copy,
         `lengths` each row's token count on the CPU (see Encoder.forward).
 
-        Or sentence-transformers' call, model(features): a dict holding input_ids and attention_mask (model.tokenize's,
-        and prompt_length for a model that leaves the prompt out of its pooling) gives a new dict, the features with
-        "token_embeddings" (B, S, D; zeros at padding) and "sentence_embedding" (B, dim) added."""
+        Or sentence-transformers' call, model(features): a dict holding input_ids and attention_mask
+        (model.preprocess's, with prompt_length for a model that leaves the prompt out of its pooling) gets
+        "token_embeddings" (B, S, D; zeros at padding) and "sentence_embedding" (B, dim) added, in place, and is
+        returned, as there."""
         if isinstance(input_ids, dict):
             features = input_ids
-            missing = [key for key in ("input_ids", "attention_mask") if key not in features]
-            if missing:
-                raise KeyError(f"model(features): features must hold input_ids and attention_mask, as model.tokenize "
-                               f"gives them; {missing} missing from {sorted(features)}")
-            prompt_length = features.get("prompt_length")
-            if isinstance(prompt_length, torch.Tensor):  # sentence-transformers' training batches carry it so
-                prompt_length = int(prompt_length.flatten()[0])
+            check_token_features(features, "model")
             tokens, embeddings = self.embed(features["input_ids"], features["attention_mask"], encoder,
-                                            prompt_length=prompt_length)
-            return {**features, "token_embeddings": tokens, "sentence_embedding": embeddings}
+                                            prompt_length=prompt_length_of(features))
+            features.update(token_embeddings=tokens, sentence_embedding=embeddings)
+            return features
         return self.embed(input_ids, attention_mask, encoder, lengths)[1]
 
     def embed(self, input_ids, attention_mask, encoder: nn.Module | None = None, lengths=None,

@@ -12,6 +12,7 @@ Dense and Normalize are minisbert's own (pooling.py).
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from . import checkpoint
@@ -20,6 +21,14 @@ from .pooling import Dense, Normalize, Pooling
 from .tokenize import Tokenizer
 
 __all__ = ["Dense", "Normalize", "Pooling", "Transformer"]
+
+
+def check_token_features(features: dict, caller: str) -> None:
+    """A KeyError naming what is missing where a features dict lacks the tokens a forward pass needs."""
+    missing = [key for key in ("input_ids", "attention_mask") if key not in features]
+    if missing:
+        raise KeyError(f"{caller}(features): features must hold input_ids and attention_mask, as preprocess gives "
+                       f"them; {missing} missing from {sorted(features)}")
 
 
 class Transformer(nn.Module):
@@ -68,6 +77,13 @@ class Transformer(nn.Module):
         transformer.dtype_name = dtype_name
         return transformer
 
+    def __getattr__(self, name: str):
+        if name == "auto_model":  # a common call on sentence-transformers' Transformer, whose answer differs here
+            raise AttributeError("minisbert's Transformer holds no transformers model (auto_model): its encoder is "
+                                 "`encoder`, minisbert's own (minisbert.encoder.Encoder), which takes input_ids and "
+                                 "attention_mask and gives the token embeddings (B, S, D)")
+        return super().__getattr__(name)
+
     @property
     def max_seq_length(self) -> int:
         return self.tokenizer.max_seq_length
@@ -80,5 +96,28 @@ class Transformer(nn.Module):
 
     def get_embedding_dimension(self) -> int:
         return self.encoder.config.hidden_size
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """`input_ids` and `attention_mask` (B, S) of `texts`, padded to the longest."""
+        return self.tokenizer(list(texts))
+
+    def preprocess(self, inputs: list[str], prompt: str | None = None) -> dict:
+        """sentence-transformers 6's preprocess: tokenize's dict of `inputs`, each with `prompt` in front, and then the
+        prompt's token count as `prompt_length` (what pooling with include_prompt=False leaves out); an empty dict
+        for no inputs."""
+        if not inputs:
+            return {}
+        features = self.tokenize([prompt + text for text in inputs] if prompt else inputs)
+        if prompt:
+            features["prompt_length"] = self.tokenizer.prompt_length(prompt)
+        return features
+
+    def forward(self, features: dict) -> dict:
+        """sentence-transformers' call, transformer(features): the features dict (preprocess's) with
+        `token_embeddings` (B, S, D) added in place, as there: computed in the type of the encoder's parameters,
+        with autograd, zeros at padding (transformers leaves numbers there, which pooling never reads)."""
+        check_token_features(features, "Transformer")
+        features["token_embeddings"] = self.encoder(features["input_ids"], features["attention_mask"])
+        return features
 
     get_word_embedding_dimension = get_embedding_dimension  # its name before sentence-transformers 6

@@ -17,6 +17,25 @@ LEGACY_KEYS = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens"
                "weightedmean": "pooling_mode_weightedmean_tokens", "lasttoken": "pooling_mode_lasttoken"}
 
 
+def prompt_length_of(features: dict) -> int | None:
+    """The token count of the prompt in front of each text that a features dict carries (preprocess's
+    `prompt_length`: an int, or a tensor of equal values in sentence-transformers' training batches), or None."""
+    prompt_length = features.get("prompt_length")
+    if isinstance(prompt_length, torch.Tensor):
+        prompt_length = int(prompt_length.flatten()[0])
+    return prompt_length
+
+
+def on_sentence_embedding(module: nn.Module, features: dict) -> dict:
+    """sentence-transformers' call of a Dense or Normalize module, module(features): the features dict, its
+    sentence embedding replaced by the module's output (in place, as there)."""
+    if "sentence_embedding" not in features:
+        raise KeyError(f"{type(module).__name__}(features): features must hold a sentence_embedding (the pooling's "
+                       f"output); it holds {sorted(features)}")
+    features["sentence_embedding"] = module(features["sentence_embedding"])
+    return features
+
+
 class Pooling(nn.Module):
     """Token embeddings to one vector per text, by each of the modes in `pooling_mode` in turn, concatenated in the
     order given (as sentence-transformers does). With include_prompt False, the tokens of a prompt put in front of
@@ -61,10 +80,22 @@ class Pooling(nn.Module):
 
     get_sentence_embedding_dimension = get_embedding_dimension  # its name before sentence-transformers 6
 
-    def forward(self, token_embeddings: torch.Tensor, attention_mask: torch.Tensor,
-                prompt_length: int | None = None) -> torch.Tensor:
+    def forward(self, token_embeddings: torch.Tensor | dict, attention_mask: torch.Tensor | None = None,
+                prompt_length: int | None = None) -> torch.Tensor | dict:
         # (B, S, D), (B, S) -> (B, D * len(modes)); padding never contributes; `prompt_length` is the number of
-        # tokens in front of each text that are the prompt's (padding is on the right)
+        # tokens in front of each text that are the prompt's (padding is on the right).
+        # Or sentence-transformers' call, pooling(features): the dict, with sentence_embedding added (in place).
+        if isinstance(token_embeddings, dict):
+            features = token_embeddings
+            if "token_embeddings" not in features:
+                raise KeyError("Pooling(features): features must hold token_embeddings (model[0]'s output); it holds "
+                               f"{sorted(features)}")
+            tokens = features["token_embeddings"]
+            mask = features.get("attention_mask")
+            if mask is None or mask.shape[-1] != tokens.shape[1]:  # no mask that fits: every token counts, as there
+                mask = torch.ones(tokens.shape[:-1], dtype=torch.int64, device=tokens.device)
+            features["sentence_embedding"] = self(tokens, mask, prompt_length_of(features))
+            return features
         if prompt_length and not self.include_prompt:
             attention_mask = attention_mask.clone()
             attention_mask[:, :prompt_length] = 0
@@ -177,7 +208,9 @@ class Dense(nn.Module):
 
     get_sentence_embedding_dimension = get_embedding_dimension  # its name before sentence-transformers 6
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor | dict) -> torch.Tensor | dict:
+        if isinstance(x, dict):  # sentence-transformers' call, module(features)
+            return on_sentence_embedding(self, x)
         return self.activation(self.linear(x))
 
     def config(self) -> dict:
@@ -202,7 +235,9 @@ class Normalize(nn.Module):
         check_sentence_embedding_module({"module_input_name": module_input_name,
                                          "module_output_name": module_output_name}, "Normalize")
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor | dict) -> torch.Tensor | dict:
+        if isinstance(x, dict):  # sentence-transformers' call, module(features)
+            return on_sentence_embedding(self, x)
         return F.normalize(x, p=2, dim=-1)
 
     def config(self) -> dict:

@@ -689,6 +689,36 @@ def test_a_model_built_from_modules_equals_sentence_transformers(name, request, 
                                      {"pooling_mode_mean_tokens": False}, {"pooling_mode": "max"}])
 def test_pooling_takes_the_arguments_before_sentence_transformers_6_as_it_does(options, minilm_folder):
     # sentence-transformers 6 turns the boolean keys into modes (a key left out is False) with a FutureWarning
+def test_each_module_called_on_features_as_in_sentence_transformers(minilm_folder):
+    # for module in model: features = module(features), and model[0](features) for the token embeddings: each module
+    # adds or replaces its output in the dict it was given, as there
+    theirs = modules_of(reference_models, minilm_folder, pooling_mode=("cls", "mean"), include_prompt=False)
+    ours = SentenceTransformer(modules=modules_of(models, minilm_folder, theirs[2], pooling_mode=("cls", "mean"),
+                                                  include_prompt=False))
+    reference = Reference(modules=theirs, device="cpu")
+    assert ours[0] is ours[0] is ours._first_module() and ours._last_module() is ours[-1] is ours.after[-1]
+    assert [type(module).__name__ for module in ours] == [type(module).__name__ for module in reference]
+    texts = [text for text in TEXTS if 0 < len(text) < 60]  # none truncated
+    mine, expected = ours.preprocess(texts, prompt="query: "), reference.preprocess(texts, prompt="query: ")
+    assert mine["prompt_length"] == expected["prompt_length"]
+    real = mine["attention_mask"].bool()
+    for index, (our_module, their_module) in enumerate(zip(ours, reference)):
+        assert our_module(mine) is mine and their_module(expected) is expected
+        key = "token_embeddings" if index == 0 else "sentence_embedding"
+        got, want = (mine[key][real], expected[key][real]) if index == 0 else (mine[key], expected[key])
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    whole = ours({key: mine[key] for key in ("input_ids", "attention_mask", "prompt_length")})
+    torch.testing.assert_close(whole["sentence_embedding"], mine["sentence_embedding"], atol=1e-6, rtol=0)
+    features = ours.preprocess(texts)
+    assert ours(features) is features and "sentence_embedding" in features  # in place, as there
+    for module, needs in [(ours[0], "input_ids and attention_mask"), (ours[1], "token_embeddings"),
+                          (ours[2], "a sentence_embedding"), (ours[3], "a sentence_embedding")]:
+        with pytest.raises(KeyError, match=f"{type(module).__name__}\\(features\\): features must hold {needs}"):
+            module({"attention_mask": features["attention_mask"]})
+    with pytest.raises(AttributeError, match="holds no transformers model"):  # not our encoder: it answers otherwise
+        ours[0].auto_model
+
+
     legacy = any(key.startswith("pooling_mode_") for key in options)
     with pytest.warns(FutureWarning) if legacy else contextlib.nullcontext():
         theirs = modules_of(reference_models, minilm_folder, **options)
