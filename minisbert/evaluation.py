@@ -23,7 +23,12 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from .search import paraphrase_mining
-from .similarity import SIMILARITY_FUNCTIONS, cos_sim, similarity_name
+from .similarity import SIMILARITY_FUNCTIONS, SimilarityFunction, cos_sim, similarity_name
+
+# SimilarityFunction is imported from here too in code written for sentence-transformers, whose module exports it
+__all__ = ["BinaryClassificationEvaluator", "EmbeddingSimilarityEvaluator", "InformationRetrievalEvaluator",
+           "MSEEvaluator", "ParaphraseMiningEvaluator", "RerankingEvaluator", "SequentialEvaluator",
+           "SimilarityFunction", "TranslationEvaluator", "TripletEvaluator"]
 
 
 class EmbeddingSimilarityEvaluator:

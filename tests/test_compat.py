@@ -479,8 +479,13 @@ def test_truncate_embeddings_as_sentence_transformers(embeddings, truncate_dim):
 def test_similarity_function_enum_as_sentence_transformers(minilm_folder, embeddings):
     from sentence_transformers import SimilarityFunction as ReferenceFunction
 
-    from minisbert import SimilarityFunction
+    from sentence_transformers.sentence_transformer import evaluation as reference_evaluation
+
+    from minisbert import SimilarityFunction, evaluation
     from minisbert.evaluation import EmbeddingSimilarityEvaluator
+    # imported from the evaluators' module too, as code written for sentence-transformers often does
+    assert evaluation.SimilarityFunction is SimilarityFunction
+    assert reference_evaluation.SimilarityFunction is ReferenceFunction
     ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
     supported = ["cosine", "dot", "euclidean", "manhattan"]
     assert SimilarityFunction.possible_values() == supported == ReferenceFunction.possible_values()[:4]
@@ -684,11 +689,6 @@ def test_a_model_built_from_modules_equals_sentence_transformers(name, request, 
                                atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("options", [{"pooling_mode_cls_token": True},
-                                     {"pooling_mode_max_tokens": True, "pooling_mode_mean_tokens": True},
-                                     {"pooling_mode_mean_tokens": False}, {"pooling_mode": "max"}])
-def test_pooling_takes_the_arguments_before_sentence_transformers_6_as_it_does(options, minilm_folder):
-    # sentence-transformers 6 turns the boolean keys into modes (a key left out is False) with a FutureWarning
 def test_each_module_called_on_features_as_in_sentence_transformers(minilm_folder):
     # for module in model: features = module(features), and model[0](features) for the token embeddings: each module
     # adds or replaces its output in the dict it was given, as there
@@ -719,6 +719,11 @@ def test_each_module_called_on_features_as_in_sentence_transformers(minilm_folde
         ours[0].auto_model
 
 
+@pytest.mark.parametrize("options", [{"pooling_mode_cls_token": True},
+                                     {"pooling_mode_max_tokens": True, "pooling_mode_mean_tokens": True},
+                                     {"pooling_mode_mean_tokens": False}, {"pooling_mode": "max"}])
+def test_pooling_takes_the_arguments_before_sentence_transformers_6_as_it_does(options, minilm_folder):
+    # sentence-transformers 6 turns the boolean keys into modes (a key left out is False) with a FutureWarning
     legacy = any(key.startswith("pooling_mode_") for key in options)
     with pytest.warns(FutureWarning) if legacy else contextlib.nullcontext():
         theirs = modules_of(reference_models, minilm_folder, **options)
