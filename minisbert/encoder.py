@@ -344,7 +344,7 @@ class Layer(nn.Module):
             q, k, v = q.view(N, H, d), k.view(N, -1, d), v.view(N, -1, d)
             cu_seqlens, longest = packing.cu_seqlens, packing.longest
             return varlen_attention()(q, k, v, cu_seqlens, cu_seqlens, longest, longest,
-                                      **self.packed_attention_options()).reshape(N, D)
+                                      **self.packed_attention_options).reshape(N, D)
 
         L = mask.shape[-1]  # the rows' length in attention: S, or more (attention_length)
 
@@ -379,17 +379,18 @@ class Layer(nn.Module):
         """Whether attention can run as flash attention over the packed tokens: on a GPU, in fp16/bf16, with the
         rows' lengths known (Packing.cu_seqlens), no attention dropout, no added bias (MPNet's, T5's), and what the
         layer attends to within a row (packed_attention_options) said in words this PyTorch's varlen_attn takes."""
-        options = self.packed_attention_options()
+        options = self.packed_attention_options
         return (packing.cu_seqlens is not None and mask.dtype == torch.bool
                 and (mask.shape[-2] == 1 or "window_size" in options)
                 and dtype in (torch.float16, torch.bfloat16) and dropout == 0.0 and self.head_dim % 8 == 0
                 and self.head_dim <= 256 and varlen_attention() is not None and set(options) <= varlen_options())
 
+    @functools.cached_property
     def packed_attention_options(self) -> dict:
-        """varlen_attn's arguments for this layer beyond full attention: the keys a query sees, from
-        window_size[0] before it to window_size[1] after (Qwen3's causal attention: all before, none after;
-        ModernBERT's sliding layers: `window` either side, as sliding_window_mask), and enable_gqa where key and value
-        heads are fewer than query heads (Qwen3)."""
+        """varlen_attn's arguments for this layer beyond full attention, worked out once (they follow from its
+        config): the keys a query sees, from window_size[0] before it to window_size[1] after (Qwen3's causal
+        attention: all before, none after; ModernBERT's sliding layers: `window` either side, as
+        sliding_window_mask), and enable_gqa where key and value heads are fewer than query heads (Qwen3)."""
         options = {}
         if self.causal:
             options["window_size"] = (-1, 0)
