@@ -250,7 +250,7 @@ class SentenceTransformer(nn.Module):
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """`input_ids` and `attention_mask` (B, S) of `texts`, padded to the longest, as the model sees them."""
-        return self.tokenizer(list(texts))
+        return self._first_module().tokenize(texts)
 
     def preprocess(self, inputs: list[str], prompt: str | None = None) -> dict:
         """sentence-transformers 6's tokenize(): with a `prompt`, in front of each text, and its token count as
