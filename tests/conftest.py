@@ -345,6 +345,17 @@ class _QuietFolderHandler(SimpleHTTPRequestHandler):
         pass
 
 
+def copy_changing(source: Path, tmp_path: Path, file_name: str = "config.json", **changes) -> Path:
+    """A copy of the model folder `source` at tmp_path / "model" whose JSON file `file_name` has `changes` (none: the
+    folder as it is)."""
+    folder = tmp_path / "model"
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("__pycache__", ".cache"))
+    if changes:
+        config = json.loads((folder / file_name).read_text())
+        (folder / file_name).write_text(json.dumps({**config, **changes}))
+    return folder
+
+
 @contextlib.contextmanager
 def snli_mirror(folder: Path, jsonl: str):
     """A mirror of the SNLI archive on 127.0.0.1: snli_1.0.zip holding snli_1.0/snli_1.0_train.jsonl = `jsonl`.

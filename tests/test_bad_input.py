@@ -1,13 +1,13 @@
 """Bad input gets an error that says what was wrong and where."""
 
 import json
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import copy_changing
 from safetensors.torch import load_file, save_file
 
 from minisbert import SentenceTransformer, cos_sim
@@ -16,19 +16,6 @@ from minisbert import SentenceTransformer, cos_sim
 @pytest.fixture(scope="module")
 def model(minilm_folder):
     return SentenceTransformer(minilm_folder)
-
-
-def copy_model(source, tmp_path):
-    target = tmp_path / "model"
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", ".cache"))
-    return target
-
-
-def copy_with_config(source, tmp_path, **changes):
-    folder = copy_model(source, tmp_path)
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, **changes}))
-    return folder
 
 
 def test_empty_list_gives_empty_array(model):
@@ -56,14 +43,14 @@ def test_missing_model_says_what_was_looked_for(tmp_path):
 
 
 def test_missing_weights_file_is_named(minilm_folder, tmp_path):
-    folder = copy_model(minilm_folder, tmp_path)
+    folder = copy_changing(minilm_folder, tmp_path)
     (folder / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"no weights; looked for model\.safetensors"):
         SentenceTransformer(folder)
 
 
 def test_truncated_safetensors_names_the_file(minilm_folder, tmp_path):
-    folder = copy_model(minilm_folder, tmp_path)
+    folder = copy_changing(minilm_folder, tmp_path)
     data = (folder / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=r"model\.safetensors: cannot read .*truncated or corrupted"):
@@ -71,20 +58,20 @@ def test_truncated_safetensors_names_the_file(minilm_folder, tmp_path):
 
 
 def test_corrupted_safetensors_header_names_the_file(minilm_folder, tmp_path):
-    folder = copy_model(minilm_folder, tmp_path)
+    folder = copy_changing(minilm_folder, tmp_path)
     (folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}" + b"\0" * 64)
     with pytest.raises(ValueError, match=r"model\.safetensors: cannot read"):
         SentenceTransformer(folder)
 
 
 def test_config_that_does_not_match_the_weights_names_the_tensor(minilm_folder, tmp_path):
-    folder = copy_with_config(minilm_folder, tmp_path, intermediate_size=1024)
+    folder = copy_changing(minilm_folder, tmp_path, intermediate_size=1024)
     with pytest.raises(ValueError, match=r"encoder\.layer\.0\.intermediate\.dense\.weight has shape \(1536, 384\)"):
         SentenceTransformer(folder)
 
 
 def test_fewer_layers_in_config_than_in_weights_is_an_error(minilm_folder, tmp_path):
-    folder = copy_with_config(minilm_folder, tmp_path, num_hidden_layers=7)
+    folder = copy_changing(minilm_folder, tmp_path, num_hidden_layers=7)
     with pytest.raises(ValueError, match=r"missing tensors: encoder\.layer\.6\."):
         SentenceTransformer(folder)
 
@@ -92,13 +79,13 @@ def test_fewer_layers_in_config_than_in_weights_is_an_error(minilm_folder, tmp_p
 @pytest.mark.parametrize("key,value,message", [("model_type", "gpt2", "model_type 'gpt2' is not supported"),
                                                ("hidden_act", "swish", "hidden_act 'swish' is not supported")])
 def test_unsupported_config_is_a_clear_error(minilm_folder, tmp_path, key, value, message):
-    folder = copy_with_config(minilm_folder, tmp_path, **{key: value})
+    folder = copy_changing(minilm_folder, tmp_path, **{key: value})
     with pytest.raises(ValueError, match=f"config.json: {message}"):
         SentenceTransformer(folder)
 
 
 def test_broken_json_names_the_file(minilm_folder, tmp_path):
-    folder = copy_model(minilm_folder, tmp_path)
+    folder = copy_changing(minilm_folder, tmp_path)
     (folder / "1_Pooling" / "config.json").write_text("{")
     with pytest.raises(ValueError, match=r"1_Pooling/config\.json: not valid JSON"):
         SentenceTransformer(folder)
@@ -131,7 +118,7 @@ def test_cos_sim_dimension_mismatch_names_both_shapes():
     ({"pad_token_id": 40000}, "pad_token_id 40000 is outside the vocabulary"),
 ])
 def test_bad_config_values_are_named(minilm_folder, tmp_path, changes, message):
-    folder = copy_with_config(minilm_folder, tmp_path, **changes)
+    folder = copy_changing(minilm_folder, tmp_path, **changes)
     with pytest.raises(ValueError, match=f"config.json: {message}"):
         SentenceTransformer(folder)
 
@@ -162,7 +149,7 @@ def edit_json(path, edit):
      r"config_sentence_transformers\.json: truncate_dim must be a positive integer, not 0"),
 ])
 def test_bad_module_metadata_is_named_at_load(minilm_folder, tmp_path, file, edit, message):
-    folder = copy_model(minilm_folder, tmp_path)
+    folder = copy_changing(minilm_folder, tmp_path)
     edit_json(folder / file, edit)
     with pytest.raises(ValueError, match=message):
         SentenceTransformer(folder)
@@ -194,7 +181,7 @@ def test_a_module_acting_on_other_features_is_named_at_load(tiny_bert, tmp_path,
 
 
 def test_nan_weights_are_refused_at_load_naming_the_tensor(minilm_folder, tmp_path):
-    folder = copy_model(minilm_folder, tmp_path)
+    folder = copy_changing(minilm_folder, tmp_path)
     tensors = load_file(folder / "model.safetensors")
     tensors["encoder.layer.3.output.dense.weight"][0, 0] = float("nan")
     save_file(tensors, folder / "model.safetensors")
@@ -203,7 +190,7 @@ def test_nan_weights_are_refused_at_load_naming_the_tensor(minilm_folder, tmp_pa
 
 
 def test_a_vocabulary_without_cls_is_named(minilm_folder, tmp_path):
-    folder = copy_model(minilm_folder, tmp_path)
+    folder = copy_changing(minilm_folder, tmp_path)
     (folder / "tokenizer.json").unlink()
     vocab = (folder / "vocab.txt").read_text().split("\n")
     (folder / "vocab.txt").write_text("\n".join("[NOTCLS]" if token == "[CLS]" else token for token in vocab))
@@ -218,7 +205,7 @@ def test_a_malicious_pickle_is_refused_as_such(tiny_bert, tmp_path):
         def __reduce__(self):
             return (print, ("pwned",))
 
-    folder = copy_model(tiny_bert, tmp_path)
+    folder = copy_changing(tiny_bert, tmp_path)
     (folder / "model.safetensors").unlink()
     torch.save({"x": Evil()}, folder / "pytorch_model.bin", pickle_module=pickle)
     with pytest.raises(ValueError, match="refusing to unpickle"):
@@ -264,7 +251,7 @@ def test_a_nan_embedding_names_the_text(model, monkeypatch):
     ({"num_hidden_groups": 1}, r"unexpected tensors: encoder\.albert_layer_groups\.1\.albert_layers\.0\."),
 ])
 def test_bad_albert_config_values_are_named(tiny_albert, tmp_path, changes, message):
-    folder = copy_with_config(tiny_albert, tmp_path, **changes)
+    folder = copy_changing(tiny_albert, tmp_path, **changes)
     with pytest.raises(ValueError, match=message):  # each names config.json
         SentenceTransformer(folder)
 
@@ -276,7 +263,7 @@ def test_bad_albert_config_values_are_named(tiny_albert, tmp_path, changes, mess
     ({"num_layers": 3}, r"missing tensors: encoder\.block\.2\."),
 ])
 def test_bad_t5_config_values_are_named(tiny_t5, tmp_path, changes, message):
-    folder = copy_with_config(tiny_t5, tmp_path, **changes)
+    folder = copy_changing(tiny_t5, tmp_path, **changes)
     with pytest.raises(ValueError, match=message):  # each names config.json
         SentenceTransformer(folder)
 
@@ -299,7 +286,7 @@ def test_bad_t5_config_values_are_named(tiny_t5, tmp_path, changes, message):
                                 r"for \(64, 48\)"),
 ])
 def test_bad_modernbert_config_values_are_named(tiny_modernbert, tmp_path, changes, message):
-    folder = copy_with_config(tiny_modernbert, tmp_path, **changes)
+    folder = copy_changing(tiny_modernbert, tmp_path, **changes)
     with pytest.raises(ValueError, match=message):  # each names config.json
         SentenceTransformer(folder)
 
@@ -316,6 +303,6 @@ def test_bad_modernbert_config_values_are_named(tiny_modernbert, tmp_path, chang
     ({"attention_bias": True}, r"missing tensors: layers\.0\.self_attn\.k_proj\.bias"),
 ])
 def test_bad_qwen3_config_values_are_named(tiny_qwen3, tmp_path, changes, message):
-    folder = copy_with_config(tiny_qwen3, tmp_path, **changes)
+    folder = copy_changing(tiny_qwen3, tmp_path, **changes)
     with pytest.raises(ValueError, match=message):  # each names config.json
         SentenceTransformer(folder)

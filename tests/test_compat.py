@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import copy_changing
 from sentence_transformers import SentenceTransformer as Reference
 from sentence_transformers.sentence_transformer import modules as reference_models
 from sentence_transformers import util as reference_util
@@ -107,14 +108,6 @@ def test_token_embeddings_and_both_outputs_equal_sentence_transformers(both):
     everything = ours.encode(TEXTS[:2], output_value=None)
     assert set(everything[0]) >= {"token_embeddings", "sentence_embedding", "input_ids", "attention_mask"}
     torch.testing.assert_close(everything[1]["sentence_embedding"], torch.as_tensor(ours.encode(TEXTS[1])))
-
-
-def copy_changing(source, tmp_path, file_name: str, **changes):
-    """A copy of the model folder `source` whose JSON file `file_name` has `changes`."""
-    folder = shutil.copytree(source, tmp_path / "changed")
-    config = json.loads((folder / file_name).read_text())
-    (folder / file_name).write_text(json.dumps({**config, **changes}))
-    return folder
 
 
 def test_padding_is_on_the_right_whatever_tokenizer_config_says(minilm_folder, tmp_path):
