@@ -38,16 +38,18 @@ class Transformer(nn.Module):
     model_max_length capped at what the position table holds (sentence_bert_config.json is not read either, as
     there), lower-cased first where `do_lower_case`, the tokenizer taken from `tokenizer_name_or_path` where given.
     `model_kwargs` may set the compute type as in SentenceTransformer ({"torch_dtype": ...}), `config_kwargs` replace
-    values of config.json; `cache_folder`, `revision`, `token` and `local_files_only` steer a download, as in
-    SentenceTransformer."""
+    values of config.json, `processor_kwargs` may hold padding_side, which changes nothing (as in SentenceTransformer);
+    `cache_folder`, `revision`, `token` and `local_files_only` steer a download, as in SentenceTransformer."""
 
     def __init__(self, model_name_or_path: str | Path, *, max_seq_length: int | None = None,
                  do_lower_case: bool = False, model_kwargs: dict | None = None,
                  tokenizer_name_or_path: str | Path | None = None, backend: str = "torch",
                  cache_folder: str | Path | None = None, revision: str | None = None, token: str | bool | None = None,
-                 local_files_only: bool = False, config_kwargs: dict | None = None):
-        from .model import _dtype_from_model_kwargs, check_dtype
+                 local_files_only: bool = False, config_kwargs: dict | None = None,
+                 processor_kwargs: dict | None = None):
+        from .model import _check_processor_kwargs, _dtype_from_model_kwargs, check_dtype
         super().__init__()
+        _check_processor_kwargs(processor_kwargs or {})
         if backend != "torch":
             raise ValueError(f"backend {backend!r}: minisbert runs PyTorch only")
         if max_seq_length is not None and (type(max_seq_length) is not int or max_seq_length < 1):

@@ -339,6 +339,13 @@ def test_qwen3_embeddings_own_example_arguments_are_taken(minilm_folder):
         ours = SentenceTransformer(minilm_folder, tokenizer_kwargs={"padding_side": "left"}, **options)
     np.testing.assert_array_equal(ours.encode(TEXTS), SentenceTransformer(minilm_folder).encode(TEXTS))
     SentenceTransformer(minilm_folder, processor_kwargs={"padding_side": "right"})
+    # and so does the Transformer module, as sentence-transformers' own
+    reference_models.Transformer(str(minilm_folder), processor_kwargs={"padding_side": "left"})
+    transformer = models.Transformer(minilm_folder, max_seq_length=256, processor_kwargs={"padding_side": "left"})
+    built = SentenceTransformer(modules=[transformer, models.Pooling(384), models.Normalize()])
+    np.testing.assert_array_equal(built.encode(TEXTS), ours.encode(TEXTS))
+    with pytest.raises(ValueError, match=r"processor_kwargs \['truncation_side'\] mean nothing here"):
+        models.Transformer(minilm_folder, processor_kwargs={"truncation_side": "left"})
 
 
 def test_model_card_data_and_kernel_arguments_are_taken_and_change_nothing(minilm_folder):
