@@ -62,18 +62,31 @@ class Pooling(nn.Module):
             pooling_mode = pooling_mode or [mode for mode in POOLING_MODES if flags.get(mode)] or "mean"
         if embedding_dimension is None:
             raise TypeError("Pooling() needs embedding_dimension, the token embeddings' size")
-        pooling_mode = pooling_mode or "mean"
+        self.embedding_dimension = embedding_dimension
+        self.pooling_mode = pooling_mode or "mean"
+        self.include_prompt = include_prompt
+
+    POOLING_MODES = POOLING_MODES
+
+    @property
+    def pooling_mode(self) -> str | tuple[str, ...]:
+        """The modes as sentence-transformers holds them: one mode's name, or a tuple of several (`modes` is the
+        list). May be set, as there."""
+        return self.modes[0] if len(self.modes) == 1 else tuple(self.modes)
+
+    @pooling_mode.setter
+    def pooling_mode(self, pooling_mode: str | list[str] | tuple[str, ...]) -> None:
         modes = [pooling_mode] if isinstance(pooling_mode, str) else list(pooling_mode)
         unknown = [m for m in modes if m not in POOLING_MODES]
         if unknown or not modes:
             raise ValueError(f"pooling mode {unknown or modes} is not supported; choose from {', '.join(POOLING_MODES)}")
-        self.embedding_dimension = embedding_dimension
         self.modes = modes
-        self.include_prompt = include_prompt
 
     @property
     def output_dimension(self) -> int:
         return self.embedding_dimension * len(self.modes)
+
+    pooling_output_dimension = output_dimension  # sentence-transformers' name
 
     def get_embedding_dimension(self) -> int:  # sentence-transformers' name
         return self.output_dimension

@@ -719,6 +719,19 @@ def test_each_module_called_on_features_as_in_sentence_transformers(minilm_folde
         ours[0].auto_model
 
 
+def test_pooling_mode_reads_and_sets_as_in_sentence_transformers(minilm_folder):
+    for given in ["cls", ["mean"], ("cls", "max"), ["mean", "max", "lasttoken"]]:
+        ours, theirs = models.Pooling(384, given), reference_models.Pooling(384, given)
+        assert ours.pooling_mode == theirs.pooling_mode and type(ours.pooling_mode) is type(theirs.pooling_mode)
+        assert ours.pooling_output_dimension == theirs.pooling_output_dimension == ours.get_embedding_dimension()
+    assert models.Pooling.POOLING_MODES == reference_models.Pooling.POOLING_MODES
+    ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
+    ours[1].pooling_mode = reference[1].pooling_mode = "max"  # pooled otherwise from then on, in either
+    np.testing.assert_allclose(ours.encode(TEXTS), reference.encode(TEXTS), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"pooling mode \['sum'\] is not supported"):
+        ours[1].pooling_mode = "sum"
+
+
 @pytest.mark.parametrize("options", [{"pooling_mode_cls_token": True},
                                      {"pooling_mode_max_tokens": True, "pooling_mode_mean_tokens": True},
                                      {"pooling_mode_mean_tokens": False}, {"pooling_mode": "max"}])
