@@ -204,6 +204,14 @@ class SentenceTransformer(nn.Module):
         return "torch"  # sentence-transformers' onnx and openvino backends are not here
 
     @property
+    def modalities(self) -> list[str]:
+        """What sentence-transformers 6 calls the kinds of input a model embeds: text only here."""
+        return ["text"]
+
+    def supports(self, modality: str | tuple[str, ...]) -> bool:
+        return modality == "text"
+
+    @property
     def max_seq_length(self) -> int:
         return self.tokenizer.max_seq_length
 

@@ -348,6 +348,13 @@ def test_qwen3_embeddings_own_example_arguments_are_taken(minilm_folder):
         models.Transformer(minilm_folder, processor_kwargs={"truncation_side": "left"})
 
 
+def test_modalities_as_sentence_transformers_gives_them_for_a_text_model(both):
+    ours, reference = both
+    assert ours.modalities == reference.modalities == ["text"]
+    for modality in ("text", "image", "audio", "message", ("image", "text")):
+        assert ours.supports(modality) == reference.supports(modality)
+
+
 def test_model_card_data_and_kernel_arguments_are_taken_and_change_nothing(minilm_folder):
     from sentence_transformers import SentenceTransformerModelCardData
     options = {"model_card_data": SentenceTransformerModelCardData(language="en", license="apache-2.0"),
