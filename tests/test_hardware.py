@@ -1,6 +1,7 @@
 """dtype="auto": bf16 only where the CPU has bf16 instructions and nothing caps their use, fp32 elsewhere."""
 
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -131,3 +132,22 @@ def test_batches_in_flight_embed_as_one_batch_at_a_time(model, two_threads, monk
     for ours, serial in zip(tokens_in_flight, model.encode(texts, batch_size=8, dtype=dtype,
                                                            output_value="token_embeddings")):
         torch.testing.assert_close(ours, serial, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", pytest.param("int8", marks=pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"), reason="int8 runs on x86 CPUs only"))])
+def test_the_low_precision_copy_follows_the_weights(minilm_folder, dtype):
+    # encode(dtype=...) runs a cached copy of the weights in that type: a weight changed in place (an optimizer's
+    # step, load_state_dict) must reach it, or the embeddings are silently the old model's
+    model = SentenceTransformer(minilm_folder)
+    texts = ["A man is playing a guitar.", "A woman slices an onion.", "The cat sleeps on the sofa."]
+    before = model.encode(texts, dtype=dtype)
+    saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    with torch.no_grad():
+        for layer in model.encoder.layers:
+            layer.intermediate.weight.mul_(-1.5)  # in place, as an optimizer changes it
+    changed_fp32, changed = model.encode(texts), model.encode(texts, dtype=dtype)
+    assert np.abs(changed - before).max() > 0.05  # the change reached the copy...
+    assert (changed * changed_fp32).sum(1).min() > 0.99  # ...and the copy computes the changed model
+    model.load_state_dict(saved)
+    np.testing.assert_allclose(model.encode(texts, dtype=dtype), before, atol=1e-6, rtol=0)
