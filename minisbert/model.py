@@ -165,6 +165,8 @@ class SentenceTransformer(nn.Module):
         self.dtype_name = _dtype_from_model_kwargs(model_kwargs or {}, dtype, self.config)
         check_dtype(self.dtype_name)
         self._low_precision_encoders = {}
+        if modules is not None:  # model[0] is the Transformer given, as in sentence-transformers (_first_module)
+            self.__dict__["_transformer"] = transformer
         self.eval()
         self.to(check_device(default_device() if device is None else device))
 

@@ -700,9 +700,10 @@ def test_each_module_called_on_features_as_in_sentence_transformers(minilm_folde
     # for module in model: features = module(features), and model[0](features) for the token embeddings: each module
     # adds or replaces its output in the dict it was given, as there
     theirs = modules_of(reference_models, minilm_folder, pooling_mode=("cls", "mean"), include_prompt=False)
-    ours = SentenceTransformer(modules=modules_of(models, minilm_folder, theirs[2], pooling_mode=("cls", "mean"),
-                                                  include_prompt=False))
+    given = modules_of(models, minilm_folder, theirs[2], pooling_mode=("cls", "mean"), include_prompt=False)
+    ours = SentenceTransformer(modules=given)
     reference = Reference(modules=theirs, device="cpu")
+    assert [ours[i] for i in range(4)] == given and [reference[i] for i in range(4)] == theirs  # the objects given
     assert ours[0] is ours[0] is ours._first_module() and ours._last_module() is ours[-1] is ours.after[-1]
     assert [type(module).__name__ for module in ours] == [type(module).__name__ for module in reference]
     texts = [text for text in TEXTS if 0 < len(text) < 60]  # none truncated
