@@ -23,12 +23,13 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from .search import paraphrase_mining
+from .util import batch_to_device
 from .similarity import SIMILARITY_FUNCTIONS, SimilarityFunction, cos_sim, similarity_name
 
 # SimilarityFunction is imported from here too in code written for sentence-transformers, whose module exports it
 __all__ = ["BinaryClassificationEvaluator", "EmbeddingSimilarityEvaluator", "InformationRetrievalEvaluator",
-           "MSEEvaluator", "ParaphraseMiningEvaluator", "RerankingEvaluator", "SequentialEvaluator",
-           "SimilarityFunction", "TranslationEvaluator", "TripletEvaluator"]
+           "LabelAccuracyEvaluator", "MSEEvaluator", "ParaphraseMiningEvaluator", "RerankingEvaluator",
+           "SequentialEvaluator", "SimilarityFunction", "TranslationEvaluator", "TripletEvaluator"]
 
 
 class EmbeddingSimilarityEvaluator:
@@ -631,6 +632,31 @@ class MSEEvaluator:
     def _embed(self, model, sentences: list[str]) -> np.ndarray:
         return model.encode(list(sentences), batch_size=self.batch_size, show_progress_bar=self.show_progress_bar,
                             convert_to_numpy=True, truncate_dim=self.truncate_dim)
+
+
+class LabelAccuracyEvaluator:
+    """sentence-transformers' evaluator of this name: how often a SoftmaxLoss's classifier (`softmax_model`) gives
+    the label, over the InputExamples of `dataloader` (collated by the model's smart_batching_collate, as there);
+    "accuracy", named and written to CSV as it does."""
+
+    def __init__(self, dataloader, name: str = "", softmax_model=None, write_csv: bool = True):
+        self.dataloader, self.name, self.softmax_model, self.write_csv = dataloader, name, softmax_model, write_csv
+        self.csv_file = f"accuracy_evaluation{'_' + name if name else ''}_results.csv"
+        self.primary_metric = f"{name}_accuracy" if name else "accuracy"
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        self.dataloader.collate_fn = model.smart_batching_collate
+        correct = total = 0
+        for features, labels in self.dataloader:
+            features = [batch_to_device(column, model.device) for column in features]
+            with torch.no_grad():
+                _, logits = self.softmax_model(features, labels=None)
+            correct += int((logits.argmax(dim=1) == labels.to(logits.device)).sum())
+            total += len(logits)
+        accuracy = correct / total
+        if output_path is not None and self.write_csv:
+            append_csv_row(Path(output_path) / self.csv_file, ["epoch", "steps", "accuracy"], [epoch, steps, accuracy])
+        return {self.primary_metric: accuracy}
 
 
 class SequentialEvaluator:

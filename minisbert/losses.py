@@ -58,11 +58,14 @@ class SoftmaxLoss(nn.Module):
 
     The parts are `concatenation`, in its order, or as sentence-transformers names them: u and v
     (concatenation_sent_rep), |u-v| (concatenation_sent_difference), u*v (concatenation_sent_multiplication);
-    `embedding_dimension`, sentence-transformers' second argument, is the model's, which it must match if given."""
+    `embedding_dimension`, sentence-transformers' second argument, is the model's, which it must match if given.
+    `loss_fct` takes the logits and the labels (cross-entropy by default). Called without labels, as
+    sentence-transformers' LabelAccuracyEvaluator calls it, it gives ([u, v], the logits (B, num_labels))."""
 
     def __init__(self, model, embedding_dimension: int | None = None, num_labels: int = 3,
                  concatenation_sent_rep: bool = True, concatenation_sent_difference: bool = True,
-                 concatenation_sent_multiplication: bool = False, *, concatenation: tuple[str, ...] | None = None):
+                 concatenation_sent_multiplication: bool = False, loss_fct: nn.Module | None = None, *,
+                 concatenation: tuple[str, ...] | None = None):
         super().__init__()
         dimension = model.get_sentence_embedding_dimension()
         if embedding_dimension is not None and embedding_dimension != dimension:
@@ -79,12 +82,19 @@ class SoftmaxLoss(nn.Module):
         self.model = model
         self.concatenation = tuple(concatenation)
         self.classifier = nn.Linear(len(concatenation) * dimension, num_labels, device=model.device)
+        self.loss_fct = loss_fct
 
-    def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
-        (u, v), labels = embed_columns(self.model, batch, labels, "SoftmaxLoss", 2, needs_labels=True)
+    def forward(self, batch, labels: torch.Tensor | None = None):
+        (u, v), labels = embed_columns(self.model, batch, labels, "SoftmaxLoss", 2)
         parts = {"u": u, "v": v, "|u-v|": (u - v).abs(), "u*v": u * v}
-        features = torch.cat([parts[name] for name in self.concatenation], dim=1)  # (B, n * dim)
-        return F.cross_entropy(self.classifier(features), labels.view(-1).long())
+        logits = self.classifier(torch.cat([parts[name] for name in self.concatenation], dim=1))  # (B, n * dim) in
+        if labels is None:
+            return [u, v], logits
+        if self.loss_fct is None:
+            return F.cross_entropy(logits, labels.view(-1).long())
+        if self.classifier.out_features == 1 or labels.shape != logits.shape:  # as sentence-transformers shapes them
+            labels = labels.view(-1)
+        return self.loss_fct(logits, labels)
 
 
 class CosineSimilarityLoss(nn.Module):

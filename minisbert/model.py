@@ -267,6 +267,15 @@ class SentenceTransformer(nn.Module):
         `prompt_length` (what pooling with include_prompt=False leaves out); an empty dict for no texts."""
         return self._first_module().preprocess(inputs, prompt)
 
+    def smart_batching_collate(self, batch: list) -> tuple[list[dict], torch.Tensor]:
+        """A DataLoader's collate_fn over InputExamples, as sentence-transformers': the features of each text column
+        (preprocess's) and the labels as one tensor, what the losses and LabelAccuracyEvaluator take."""
+        columns = zip(*(example.texts for example in batch))
+        labels = [example.label for example in batch]
+        if labels and isinstance(labels[0], np.ndarray):
+            return [self.preprocess(list(column)) for column in columns], torch.from_numpy(np.stack(labels))
+        return [self.preprocess(list(column)) for column in columns], torch.tensor(labels)
+
     def __getitem__(self, index: int) -> nn.Module:
         """The modules as sentence-transformers lists them, model[0] to model[-1]: a models.Transformer over this
         model's own encoder and tokenizer (its max_seq_length may be set), the Pooling, then the Dense and

@@ -72,6 +72,8 @@ def test_softmax_concatenations_of_table_6(both, triplets):
     ("SoftmaxLoss", {"embedding_dimension": 384, "num_labels": 3}),
     ("SoftmaxLoss", {"embedding_dimension": 384, "num_labels": 3, "concatenation_sent_rep": False,
                      "concatenation_sent_multiplication": True}),
+    ("SoftmaxLoss", {"embedding_dimension": 384, "num_labels": 3,
+                     "loss_fct": torch.nn.CrossEntropyLoss(label_smoothing=0.2)}),
     ("CosineSimilarityLoss", {}), ("CosineSimilarityLoss", {"loss_fct": torch.nn.L1Loss()}),
     ("TripletLoss", {}), ("TripletLoss", {"distance_metric": "MANHATTAN"}),
     ("TripletLoss", {"distance_metric": "COSINE", "triplet_margin": 0.5}),
@@ -116,11 +118,48 @@ def test_softmax_loss_arguments_that_disagree_are_errors(both):
 def test_losses_called_with_what_they_cannot_take_say_what_they_need(both):
     ours, _ = both
     features = [ours.preprocess(["a", "b"]), ours.preprocess(["c", "d"])]
-    with pytest.raises(ValueError, match=r"SoftmaxLoss needs labels: loss\(\[features of each column\], labels\)"):
-        losses.SoftmaxLoss(ours)(features)
+    with pytest.raises(ValueError, match=r"CosineSimilarityLoss needs labels: loss\(\[features of each column\], "
+                                         r"labels\)"):
+        losses.CosineSimilarityLoss(ours)(features)
     with pytest.raises(ValueError, match="TripletLoss takes 3 text columns, not 2"):
         losses.TripletLoss(ours)(features, None)
     with pytest.raises(ValueError, match="MultipleNegativesRankingLoss takes 2 text columns or more, not 1"):
         losses.MultipleNegativesRankingLoss(ours)(features[:1], None)
     with pytest.raises(TypeError, match="a list of the features of each text column"):
         losses.CosineSimilarityLoss(ours)([["a", "b"], ["c", "d"]], torch.ones(2))
+
+
+def test_softmax_loss_without_labels_and_label_accuracy_as_in_sentence_transformers(minilm_folder, data_dir,
+                                                                                   tmp_path):
+    # the classifier's prediction call, loss(features, labels=None) -> (embeddings, logits), and the evaluator of
+    # the paper's NLI accuracy, over a DataLoader of InputExamples collated by the model's smart_batching_collate
+    from sentence_transformers import InputExample as ReferenceExample
+    from sentence_transformers.sentence_transformer.evaluation import LabelAccuracyEvaluator as ReferenceEvaluator
+    from torch.utils.data import DataLoader
+
+    from minisbert import InputExample
+    from minisbert.evaluation import LabelAccuracyEvaluator
+    ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
+    ours_loss, their_loss = SoftmaxLoss(ours, 384, 3), reference_losses.SoftmaxLoss(reference, 384, 3)
+    ours_loss.classifier.load_state_dict(their_loss.classifier.state_dict())
+    pairs = read_nli(data_dir / "nli" / "snli_1.0_dev.jsonl")[:40]
+    features = [ours.preprocess([e.texts[i] for e in pairs[:6]]) for i in (0, 1)]
+    their_features = [reference.preprocess([e.texts[i] for e in pairs[:6]]) for i in (0, 1)]
+    with torch.no_grad():
+        (u, v), logits = ours_loss(features)
+        (their_u, their_v), their_logits = their_loss(their_features, labels=None)
+    for got, expected in ((u, their_u), (v, their_v), (logits, their_logits)):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    loader = DataLoader([InputExample(texts=e.texts, label=int(e.label)) for e in pairs], batch_size=16)
+    their_loader = DataLoader([ReferenceExample(texts=e.texts, label=int(e.label)) for e in pairs], batch_size=16)
+    (mine, my_labels), (theirs, their_labels) = (model.smart_batching_collate(data.dataset[:3]) for model, data in
+                                                 ((ours, loader), (reference, their_loader)))
+    assert torch.equal(my_labels, their_labels) and len(mine) == len(theirs) == 2
+    for my_column, their_column in zip(mine, theirs):
+        assert torch.equal(my_column["input_ids"], their_column["input_ids"].to(my_column["input_ids"].dtype))
+    got = LabelAccuracyEvaluator(loader, "nli", ours_loss)(ours, str(tmp_path / "ours"))
+    expected = ReferenceEvaluator(their_loader, "nli", their_loss)(reference, str(tmp_path / "theirs"))
+    assert got == pytest.approx(expected) and list(got) == ["nli_accuracy"]
+    assert 0 < got["nli_accuracy"] < 1
+    assert ((tmp_path / "ours" / "accuracy_evaluation_nli_results.csv").read_text()
+            == (tmp_path / "theirs" / "accuracy_evaluation_nli_results.csv").read_text())
