@@ -9,7 +9,8 @@ MAP of each query's top hits in a corpus. BinaryClassificationEvaluator: pairs l
 at the best thresholds, average precision. ParaphraseMiningEvaluator: mined pairs against known duplicates.
 RerankingEvaluator: each query's positives ranked among its negatives (MAP, MRR, NDCG). TranslationEvaluator:
 how often a sentence's nearest translation is its own. MSEEvaluator: a teacher's embeddings against the model's
-(distillation). SequentialEvaluator: several in turn.
+(distillation). LabelAccuracyEvaluator: how often a SoftmaxLoss's classifier gives the label (an NLI
+classifier's accuracy). SequentialEvaluator: several in turn.
 """
 
 import csv
