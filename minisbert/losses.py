@@ -1,4 +1,4 @@
-"""The training objectives of the paper (section 3), plus in-batch negatives.
+"""The training objectives of the paper (section 3), plus in-batch negatives and CoSENT (and AnglE, its angle form).
 
 Every loss embeds all its text columns with the one shared model (the siamese / triplet network: the same
 weights in every branch) and takes a batch as produced by `tokenize_batch`; or, as sentence-transformers' losses
@@ -13,7 +13,7 @@ import torch.distributed.nn.functional as distributed
 import torch.nn.functional as F
 from torch import nn
 
-from .similarity import cos_sim, pairwise_cos_sim
+from .similarity import cos_sim, pairwise_angle_sim, pairwise_cos_sim
 
 CONCATENATIONS = ("u", "v", "|u-v|", "u*v")  # the parts of the paper's Table 6 ablation
 
@@ -110,6 +110,33 @@ class CosineSimilarityLoss(nn.Module):
     def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
         (u, v), labels = embed_columns(self.model, batch, labels, "CosineSimilarityLoss", 2, needs_labels=True)
         return self.loss_fct(self.cos_score_transformation(F.cosine_similarity(u, v)), labels.float().view(-1))
+
+
+class CoSENTLoss(nn.Module):
+    """Regression by ranking (CoSENT), sentence-transformers' recommended successor to CosineSimilarityLoss: the pairs'
+    similarities ordered as their labels order them, log(1 + sum of exp(scale * (s_i - s_j)) over the pairs i, j of
+    the batch with label_i < label_j), s the pairwise `similarity_fct` (cosine)."""
+
+    def __init__(self, model, scale: float = 20.0, similarity_fct=pairwise_cos_sim):
+        super().__init__()
+        self.model, self.scale, self.similarity_fct = model, scale, similarity_fct
+
+    def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
+        (u, v), labels = embed_columns(self.model, batch, labels, type(self).__name__, 2, needs_labels=True)
+        if labels.numel() != len(u):
+            raise ValueError(f"{type(self).__name__} takes one label per pair: {len(u)} pairs, {labels.numel()} labels")
+        labels = labels.view(-1)
+        scores = self.similarity_fct(u, v).float() * self.scale  # (B,)
+        below = labels[:, None] < labels[None, :]  # pair i's label below pair j's
+        differences = (scores[:, None] - scores[None, :])[below]
+        return torch.logsumexp(torch.cat((differences.new_zeros(1), differences)), dim=0)  # the 1 inside the log: 0
+
+
+class AnglELoss(CoSENTLoss):
+    """CoSENTLoss on the angle between the embeddings (AnglE, pairwise_angle_sim) instead of their cosine."""
+
+    def __init__(self, model, scale: float = 20.0):
+        super().__init__(model, scale, similarity_fct=pairwise_angle_sim)
 
 
 class TripletDistanceMetric:

@@ -75,6 +75,7 @@ def test_softmax_concatenations_of_table_6(both, triplets):
     ("SoftmaxLoss", {"embedding_dimension": 384, "num_labels": 3,
                      "loss_fct": torch.nn.CrossEntropyLoss(label_smoothing=0.2)}),
     ("CosineSimilarityLoss", {}), ("CosineSimilarityLoss", {"loss_fct": torch.nn.L1Loss()}),
+    ("CoSENTLoss", {}), ("CoSENTLoss", {"scale": 5.0}), ("AnglELoss", {}),
     ("TripletLoss", {}), ("TripletLoss", {"distance_metric": "MANHATTAN"}),
     ("TripletLoss", {"distance_metric": "COSINE", "triplet_margin": 0.5}),
     ("MultipleNegativesRankingLoss", {}), ("MultipleNegativesRankingLoss", {"scale": 10.0})])
@@ -89,10 +90,12 @@ def test_losses_called_as_in_sentence_transformers_give_its_values_and_gradients
         their_options["distance_metric"] = getattr(reference_losses.TripletDistanceMetric, options["distance_metric"])
     ours_loss, their_loss = getattr(losses, name)(ours, **ours_options), getattr(reference_losses, name)(
         reference, **their_options)
-    paired = name in ("SoftmaxLoss", "CosineSimilarityLoss")
+    paired = name in ("SoftmaxLoss", "CosineSimilarityLoss", "CoSENTLoss", "AnglELoss")
     columns = [list(column) for column in zip(*(t.texts[:2] if paired else t.texts for t in triplets))]
+    ties = torch.tensor([0.2, 0.9, 0.5, 0.5, 0.0, 1.0, 0.2, 0.7])  # equal labels: no term for their pair
     labels = {"SoftmaxLoss": torch.tensor([0, 1, 2, 1, 0, 2, 2, 1]),
-              "CosineSimilarityLoss": torch.linspace(0, 1, len(triplets))}.get(name)
+              "CosineSimilarityLoss": torch.linspace(0, 1, len(triplets)), "CoSENTLoss": ties,
+              "AnglELoss": ties}.get(name)
     if name == "SoftmaxLoss":
         ours_loss.classifier.load_state_dict(their_loss.classifier.state_dict())
     got = ours_loss([ours.preprocess(column) for column in columns], labels)
@@ -121,6 +124,8 @@ def test_losses_called_with_what_they_cannot_take_say_what_they_need(both):
     with pytest.raises(ValueError, match=r"CosineSimilarityLoss needs labels: loss\(\[features of each column\], "
                                          r"labels\)"):
         losses.CosineSimilarityLoss(ours)(features)
+    with pytest.raises(ValueError, match="CoSENTLoss takes one label per pair: 2 pairs, 3 labels"):
+        losses.CoSENTLoss(ours)(features, torch.ones(3))
     with pytest.raises(ValueError, match="TripletLoss takes 3 text columns, not 2"):
         losses.TripletLoss(ours)(features, None)
     with pytest.raises(ValueError, match="MultipleNegativesRankingLoss takes 2 text columns or more, not 1"):
