@@ -24,8 +24,8 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from .search import paraphrase_mining
-from .util import batch_to_device
 from .similarity import SIMILARITY_FUNCTIONS, SimilarityFunction, cos_sim, similarity_name
+from .util import batch_to_device
 
 # SimilarityFunction is imported from here too in code written for sentence-transformers, whose module exports it
 __all__ = ["BinaryClassificationEvaluator", "EmbeddingSimilarityEvaluator", "InformationRetrievalEvaluator",

@@ -87,7 +87,8 @@ class SoftmaxLoss(nn.Module):
     def forward(self, batch, labels: torch.Tensor | None = None):
         (u, v), labels = embed_columns(self.model, batch, labels, "SoftmaxLoss", 2)
         parts = {"u": u, "v": v, "|u-v|": (u - v).abs(), "u*v": u * v}
-        logits = self.classifier(torch.cat([parts[name] for name in self.concatenation], dim=1))  # (B, n * dim) in
+        features = torch.cat([parts[name] for name in self.concatenation], dim=1)  # (B, n * dim)
+        logits = self.classifier(features)  # (B, num_labels)
         if labels is None:
             return [u, v], logits
         if self.loss_fct is None:

@@ -270,11 +270,10 @@ class SentenceTransformer(nn.Module):
     def smart_batching_collate(self, batch: list) -> tuple[list[dict], torch.Tensor]:
         """A DataLoader's collate_fn over InputExamples, as sentence-transformers': the features of each text column
         (preprocess's) and the labels as one tensor, what the losses and LabelAccuracyEvaluator take."""
-        columns = zip(*(example.texts for example in batch))
+        features = [self.preprocess(list(column)) for column in zip(*(example.texts for example in batch))]
         labels = [example.label for example in batch]
-        if labels and isinstance(labels[0], np.ndarray):
-            return [self.preprocess(list(column)) for column in columns], torch.from_numpy(np.stack(labels))
-        return [self.preprocess(list(column)) for column in columns], torch.tensor(labels)
+        arrays = bool(labels) and isinstance(labels[0], np.ndarray)  # a label per example that is a vector
+        return features, torch.from_numpy(np.stack(labels)) if arrays else torch.tensor(labels)
 
     def __getitem__(self, index: int) -> nn.Module:
         """The modules as sentence-transformers lists them, model[0] to model[-1]: a models.Transformer over this
