@@ -34,8 +34,8 @@ def parse_args():
     parser.add_argument("--normalize", action="store_true", help="scale each embedding to unit length")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "int8", "auto"],
-                        help="arithmetic of the encoder: fp32, bf16 (CPU or GPU; fast only on CPUs with AVX-512 bf16 "
-                             "or AMX), fp16 (GPU; on the CPU no faster than fp32), int8 (the linear layers, x86 "
+                        help="arithmetic of the encoder: fp32, bf16 (CPU or GPU; fast only on CPUs with AMX, or AVX-512 "
+                             "bf16 on AMD's), fp16 (GPU; on the CPU no faster than fp32), int8 (the linear layers, x86 "
                              "CPUs; costs some accuracy, see the README), or auto: bf16 where it is fast, else fp32")
     parser.add_argument("--precision", default="float32", choices=["float32", "int8", "uint8", "binary", "ubinary"],
                         help="--input's output, as sentence-transformers' precision: float32, or quantized to int8 / "

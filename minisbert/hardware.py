@@ -1,10 +1,11 @@
 """What the processor can do, the compute type `dtype="auto"` picks from it, whether fp32 products are fused
 (fused_fp32_products), and how encode() shares its threads.
 
-On the CPU, bf16 matrix products are fast only with AVX-512 bf16 or AMX (about 1.7x fp32 on the AMD EPYC we
-measured); elsewhere PyTorch emulates them: on an AVX2-only CPU bf16 runs about 5x slower than fp32, on an Intel
-Xeon with AVX-512 but no bf16 instructions (Ice Lake's set) at 0.37x fp32's speed (the README). So "auto" is bf16
-where the instructions are there and fp32 elsewhere, never a type that is slower than fp32 on this machine. fp16
+On the CPU, bf16 matrix products are fast only with AMX, or with AVX-512 bf16 on AMD's CPUs (about 1.7x fp32 on
+the AMD EPYC we measured). On an Intel Xeon with AVX-512 bf16 but no AMX they ran at 0.4-0.6x fp32's speed (see
+fast_cpu_bf16), and elsewhere PyTorch emulates them: on an AVX2-only CPU bf16 runs about 5x slower than fp32, on an
+Intel Xeon with AVX-512 but no bf16 instructions (Ice Lake's set) at 0.37x fp32's speed (the README). So "auto" is
+bf16 where it is fast (fast_cpu_bf16) and fp32 elsewhere, never a type that is slower than fp32 on this machine. fp16
 runs on the CPU only when asked for: at best it ran at fp32's speed (an Intel Xeon with AVX-512 fp16; the README). On
 a GPU it is bf16 (fp16 where the GPU has no bf16): within 10% of fp16's speed on an H200, and no overflow.
 The limits a user or a benchmark sets on the instructions used are honoured: ATEN_CPU_CAPABILITY (PyTorch's
@@ -26,6 +27,9 @@ FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "am
 # oneDNN's ISA names that still include AVX-512 bf16 (ONEDNN_MAX_CPU_ISA caps oneDNN at one of them)
 ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512",
                     "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2", "DEFAULT", "ALL")
+# and those that include AMX (its tile instructions: bf16 and int8 products)
+ONEDNN_AMX_ISAS = ("AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16",
+                   "AVX10_2_512_AMX_2", "DEFAULT", "ALL")
 # and those that include AVX-512 VNNI, or AVX-VNNI (the 256-bit one, which comes before AVX-512 in oneDNN's order)
 ONEDNN_AVX512_VNNI_ISAS = ("AVX512_CORE_VNNI",) + ONEDNN_BF16_ISAS
 ONEDNN_AVX_VNNI_ISAS = ("AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE") + ONEDNN_AVX512_VNNI_ISAS
@@ -68,12 +72,18 @@ def onednn_cap() -> str:
 
 
 def fast_cpu_bf16() -> bool:
-    """Whether bf16 matrix products run on bf16 instructions here (AVX-512 bf16 or AMX), not emulated."""
+    """Whether bf16 matrix products run faster than fp32's here: on AMX, or on AVX-512 bf16 on a CPU that is not
+    Intel's. On an Intel Xeon with AVX-512 bf16 and fp16 but no AMX, oneDNN's bf16 products (avx512_core_bf16) ran
+    at 0.4-0.6x MKL's fp32 ones at all-MiniLM-L6-v2's shapes, and whole encodings at 0.71x (benchmarks/encode_speed.py,
+    see the README): there one core issued 512-bit bf16 dot products (VDPBF16PS, 64 flops each) at a quarter of
+    the rate of fp32 multiply-adds (32 flops each), so half the flops, before any conversion. On an AMD EPYC
+    (Zen 4) bf16 products ran at about 1.7x fp32's."""
     flags = cpu_flags()
-    has_instructions = "avx512_bf16" in flags or "amx_bf16" in flags
     torch_uses_avx512 = torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2", "NO AVX", "ZVECTOR")
-    onednn_allows = onednn_cap() in ONEDNN_BF16_ISAS
-    return has_instructions and torch_uses_avx512 and onednn_allows
+    amx = "amx_bf16" in flags and onednn_cap() in ONEDNN_AMX_ISAS
+    avx512_bf16 = ("avx512_bf16" in flags and onednn_cap() in ONEDNN_BF16_ISAS
+                   and _cpuinfo().get("vendor_id") != "GenuineIntel")
+    return torch_uses_avx512 and (amx or avx512_bf16)
 
 
 def fused_fp32_products() -> bool:

@@ -12,7 +12,7 @@ Each of a layer's products runs on int8 integers through oneDNN, which PyTorch s
   all-MiniLM-L6-v2 0.15 Spearman points against fp32 instead of 0.33, for 2-3% of int8's speed (AMD EPYC);
 - oneDNN adds the int32 products up, scales them back to fp32 and adds the bias, the GELU and the residual in the
   same pass (per token, the tokens' scales are applied after it). LayerNorm and pooling stay in fp32; attention
-  runs in bf16 where the CPU has bf16 instructions (hardware.fast_cpu_bf16), else in fp32.
+  runs in bf16 where the CPU's bf16 products are faster than fp32's (hardware.fast_cpu_bf16), else in fp32.
 The three products of the query, key and value share one quantized input and run as one product.
 
 CPUs without VNNI (AVX2, and AVX-512 before Cascade Lake) multiply uint8 by int8 with an instruction that adds pairs
@@ -198,7 +198,7 @@ class Int8Layer(nn.Module):
 def int8_encoder(encoder: Encoder, weight_bits: int | None = None, attention_dtype: torch.dtype | None = None) -> Encoder:
     """A copy of `encoder` for inference on the CPU whose linear layers run in int8 (see the module's docstring).
     By default the weights take 7 bits on CPUs without VNNI (hardware.int8_weight_bits), and attention runs in bf16
-    where the CPU has bf16 instructions."""
+    where that is faster than fp32 (hardware.fast_cpu_bf16)."""
     check_int8_support()
     if encoder.config.normalizes_first:
         raise ValueError(f"dtype int8 runs encoders whose layers normalize last (BERT and its kind), not "

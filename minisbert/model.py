@@ -83,8 +83,8 @@ class SentenceTransformer(nn.Module):
         revision, token and local_files_only steer a download. `dtype` is the encoder's arithmetic in encode(): fp32,
         bf16 or fp16 (on the CPU each fast only where the CPU has instructions for it: see the README), int8 (the linear
         layers, on x86 CPUs; see int8.py: it costs some accuracy, how much depends on the model), or auto: the fastest
-        that stays as accurate as fp32 on the device (bf16 on a GPU and on CPUs with AVX-512 bf16 or AMX, else fp32;
-        never int8, nor fp16 on the CPU). sentence-transformers' `model_kwargs` (what it passes to transformers) may set
+        that stays as accurate as fp32 on the device (bf16 on a GPU and on CPUs where it is faster than fp32,
+        hardware.fast_cpu_bf16; else fp32; never int8, nor fp16 on the CPU). sentence-transformers' `model_kwargs` (what it passes to transformers) may set
         it instead: {"torch_dtype" or "dtype": float32, bfloat16, float16 (as torch dtypes or names) or "auto", the type
         config.json names, fp32 where it names none}; its "attn_implementation" changes nothing here (minisbert picks
         its attention kernels itself, and they all compute the same attention), nor does "device_map": "auto"; any

@@ -38,11 +38,13 @@ VARIED_TEXTS = [
 
 @pytest.fixture
 def pretend_cpu(monkeypatch):
-    """pretend_cpu(flags, onednn): the CPU flags minisbert.hardware sees, and ONEDNN_MAX_CPU_ISA (unset for None)."""
+    """pretend_cpu(flags, onednn, vendor): the CPU flags and vendor (/proc/cpuinfo's vendor_id; None: no
+    /proc/cpuinfo) minisbert.hardware sees, and ONEDNN_MAX_CPU_ISA (unset for None)."""
     from minisbert import hardware
 
-    def pretend(flags: set[str], onednn: str | None = None) -> None:
+    def pretend(flags: set[str], onednn: str | None = None, vendor: str | None = "AuthenticAMD") -> None:
         monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+        monkeypatch.setattr(hardware, "_cpuinfo", lambda: {"vendor_id": vendor} if vendor else {})
         if onednn is None:
             monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
         else:

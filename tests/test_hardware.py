@@ -1,4 +1,5 @@
-"""dtype="auto": bf16 only where the CPU has bf16 instructions and nothing caps their use, fp32 elsewhere."""
+"""dtype="auto": bf16 only where the CPU runs bf16 products faster than fp32 and nothing caps their use, fp32
+elsewhere."""
 
 import os
 import platform
@@ -18,19 +19,23 @@ def model(minilm_folder):
     return SentenceTransformer(minilm_folder)
 
 
-@pytest.mark.parametrize("flags, kernels, onednn, expected", [
-    ({"avx2", "avx512f", "avx512_bf16"}, "AVX512", None, "bf16"),
-    ({"avx2", "amx_bf16", "avx512f"}, "AVX512", None, "bf16"),
-    ({"avx2", "fma"}, "AVX2", None, "fp32"),  # an AVX2-only CPU: bf16 is emulated, about 5x slower
-    ({"avx2", "avx512f"}, "AVX512", None, "fp32"),  # AVX-512 without its bf16 extension
-    ({"avx2", "avx512f", "avx512_bf16"}, "AVX2", None, "fp32"),  # PyTorch's kernels capped at AVX2
-    ({"avx2", "avx512f", "avx512_bf16"}, "AVX512", "AVX2", "fp32"),  # oneDNN capped below bf16
-    ({"avx2", "avx512f", "avx512_bf16"}, "AVX512", "avx512_core_bf16", "bf16"),
-    (set(), "DEFAULT", None, "fp32"),  # no /proc/cpuinfo (not Linux)
+@pytest.mark.parametrize("vendor, flags, kernels, onednn, expected", [
+    ("AuthenticAMD", {"avx2", "avx512f", "avx512_bf16"}, "AVX512", None, "bf16"),  # Zen 4: bf16 products 1.7x fp32's
+    ("GenuineIntel", {"avx2", "amx_bf16", "avx512f", "avx512_bf16"}, "AVX512", None, "bf16"),
+    # Intel's AVX-512 bf16 without AMX: its bf16 products ran at half fp32's speed (hardware.fast_cpu_bf16)
+    ("GenuineIntel", {"avx2", "avx512f", "avx512_bf16", "avx512_fp16"}, "AVX512", None, "fp32"),
+    ("GenuineIntel", {"avx2", "amx_bf16", "avx512f", "avx512_bf16"}, "AVX512", "avx512_core_bf16", "fp32"),  # no AMX
+    ("GenuineIntel", {"avx2", "amx_bf16", "avx512f", "avx512_bf16"}, "AVX512", "avx512_core_amx", "bf16"),
+    ("AuthenticAMD", {"avx2", "fma"}, "AVX2", None, "fp32"),  # an AVX2-only CPU: bf16 is emulated, about 5x slower
+    ("GenuineIntel", {"avx2", "avx512f"}, "AVX512", None, "fp32"),  # AVX-512 without its bf16 extension
+    ("AuthenticAMD", {"avx2", "avx512f", "avx512_bf16"}, "AVX2", None, "fp32"),  # PyTorch's kernels capped at AVX2
+    ("AuthenticAMD", {"avx2", "avx512f", "avx512_bf16"}, "AVX512", "AVX2", "fp32"),  # oneDNN capped below bf16
+    ("AuthenticAMD", {"avx2", "avx512f", "avx512_bf16"}, "AVX512", "avx512_core_bf16", "bf16"),
+    (None, set(), "DEFAULT", None, "fp32"),  # no /proc/cpuinfo (not Linux)
 ])
-def test_auto_picks_bf16_only_where_the_cpu_runs_it_natively(monkeypatch, pretend_cpu, flags, kernels, onednn,
-                                                            expected):
-    pretend_cpu(flags, onednn)
+def test_auto_picks_bf16_only_where_the_cpu_runs_it_faster_than_fp32(monkeypatch, pretend_cpu, vendor, flags,
+                                                                    kernels, onednn, expected):
+    pretend_cpu(flags, onednn, vendor)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: kernels)
     assert hardware.auto_dtype("cpu") == expected
 
@@ -45,8 +50,7 @@ def test_auto_picks_bf16_only_where_the_cpu_runs_it_natively(monkeypatch, preten
 ])
 def test_fp32_products_are_fused_where_that_was_measured_faster(monkeypatch, pretend_cpu, vendor, flags, onednn,
                                                                expected):
-    pretend_cpu(flags, onednn)
-    monkeypatch.setattr(hardware, "_cpuinfo", lambda: {"vendor_id": vendor} if vendor else {})
+    pretend_cpu(flags, onednn, vendor)
     assert hardware.fused_fp32_products() == expected
 
 
