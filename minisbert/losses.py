@@ -1,4 +1,5 @@
-"""The training objectives of the paper (section 3), plus in-batch negatives and CoSENT (and AnglE, its angle form).
+"""The training objectives of the paper (section 3), plus in-batch negatives, CoSENT (and AnglE, its angle form),
+the contrastive losses of pairs labelled alike or unlike, and distillation from a teacher's embeddings (MSELoss).
 
 Every loss embeds all its text columns with the one shared model (the siamese / triplet network: the same
 weights in every branch) and takes a batch as produced by `tokenize_batch`; or, as sentence-transformers' losses
@@ -6,6 +7,8 @@ do, the features of each column (model.tokenize's) and the labels: loss([feature
 arguments are sentence-transformers' too, under its names and defaults.
 """
 
+
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -162,6 +165,100 @@ class TripletLoss(nn.Module):
         (anchor, positive, negative), _ = embed_columns(self.model, batch, labels, "TripletLoss", 3)
         distance = self.distance_metric(anchor, positive) - self.distance_metric(anchor, negative)
         return F.relu(distance + self.triplet_margin).mean()
+
+
+class SiameseDistanceMetric:
+    """The distances ContrastiveLoss and OnlineContrastiveLoss may take, under sentence-transformers' names."""
+    EUCLIDEAN = staticmethod(lambda x, y: F.pairwise_distance(x, y, p=2))
+    MANHATTAN = staticmethod(lambda x, y: F.pairwise_distance(x, y, p=1))
+    COSINE_DISTANCE = staticmethod(lambda x, y: 1 - F.cosine_similarity(x, y))
+
+
+def binary_labels(loss: nn.Module, u: torch.Tensor, labels: torch.Tensor, other_labels: str) -> torch.Tensor:
+    """The labels of a batch of pairs, one per pair (an error otherwise), flat; warned about once per loss where any
+    is neither 0 nor 1 (`other_labels`: what the loss does with them), as sentence-transformers warns."""
+    name = type(loss).__name__
+    if labels.numel() != len(u):
+        raise ValueError(f"{name} takes one label per pair: {len(u)} pairs, {labels.numel()} labels")
+    labels = labels.view(-1)
+    if not loss.checked_labels:
+        loss.checked_labels = True
+        if (labels.ne(0) & labels.ne(1)).any():
+            warnings.warn(f"{name} expects labels 0 (unlike) and 1 (alike); {other_labels}", stacklevel=3)
+    return labels
+
+
+class ContrastiveLoss(nn.Module):
+    """Pairs labelled alike (1) or unlike (0) (Hadsell et al., 2006): half the squared distance of each alike pair,
+    half the square of what an unlike pair falls short of `margin`; the mean over the batch (`size_average`), else
+    the sum. The distance is the cosine distance unless `distance_metric` says otherwise (one of
+    SiameseDistanceMetric's, or any function of two (B, dim) tensors)."""
+
+    def __init__(self, model, distance_metric=SiameseDistanceMetric.COSINE_DISTANCE, margin: float = 0.5,
+                 size_average: bool = True):
+        super().__init__()
+        self.model, self.distance_metric, self.margin, self.size_average = model, distance_metric, margin, size_average
+        self.checked_labels = False
+
+    def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
+        (u, v), labels = embed_columns(self.model, batch, labels, "ContrastiveLoss", 2, needs_labels=True)
+        labels = binary_labels(self, u, labels, "others weigh the two terms, label and 1 - label").float()
+        distances = self.distance_metric(u, v)
+        losses = 0.5 * (labels * distances.pow(2) + (1 - labels) * F.relu(self.margin - distances).pow(2))
+        return losses.mean() if self.size_average else losses.sum()
+
+
+class OnlineContrastiveLoss(nn.Module):
+    """ContrastiveLoss over the batch's hard pairs only, summed: the alike pairs (1) further apart than the closest
+    unlike pair (0), and the unlike pairs closer than the furthest alike pair. In a batch of one kind, the pairs
+    beyond the batch's mean distance (alike) or within it (unlike)."""
+
+    def __init__(self, model, distance_metric=SiameseDistanceMetric.COSINE_DISTANCE, margin: float = 0.5):
+        super().__init__()
+        self.model, self.distance_metric, self.margin = model, distance_metric, margin
+        self.checked_labels = False
+
+    def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
+        (u, v), labels = embed_columns(self.model, batch, labels, "OnlineContrastiveLoss", 2, needs_labels=True)
+        labels = binary_labels(self, u, labels, "pairs with other labels count as neither and are left out")
+        distances = self.distance_metric(u, v)
+        alike, unlike = distances[labels == 1], distances[labels == 0]
+        hard_unlike = unlike[unlike < (alike.max() if len(alike) else unlike.mean())]
+        hard_alike = alike[alike > (unlike.min() if len(unlike) else alike.mean())]
+        return hard_alike.pow(2).sum() + F.relu(self.margin - hard_unlike).pow(2).sum()
+
+
+class MSELoss(nn.Module):
+    """Distillation (Reimers & Gurevych, 2020, multilingual models): the mean squared error between each text
+    column's embeddings and a teacher's, given as the labels: (B, dim) for every column, or (B, columns, dim) one
+    per column; the mean over the columns. With `projection_dim`, the embeddings pass through a linear layer of
+    this loss's own first (trained with it), to a teacher of another width."""
+
+    def __init__(self, model, projection_dim: int | None = None):
+        super().__init__()
+        self.model, self.projection_dim = model, projection_dim
+        self.projection = None if projection_dim is None else nn.Linear(
+            model.get_sentence_embedding_dimension(), projection_dim, device=model.device)
+
+    def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
+        embeddings, labels = embed_columns(self.model, batch, labels, "MSELoss", 1, needs_labels=True, more=True)
+        labels = torch.as_tensor(labels).detach()
+        if labels.dim() == 2:
+            teachers = [labels] * len(embeddings)
+        elif labels.dim() == 3 and labels.shape[1] == len(embeddings):
+            teachers = list(labels.unbind(1))
+        else:
+            raise ValueError(f"MSELoss takes the teacher's embeddings as labels, (batch, dim) or (batch, "
+                             f"{len(embeddings)} columns, dim), not of shape {tuple(labels.shape)}")
+        losses = []
+        for student, teacher in zip(embeddings, teachers):
+            if self.projection is not None:
+                student = self.projection(student.to(self.projection.weight.dtype))
+            if teacher.shape != student.shape:
+                raise ValueError(f"MSELoss: the teacher's embeddings {tuple(teacher.shape)} do not match the "
+                                 f"student's {tuple(student.shape)}")
+            losses.append(F.mse_loss(student, teacher.to(student.device, student.dtype)))
+        return torch.stack(losses).mean()
 
 
 class MultipleNegativesRankingLoss(nn.Module):

@@ -1,5 +1,7 @@
 """STS evaluation against sentence-transformers' EmbeddingSimilarityEvaluator, and the losses against theirs."""
 
+import warnings
+
 import pytest
 import torch
 from sentence_transformers import SentenceTransformer as Reference
@@ -78,7 +80,11 @@ def test_softmax_concatenations_of_table_6(both, triplets):
     ("CoSENTLoss", {}), ("CoSENTLoss", {"scale": 5.0}), ("AnglELoss", {}),
     ("TripletLoss", {}), ("TripletLoss", {"distance_metric": "MANHATTAN"}),
     ("TripletLoss", {"distance_metric": "COSINE", "triplet_margin": 0.5}),
-    ("MultipleNegativesRankingLoss", {}), ("MultipleNegativesRankingLoss", {"scale": 10.0})])
+    ("MultipleNegativesRankingLoss", {}), ("MultipleNegativesRankingLoss", {"scale": 10.0}),
+    ("ContrastiveLoss", {}),
+    ("ContrastiveLoss", {"distance_metric": "EUCLIDEAN", "margin": 3.0, "size_average": False}),
+    ("OnlineContrastiveLoss", {}), ("OnlineContrastiveLoss", {"distance_metric": "MANHATTAN", "margin": 60.0}),
+    ("MSELoss", {}), ("MSELoss", {"projection_dim": 16})])
 def test_losses_called_as_in_sentence_transformers_give_its_values_and_gradients(minilm_folder, triplets, name,
                                                                                  options):
     # a training loop of one's own: loss([features of each column], labels), the arguments and defaults (the
@@ -86,26 +92,36 @@ def test_losses_called_as_in_sentence_transformers_give_its_values_and_gradients
     ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
     ours_options, their_options = dict(options), dict(options)
     if "distance_metric" in options:
-        ours_options["distance_metric"] = getattr(losses.TripletDistanceMetric, options["distance_metric"])
-        their_options["distance_metric"] = getattr(reference_losses.TripletDistanceMetric, options["distance_metric"])
+        metrics = "TripletDistanceMetric" if name == "TripletLoss" else "SiameseDistanceMetric"
+        ours_options["distance_metric"] = getattr(getattr(losses, metrics), options["distance_metric"])
+        their_options["distance_metric"] = getattr(getattr(reference_losses, metrics), options["distance_metric"])
     ours_loss, their_loss = getattr(losses, name)(ours, **ours_options), getattr(reference_losses, name)(
         reference, **their_options)
-    paired = name in ("SoftmaxLoss", "CosineSimilarityLoss", "CoSENTLoss", "AnglELoss")
+    paired = name in ("SoftmaxLoss", "CosineSimilarityLoss", "CoSENTLoss", "AnglELoss", "ContrastiveLoss",
+                      "OnlineContrastiveLoss")
     columns = [list(column) for column in zip(*(t.texts[:2] if paired else t.texts for t in triplets))]
     ties = torch.tensor([0.2, 0.9, 0.5, 0.5, 0.0, 1.0, 0.2, 0.7])  # equal labels: no term for their pair
+    alike = torch.tensor([1, 0, 1, 1, 0, 0, 1, 0])
     labels = {"SoftmaxLoss": torch.tensor([0, 1, 2, 1, 0, 2, 2, 1]),
               "CosineSimilarityLoss": torch.linspace(0, 1, len(triplets)), "CoSENTLoss": ties,
-              "AnglELoss": ties}.get(name)
+              "AnglELoss": ties, "ContrastiveLoss": alike,
+              "OnlineContrastiveLoss": 1 - alike,  # these labels part the pairs' distances less well: hard pairs
+              # a teacher's embeddings, one per text of each column
+              "MSELoss": torch.randn(len(triplets), len(columns), options.get("projection_dim", 384),
+                                     generator=torch.Generator().manual_seed(0))}.get(name)
     if name == "SoftmaxLoss":
         ours_loss.classifier.load_state_dict(their_loss.classifier.state_dict())
+    if name == "MSELoss" and "projection_dim" in options:
+        ours_loss.projection.load_state_dict(their_loss.projection.state_dict())
     got = ours_loss([ours.preprocess(column) for column in columns], labels)
     expected = their_loss([reference.preprocess(column) for column in columns], labels)
     assert got.item() == pytest.approx(expected.item(), abs=1e-5) and got.item() > 0
     got.backward()
     expected.backward()
-    torch.testing.assert_close(ours.encoder.layers[0].query.weight.grad,
-                               reference[0].auto_model.encoder.layer[0].attention.self.query.weight.grad,
-                               atol=1e-5, rtol=1e-4)
+    their_gradient = reference[0].auto_model.encoder.layer[0].attention.self.query.weight.grad
+    # to 1e-5 of the gradient's scale: the losses that sum over the batch (OnlineContrastiveLoss) have larger ones
+    torch.testing.assert_close(ours.encoder.layers[0].query.weight.grad, their_gradient,
+                               atol=1e-5 * max(1.0, their_gradient.abs().max().item()), rtol=1e-4)
 
 
 def test_softmax_loss_arguments_that_disagree_are_errors(both):
@@ -132,6 +148,24 @@ def test_losses_called_with_what_they_cannot_take_say_what_they_need(both):
         losses.MultipleNegativesRankingLoss(ours)(features[:1], None)
     with pytest.raises(TypeError, match="a list of the features of each text column"):
         losses.CosineSimilarityLoss(ours)([["a", "b"], ["c", "d"]], torch.ones(2))
+    with pytest.raises(ValueError, match="ContrastiveLoss takes one label per pair: 2 pairs, 3 labels"):
+        losses.ContrastiveLoss(ours)(features, torch.ones(3))
+    with pytest.raises(ValueError, match=r"MSELoss takes the teacher's embeddings as labels, \(batch, dim\) or "
+                                         r"\(batch, 2 columns, dim\), not of shape \(2, 3, 384\)"):
+        losses.MSELoss(ours)(features, torch.zeros(2, 3, 384))
+    with pytest.raises(ValueError, match=r"the teacher's embeddings \(2, 768\) do not match the student's \(2, 384\)"):
+        losses.MSELoss(ours)(features, torch.zeros(2, 768))
+
+
+def test_contrastive_losses_warn_once_of_labels_other_than_0_and_1(both):
+    ours, _ = both
+    features = [ours.preprocess(["a", "b"]), ours.preprocess(["c", "d"])]
+    for loss in (losses.ContrastiveLoss(ours), losses.OnlineContrastiveLoss(ours)):
+        with pytest.warns(UserWarning, match=f"{type(loss).__name__} expects labels 0 \\(unlike\\) and 1"):
+            loss(features, torch.tensor([0.5, 1.0]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            loss(features, torch.tensor([0.5, 1.0]))
 
 
 def test_softmax_loss_without_labels_and_label_accuracy_as_in_sentence_transformers(minilm_folder, data_dir,
