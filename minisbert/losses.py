@@ -1,5 +1,6 @@
 """The training objectives of the paper (section 3), plus in-batch negatives, CoSENT (and AnglE, its angle form),
-the contrastive losses of pairs labelled alike or unlike, and distillation from a teacher's embeddings (MSELoss).
+the contrastive losses of pairs labelled alike or unlike, distillation from a teacher's embeddings (MSELoss), and
+MatryoshkaLoss, which trains embeddings to stay good cut short.
 
 Every loss embeds all its text columns with the one shared model (the siamese / triplet network: the same
 weights in every branch) and takes a batch as produced by `tokenize_batch`; or, as sentence-transformers' losses
@@ -8,6 +9,7 @@ arguments are sentence-transformers' too, under its names and defaults.
 """
 
 
+import random
 import warnings
 
 import torch
@@ -280,6 +282,72 @@ class MultipleNegativesRankingLoss(nn.Module):
         candidates = torch.cat([rows for rows, _ in gathered])  # (G * (columns - 1), dim)
         scores = self.similarity_fct(anchors, candidates) * self.scale  # (B, G * (columns - 1))
         return F.cross_entropy(scores, offset + torch.arange(len(anchors), device=scores.device))
+
+
+class MatryoshkaLoss(nn.Module):
+    """Embeddings that stay good cut short (Matryoshka representation learning, Kusupati et al., 2022): `loss` over
+    the embeddings' first d values, normalized, for each width d of `matryoshka_dims`, weighted by
+    `matryoshka_weights` (1 each) and added up; with `n_dims_per_step` > 0, over that many of the widths only,
+    drawn at random at each call. The model runs once per batch: for the call, model.forward gives `loss` its
+    outputs cut to the width at hand (as in sentence-transformers, which swaps it so too), and labels that are
+    embeddings of the model's width (MSELoss's teacher's) are cut alike."""
+
+    def __init__(self, model, loss: nn.Module, matryoshka_dims, matryoshka_weights=None, n_dims_per_step: int = -1):
+        super().__init__()
+        width = model._output_dimension(None)
+        dims = list(matryoshka_dims)
+        if not dims or any(type(dim) is not int or not 0 < dim <= width for dim in dims):
+            raise ValueError(f"matryoshka_dims {dims}: one or more widths, each from 1 to the model's {width}")
+        weights = [1] * len(dims) if matryoshka_weights is None else list(matryoshka_weights)
+        if len(weights) != len(dims):
+            raise ValueError(f"matryoshka_weights has {len(weights)} weights for {len(dims)} matryoshka_dims")
+        if width not in dims:
+            warnings.warn(f"matryoshka_dims {dims} leave out the model's own width, {width}: the whole embedding "
+                          "is not trained as such", stacklevel=2)
+        self.model, self.loss, self.n_dims_per_step, self.width = model, loss, n_dims_per_step, width
+        self.matryoshka_dims, self.matryoshka_weights = zip(*sorted(zip(dims, weights), key=lambda pair: -pair[0]))
+
+    def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
+        chosen = range(len(self.matryoshka_dims))
+        if 0 < self.n_dims_per_step < len(chosen):
+            chosen = sorted(random.sample(chosen, self.n_dims_per_step))
+        outputs = []  # the model's outputs for this batch, in the order `loss` asks for them
+        at = {"width": None, "call": 0}
+        model_forward = self.model.forward
+
+        def cut_forward(*args, **kwargs):
+            if at["call"] == len(outputs):  # the first width: the model runs
+                outputs.append(model_forward(*args, **kwargs))
+            output = outputs[at["call"]]
+            at["call"] += 1
+            if isinstance(output, dict):  # model(features)
+                return {**output, "sentence_embedding": cut(output["sentence_embedding"], at["width"])}
+            return cut(output, at["width"])
+
+        self.model.forward = cut_forward
+        try:
+            total = 0.0
+            for index in chosen:
+                at.update(width=self.matryoshka_dims[index], call=0)
+                total = total + self.matryoshka_weights[index] * self.loss(*self.cut_labels(batch, labels, at["width"]))
+        finally:
+            del self.model.forward  # back to the class's own
+        return total
+
+    def cut_labels(self, batch, labels, width: int) -> tuple:
+        """(batch, labels) with labels that are embeddings of the model's width (given, or a tokenize_batch batch's)
+        cut to `width`."""
+        given = batch.get("labels") if isinstance(batch, dict) else labels
+        if not (isinstance(given, torch.Tensor) and given.dim() in (2, 3) and given.shape[-1] == self.width):
+            return batch, labels
+        if isinstance(batch, dict):
+            return {**batch, "labels": given[..., :width]}, labels
+        return batch, given[..., :width]
+
+
+def cut(embeddings: torch.Tensor, width: int) -> torch.Tensor:
+    """The first `width` values of each embedding, normalized (in float32 for half types)."""
+    return F.normalize(embeddings[..., :width].float(), dim=-1).to(embeddings.dtype)
 
 
 def gather_across_processes(x: torch.Tensor) -> tuple[torch.Tensor, int]:

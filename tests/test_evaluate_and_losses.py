@@ -1,5 +1,6 @@
 """STS evaluation against sentence-transformers' EmbeddingSimilarityEvaluator, and the losses against theirs."""
 
+import random
 import warnings
 
 import pytest
@@ -202,3 +203,57 @@ def test_softmax_loss_without_labels_and_label_accuracy_as_in_sentence_transform
     assert 0 < got["nli_accuracy"] < 1
     assert ((tmp_path / "ours" / "accuracy_evaluation_nli_results.csv").read_text()
             == (tmp_path / "theirs" / "accuracy_evaluation_nli_results.csv").read_text())
+
+
+@pytest.mark.parametrize("inner,options", [
+    ("MultipleNegativesRankingLoss", {"matryoshka_dims": [384, 128, 32]}),
+    ("CoSENTLoss", {"matryoshka_dims": [64, 384, 256], "matryoshka_weights": [1.0, 2.0, 0.5]}),
+    ("MSELoss", {"matryoshka_dims": [384, 96]}),  # the teacher's embeddings cut too
+    ("MultipleNegativesRankingLoss", {"matryoshka_dims": [384, 256, 128, 64], "n_dims_per_step": 2})])
+def test_matryoshka_loss_gives_sentence_transformers_values_and_gradients(minilm_folder, triplets, inner, options):
+    ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
+    ours_loss = losses.MatryoshkaLoss(ours, getattr(losses, inner)(ours), **options)
+    their_loss = reference_losses.MatryoshkaLoss(reference, getattr(reference_losses, inner)(reference), **options)
+    columns = [list(column) for column in zip(*(t.texts for t in triplets))]
+    labels = {"CoSENTLoss": torch.tensor([0.2, 0.9, 0.5, 0.5, 0.0, 1.0, 0.2, 0.7]),
+              "MSELoss": torch.randn(len(triplets), 384, generator=torch.Generator().manual_seed(0))}.get(inner)
+    if inner != "MultipleNegativesRankingLoss":
+        columns = columns[:2]
+    for call in range(2):  # the second call runs the model anew
+        random.seed(call)  # n_dims_per_step's draw
+        got = ours_loss([ours.preprocess(column) for column in columns], labels)
+        random.seed(call)
+        expected = their_loss([reference.preprocess(column) for column in columns], labels)
+        assert got.item() == pytest.approx(expected.item(), abs=1e-5) and got.item() > 0
+    got.backward()
+    expected.backward()
+    their_gradient = reference[0].auto_model.encoder.layer[0].attention.self.query.weight.grad
+    torch.testing.assert_close(ours.encoder.layers[0].query.weight.grad, their_gradient,
+                               atol=1e-5 * max(1.0, their_gradient.abs().max().item()), rtol=1e-4)
+    assert "forward" not in vars(ours)  # the model's own forward again
+
+
+def test_matryoshka_loss_takes_a_tokenize_batch_batch_and_cuts_its_teacher_labels(both):
+    ours, _ = both
+    texts = ["A man plays a guitar.", "A dog runs in a park."]
+    teacher = torch.randn(2, 384, generator=torch.Generator().manual_seed(0))
+    matryoshka = losses.MatryoshkaLoss(ours, losses.MSELoss(ours), [384, 64])
+    expected = sum(torch.nn.functional.mse_loss(losses.cut(ours.encode(texts, convert_to_tensor=True), width),
+                                                teacher[:, :width]) for width in (384, 64))
+    with torch.no_grad():
+        got = matryoshka(losses.tokenize_batch(ours, [texts], teacher))
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_matryoshka_loss_arguments_that_do_not_fit_are_errors(both):
+    ours, _ = both
+    inner = losses.MultipleNegativesRankingLoss(ours)
+    with pytest.raises(ValueError, match=r"matryoshka_dims \[384, 512\]: one or more widths, each from 1 to the "
+                                         r"model's 384"):
+        losses.MatryoshkaLoss(ours, inner, [384, 512])
+    with pytest.raises(ValueError, match="matryoshka_dims"):
+        losses.MatryoshkaLoss(ours, inner, [])
+    with pytest.raises(ValueError, match="matryoshka_weights has 1 weights for 2 matryoshka_dims"):
+        losses.MatryoshkaLoss(ours, inner, [384, 64], [1.0])
+    with pytest.warns(UserWarning, match="leave out the model's own width, 384"):
+        losses.MatryoshkaLoss(ours, inner, [256, 64])
