@@ -2,7 +2,7 @@
 (fused_fp32_products), and how encode() shares its threads.
 
 On the CPU, bf16 matrix products are fast only with AMX, or with AVX-512 bf16 on AMD's CPUs (about 1.7x fp32 on
-the AMD EPYC we measured). On an Intel Xeon with AVX-512 bf16 but no AMX they ran at 0.4-0.6x fp32's speed (see
+the AMD EPYC we measured). On an Intel Xeon with AVX-512 bf16 but no AMX they ran at 0.54-0.60x fp32's speed (see
 fast_cpu_bf16), and elsewhere PyTorch emulates them: on an AVX2-only CPU bf16 runs about 5x slower than fp32, on an
 Intel Xeon with AVX-512 but no bf16 instructions (Ice Lake's set) at 0.37x fp32's speed (the README). So "auto" is
 bf16 where it is fast (fast_cpu_bf16) and fp32 elsewhere, never a type that is slower than fp32 on this machine. fp16
@@ -74,10 +74,10 @@ def onednn_cap() -> str:
 def fast_cpu_bf16() -> bool:
     """Whether bf16 matrix products run faster than fp32's here: on AMX, or on AVX-512 bf16 on a CPU that is not
     Intel's. On an Intel Xeon with AVX-512 bf16 and fp16 but no AMX, oneDNN's bf16 products (avx512_core_bf16) ran
-    at 0.4-0.6x MKL's fp32 ones at all-MiniLM-L6-v2's shapes, and whole encodings at 0.71x (benchmarks/encode_speed.py,
-    see the README): there one core issued 512-bit bf16 dot products (VDPBF16PS, 64 flops each) at a quarter of
-    the rate of fp32 multiply-adds (32 flops each), so half the flops, before any conversion. On an AMD EPYC
-    (Zen 4) bf16 products ran at about 1.7x fp32's."""
+    at 0.54-0.60x MKL's fp32 ones at all-MiniLM-L6-v2's shapes (benchmarks/product_speed.py), and whole encodings
+    at 0.70x (benchmarks/encode_speed.py; see the README): there one core issued 512-bit bf16 dot products
+    (VDPBF16PS, 64 flops each) at a quarter of the rate of fp32 multiply-adds (32 flops each), so half the flops.
+    On an AMD EPYC (Zen 4) bf16 products ran at about 1.7x fp32's."""
     flags = cpu_flags()
     torch_uses_avx512 = torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2", "NO AVX", "ZVECTOR")
     amx = "amx_bf16" in flags and onednn_cap() in ONEDNN_AMX_ISAS

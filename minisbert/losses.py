@@ -240,7 +240,7 @@ class MSELoss(nn.Module):
         super().__init__()
         self.model, self.projection_dim = model, projection_dim
         self.projection = None if projection_dim is None else nn.Linear(
-            model.get_sentence_embedding_dimension(), projection_dim, device=model.device)
+            model._output_dimension(None), projection_dim, device=model.device)
 
     def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
         embeddings, labels = embed_columns(self.model, batch, labels, "MSELoss", 1, needs_labels=True, more=True)
