@@ -21,6 +21,7 @@ from torch import nn
 from .similarity import cos_sim, pairwise_angle_sim, pairwise_cos_sim
 
 CONCATENATIONS = ("u", "v", "|u-v|", "u*v")  # the parts of the paper's Table 6 ablation
+DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")  # MultipleNegativesRankingLoss's
 
 
 def tokenize_batch(model, columns: list[list[str]], labels=None) -> dict:
@@ -265,23 +266,65 @@ class MSELoss(nn.Module):
 
 class MultipleNegativesRankingLoss(nn.Module):
     """In-batch negatives: each anchor must pick its own positive among every positive (and negative) of the
-    batch; cross-entropy over similarities (`similarity_fct`, cosine) times `scale` (20, as sentence-transformers)."""
+    batch; cross-entropy over similarities (`similarity_fct`, cosine) times `scale` (20, as sentence-transformers).
 
-    def __init__(self, model, scale: float = 20.0, similarity_fct=cos_sim):
+    `directions` adds more candidates for the same choice, as sentence-transformers 6 does: query_to_doc (the
+    anchor against every document: positives and negatives; always there), query_to_query (against the other
+    anchors), doc_to_query (the anchor's positive against every anchor), doc_to_doc (the anchor's positive against
+    the documents of the other anchors). `partition_mode` "joint" takes one softmax over all of them; "per_direction"
+    one per direction, their log-normalizers averaged (only directions that hold the positive pair)."""
+
+    def __init__(self, model, scale: float = 20.0, similarity_fct=cos_sim, directions=("query_to_doc",),
+                 partition_mode: str = "joint"):
         super().__init__()
-        self.model = model
-        self.scale = scale
-        self.similarity_fct = similarity_fct
+        unknown = set(directions) - set(DIRECTIONS)
+        if unknown or "query_to_doc" not in directions:
+            raise ValueError(f"directions {tuple(directions)}: query_to_doc and any of {', '.join(DIRECTIONS[1:])}")
+        if partition_mode not in ("joint", "per_direction"):
+            raise ValueError(f"partition_mode is joint or per_direction, not {partition_mode!r}")
+        if partition_mode == "per_direction" and {"query_to_query", "doc_to_doc"} & set(directions):
+            raise ValueError("partition_mode per_direction takes only directions that hold the positive pair "
+                             "(query_to_doc, doc_to_query), not query_to_query or doc_to_doc: use joint")
+        self.model, self.scale, self.similarity_fct = model, scale, similarity_fct
+        self.directions, self.partition_mode = tuple(directions), partition_mode
 
     def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
-        (anchors, *candidates), _ = embed_columns(self.model, batch, labels, "MultipleNegativesRankingLoss", 2,
-                                                  more=True)
+        (anchors, *columns), _ = embed_columns(self.model, batch, labels, type(self).__name__, 2, more=True)
         # under DDP the candidates are those of the global batch, so that two processes train as one
-        gathered = [gather_across_processes(column) for column in candidates]
+        gathered = [gather_across_processes(column) for column in columns]
         offset = gathered[0][1]
-        candidates = torch.cat([rows for rows, _ in gathered])  # (G * (columns - 1), dim)
-        scores = self.similarity_fct(anchors, candidates) * self.scale  # (B, G * (columns - 1))
-        return F.cross_entropy(scores, offset + torch.arange(len(anchors), device=scores.device))
+        documents = torch.cat([rows for rows, _ in gathered])  # (G * (columns - 1), dim)
+        rows = torch.arange(len(anchors), device=anchors.device)
+        own = offset + rows  # each anchor's positive among the documents (and its place in the global batch)
+        scores = {"query_to_doc": self.similarity_fct(anchors, documents)}  # (B, G * (columns - 1))
+        if {"query_to_query", "doc_to_query"} & set(self.directions):
+            queries = gather_across_processes(anchors)[0]  # (G, dim)
+        if "query_to_query" in self.directions:
+            scores["query_to_query"] = self.similarity_fct(anchors, queries).index_put((rows, own), torch.tensor(
+                float("-inf"), device=anchors.device))  # not itself
+        if "doc_to_query" in self.directions:
+            scores["doc_to_query"] = self.similarity_fct(queries, columns[0]).T  # (B, G)
+        if "doc_to_doc" in self.directions:  # not the documents of its own anchor
+            global_batch = len(gathered[0][0])
+            its_documents = own[:, None] + global_batch * torch.arange(len(columns), device=own.device)  # (B, c - 1)
+            same_anchor = torch.zeros(len(anchors), len(documents), dtype=torch.bool, device=anchors.device)
+            same_anchor[rows[:, None], its_documents] = True
+            scores["doc_to_doc"] = self.similarity_fct(documents, columns[0]).T.masked_fill(same_anchor, float("-inf"))
+        scores = {direction: self.scale * direction_scores for direction, direction_scores in scores.items()}
+        if self.partition_mode == "joint":
+            log_normalizer = torch.logsumexp(torch.cat(list(scores.values()), dim=1), dim=1)
+        else:
+            log_normalizer = sum(torch.logsumexp(part, dim=1) for part in scores.values()) / len(scores)
+        return (log_normalizer - scores["query_to_doc"][rows, own]).mean()
+
+
+class MultipleNegativesSymmetricRankingLoss(MultipleNegativesRankingLoss):
+    """In-batch negatives both ways: each anchor picks its positive among the documents, and each positive its
+    anchor among the anchors, the two softmaxes averaged (sentence-transformers' older name for
+    MultipleNegativesRankingLoss with directions query_to_doc and doc_to_query, partition_mode per_direction)."""
+
+    def __init__(self, model, scale: float = 20.0, similarity_fct=cos_sim):
+        super().__init__(model, scale, similarity_fct, ("query_to_doc", "doc_to_query"), "per_direction")
 
 
 class MatryoshkaLoss(nn.Module):

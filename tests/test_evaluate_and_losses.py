@@ -82,6 +82,11 @@ def test_softmax_concatenations_of_table_6(both, triplets):
     ("TripletLoss", {}), ("TripletLoss", {"distance_metric": "MANHATTAN"}),
     ("TripletLoss", {"distance_metric": "COSINE", "triplet_margin": 0.5}),
     ("MultipleNegativesRankingLoss", {}), ("MultipleNegativesRankingLoss", {"scale": 10.0}),
+    ("MultipleNegativesRankingLoss", {"directions": ("query_to_doc", "doc_to_query"),
+                                      "partition_mode": "per_direction"}),
+    ("MultipleNegativesRankingLoss", {"directions": ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")}),
+    ("MultipleNegativesRankingLoss", {"directions": ("doc_to_doc", "query_to_doc"), "scale": 7.0}),
+    ("MultipleNegativesSymmetricRankingLoss", {}),
     ("ContrastiveLoss", {}),
     ("ContrastiveLoss", {"distance_metric": "EUCLIDEAN", "margin": 3.0, "size_average": False}),
     ("OnlineContrastiveLoss", {}), ("OnlineContrastiveLoss", {"distance_metric": "MANHATTAN", "margin": 60.0}),
@@ -147,6 +152,12 @@ def test_losses_called_with_what_they_cannot_take_say_what_they_need(both):
         losses.TripletLoss(ours)(features, None)
     with pytest.raises(ValueError, match="MultipleNegativesRankingLoss takes 2 text columns or more, not 1"):
         losses.MultipleNegativesRankingLoss(ours)(features[:1], None)
+    with pytest.raises(ValueError, match=r"directions \('doc_to_query',\): query_to_doc and any of query_to_query, "
+                                         r"doc_to_query, doc_to_doc"):
+        losses.MultipleNegativesRankingLoss(ours, directions=("doc_to_query",))
+    with pytest.raises(ValueError, match="per_direction takes only directions that hold the positive pair"):
+        losses.MultipleNegativesRankingLoss(ours, directions=("query_to_doc", "doc_to_doc"),
+                                            partition_mode="per_direction")
     with pytest.raises(TypeError, match="a list of the features of each text column"):
         losses.CosineSimilarityLoss(ours)([["a", "b"], ["c", "d"]], torch.ones(2))
     with pytest.raises(ValueError, match="ContrastiveLoss takes one label per pair: 2 pairs, 3 labels"):
