@@ -267,15 +267,21 @@ class MSELoss(nn.Module):
 class MultipleNegativesRankingLoss(nn.Module):
     """In-batch negatives: each anchor must pick its own positive among every positive (and negative) of the
     batch; cross-entropy over similarities (`similarity_fct`, cosine) times `scale` (20, as sentence-transformers).
+    With `gather_across_devices`, under DDP, among those of every process's batch (train.py gathers them: two
+    processes then train as one); each process's own, as in sentence-transformers, by default.
 
     `directions` adds more candidates for the same choice, as sentence-transformers 6 does: query_to_doc (the
     anchor against every document: positives and negatives; always there), query_to_query (against the other
     anchors), doc_to_query (the anchor's positive against every anchor), doc_to_doc (the anchor's positive against
     the documents of the other anchors). `partition_mode` "joint" takes one softmax over all of them; "per_direction"
-    one per direction, their log-normalizers averaged (only directions that hold the positive pair)."""
+    one per direction, their log-normalizers averaged (only directions that hold the positive pair). With
+    `hardness_mode` and `hardness_strength` > 0, the query_to_doc scores of some negatives are raised by
+    hardness_strength times their similarity (no gradient), so that hard negatives weigh more: the documents of the
+    other anchors (in_batch_negatives), the anchor's own hard negatives (hard_negatives), or both (all_negatives)."""
 
-    def __init__(self, model, scale: float = 20.0, similarity_fct=cos_sim, directions=("query_to_doc",),
-                 partition_mode: str = "joint"):
+    def __init__(self, model, scale: float = 20.0, similarity_fct=cos_sim, gather_across_devices: bool = False,
+                 directions=("query_to_doc",), partition_mode: str = "joint", hardness_mode: str | None = None,
+                 hardness_strength: float = 0.0):
         super().__init__()
         unknown = set(directions) - set(DIRECTIONS)
         if unknown or "query_to_doc" not in directions:
@@ -285,32 +291,48 @@ class MultipleNegativesRankingLoss(nn.Module):
         if partition_mode == "per_direction" and {"query_to_query", "doc_to_doc"} & set(directions):
             raise ValueError("partition_mode per_direction takes only directions that hold the positive pair "
                              "(query_to_doc, doc_to_query), not query_to_query or doc_to_doc: use joint")
+        if hardness_mode not in (None, "in_batch_negatives", "hard_negatives", "all_negatives"):
+            raise ValueError(f"hardness_mode is None, in_batch_negatives, hard_negatives or all_negatives, not "
+                             f"{hardness_mode!r}")
+        if not scale > 0 or hardness_strength < 0:
+            raise ValueError(f"scale must be positive ({scale}) and hardness_strength at least 0 ({hardness_strength})")
         self.model, self.scale, self.similarity_fct = model, scale, similarity_fct
+        self.gather_across_devices = gather_across_devices
         self.directions, self.partition_mode = tuple(directions), partition_mode
+        self.hardness_mode, self.hardness_strength = hardness_mode, hardness_strength
 
     def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
         (anchors, *columns), _ = embed_columns(self.model, batch, labels, type(self).__name__, 2, more=True)
-        # under DDP the candidates are those of the global batch, so that two processes train as one
-        gathered = [gather_across_processes(column) for column in columns]
+        gather = gather_across_processes if self.gather_across_devices else lambda rows: (rows, 0)
+        gathered = [gather(column) for column in columns]
         offset = gathered[0][1]
-        documents = torch.cat([rows for rows, _ in gathered])  # (G * (columns - 1), dim)
+        documents = torch.cat([rows for rows, _ in gathered])  # (G * (columns - 1), dim), G the global batch
+        global_batch = len(gathered[0][0])
         rows = torch.arange(len(anchors), device=anchors.device)
         own = offset + rows  # each anchor's positive among the documents (and its place in the global batch)
+        # the documents of each anchor's own row: its positive, then its hard negatives
+        its_documents = own[:, None] + global_batch * torch.arange(len(columns), device=own.device)  # (B, c - 1)
+        same_anchor = torch.zeros(len(anchors), len(documents), dtype=torch.bool, device=anchors.device)
+        same_anchor[rows[:, None], its_documents] = True
         scores = {"query_to_doc": self.similarity_fct(anchors, documents)}  # (B, G * (columns - 1))
         if {"query_to_query", "doc_to_query"} & set(self.directions):
-            queries = gather_across_processes(anchors)[0]  # (G, dim)
+            queries = gather(anchors)[0]  # (G, dim)
         if "query_to_query" in self.directions:
             scores["query_to_query"] = self.similarity_fct(anchors, queries).index_put((rows, own), torch.tensor(
                 float("-inf"), device=anchors.device))  # not itself
         if "doc_to_query" in self.directions:
             scores["doc_to_query"] = self.similarity_fct(queries, columns[0]).T  # (B, G)
         if "doc_to_doc" in self.directions:  # not the documents of its own anchor
-            global_batch = len(gathered[0][0])
-            its_documents = own[:, None] + global_batch * torch.arange(len(columns), device=own.device)  # (B, c - 1)
-            same_anchor = torch.zeros(len(anchors), len(documents), dtype=torch.bool, device=anchors.device)
-            same_anchor[rows[:, None], its_documents] = True
             scores["doc_to_doc"] = self.similarity_fct(documents, columns[0]).T.masked_fill(same_anchor, float("-inf"))
+        penalty = 0.0
+        if self.hardness_mode is not None and self.hardness_strength > 0:
+            positive = same_anchor & (torch.arange(len(documents), device=own.device) < global_batch)[None, :]
+            raised = {"in_batch_negatives": ~same_anchor,  # every document of the other anchors' rows
+                      "hard_negatives": same_anchor & ~positive,  # the anchor's own hard negatives
+                      "all_negatives": ~positive}[self.hardness_mode]  # both
+            penalty = self.hardness_strength * scores["query_to_doc"].detach() * raised
         scores = {direction: self.scale * direction_scores for direction, direction_scores in scores.items()}
+        scores["query_to_doc"] = scores["query_to_doc"] + penalty
         if self.partition_mode == "joint":
             log_normalizer = torch.logsumexp(torch.cat(list(scores.values()), dim=1), dim=1)
         else:
@@ -323,8 +345,9 @@ class MultipleNegativesSymmetricRankingLoss(MultipleNegativesRankingLoss):
     anchor among the anchors, the two softmaxes averaged (sentence-transformers' older name for
     MultipleNegativesRankingLoss with directions query_to_doc and doc_to_query, partition_mode per_direction)."""
 
-    def __init__(self, model, scale: float = 20.0, similarity_fct=cos_sim):
-        super().__init__(model, scale, similarity_fct, ("query_to_doc", "doc_to_query"), "per_direction")
+    def __init__(self, model, scale: float = 20.0, similarity_fct=cos_sim, gather_across_devices: bool = False):
+        super().__init__(model, scale, similarity_fct, gather_across_devices, ("query_to_doc", "doc_to_query"),
+                         "per_direction")
 
 
 class MatryoshkaLoss(nn.Module):
