@@ -303,6 +303,11 @@ class MultipleNegativesRankingLoss(nn.Module):
 
     def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
         (anchors, *columns), _ = embed_columns(self.model, batch, labels, type(self).__name__, 2, more=True)
+        return self.loss_from_embeddings(anchors, columns)
+
+    def loss_from_embeddings(self, anchors: torch.Tensor, columns: list[torch.Tensor]) -> torch.Tensor:
+        """The loss of anchors (B, dim) against the documents of the other columns (each (B, dim): positives, then
+        hard negatives)."""
         gather = gather_across_processes if self.gather_across_devices else lambda rows: (rows, 0)
         gathered = [gather(column) for column in columns]
         offset = gathered[0][1]
@@ -348,6 +353,85 @@ class MultipleNegativesSymmetricRankingLoss(MultipleNegativesRankingLoss):
     def __init__(self, model, scale: float = 20.0, similarity_fct=cos_sim, gather_across_devices: bool = False):
         super().__init__(model, scale, similarity_fct, gather_across_devices, ("query_to_doc", "doc_to_query"),
                          "per_direction")
+
+
+class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
+    """MultipleNegativesRankingLoss over batches larger than fit in memory with gradients (GradCache, Gao et al.,
+    2021): each text column is embedded `mini_batch_size` texts at a time without gradients; the loss and its
+    gradient with respect to the embeddings are computed over the whole batch; then, as the loss is
+    back-propagated, each mini-batch is embedded again with gradients (its dropout drawing what it drew the first
+    time) and given its share of that gradient. The loss and the weights' gradients are those of the whole batch
+    at once; the memory, that of one mini-batch. Called as sentence-transformers calls it, loss([features of each
+    column]), or on a tokenize_batch batch."""
+
+    def __init__(self, model, scale: float = 20.0, similarity_fct=cos_sim, mini_batch_size: int = 32,
+                 gather_across_devices: bool = False, directions=("query_to_doc",), partition_mode: str = "joint",
+                 hardness_mode: str | None = None, hardness_strength: float = 0.0):
+        super().__init__(model, scale, similarity_fct, gather_across_devices, directions, partition_mode,
+                         hardness_mode, hardness_strength)
+        if type(mini_batch_size) is not int or mini_batch_size < 1:
+            raise ValueError(f"mini_batch_size must be a positive integer, not {mini_batch_size!r}")
+        self.mini_batch_size = mini_batch_size
+
+    def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
+        columns = column_features(batch)
+        if len(columns) < 2:
+            raise ValueError(f"{type(self).__name__} takes 2 text columns or more, not {len(columns)}")
+        device = self.model.device
+        cached, replays = [], []  # each column's embeddings (no gradients); its pieces with their random states
+        with torch.no_grad():
+            for features in columns:
+                pieces = split_features(features, self.mini_batch_size)
+                states, embeddings = [], []
+                for piece in pieces:
+                    states.append(random_state(device))
+                    embeddings.append(self.model(dict(piece))["sentence_embedding"])
+                cached.append(torch.cat(embeddings).requires_grad_())
+                replays.append(list(zip(pieces, states)))
+        loss = self.loss_from_embeddings(cached[0], cached[1:])
+        if not torch.is_grad_enabled():
+            return loss
+        gradients = torch.autograd.grad(loss, cached)
+
+        def replay(grad_output: torch.Tensor) -> None:  # as the loss is back-propagated: each piece with gradients
+            for column, gradient in zip(replays, gradients):
+                for (piece, state), piece_gradient in zip(column, gradient.split(self.mini_batch_size)):
+                    # (the backward pass runs hooks with gradients off)
+                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.enable_grad():
+                        set_random_state(state, device)
+                        embedded = self.model(dict(piece))["sentence_embedding"]
+                    embedded.backward(piece_gradient * grad_output)
+
+        loss = loss.detach().requires_grad_()
+        loss.register_hook(replay)
+        return loss
+
+
+def column_features(batch) -> list[dict]:
+    """The features of each text column: sentence-transformers' list of them, or a tokenize_batch batch split."""
+    if not isinstance(batch, dict):
+        return list(batch)
+    columns = batch["columns"]
+    return [{"input_ids": input_ids, "attention_mask": attention_mask} for input_ids, attention_mask in zip(
+        batch["input_ids"].chunk(columns), batch["attention_mask"].chunk(columns))]
+
+
+def split_features(features: dict, size: int) -> list[dict]:
+    """A column's features in pieces of `size` texts (the tensors with a row per text cut, the rest as they are)."""
+    texts = len(features["input_ids"])
+    return [{key: value[start:start + size] if isinstance(value, torch.Tensor) and value.dim() else value
+             for key, value in features.items()} for start in range(0, texts, size)]
+
+
+def random_state(device: torch.device) -> tuple:
+    """The random generators' states that dropout on `device` draws from."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def set_random_state(state: tuple, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state[1], device)
 
 
 class MatryoshkaLoss(nn.Module):

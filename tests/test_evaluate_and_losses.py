@@ -87,6 +87,8 @@ def test_softmax_concatenations_of_table_6(both, triplets):
     ("MultipleNegativesRankingLoss", {"directions": ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")}),
     ("MultipleNegativesRankingLoss", {"directions": ("doc_to_doc", "query_to_doc"), "scale": 7.0}),
     ("MultipleNegativesSymmetricRankingLoss", {}),
+    ("CachedMultipleNegativesRankingLoss", {"mini_batch_size": 3}),
+    ("CachedMultipleNegativesRankingLoss", {"mini_batch_size": 5, "directions": ("query_to_doc", "query_to_query")}),
     ("MultipleNegativesRankingLoss", {"hardness_mode": "in_batch_negatives", "hardness_strength": 3.0}),
     ("MultipleNegativesRankingLoss", {"hardness_mode": "hard_negatives", "hardness_strength": 3.0}),
     ("MultipleNegativesRankingLoss", {"hardness_mode": "all_negatives", "hardness_strength": 1.5,
@@ -272,3 +274,36 @@ def test_matryoshka_loss_arguments_that_do_not_fit_are_errors(both):
         losses.MatryoshkaLoss(ours, inner, [384, 64], [1.0])
     with pytest.warns(UserWarning, match="leave out the model's own width, 384"):
         losses.MatryoshkaLoss(ours, inner, [256, 64])
+
+
+def test_cached_in_batch_negatives_replay_each_piece_with_the_dropout_it_drew(minilm_folder, triplets):
+    """With dropout on, the gradients are those of the pieces embedded with gradients in the first pass's order
+    (the same dropout masks), the loss computed over all of them at once; and the random stream goes on as after
+    that one pass."""
+    model = SentenceTransformer(minilm_folder).train()
+    columns = [model.preprocess(list(column)) for column in zip(*(t.texts for t in triplets))]
+    cached = losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=3)
+    torch.manual_seed(0)
+    cached(columns).backward()
+    after_cached = torch.rand(1)
+    got = {name: parameter.grad.clone() for name, parameter in model.named_parameters()}
+    model.zero_grad()
+    torch.manual_seed(0)
+    embeddings = [torch.cat([model(dict(piece))["sentence_embedding"] for piece in losses.split_features(features, 3)])
+                  for features in columns]
+    cached.loss_from_embeddings(embeddings[0], embeddings[1:]).backward()
+    assert torch.equal(torch.rand(1), after_cached)
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(got[name], parameter.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_cached_in_batch_negatives_take_a_tokenize_batch_batch_and_run_without_gradients(both, triplets):
+    ours, _ = both
+    columns = [list(column) for column in zip(*(t.texts for t in triplets))]
+    cached = losses.CachedMultipleNegativesRankingLoss(ours, mini_batch_size=4)
+    with torch.no_grad():
+        expected = losses.MultipleNegativesRankingLoss(ours)([ours.preprocess(column) for column in columns])
+        got = cached(losses.tokenize_batch(ours, columns))
+    assert got.item() == pytest.approx(expected.item(), abs=1e-6)
+    with pytest.raises(ValueError, match="mini_batch_size must be a positive integer, not 0"):
+        losses.CachedMultipleNegativesRankingLoss(ours, mini_batch_size=0)
