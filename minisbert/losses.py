@@ -444,6 +444,9 @@ class MatryoshkaLoss(nn.Module):
 
     def __init__(self, model, loss: nn.Module, matryoshka_dims, matryoshka_weights=None, n_dims_per_step: int = -1):
         super().__init__()
+        if isinstance(loss, CachedMultipleNegativesRankingLoss):  # its second pass runs after forward() returns
+            raise ValueError("MatryoshkaLoss does not take CachedMultipleNegativesRankingLoss here (sentence-"
+                             "transformers does): use MultipleNegativesRankingLoss, with smaller batches if need be")
         width = model._output_dimension(None)
         dims = list(matryoshka_dims)
         if not dims or any(type(dim) is not int or not 0 < dim <= width for dim in dims):

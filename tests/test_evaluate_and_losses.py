@@ -274,6 +274,8 @@ def test_matryoshka_loss_arguments_that_do_not_fit_are_errors(both):
         losses.MatryoshkaLoss(ours, inner, [384, 64], [1.0])
     with pytest.warns(UserWarning, match="leave out the model's own width, 384"):
         losses.MatryoshkaLoss(ours, inner, [256, 64])
+    with pytest.raises(ValueError, match="MatryoshkaLoss does not take CachedMultipleNegativesRankingLoss here"):
+        losses.MatryoshkaLoss(ours, losses.CachedMultipleNegativesRankingLoss(ours), [384, 64])
 
 
 def test_cached_in_batch_negatives_replay_each_piece_with_the_dropout_it_drew(minilm_folder, triplets):
