@@ -1,6 +1,7 @@
 """The training objectives of the paper (section 3), plus in-batch negatives, CoSENT (and AnglE, its angle form),
-the contrastive losses of pairs labelled alike or unlike, distillation from a teacher's embeddings (MSELoss), and
-MatryoshkaLoss, which trains embeddings to stay good cut short.
+the contrastive losses of pairs labelled alike or unlike, triplets mined in a batch of texts labelled by class,
+distillation from a teacher's embeddings (MSELoss) or margins (MarginMSELoss), and MatryoshkaLoss, which trains
+embeddings to stay good cut short.
 
 Every loss embeds all its text columns with the one shared model (the siamese / triplet network: the same
 weights in every branch) and takes a batch as produced by `tokenize_batch`; or, as sentence-transformers' losses
@@ -18,7 +19,7 @@ import torch.distributed.nn.functional as distributed
 import torch.nn.functional as F
 from torch import nn
 
-from .similarity import cos_sim, pairwise_angle_sim, pairwise_cos_sim
+from .similarity import cos_sim, pairwise_angle_sim, pairwise_cos_sim, pairwise_dot_score
 
 CONCATENATIONS = ("u", "v", "|u-v|", "u*v")  # the parts of the paper's Table 6 ablation
 DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")  # MultipleNegativesRankingLoss's
@@ -42,7 +43,7 @@ def embed_columns(model, batch, labels, loss: str, columns: int, needs_labels: b
                   more: bool = False) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """u, v[, w] (each (B, dim)) and the labels: from a batch of tokenize_batch's, in one forward pass of the shared
     model over every column; or from sentence-transformers' call, the features of each column and the labels. Inputs
-    the `loss` cannot take (other than `columns` text columns, or fewer with `more`; no labels where it needs them)
+    the `loss` cannot take (other than `columns` text columns, or more with `more`; no labels where it needs them)
     are errors that say so, before any work."""
     given = batch["columns"] if isinstance(batch, dict) else len(batch)
     labels = batch.get("labels") if isinstance(batch, dict) else labels
@@ -50,7 +51,8 @@ def embed_columns(model, batch, labels, loss: str, columns: int, needs_labels: b
         raise TypeError("a loss takes a batch of tokenize_batch's, or a list of the features of each text column "
                         "(dicts from model.tokenize) and the labels")
     if given < columns or (given > columns and not more):
-        raise ValueError(f"{loss} takes {columns} text columns{' or more' if more else ''}, not {given}")
+        raise ValueError(f"{loss} takes {columns} text column{'s' * (columns > 1)}{' or more' if more else ''}, "
+                         f"not {given}")
     if needs_labels and labels is None:
         raise ValueError(f"{loss} needs labels: loss([features of each column], labels)")
     if isinstance(batch, dict):
@@ -262,6 +264,118 @@ class MSELoss(nn.Module):
                                  f"student's {tuple(student.shape)}")
             losses.append(F.mse_loss(student, teacher.to(student.device, student.dtype)))
         return torch.stack(losses).mean()
+
+
+class MarginMSELoss(nn.Module):
+    """Distillation of a cross-encoder's margins (Hofstätter et al., 2020): for (query, positive, negatives...), the
+    mean squared error between sim(q, p) - sim(q, n) (`similarity_fct`, the dot product) and the teacher's margin
+    for each negative, given as the labels: (B,) with one negative, (B, negatives) margins, or (B, 1 + negatives)
+    scores, the positive's first."""
+
+    def __init__(self, model, similarity_fct=pairwise_dot_score):
+        super().__init__()
+        self.model, self.similarity_fct, self.loss_fct = model, similarity_fct, nn.MSELoss()
+
+    def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
+        (query, positive, *negatives), labels = embed_columns(self.model, batch, labels, "MarginMSELoss", 3,
+                                                              needs_labels=True, more=True)
+        labels = torch.as_tensor(labels).detach()
+        B, count = len(query), len(negatives)
+        if labels.shape == (B, count + 1):  # scores: to margins
+            labels = labels[:, :1] - labels[:, 1:]
+        elif labels.shape == (B,):
+            labels = labels[:, None]
+        if labels.shape != (B, count):
+            raise ValueError(f"MarginMSELoss takes the teacher's margins, ({B}, {count}), or its scores, ({B}, "
+                             f"{count + 1}) with the positive's first, as labels, not of shape {tuple(labels.shape)}")
+        positive_scores = self.similarity_fct(query, positive)
+        margins = torch.stack([positive_scores - self.similarity_fct(query, negative) for negative in negatives], 1)
+        return self.loss_fct(margins, labels)
+
+
+class BatchHardTripletLossDistanceFunction:
+    """The distances between every two embeddings of a batch, (B, B), that the batch triplet losses take, under
+    sentence-transformers' names."""
+
+    @staticmethod
+    def cosine_distance(embeddings: torch.Tensor) -> torch.Tensor:
+        return (1 - cos_sim(embeddings, embeddings)).clamp(min=0.0).fill_diagonal_(0.0)
+
+    @staticmethod
+    def euclidean_distance(embeddings: torch.Tensor, squared: bool = False) -> torch.Tensor:
+        """From the dot products, |a|^2 - 2 a.b + |b|^2 (in float32), as sentence-transformers computes them; the
+        square root of a zero distance is taken of 1e-16 and zeroed, so that its gradient stays finite."""
+        embeddings = embeddings.float()
+        products = embeddings @ embeddings.T
+        norms = products.diagonal()
+        distances = (norms[None, :] - 2.0 * products + norms[:, None]).clamp(min=0.0)
+        if squared:
+            return distances
+        zero = distances.eq(0).float()
+        return (1.0 - zero) * torch.sqrt(distances + zero * 1e-16)
+
+    eucledian_distance = euclidean_distance  # sentence-transformers' older spelling
+
+
+def batch_distances(loss: nn.Module, batch, labels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch triplet losses' input: one text column and a class label per text. Returns the distances (B, B),
+    which pairs share a label (B, B; the diagonal included) and which pairs are positives (same label, not itself)."""
+    name = type(loss).__name__
+    (embeddings,), labels = embed_columns(loss.model, batch, labels, name, 1, needs_labels=True)
+    if labels.numel() != len(embeddings):
+        raise ValueError(f"{name} takes one label per text: {len(embeddings)} texts, {labels.numel()} labels")
+    labels = labels.view(-1).to(embeddings.device)
+    same = labels[:, None] == labels[None, :]
+    positives = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    return loss.distance_metric(embeddings), same, positives
+
+
+def hardest(distances: torch.Tensor, same: torch.Tensor, positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each anchor's furthest positive and nearest negative distance, (B, 1) each (0 where it has no positive)."""
+    furthest_positive = (positives.float() * distances).max(1, keepdim=True).values
+    # the texts of the same label are pushed out of reach by the row's largest distance
+    nearest_negative = (distances + distances.max(1, keepdim=True).values * same.float()).min(1, keepdim=True).values
+    return furthest_positive, nearest_negative
+
+
+class BatchHardTripletLoss(nn.Module):
+    """Triplets mined in the batch (Hermans et al., 2017) from texts labelled by class: for each anchor, its
+    furthest positive and nearest negative, max(d(a, p) - d(a, n) + margin, 0), the mean over the anchors; d
+    Euclidean unless `distance_metric` says otherwise (BatchHardTripletLossDistanceFunction's, or any function of the
+    (B, dim) embeddings to (B, B) distances)."""
+
+    def __init__(self, model, distance_metric=BatchHardTripletLossDistanceFunction.euclidean_distance,
+                 margin: float = 5):
+        super().__init__()
+        self.model, self.distance_metric, self.triplet_margin = model, distance_metric, margin
+
+    def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
+        furthest_positive, nearest_negative = hardest(*batch_distances(self, batch, labels))
+        return F.relu(furthest_positive - nearest_negative + self.triplet_margin).mean()
+
+
+class BatchHardSoftMarginTripletLoss(BatchHardTripletLoss):
+    """BatchHardTripletLoss with a soft margin: log(1 + exp(d(a, p) - d(a, n))), no margin to choose."""
+
+    def __init__(self, model, distance_metric=BatchHardTripletLossDistanceFunction.euclidean_distance):
+        super().__init__(model, distance_metric)
+
+    def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
+        furthest_positive, nearest_negative = hardest(*batch_distances(self, batch, labels))
+        return F.softplus(furthest_positive - nearest_negative).mean()
+
+
+class BatchAllTripletLoss(BatchHardTripletLoss):
+    """Every valid triplet of the batch (anchor, positive of its label, negative of another label): the mean of
+    max(d(a, p) - d(a, n) + margin, 0) over the triplets where it is above 0."""
+
+    def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
+        distances, same, positives = batch_distances(self, batch, labels)
+        anchors, their_positives = positives.nonzero(as_tuple=True)
+        # (anchor-positive pairs, B): each pair against every text that is a negative of its anchor
+        losses = F.relu(~same[anchors] * (distances[anchors, their_positives][:, None] - distances[anchors]
+                                          + self.triplet_margin))
+        return losses.sum() / ((losses > 1e-16).sum() + 1e-16)
 
 
 class MultipleNegativesRankingLoss(nn.Module):

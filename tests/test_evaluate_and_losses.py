@@ -6,10 +6,11 @@ import warnings
 import pytest
 import torch
 from sentence_transformers import SentenceTransformer as Reference
+from sentence_transformers import util as reference_util
 from sentence_transformers.sentence_transformer import losses as reference_losses
 from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
-from minisbert import SentenceTransformer, losses
+from minisbert import SentenceTransformer, losses, similarity
 from minisbert.data import read_nli, read_sts_benchmark
 from minisbert.evaluate import sts_correlations
 from minisbert.losses import (CosineSimilarityLoss, MultipleNegativesRankingLoss, SoftmaxLoss, TripletLoss,
@@ -96,7 +97,11 @@ def test_softmax_concatenations_of_table_6(both, triplets):
     ("ContrastiveLoss", {}),
     ("ContrastiveLoss", {"distance_metric": "EUCLIDEAN", "margin": 3.0, "size_average": False}),
     ("OnlineContrastiveLoss", {}), ("OnlineContrastiveLoss", {"distance_metric": "MANHATTAN", "margin": 60.0}),
-    ("MSELoss", {}), ("MSELoss", {"projection_dim": 16})])
+    ("MSELoss", {}), ("MSELoss", {"projection_dim": 16}),
+    ("MarginMSELoss", {}), ("MarginMSELoss", {"similarity_fct": "pairwise_cos_sim"}),
+    ("BatchHardTripletLoss", {}), ("BatchHardTripletLoss", {"distance_metric": "cosine_distance", "margin": 0.3}),
+    ("BatchHardSoftMarginTripletLoss", {}), ("BatchHardSoftMarginTripletLoss", {"distance_metric": "cosine_distance"}),
+    ("BatchAllTripletLoss", {}), ("BatchAllTripletLoss", {"distance_metric": "cosine_distance", "margin": 0.3})])
 def test_losses_called_as_in_sentence_transformers_give_its_values_and_gradients(minilm_folder, triplets, name,
                                                                                  options):
     # a training loop of one's own: loss([features of each column], labels), the arguments and defaults (the
@@ -104,14 +109,20 @@ def test_losses_called_as_in_sentence_transformers_give_its_values_and_gradients
     ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
     ours_options, their_options = dict(options), dict(options)
     if "distance_metric" in options:
-        metrics = "TripletDistanceMetric" if name == "TripletLoss" else "SiameseDistanceMetric"
+        metrics = {"TripletLoss": "TripletDistanceMetric", "ContrastiveLoss": "SiameseDistanceMetric",
+                   "OnlineContrastiveLoss": "SiameseDistanceMetric"}.get(name, "BatchHardTripletLossDistanceFunction")
         ours_options["distance_metric"] = getattr(getattr(losses, metrics), options["distance_metric"])
         their_options["distance_metric"] = getattr(getattr(reference_losses, metrics), options["distance_metric"])
+    if "similarity_fct" in options:
+        ours_options["similarity_fct"] = getattr(similarity, options["similarity_fct"])
+        their_options["similarity_fct"] = getattr(reference_util, options["similarity_fct"])
     ours_loss, their_loss = getattr(losses, name)(ours, **ours_options), getattr(reference_losses, name)(
         reference, **their_options)
     paired = name in ("SoftmaxLoss", "CosineSimilarityLoss", "CoSENTLoss", "AnglELoss", "ContrastiveLoss",
                       "OnlineContrastiveLoss")
     columns = [list(column) for column in zip(*(t.texts[:2] if paired else t.texts for t in triplets))]
+    if name.startswith("Batch"):  # one column of texts, each labelled by class
+        columns = columns[:1]
     ties = torch.tensor([0.2, 0.9, 0.5, 0.5, 0.0, 1.0, 0.2, 0.7])  # equal labels: no term for their pair
     alike = torch.tensor([1, 0, 1, 1, 0, 0, 1, 0])
     labels = {"SoftmaxLoss": torch.tensor([0, 1, 2, 1, 0, 2, 2, 1]),
@@ -120,7 +131,10 @@ def test_losses_called_as_in_sentence_transformers_give_its_values_and_gradients
               "OnlineContrastiveLoss": 1 - alike,  # these labels part the pairs' distances less well: hard pairs
               # a teacher's embeddings, one per text of each column
               "MSELoss": torch.randn(len(triplets), len(columns), options.get("projection_dim", 384),
-                                     generator=torch.Generator().manual_seed(0))}.get(name)
+                                     generator=torch.Generator().manual_seed(0)),
+              "MarginMSELoss": torch.tensor([0.5, 0.1, -0.3, 0.9, 0.2, 0.0, 0.4, 0.8]),  # a teacher's margins
+              **dict.fromkeys(["BatchHardTripletLoss", "BatchHardSoftMarginTripletLoss", "BatchAllTripletLoss"],
+                              torch.tensor([0, 1, 2, 0, 1, 2, 0, 3]))}.get(name)
     if name == "SoftmaxLoss":
         ours_loss.classifier.load_state_dict(their_loss.classifier.state_dict())
     if name == "MSELoss" and "projection_dim" in options:
@@ -168,6 +182,13 @@ def test_losses_called_with_what_they_cannot_take_say_what_they_need(both):
         losses.CosineSimilarityLoss(ours)([["a", "b"], ["c", "d"]], torch.ones(2))
     with pytest.raises(ValueError, match="ContrastiveLoss takes one label per pair: 2 pairs, 3 labels"):
         losses.ContrastiveLoss(ours)(features, torch.ones(3))
+    with pytest.raises(ValueError, match="BatchAllTripletLoss takes one label per text: 2 texts, 3 labels"):
+        losses.BatchAllTripletLoss(ours)(features[:1], torch.ones(3))
+    with pytest.raises(ValueError, match="BatchHardTripletLoss takes 1 text column, not 2"):
+        losses.BatchHardTripletLoss(ours)(features, torch.ones(2))
+    with pytest.raises(ValueError, match=r"MarginMSELoss takes the teacher's margins, \(2, 1\), or its scores, "
+                                         r"\(2, 2\) with the positive's first, as labels, not of shape \(2, 3\)"):
+        losses.MarginMSELoss(ours)(features + features[:1], torch.ones(2, 3))
     with pytest.raises(ValueError, match=r"MSELoss takes the teacher's embeddings as labels, \(batch, dim\) or "
                                          r"\(batch, 2 columns, dim\), not of shape \(2, 3, 384\)"):
         losses.MSELoss(ours)(features, torch.zeros(2, 3, 384))
