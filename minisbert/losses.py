@@ -378,6 +378,24 @@ class BatchAllTripletLoss(BatchHardTripletLoss):
         return losses.sum() / ((losses > 1e-16).sum() + 1e-16)
 
 
+class BatchSemiHardTripletLoss(BatchHardTripletLoss):
+    """Triplets mined in the batch as FaceNet's (Schroff et al., 2015): each anchor-positive pair against its
+    semi-hard negative, the nearest negative further from the anchor than the positive (the furthest negative where
+    none is), max(d(a, p) - d(a, n) + margin, 0), the mean over the anchor-positive pairs."""
+
+    def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
+        distances, same, positives = batch_distances(self, batch, labels)
+        negatives = distances.masked_fill(same, float("inf")).sort(dim=1, stable=True).values  # (B, B), nearest first
+        # for each (anchor, positive): the first of the anchor's negatives beyond the positive's distance, if any
+        beyond = torch.searchsorted(negatives.detach().contiguous(), distances.detach().contiguous(), right=True)
+        nearest_beyond = negatives.gather(1, beyond.clamp(max=len(distances) - 1))
+        lowest = distances.min(1, keepdim=True).values  # the furthest negative, as sentence-transformers finds it
+        furthest = ((distances - lowest) * ~same).max(1, keepdim=True).values + lowest
+        semi_hard = torch.where(nearest_beyond.isfinite(), nearest_beyond, furthest)
+        losses = F.relu((distances - semi_hard + self.triplet_margin) * positives)
+        return losses.sum() / positives.sum().clamp(min=1e-16)
+
+
 class MultipleNegativesRankingLoss(nn.Module):
     """In-batch negatives: each anchor must pick its own positive among every positive (and negative) of the
     batch; cross-entropy over similarities (`similarity_fct`, cosine) times `scale` (20, as sentence-transformers).

@@ -101,7 +101,9 @@ def test_softmax_concatenations_of_table_6(both, triplets):
     ("MarginMSELoss", {}), ("MarginMSELoss", {"similarity_fct": "pairwise_cos_sim"}),
     ("BatchHardTripletLoss", {}), ("BatchHardTripletLoss", {"distance_metric": "cosine_distance", "margin": 0.3}),
     ("BatchHardSoftMarginTripletLoss", {}), ("BatchHardSoftMarginTripletLoss", {"distance_metric": "cosine_distance"}),
-    ("BatchAllTripletLoss", {}), ("BatchAllTripletLoss", {"distance_metric": "cosine_distance", "margin": 0.3})])
+    ("BatchAllTripletLoss", {}), ("BatchAllTripletLoss", {"distance_metric": "cosine_distance", "margin": 0.3}),
+    ("BatchSemiHardTripletLoss", {}),
+    ("BatchSemiHardTripletLoss", {"distance_metric": "cosine_distance", "margin": 0.3})])
 def test_losses_called_as_in_sentence_transformers_give_its_values_and_gradients(minilm_folder, triplets, name,
                                                                                  options):
     # a training loop of one's own: loss([features of each column], labels), the arguments and defaults (the
@@ -133,8 +135,8 @@ def test_losses_called_as_in_sentence_transformers_give_its_values_and_gradients
               "MSELoss": torch.randn(len(triplets), len(columns), options.get("projection_dim", 384),
                                      generator=torch.Generator().manual_seed(0)),
               "MarginMSELoss": torch.tensor([0.5, 0.1, -0.3, 0.9, 0.2, 0.0, 0.4, 0.8]),  # a teacher's margins
-              **dict.fromkeys(["BatchHardTripletLoss", "BatchHardSoftMarginTripletLoss", "BatchAllTripletLoss"],
-                              torch.tensor([0, 1, 2, 0, 1, 2, 0, 3]))}.get(name)
+              **dict.fromkeys(["BatchHardTripletLoss", "BatchHardSoftMarginTripletLoss", "BatchAllTripletLoss",
+                               "BatchSemiHardTripletLoss"], torch.tensor([0, 1, 2, 0, 1, 2, 0, 3]))}.get(name)
     if name == "SoftmaxLoss":
         ours_loss.classifier.load_state_dict(their_loss.classifier.state_dict())
     if name == "MSELoss" and "projection_dim" in options:
