@@ -222,6 +222,30 @@ def test_a_cuda_training_step_equals_the_cpu(random_minilm, dtype):
     assert losses["cuda"] == pytest.approx(losses["cpu"], rel=tolerance, abs=tolerance)
 
 
+def test_cached_in_batch_negatives_replay_the_gpus_dropout(random_minilm):
+    """CachedMultipleNegativesRankingLoss on the GPU, dropout on: its second pass draws the masks of its first (the
+    CUDA generator's state restored), so the gradients are those of the pieces embedded once with gradients."""
+    from minisbert.losses import CachedMultipleNegativesRankingLoss, split_features
+    config = dataclasses.replace(random_minilm.encoder.config, hidden_dropout_prob=0.1,
+                                 attention_probs_dropout_prob=0.1)
+    model = SentenceTransformer(encoder=Encoder(config), tokenizer=random_minilm.tokenizer)
+    model.encoder.load_state_dict(random_minilm.encoder.state_dict())
+    model.to("cuda").train()
+    columns = [{key: value.to("cuda") for key, value in model.preprocess(list(texts)).items()}
+               for texts in zip(*[(a, b) for a, b, _ in PAIRS])]
+    cached = CachedMultipleNegativesRankingLoss(model, mini_batch_size=5)
+    torch.manual_seed(0)
+    cached(columns).backward()
+    got = {name: parameter.grad.clone() for name, parameter in model.named_parameters()}
+    model.zero_grad()
+    torch.manual_seed(0)
+    embeddings = [torch.cat([model(dict(piece))["sentence_embedding"] for piece in split_features(features, 5)])
+                  for features in columns]
+    cached.loss_from_embeddings(embeddings[0], embeddings[1:]).backward()
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(got[name], parameter.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
 # batches of three shapes for the graphed steps; the longer: 32 rows of up to 112 tokens, 3,584 token ids, beyond the
 # 3,072 from which PyTorch's embedding backward syncs
 GRAPH_BATCHES = (PAIRS, PAIRS[:6], [(" ".join([a, b] * 10), b, label) for a, b, label in PAIRS])
