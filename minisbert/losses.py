@@ -1,7 +1,7 @@
-"""The training objectives of the paper (section 3), plus in-batch negatives, CoSENT (and AnglE, its angle form),
-the contrastive losses of pairs labelled alike or unlike, triplets mined in a batch of texts labelled by class,
-distillation from a teacher's embeddings (MSELoss) or margins (MarginMSELoss), and MatryoshkaLoss, which trains
-embeddings to stay good cut short.
+"""The training objectives of the paper (section 3), plus in-batch negatives (cached, or guided by a second model),
+CoSENT (and AnglE, its angle form), the contrastive losses of pairs labelled alike or unlike, triplets mined in a
+batch of texts labelled by class, distillation from a teacher's embeddings (MSELoss) or margins (MarginMSELoss), and
+MatryoshkaLoss, which trains embeddings to stay good cut short.
 
 Every loss embeds all its text columns with the one shared model (the siamese / triplet network: the same
 weights in every branch) and takes a batch as produced by `tokenize_batch`; or, as sentence-transformers' losses
@@ -564,6 +564,81 @@ def set_random_state(state: tuple, device: torch.device) -> None:
     torch.set_rng_state(state[0])
     if device.type == "cuda":
         torch.cuda.set_rng_state(state[1], device)
+
+
+class GISTEmbedLoss(nn.Module):
+    """In-batch negatives guided by a second model (GISTEmbed, Solatorio, 2024): each anchor picks its positive, at
+    `temperature`, among the batch's positives (and negatives), the other anchors (`contrast_anchors`) and the other
+    positives (`contrast_positives`), leaving out the candidates that `guide` finds as similar to the anchor as its
+    own positive, less `margin` (absolute, or relative to that similarity: `margin_strategy`), as likely false
+    negatives. The guide embeds the same texts without gradients, retokenized where its vocabulary differs from
+    the model's or it takes fewer tokens. With `gather_across_devices`, under DDP, the candidates of every
+    process's batch."""
+
+    def __init__(self, model, guide, temperature: float = 0.01, margin_strategy: str = "absolute",
+                 margin: float = 0.0, contrast_anchors: bool = True, contrast_positives: bool = True,
+                 gather_across_devices: bool = False):
+        super().__init__()
+        if margin_strategy not in ("absolute", "relative"):
+            raise ValueError(f"margin_strategy is absolute or relative, not {margin_strategy!r}")
+        self.model, self.guide, self.temperature = model, guide, temperature
+        self.margin_strategy, self.margin = margin_strategy, margin
+        self.contrast_anchors, self.contrast_positives = contrast_anchors, contrast_positives
+        self.gather_across_devices = gather_across_devices
+        self.must_retokenize = (model.tokenizer.get_vocab() != guide.tokenizer.get_vocab()
+                                or guide.max_seq_length < model.max_seq_length)
+
+    def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
+        embeddings, _ = embed_columns(self.model, batch, labels, "GISTEmbedLoss", 2, more=True)
+        if len(embeddings) > 3:
+            raise ValueError(f"GISTEmbedLoss takes 2 or 3 text columns (anchor, positive[, negative]), not "
+                             f"{len(embeddings)}")
+        with torch.no_grad():
+            guided = [self.guide(self.guide_features(features))["sentence_embedding"]
+                      for features in column_features(batch)]
+        gather = gather_across_processes if self.gather_across_devices else lambda rows: (rows, 0)
+        (anchor, positive, *negative), (guided_anchor, guided_positive, *guided_negative) = embeddings, guided
+        positive, offset = gather(positive)
+        guided_positive = gather(guided_positive)[0]
+        rows = torch.arange(len(anchor), device=anchor.device)
+        own = offset + rows  # each anchor's positive among the gathered ones
+        threshold = similarity_matrix(guided_anchor, guided_positive)[rows, own][:, None]  # (B, 1)
+        threshold = threshold - (self.margin if self.margin_strategy == "absolute" else threshold.abs() * self.margin)
+
+        def candidates(queries, guided_queries, keys, guided_keys, keep=None):
+            """Similarities (B, N), -inf where the guide finds a key at least as near as the anchor's positive."""
+            left_out = similarity_matrix(guided_queries, guided_keys) > threshold
+            if keep is not None:
+                left_out &= ~keep
+            return similarity_matrix(queries, keys).masked_fill(left_out, float("-inf"))
+
+        positive_pair = torch.zeros(len(anchor), len(positive), dtype=torch.bool, device=anchor.device)
+        positive_pair[rows, own] = True
+        scores = [candidates(anchor, guided_anchor, positive, guided_positive, keep=positive_pair)]
+        if self.contrast_anchors:  # not itself
+            scores.append(candidates(anchor, guided_anchor, anchor, guided_anchor).index_put(
+                (rows, rows), torch.tensor(float("-inf"), device=anchor.device)))
+        if self.contrast_positives:  # the anchor's positive against the others
+            mine = slice(offset, offset + len(anchor))
+            scores.append(candidates(positive[mine], guided_positive[mine], positive, guided_positive).index_put(
+                (rows, own), torch.tensor(float("-inf"), device=anchor.device)))
+        if negative:
+            negative, guided_negative = gather(negative[0])[0], gather(guided_negative[0])[0]
+            scores.append(candidates(anchor, guided_anchor, negative, guided_negative))
+        return F.cross_entropy(torch.cat(scores, dim=1) / self.temperature, own)
+
+    def guide_features(self, features: dict) -> dict:
+        """A column's features as the guide takes them: the same, or its tokens of the texts decoded."""
+        if self.must_retokenize:
+            texts = self.model.tokenizer.batch_decode(features["input_ids"], skip_special_tokens=True)
+            features = self.guide.preprocess(texts)
+        return {key: value.to(self.guide.device) if isinstance(value, torch.Tensor) else value
+                for key, value in features.items()}
+
+
+def similarity_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The cosine similarity of every row of a with every row of b, (A, B), as GISTEmbed computes it."""
+    return F.cosine_similarity(a[:, None], b[None, :], dim=-1)
 
 
 class MatryoshkaLoss(nn.Module):

@@ -332,3 +332,35 @@ def test_cached_in_batch_negatives_take_a_tokenize_batch_batch_and_run_without_g
     assert got.item() == pytest.approx(expected.item(), abs=1e-6)
     with pytest.raises(ValueError, match="mini_batch_size must be a positive integer, not 0"):
         losses.CachedMultipleNegativesRankingLoss(ours, mini_batch_size=0)
+
+
+@pytest.mark.parametrize("options,guide_tokens", [
+    # at the default temperature (0.01) these pairs' losses round to 0 in float32
+    ({"temperature": 0.05}, None), ({"margin": 0.1, "temperature": 0.1}, None),
+    ({"margin_strategy": "relative", "margin": 0.05, "contrast_anchors": False, "temperature": 0.05}, 6),
+    ({"contrast_positives": False, "temperature": 0.05}, 6)])  # a guide of 6 tokens: the texts retokenized for it
+@pytest.mark.parametrize("column_count", [2, 3])
+def test_gist_embed_loss_gives_sentence_transformers_values_and_gradients(minilm_folder, triplets, options,
+                                                                          guide_tokens, column_count):
+    ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
+    ours_guide, their_guide = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
+    with torch.no_grad():  # a guide that judges otherwise than the model: its token embeddings moved alike in both
+        noise = 0.05 * torch.randn(ours_guide.encoder.word_embeddings.weight.shape,
+                                   generator=torch.Generator().manual_seed(0))
+        ours_guide.encoder.word_embeddings.weight += noise
+        their_guide[0].auto_model.embeddings.word_embeddings.weight += noise
+    if guide_tokens:
+        ours_guide.max_seq_length = their_guide.max_seq_length = guide_tokens
+    ours_loss = losses.GISTEmbedLoss(ours, ours_guide, **options)
+    their_loss = reference_losses.GISTEmbedLoss(reference, their_guide, **options)
+    assert ours_loss.must_retokenize == their_loss.must_retokenize == bool(guide_tokens)
+    columns = [list(column) for column in zip(*(t.texts[:column_count] for t in triplets))]
+    got = ours_loss([ours.preprocess(column) for column in columns])
+    expected = their_loss([reference.preprocess(column) for column in columns], None)
+    assert got.item() == pytest.approx(expected.item(), abs=1e-5, rel=1e-5) and got.item() > 0
+    got.backward()
+    expected.backward()
+    their_gradient = reference[0].auto_model.encoder.layer[0].attention.self.query.weight.grad
+    torch.testing.assert_close(ours.encoder.layers[0].query.weight.grad, their_gradient,
+                               atol=1e-5 * max(1.0, their_gradient.abs().max().item()), rtol=1e-4)
+    assert ours_guide.encoder.layers[0].query.weight.grad is None  # the guide is not trained
