@@ -144,10 +144,15 @@ def test_losses_called_as_in_sentence_transformers_give_its_values_and_gradients
     got = ours_loss([ours.preprocess(column) for column in columns], labels)
     expected = their_loss([reference.preprocess(column) for column in columns], labels)
     assert got.item() == pytest.approx(expected.item(), abs=1e-5) and got.item() > 0
+    assert_same_gradients(ours, reference, got, expected)
+
+
+def assert_same_gradients(ours, reference, got: torch.Tensor, expected: torch.Tensor) -> None:
+    """Our loss `got` and sentence-transformers' `expected` back-propagated give the first query weight the same
+    gradient, to 1e-5 of its scale (the losses that sum over the batch, OnlineContrastiveLoss, have larger ones)."""
     got.backward()
     expected.backward()
     their_gradient = reference[0].auto_model.encoder.layer[0].attention.self.query.weight.grad
-    # to 1e-5 of the gradient's scale: the losses that sum over the batch (OnlineContrastiveLoss) have larger ones
     torch.testing.assert_close(ours.encoder.layers[0].query.weight.grad, their_gradient,
                                atol=1e-5 * max(1.0, their_gradient.abs().max().item()), rtol=1e-4)
 
@@ -265,11 +270,7 @@ def test_matryoshka_loss_gives_sentence_transformers_values_and_gradients(minilm
         random.seed(call)
         expected = their_loss([reference.preprocess(column) for column in columns], labels)
         assert got.item() == pytest.approx(expected.item(), abs=1e-5) and got.item() > 0
-    got.backward()
-    expected.backward()
-    their_gradient = reference[0].auto_model.encoder.layer[0].attention.self.query.weight.grad
-    torch.testing.assert_close(ours.encoder.layers[0].query.weight.grad, their_gradient,
-                               atol=1e-5 * max(1.0, their_gradient.abs().max().item()), rtol=1e-4)
+    assert_same_gradients(ours, reference, got, expected)
     assert "forward" not in vars(ours)  # the model's own forward again
 
 
@@ -358,9 +359,5 @@ def test_gist_embed_loss_gives_sentence_transformers_values_and_gradients(minilm
     got = ours_loss([ours.preprocess(column) for column in columns])
     expected = their_loss([reference.preprocess(column) for column in columns], None)
     assert got.item() == pytest.approx(expected.item(), abs=1e-5, rel=1e-5) and got.item() > 0
-    got.backward()
-    expected.backward()
-    their_gradient = reference[0].auto_model.encoder.layer[0].attention.self.query.weight.grad
-    torch.testing.assert_close(ours.encoder.layers[0].query.weight.grad, their_gradient,
-                               atol=1e-5 * max(1.0, their_gradient.abs().max().item()), rtol=1e-4)
+    assert_same_gradients(ours, reference, got, expected)
     assert ours_guide.encoder.layers[0].query.weight.grad is None  # the guide is not trained
