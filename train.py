@@ -233,9 +233,10 @@ def build_training(args, loss_name: str, resume_from: Path | None, device, class
     model = SentenceTransformer(resume_from or args.model, device=device)
     if args.pooling and not resume_from:
         model.pooling = Pooling(model.encoder.config.hidden_size, args.pooling)
-    loss_options = ({"concatenation": args.concat, "num_labels": classes} if loss_name == "softmax"
-                    else {"triplet_margin": 1.0} if loss_name == "triplet"  # the paper's margin
-                    else {"gather_across_devices": True})  # mnrl: processes train as one, on the global batch
+    loss_options = {"softmax": {"concatenation": args.concat, "num_labels": classes},
+                    "triplet": {"triplet_margin": 1.0},  # the paper's margin
+                    "mnrl": {"gather_across_devices": True},  # processes train as one, on the global batch
+                    }.get(loss_name, {})
     loss_fn = LOSSES[loss_name](model, **loss_options).to(device)
     optimizer = AdamW(parameter_groups(loss_fn, weight_decay=0.01), lr=args.lr)
     scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
