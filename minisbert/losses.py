@@ -447,10 +447,11 @@ class MultipleNegativesRankingLoss(nn.Module):
         global_batch = len(gathered[0][0])
         rows = torch.arange(len(anchors), device=anchors.device)
         own = offset + rows  # each anchor's positive among the documents (and its place in the global batch)
-        # the documents of each anchor's own row: its positive, then its hard negatives
-        its_documents = own[:, None] + global_batch * torch.arange(len(columns), device=own.device)  # (B, c - 1)
-        same_anchor = torch.zeros(len(anchors), len(documents), dtype=torch.bool, device=anchors.device)
-        same_anchor[rows[:, None], its_documents] = True
+        hardness = self.hardness_mode is not None and self.hardness_strength > 0
+        if "doc_to_doc" in self.directions or hardness:  # the documents of each anchor's own row (B, documents)
+            its_documents = own[:, None] + global_batch * torch.arange(len(columns), device=own.device)  # (B, c - 1)
+            same_anchor = torch.zeros(len(anchors), len(documents), dtype=torch.bool, device=anchors.device)
+            same_anchor[rows[:, None], its_documents] = True
         scores = {"query_to_doc": self.similarity_fct(anchors, documents)}  # (B, G * (columns - 1))
         if {"query_to_query", "doc_to_query"} & set(self.directions):
             queries = gather(anchors)[0]  # (G, dim)
@@ -461,15 +462,15 @@ class MultipleNegativesRankingLoss(nn.Module):
             scores["doc_to_query"] = self.similarity_fct(queries, columns[0]).T  # (B, G)
         if "doc_to_doc" in self.directions:  # not the documents of its own anchor
             scores["doc_to_doc"] = self.similarity_fct(documents, columns[0]).T.masked_fill(same_anchor, float("-inf"))
-        penalty = 0.0
-        if self.hardness_mode is not None and self.hardness_strength > 0:
+        if hardness:
             positive = same_anchor & (torch.arange(len(documents), device=own.device) < global_batch)[None, :]
             raised = {"in_batch_negatives": ~same_anchor,  # every document of the other anchors' rows
                       "hard_negatives": same_anchor & ~positive,  # the anchor's own hard negatives
                       "all_negatives": ~positive}[self.hardness_mode]  # both
             penalty = self.hardness_strength * scores["query_to_doc"].detach() * raised
         scores = {direction: self.scale * direction_scores for direction, direction_scores in scores.items()}
-        scores["query_to_doc"] = scores["query_to_doc"] + penalty
+        if hardness:
+            scores["query_to_doc"] = scores["query_to_doc"] + penalty
         if self.partition_mode == "joint":
             log_normalizer = torch.logsumexp(torch.cat(list(scores.values()), dim=1), dim=1)
         else:
