@@ -184,7 +184,9 @@ def check_sentence_embedding_module(config: dict, source: str) -> None:
 class Dense(nn.Module):
     """activation(W x + b) on the sentence embedding, as sentence-transformers' Dense: `activation_function` an
     activation module (nn.Tanh(), as there), its class, the name its config.json holds, or None for none;
-    `init_weight` and `init_bias` the starting W and b (random otherwise, as nn.Linear's)."""
+    `init_weight` and `init_bias` the starting W and b (random otherwise, as nn.Linear's). With `use_residual`
+    (sentence-transformers 5.7), the input is added to that: x itself where the sizes are equal, else R x, R a
+    product of its own without bias (`residual`)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  activation_function: nn.Module | type | str | None = "torch.nn.modules.activation.Tanh",
@@ -192,8 +194,6 @@ class Dense(nn.Module):
                  module_input_name: str = "sentence_embedding", module_output_name: str | None = None,
                  use_residual: bool = False):
         super().__init__()
-        if use_residual:
-            raise ValueError("Dense use_residual=True is not supported")
         check_sentence_embedding_module({"module_input_name": module_input_name,
                                          "module_output_name": module_output_name}, "Dense")
         if activation_function is None:
@@ -215,6 +215,9 @@ class Dense(nn.Module):
                     target.copy_(given)
         self.activation_function = activation_function
         self.activation = ACTIVATIONS[activation_function]()
+        self.use_residual = bool(use_residual)
+        if self.use_residual and in_features != out_features:  # made after linear: the same random stream
+            self.residual = nn.Linear(in_features, out_features, bias=False)
 
     def get_embedding_dimension(self) -> int:  # sentence-transformers' name
         return self.linear.out_features
@@ -224,20 +227,27 @@ class Dense(nn.Module):
     def forward(self, x: torch.Tensor | dict) -> torch.Tensor | dict:
         if isinstance(x, dict):  # sentence-transformers' call, module(features)
             return on_sentence_embedding(self, x)
-        return self.activation(self.linear(x))
+        out = self.activation(self.linear(x))
+        if self.use_residual:
+            out = out + (self.residual(x) if hasattr(self, "residual") else x)
+        return out
 
     def config(self) -> dict:
-        return {"in_features": self.linear.in_features, "out_features": self.linear.out_features,
-                "bias": self.linear.bias is not None, "activation_function": self.activation_function}
+        config = {"in_features": self.linear.in_features, "out_features": self.linear.out_features,
+                  "bias": self.linear.bias is not None, "activation_function": self.activation_function}
+        if self.use_residual:  # left out when False, as sentence-transformers does, for releases before 5.7
+            config["use_residual"] = True
+        return config
 
     @classmethod
     def from_config(cls, config: dict, source: str) -> "Dense":
-        if config.get("use_residual"):
-            raise ValueError(f"{source}: use_residual is not supported")
         check_sentence_embedding_module(config, source)
+        if not isinstance(config.get("use_residual", False), bool):
+            raise ValueError(f"{source}: use_residual must be true or false, not {config['use_residual']!r}")
         try:
             return cls(config["in_features"], config["out_features"], config.get("bias", True),
-                       config.get("activation_function", "torch.nn.modules.activation.Tanh"))
+                       config.get("activation_function", "torch.nn.modules.activation.Tanh"),
+                       use_residual=config.get("use_residual", False))
         except (KeyError, ValueError) as error:
             raise ValueError(f"{source}: {error}") from None
 
@@ -249,8 +259,8 @@ class Normalize(nn.Module):
                                          "module_output_name": module_output_name}, "Normalize")
 
     def forward(self, x: torch.Tensor | dict) -> torch.Tensor | dict:
-        if isinstance(x, dict):  # sentence-transformers' call, module(features)
-            return on_sentence_embedding(self, x)
+        if isinstance(x, dict):  # sentence-transformers' call, module(features); without an embedding, as it came
+            return on_sentence_embedding(self, x) if "sentence_embedding" in x else x
         return F.normalize(x, p=2, dim=-1)
 
     def config(self) -> dict:

@@ -47,6 +47,45 @@ def test_sentence_transformers_folder_loads_in_minisbert(tiny_bert, tmp_path):
     np.testing.assert_allclose(ours.encode(TEXTS), reference.encode(TEXTS), atol=1e-5, rtol=0)
 
 
+def test_dense_with_a_residual_travels_both_ways(tiny_bert, tmp_path):
+    # sentence-transformers 5.7's use_residual: the input added to the output, through a product of its own where
+    # the sizes differ; one Dense of each kind, saved by sentence-transformers, loaded, saved again, loaded there
+    transformer = reference_modules.Transformer(str(tiny_bert), max_seq_length=32)
+    torch.manual_seed(3)
+    same = reference_modules.Dense(48, 48, use_residual=True)
+    fewer = reference_modules.Dense(48, 8, activation_function=torch.nn.GELU(), use_residual=True)
+    reference = Reference(modules=[transformer, reference_modules.Pooling(48), same, fewer], device="cpu")
+    reference.save(str(tmp_path / "st"))
+    ours = SentenceTransformer(tmp_path / "st")
+    np.testing.assert_allclose(ours.encode(TEXTS), reference.encode(TEXTS), atol=1e-5, rtol=0)
+    without = ours.encode(TEXTS)  # the residual counts: dropping it changes the embeddings
+    ours.after[1].use_residual = False
+    assert np.abs(ours.encode(TEXTS) - without).max() > 1e-2
+    ours.after[1].use_residual = True
+    ours.save(tmp_path / "saved")
+    configs = [json.loads((tmp_path / "saved" / name / "config.json").read_text()) for name in ("2_Dense", "3_Dense")]
+    assert [config.get("use_residual") for config in configs] == [True, True]
+    np.testing.assert_allclose(Reference(str(tmp_path / "saved"), device="cpu").encode(TEXTS), without,
+                               atol=1e-5, rtol=0)
+    # built here, the same random weights as sentence-transformers' from the same seed, and no key when False
+    torch.manual_seed(3)
+    built = [Dense(48, 48, use_residual=True), Dense(48, 8, activation_function=torch.nn.GELU(), use_residual=True)]
+    for mine, theirs in zip(built, [same, fewer]):
+        assert mine.state_dict().keys() == theirs.state_dict().keys()
+        for name, tensor in mine.state_dict().items():
+            torch.testing.assert_close(tensor, theirs.state_dict()[name], atol=0, rtol=0)
+    assert "use_residual" not in Dense(48, 8).config()
+
+
+def test_normalize_passes_on_features_without_a_sentence_embedding():
+    # as sentence-transformers' Normalize does (Dense, there and here, needs its input)
+    features = {"token_embeddings": torch.ones(2, 3, 4)}
+    assert Normalize()(features) is features and list(features) == ["token_embeddings"]
+    assert reference_modules.Normalize()(dict(features)).keys() == features.keys()
+    with pytest.raises(KeyError, match="sentence_embedding"):
+        Dense(4, 2)(features)
+
+
 def test_a_model_built_from_its_parts_saves_a_folder_sentence_transformers_reads(minilm_folder, tmp_path):
     from tokenizers import Tokenizer as FastTokenizer
 
