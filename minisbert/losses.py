@@ -10,6 +10,7 @@ arguments are sentence-transformers' too, under its names and defaults.
 """
 
 
+import bisect
 import random
 import warnings
 
@@ -432,6 +433,9 @@ class MultipleNegativesRankingLoss(nn.Module):
         self.gather_across_devices = gather_across_devices
         self.directions, self.partition_mode = tuple(directions), partition_mode
         self.hardness_mode, self.hardness_strength = hardness_mode, hardness_strength
+        if hardness_mode is not None and hardness_strength == 0:  # as sentence-transformers warns
+            warnings.warn(f"hardness_mode {hardness_mode!r} does nothing at hardness_strength 0: give it a positive "
+                          "strength", stacklevel=2 if type(self) is MultipleNegativesRankingLoss else 3)
 
     def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
         (anchors, *columns), _ = embed_columns(self.model, batch, labels, type(self).__name__, 2, more=True)
@@ -490,23 +494,30 @@ class MultipleNegativesSymmetricRankingLoss(MultipleNegativesRankingLoss):
 
 class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
     """MultipleNegativesRankingLoss over batches larger than fit in memory with gradients (GradCache, Gao et al.,
-    2021): each text column is embedded `mini_batch_size` texts at a time without gradients; the loss and its
+    2021): each text column is embedded `mini_batch_size` texts at a time without gradients (or, with
+    `mini_batch_num_tokens`, as many texts in order as hold that many real tokens, one at least); the loss and its
     gradient with respect to the embeddings are computed over the whole batch; then, as the loss is
     back-propagated, each mini-batch is embedded again with gradients (its dropout drawing what it drew the first
     time) and given its share of that gradient. The loss and the weights' gradients are those of the whole batch
     at once; the memory, that of one mini-batch. Called as sentence-transformers calls it, loss([features of each
-    column]), or on a tokenize_batch batch."""
+    column]), or on a tokenize_batch batch. `show_progress_bar` shows the mini-batches of each pass."""
 
     def __init__(self, model, scale: float = 20.0, similarity_fct=cos_sim, mini_batch_size: int = 32,
-                 gather_across_devices: bool = False, directions=("query_to_doc",), partition_mode: str = "joint",
+                 mini_batch_num_tokens: int | None = None, gather_across_devices: bool = False,
+                 directions=("query_to_doc",), partition_mode: str = "joint", show_progress_bar: bool = False,
                  hardness_mode: str | None = None, hardness_strength: float = 0.0):
         super().__init__(model, scale, similarity_fct, gather_across_devices, directions, partition_mode,
                          hardness_mode, hardness_strength)
         if type(mini_batch_size) is not int or mini_batch_size < 1:
             raise ValueError(f"mini_batch_size must be a positive integer, not {mini_batch_size!r}")
-        self.mini_batch_size = mini_batch_size
+        if mini_batch_num_tokens is not None and (type(mini_batch_num_tokens) is not int or mini_batch_num_tokens < 1):
+            raise ValueError(f"mini_batch_num_tokens must be a positive integer or None, not {mini_batch_num_tokens!r}")
+        self.mini_batch_size, self.mini_batch_num_tokens = mini_batch_size, mini_batch_num_tokens
+        self.show_progress_bar = show_progress_bar
 
-    def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, batch, labels: torch.Tensor | None = None, embedding_loss=None) -> torch.Tensor:
+        """The loss; `embedding_loss(anchors, [other columns' embeddings])` in place of loss_from_embeddings (what
+        MatryoshkaLoss gives, to cut the embeddings first)."""
         columns = column_features(batch)
         if len(columns) < 2:
             raise ValueError(f"{type(self).__name__} takes 2 text columns or more, not {len(columns)}")
@@ -514,21 +525,23 @@ class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
         cached, replays = [], []  # each column's embeddings (no gradients); its pieces with their random states
         with torch.no_grad():
             for features in columns:
-                pieces = split_features(features, self.mini_batch_size)
+                pieces = split_features(features, self.mini_batch_size, self.mini_batch_num_tokens)
                 states, embeddings = [], []
-                for piece in pieces:
+                for piece in self.progress(pieces, "Embed mini-batches"):
                     states.append(random_state(device))
                     embeddings.append(self.model(dict(piece))["sentence_embedding"])
                 cached.append(torch.cat(embeddings).requires_grad_())
                 replays.append(list(zip(pieces, states)))
-        loss = self.loss_from_embeddings(cached[0], cached[1:])
+        loss = (embedding_loss or self.loss_from_embeddings)(cached[0], cached[1:])
         if not torch.is_grad_enabled():
             return loss
         gradients = torch.autograd.grad(loss, cached)
 
         def replay(grad_output: torch.Tensor) -> None:  # as the loss is back-propagated: each piece with gradients
             for column, gradient in zip(replays, gradients):
-                for (piece, state), piece_gradient in zip(column, gradient.split(self.mini_batch_size)):
+                sizes = [len(piece["input_ids"]) for piece, _ in column]
+                for (piece, state), piece_gradient in zip(self.progress(column, "Back-propagate mini-batches"),
+                                                          gradient.split(sizes)):
                     # (the backward pass runs hooks with gradients off)
                     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.enable_grad():
                         set_random_state(state, device)
@@ -538,6 +551,12 @@ class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
         loss = loss.detach().requires_grad_()
         loss.register_hook(replay)
         return loss
+
+    def progress(self, items: list, description: str):
+        if not self.show_progress_bar:
+            return items
+        from tqdm.auto import tqdm
+        return tqdm(items, desc=description, leave=False)
 
 
 def column_features(batch) -> list[dict]:
@@ -549,11 +568,23 @@ def column_features(batch) -> list[dict]:
         batch["input_ids"].chunk(columns), batch["attention_mask"].chunk(columns))]
 
 
-def split_features(features: dict, size: int) -> list[dict]:
-    """A column's features in pieces of `size` texts (the tensors with a row per text cut, the rest as they are)."""
+def split_features(features: dict, size: int, num_tokens: int | None = None) -> list[dict]:
+    """A column's features in pieces of `size` texts; or, with `num_tokens`, of as many texts in order as hold at
+    most that many real tokens (their attention mask's sum), one text at least. The tensors with a row per text are
+    cut, the rest kept as they are."""
     texts = len(features["input_ids"])
-    return [{key: value[start:start + size] if isinstance(value, torch.Tensor) and value.dim() else value
-             for key, value in features.items()} for start in range(0, texts, size)]
+    bounds = list(range(0, texts, size)) + [texts]
+    if num_tokens is not None:
+        if "attention_mask" not in features:
+            raise ValueError("mini_batch_num_tokens counts each text's real tokens by its attention_mask, which "
+                             "these features do not hold: use mini_batch_size")
+        ends = features["attention_mask"].sum(dim=1).cumsum(dim=0).tolist()  # real tokens up to each text's end
+        bounds = [0]
+        while bounds[-1] < texts:
+            before = ends[bounds[-1] - 1] if bounds[-1] else 0
+            bounds.append(max(bisect.bisect_right(ends, before + num_tokens), bounds[-1] + 1))
+    return [{key: value[start:end] if isinstance(value, torch.Tensor) and value.dim() else value
+             for key, value in features.items()} for start, end in zip(bounds, bounds[1:])]
 
 
 def random_state(device: torch.device) -> tuple:
@@ -648,13 +679,12 @@ class MatryoshkaLoss(nn.Module):
     `matryoshka_weights` (1 each) and added up; with `n_dims_per_step` > 0, over that many of the widths only,
     drawn at random at each call. The model runs once per batch: for the call, model.forward gives `loss` its
     outputs cut to the width at hand (as in sentence-transformers, which swaps it so too), and labels that are
-    embeddings of the model's width (MSELoss's teacher's) are cut alike."""
+    embeddings of the model's width (MSELoss's teacher's) are cut alike. Around CachedMultipleNegativesRankingLoss,
+    whose second pass runs after forward() returns, the loss over the cached embeddings is the weighted sum over the
+    widths instead (as sentence-transformers' CachedLossDecorator; here the cached loss called alone stays itself)."""
 
     def __init__(self, model, loss: nn.Module, matryoshka_dims, matryoshka_weights=None, n_dims_per_step: int = -1):
         super().__init__()
-        if isinstance(loss, CachedMultipleNegativesRankingLoss):  # its second pass runs after forward() returns
-            raise ValueError("MatryoshkaLoss does not take CachedMultipleNegativesRankingLoss here (sentence-"
-                             "transformers does): use MultipleNegativesRankingLoss, with smaller batches if need be")
         width = model._output_dimension(None)
         dims = list(matryoshka_dims)
         if not dims or any(type(dim) is not int or not 0 < dim <= width for dim in dims):
@@ -672,6 +702,12 @@ class MatryoshkaLoss(nn.Module):
         chosen = range(len(self.matryoshka_dims))
         if 0 < self.n_dims_per_step < len(chosen):
             chosen = sorted(random.sample(chosen, self.n_dims_per_step))
+        if isinstance(self.loss, CachedMultipleNegativesRankingLoss):
+            def embedding_loss(anchors: torch.Tensor, others: list[torch.Tensor]) -> torch.Tensor:
+                return sum(self.matryoshka_weights[index] * self.loss.loss_from_embeddings(
+                    cut(anchors, self.matryoshka_dims[index]), [cut(column, self.matryoshka_dims[index])
+                                                                for column in others]) for index in chosen)
+            return self.loss(batch, labels, embedding_loss=embedding_loss)
         outputs = []  # the model's outputs for this batch, in the order `loss` asks for them
         at = {"width": None, "call": 0}
         model_forward = self.model.forward

@@ -185,6 +185,9 @@ def test_losses_called_with_what_they_cannot_take_say_what_they_need(both):
     with pytest.raises(ValueError, match="per_direction takes only directions that hold the positive pair"):
         losses.MultipleNegativesRankingLoss(ours, directions=("query_to_doc", "doc_to_doc"),
                                             partition_mode="per_direction")
+    for loss in (losses.MultipleNegativesRankingLoss, losses.CachedMultipleNegativesRankingLoss):
+        with pytest.warns(UserWarning, match="hardness_mode 'hard_negatives' does nothing at hardness_strength 0"):
+            loss(ours, hardness_mode="hard_negatives")
     with pytest.raises(TypeError, match="a list of the features of each text column"):
         losses.CosineSimilarityLoss(ours)([["a", "b"], ["c", "d"]], torch.ones(2))
     with pytest.raises(ValueError, match="ContrastiveLoss takes one label per pair: 2 pairs, 3 labels"):
@@ -298,8 +301,74 @@ def test_matryoshka_loss_arguments_that_do_not_fit_are_errors(both):
         losses.MatryoshkaLoss(ours, inner, [384, 64], [1.0])
     with pytest.warns(UserWarning, match="leave out the model's own width, 384"):
         losses.MatryoshkaLoss(ours, inner, [256, 64])
-    with pytest.raises(ValueError, match="MatryoshkaLoss does not take CachedMultipleNegativesRankingLoss here"):
-        losses.MatryoshkaLoss(ours, losses.CachedMultipleNegativesRankingLoss(ours), [384, 64])
+
+
+@pytest.mark.parametrize("options", [
+    {"matryoshka_dims": [384, 128, 32]},
+    {"matryoshka_dims": [64, 384, 256], "matryoshka_weights": [1.0, 2.0, 0.5], "n_dims_per_step": 2}])
+def test_matryoshka_loss_around_the_cached_loss_gives_sentence_transformers_values_and_gradients(minilm_folder,
+                                                                                               triplets, options):
+    # the cached loss's second pass runs after MatryoshkaLoss returns: the widths are summed over its cached
+    # embeddings (sentence-transformers' CachedLossDecorator)
+    ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
+    ours_loss = losses.MatryoshkaLoss(ours, losses.CachedMultipleNegativesRankingLoss(ours, mini_batch_size=3),
+                                      **options)
+    their_loss = reference_losses.MatryoshkaLoss(
+        reference, reference_losses.CachedMultipleNegativesRankingLoss(reference, mini_batch_size=3), **options)
+    columns = [list(column) for column in zip(*(t.texts for t in triplets))]
+    random.seed(1)  # n_dims_per_step's draw
+    got = ours_loss([ours.preprocess(column) for column in columns])
+    random.seed(1)
+    expected = their_loss([reference.preprocess(column) for column in columns], None)
+    assert got.item() == pytest.approx(expected.item(), abs=1e-5) and got.item() > 0
+    with torch.no_grad():  # not the full width's loss alone
+        alone = losses.CachedMultipleNegativesRankingLoss(ours, mini_batch_size=3)(
+            [ours.preprocess(column) for column in columns])
+    assert abs(alone.item() - got.item()) > 1e-3
+    assert_same_gradients(ours, reference, got, expected)
+
+
+def test_cached_loss_pieces_by_token_count_give_sentence_transformers_values_and_gradients(minilm_folder, triplets):
+    ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
+    ours_loss = losses.CachedMultipleNegativesRankingLoss(ours, mini_batch_size=2, mini_batch_num_tokens=40)
+    their_loss = reference_losses.CachedMultipleNegativesRankingLoss(reference, mini_batch_size=2,
+                                                                    mini_batch_num_tokens=40)
+    columns = [list(column) for column in zip(*(t.texts for t in triplets))]
+    features = [ours.preprocess(column) for column in columns]
+    # greedy in order: as many texts as hold 40 real tokens, one at least even if it holds more
+    counts = features[0]["attention_mask"].sum(dim=1).tolist()
+    pieces = losses.split_features(features[0], 2, 40)
+    expected_sizes, size, total = [], 0, 0
+    for count in counts:
+        if size and total + count > 40:
+            expected_sizes.append(size)
+            size, total = 0, 0
+        size, total = size + 1, total + count
+    expected_sizes.append(size)
+    assert [len(piece["input_ids"]) for piece in pieces] == expected_sizes and len(set(expected_sizes)) > 1
+    got = ours_loss(features)
+    expected = their_loss([reference.preprocess(column) for column in columns], None)
+    assert got.item() == pytest.approx(expected.item(), abs=1e-5)
+    assert_same_gradients(ours, reference, got, expected)
+    for bad in (0, 2.5):
+        with pytest.raises(ValueError, match=f"mini_batch_num_tokens must be a positive integer or None, not {bad}"):
+            losses.CachedMultipleNegativesRankingLoss(ours, mini_batch_num_tokens=bad)
+
+
+def test_losses_take_sentence_transformers_arguments_in_its_order():
+    # code ported from sentence-transformers may pass them by position
+    import inspect
+    compared = 0
+    for name in dir(losses):
+        ours, theirs = getattr(losses, name), getattr(reference_losses, name, None)
+        if not (isinstance(ours, type) and issubclass(ours, torch.nn.Module) and isinstance(theirs, type)):
+            continue
+        their_parameters = list(inspect.signature(theirs).parameters)
+        if their_parameters == ["args", "kwargs"]:  # a deprecated name's forwarding
+            continue
+        assert list(inspect.signature(ours).parameters)[:len(their_parameters)] == their_parameters, name
+        compared += 1
+    assert compared >= 15
 
 
 def test_cached_in_batch_negatives_replay_each_piece_with_the_dropout_it_drew(minilm_folder, triplets):
