@@ -559,6 +559,18 @@ class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
         return tqdm(items, desc=description, leave=False)
 
 
+class CachedMultipleNegativesSymmetricRankingLoss(CachedMultipleNegativesRankingLoss):
+    """MultipleNegativesSymmetricRankingLoss over mini-batches (sentence-transformers' older name for
+    CachedMultipleNegativesRankingLoss with directions query_to_doc and doc_to_query, partition_mode
+    per_direction)."""
+
+    def __init__(self, model, scale: float = 20.0, similarity_fct=cos_sim, mini_batch_size: int = 32,
+                 mini_batch_num_tokens: int | None = None, gather_across_devices: bool = False,
+                 show_progress_bar: bool = False):
+        super().__init__(model, scale, similarity_fct, mini_batch_size, mini_batch_num_tokens, gather_across_devices,
+                         ("query_to_doc", "doc_to_query"), "per_direction", show_progress_bar)
+
+
 def column_features(batch) -> list[dict]:
     """The features of each text column: sentence-transformers' list of them, or a tokenize_batch batch split."""
     if not isinstance(batch, dict):

@@ -89,6 +89,7 @@ def test_softmax_concatenations_of_table_6(both, triplets):
     ("MultipleNegativesRankingLoss", {"directions": ("doc_to_doc", "query_to_doc"), "scale": 7.0}),
     ("MultipleNegativesSymmetricRankingLoss", {}),
     ("CachedMultipleNegativesRankingLoss", {"mini_batch_size": 3}),
+    ("CachedMultipleNegativesSymmetricRankingLoss", {"mini_batch_size": 3}),
     ("CachedMultipleNegativesRankingLoss", {"mini_batch_size": 5, "directions": ("query_to_doc", "query_to_query")}),
     ("MultipleNegativesRankingLoss", {"hardness_mode": "in_batch_negatives", "hardness_strength": 3.0}),
     ("MultipleNegativesRankingLoss", {"hardness_mode": "hard_negatives", "hardness_strength": 3.0}),
