@@ -11,6 +11,7 @@ arguments are sentence-transformers' too, under its names and defaults.
 
 
 import bisect
+import math
 import random
 import warnings
 
@@ -292,6 +293,52 @@ class MarginMSELoss(nn.Module):
         positive_scores = self.similarity_fct(query, positive)
         margins = torch.stack([positive_scores - self.similarity_fct(query, negative) for negative in negatives], 1)
         return self.loss_fct(margins, labels)
+
+
+class DistillKLDivLoss(nn.Module):
+    """Distillation of a teacher's scores over candidates (Lin et al., 2020): for (query, positive, negatives...),
+    the KL divergence from the teacher's softmax over its scores (the labels, (B, candidates), at
+    `teacher_temperature`) to the student's over sim(q, candidate) (`similarity_fct`, the dot product, at
+    `student_temperature`), over the batch, times the student's temperature squared; both temperatures are
+    `temperature` unless given. The first batch's teacher scores are looked at once: NaN is an error, and scores so
+    spread that the softmax rounds some to 0 (which then teach nothing) a warning, as in sentence-transformers."""
+
+    def __init__(self, model, similarity_fct=pairwise_dot_score, temperature: float = 1.0,
+                 student_temperature: float | None = None, teacher_temperature: float | None = None):
+        super().__init__()
+        self.model, self.similarity_fct, self.temperature = model, similarity_fct, temperature
+        self.student_temperature = temperature if student_temperature is None else student_temperature
+        self.teacher_temperature = temperature if teacher_temperature is None else teacher_temperature
+        for name in ("temperature", "student_temperature", "teacher_temperature"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a positive finite number, not {getattr(self, name)!r}")
+        self.checked_teacher = False
+
+    def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
+        (query, *candidates), labels = embed_columns(self.model, batch, labels, "DistillKLDivLoss", 3,
+                                                     needs_labels=True, more=True)
+        labels = torch.as_tensor(labels).detach()
+        if labels.shape != (len(query), len(candidates)):
+            raise ValueError(f"DistillKLDivLoss takes the teacher's scores of each candidate column as labels, "
+                             f"({len(query)}, {len(candidates)}), not of shape {tuple(labels.shape)}")
+        scores = torch.stack([self.similarity_fct(query, candidate) for candidate in candidates], dim=1)
+        teacher = torch.softmax(labels / self.teacher_temperature, dim=1)
+        if not self.checked_teacher:
+            self.checked_teacher = True
+            self.check_teacher(labels, teacher)
+        student = torch.log_softmax(scores / self.student_temperature, dim=1)
+        return F.kl_div(student, teacher, reduction="batchmean") * self.student_temperature ** 2
+
+    def check_teacher(self, labels: torch.Tensor, teacher: torch.Tensor) -> None:
+        if labels.isnan().any():
+            raise ValueError("DistillKLDivLoss: the teacher's scores (the labels) hold NaN, which would make the loss "
+                             "and every gradient NaN")
+        vanished = int((teacher == 0).sum())
+        if vanished and not labels.isinf().any():  # an infinite score leaves a candidate out on purpose
+            spread = (labels.amax(dim=1) - labels.amin(dim=1)).max().item()
+            warnings.warn(f"DistillKLDivLoss: at teacher_temperature {self.teacher_temperature}, {vanished} of the "
+                          f"{teacher.numel()} teacher scores become probability 0 and teach nothing (a row spans up "
+                          f"to {spread:.1f}): raise teacher_temperature above {spread / 100:.3g}", stacklevel=3)
 
 
 class BatchHardTripletLossDistanceFunction:

@@ -100,6 +100,8 @@ def test_softmax_concatenations_of_table_6(both, triplets):
     ("OnlineContrastiveLoss", {}), ("OnlineContrastiveLoss", {"distance_metric": "MANHATTAN", "margin": 60.0}),
     ("MSELoss", {}), ("MSELoss", {"projection_dim": 16}),
     ("MarginMSELoss", {}), ("MarginMSELoss", {"similarity_fct": "pairwise_cos_sim"}),
+    ("DistillKLDivLoss", {}),
+    ("DistillKLDivLoss", {"similarity_fct": "pairwise_cos_sim", "temperature": 0.05, "teacher_temperature": 2.0}),
     ("BatchHardTripletLoss", {}), ("BatchHardTripletLoss", {"distance_metric": "cosine_distance", "margin": 0.3}),
     ("BatchHardSoftMarginTripletLoss", {}), ("BatchHardSoftMarginTripletLoss", {"distance_metric": "cosine_distance"}),
     ("BatchAllTripletLoss", {}), ("BatchAllTripletLoss", {"distance_metric": "cosine_distance", "margin": 0.3}),
@@ -136,6 +138,8 @@ def test_losses_called_as_in_sentence_transformers_give_its_values_and_gradients
               "MSELoss": torch.randn(len(triplets), len(columns), options.get("projection_dim", 384),
                                      generator=torch.Generator().manual_seed(0)),
               "MarginMSELoss": torch.tensor([0.5, 0.1, -0.3, 0.9, 0.2, 0.0, 0.4, 0.8]),  # a teacher's margins
+              # a teacher's scores of the positive and the negative
+              "DistillKLDivLoss": torch.randn(len(triplets), 2, generator=torch.Generator().manual_seed(1)) * 3,
               **dict.fromkeys(["BatchHardTripletLoss", "BatchHardSoftMarginTripletLoss", "BatchAllTripletLoss",
                                "BatchSemiHardTripletLoss"], torch.tensor([0, 1, 2, 0, 1, 2, 0, 3]))}.get(name)
     if name == "SoftmaxLoss":
@@ -205,6 +209,22 @@ def test_losses_called_with_what_they_cannot_take_say_what_they_need(both):
         losses.MSELoss(ours)(features, torch.zeros(2, 3, 384))
     with pytest.raises(ValueError, match=r"the teacher's embeddings \(2, 768\) do not match the student's \(2, 384\)"):
         losses.MSELoss(ours)(features, torch.zeros(2, 768))
+    with pytest.raises(ValueError, match="DistillKLDivLoss takes 3 text columns or more, not 2"):
+        losses.DistillKLDivLoss(ours)(features, torch.zeros(2, 1))
+    with pytest.raises(ValueError, match=r"teacher's scores of each candidate column as labels, \(2, 2\), not of "
+                                         r"shape \(2, 3\)"):
+        losses.DistillKLDivLoss(ours)(features + features[:1], torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="the teacher's scores \(the labels\) hold NaN"):
+        losses.DistillKLDivLoss(ours)(features + features[:1], torch.tensor([[0.0, float("nan")], [1.0, 2.0]]))
+    with pytest.raises(ValueError, match="teacher_temperature must be a positive finite number, not 0"):
+        losses.DistillKLDivLoss(ours, teacher_temperature=0)
+    once = losses.DistillKLDivLoss(ours, teacher_temperature=0.01)
+    with pytest.warns(UserWarning, match=r"1 of the 4 teacher scores become probability 0 .*a row spans up to 5.0\)"
+                                         r": raise teacher_temperature above 0.05"):
+        once(features + features[:1], torch.tensor([[0.0, 5.0], [1.0, 1.5]]))
+    with warnings.catch_warnings():  # the first batch only
+        warnings.simplefilter("error")
+        once(features + features[:1], torch.tensor([[0.0, 5.0], [1.0, 1.5]]))
 
 
 def test_contrastive_losses_warn_once_of_labels_other_than_0_and_1(both):
