@@ -1,4 +1,4 @@
-"""BERT, RoBERTa, MPNet, DistilBERT, ALBERT, T5, ModernBERT and Qwen3 as their Hugging Face files describe them, in the
+"""BERT, RoBERTa, MPNet, DistilBERT, ALBERT, T5, ModernBERT, Qwen3 and Gemma 3 (EmbeddingGemma's) as their Hugging Face files describe them, in the
 encoder's terms: `EncoderConfig`, read from each architecture's config.json (its names, its defaults) and written back
 as transformers reads it, and `checkpoint_names`, the table from our tensor names to those of a published checkpoint,
 with which checkpoint.py loads and saves the weights (checking each one) and optim.py leaves out of the weight decay
@@ -11,11 +11,11 @@ import torch.nn.functional as F
 
 # xlm-roberta and camembert are RoBERTa with another vocabulary
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "mpnet", "distilbert", "albert", "t5",
-                         "modernbert", "qwen3")
+                         "modernbert", "qwen3", "gemma3_text")
 ARCHITECTURES = {"bert": "BertModel", "roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel",
                  "camembert": "CamembertModel", "mpnet": "MPNetModel", "distilbert": "DistilBertModel",
                  "albert": "AlbertModel", "t5": "T5EncoderModel", "modernbert": "ModernBertModel",
-                 "qwen3": "Qwen3Model"}
+                 "qwen3": "Qwen3Model", "gemma3_text": "Gemma3TextModel"}
 # transformers' defaults for the fields of ours that its AlbertConfig sets otherwise than BERT's
 ALBERT_DEFAULTS = {"embedding_size": 128, "hidden_act": "gelu_new", "hidden_dropout_prob": 0.0,
                    "attention_probs_dropout_prob": 0.0}
@@ -45,13 +45,23 @@ QWEN3_DEFAULTS = {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size"
                   "num_attention_heads": 32, "head_dim": 128, "hidden_act": "silu", "max_position_embeddings": 32768,
                   "rms_norm_eps": 1e-6, "attention_bias": False, "attention_dropout": 0.0, "rope_theta": 10000.0,
                   "use_sliding_window": False}
+# transformers' Gemma3TextConfig defaults (EmbeddingGemma's config.json sets most of them)
+GEMMA3_DEFAULTS = {"vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+                   "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+                   "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
+                   "pad_token_id": 0, "attention_bias": False, "attention_dropout": 0.0, "query_pre_attn_scalar": 256,
+                   "sliding_window": 4096, "sliding_window_pattern": 6, "rope_theta": 1000000.0,
+                   "rope_local_base_freq": 10000.0, "use_bidirectional_attention": False}
 # the fields that only some model types set: any other model's config.json that holds them anyway does not
 OWN_FIELDS = {"albert": ("embedding_size", "num_hidden_groups", "inner_group_num"),
               "t5": ("relative_attention_max_distance", "gated_feed_forward", "attention_bias", "mlp_bias"),
               "modernbert": ("gated_feed_forward", "attention_bias", "mlp_bias", "norm_bias", "rope_theta",
                              "local_rope_theta", "local_attention", "layer_types"),
               "qwen3": ("gated_feed_forward", "attention_bias", "mlp_bias", "rope_theta", "num_key_value_heads",
-                        "head_dim")}
+                        "head_dim"),
+              "gemma3_text": ("gated_feed_forward", "attention_bias", "mlp_bias", "rope_theta", "local_rope_theta",
+                              "layer_types", "num_key_value_heads", "head_dim", "query_pre_attn_scalar",
+                              "sliding_window")}
 
 ACTIVATIONS = {
     "gelu": F.gelu,  # exact erf GELU, as BERT was trained with
@@ -96,6 +106,8 @@ class EncoderConfig:
     layer_types: list[str] | None = None  # each layer's kind, one of LAYER_TYPES
     num_key_value_heads: int | None = None  # Qwen3: fewer key and value heads than query heads, each shared by a group
     head_dim: int | None = None  # Qwen3: each head's size, which need not be hidden_size / num_attention_heads
+    query_pre_attn_scalar: float | None = None  # Gemma 3: the scores scaled by its inverse square root;
+    sliding_window: int | None = None  # its sliding layers attend to the keys at most sliding_window // 2 away
 
     @classmethod
     def from_dict(cls, config: dict, source: str = "config.json") -> "EncoderConfig":
@@ -119,6 +131,8 @@ class EncoderConfig:
             config = modernbert_config(config, source)
         if model_type == "qwen3":
             config = qwen3_config(config, source)
+        if model_type == "gemma3_text":
+            config = gemma3_config(config, source)
         if model_type == "albert":
             config = {**ALBERT_DEFAULTS, **config}
         config = {k: v for k, v in config.items() if k not in foreign_fields(model_type)}
@@ -187,6 +201,18 @@ class EncoderConfig:
                     "attention_dropout": self.attention_probs_dropout_prob, "use_sliding_window": False,
                     "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
                     "tie_word_embeddings": True, "use_cache": False}
+        if self.model_type == "gemma3_text":
+            return {"architectures": [ARCHITECTURES["gemma3_text"]], "model_type": "gemma3_text",
+                    **{k: config[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                              "num_attention_heads", "num_key_value_heads", "head_dim",
+                                              "max_position_embeddings", "pad_token_id", "attention_bias",
+                                              "query_pre_attn_scalar", "sliding_window", "layer_types")},
+                    "hidden_activation": self.hidden_act, "rms_norm_eps": self.layer_norm_eps,
+                    "attention_dropout": self.attention_probs_dropout_prob, "use_bidirectional_attention": True,
+                    "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": self.rope_theta},
+                                        "sliding_attention": {"rope_type": "default",
+                                                              "rope_theta": self.local_rope_theta}},
+                    "final_logit_softcapping": None, "attn_logit_softcapping": None, "use_cache": False}
         if self.model_type == "t5":
             theirs = {ours: theirs for theirs, ours in T5_NAMES.items()}
             return {"architectures": [ARCHITECTURES["t5"]], "model_type": "t5", "vocab_size": self.vocab_size,
@@ -206,11 +232,11 @@ class EncoderConfig:
 
     @property
     def has_token_types(self) -> bool:
-        return self.model_type not in ("mpnet", "distilbert", "t5", "modernbert", "qwen3")
+        return self.model_type not in ("mpnet", "distilbert", "t5", "modernbert", "qwen3", "gemma3_text")
 
     @property
-    def has_position_table(self) -> bool:  # T5 has relative position biases instead, ModernBERT and Qwen3 rotary ones
-        return self.model_type not in ("t5", "modernbert", "qwen3")
+    def has_position_table(self) -> bool:  # T5 has relative position biases instead, the others here rotary ones
+        return self.model_type not in ("t5", "modernbert", "qwen3", "gemma3_text")
 
     @property
     def is_causal(self) -> bool:  # Qwen3, a decoder: each token attends to itself and the tokens before it
@@ -229,8 +255,8 @@ class EncoderConfig:
         return self.model_type in ("mpnet", "t5")
 
     @property
-    def normalizes_first(self) -> bool:  # T5, ModernBERT, Qwen3: a norm before attention and feed-forward, and last
-        return self.model_type in ("t5", "modernbert", "qwen3")
+    def normalizes_first(self) -> bool:  # T5, ModernBERT, Qwen3, Gemma 3: a norm before attention and feed-forward,
+        return self.model_type in ("t5", "modernbert", "qwen3", "gemma3_text")  # and last
 
     @property
     def position_padding_idx(self) -> int:
@@ -347,6 +373,50 @@ def qwen3_config(config: dict, source: str) -> dict:
             **({"pad_token_id": config["pad_token_id"]} if "pad_token_id" in config else {})}
 
 
+def gemma3_config(config: dict, source: str) -> dict:
+    """A Gemma 3 text config.json (transformers' Gemma3TextConfig defaults where a key is missing; the rotary bases as
+    rope_parameters per layer kind, or rope_theta / rope_local_base_freq in older files; the layers' kinds as
+    layer_types, or every sliding_window_pattern-th layer full) in our field names. Only as EmbeddingGemma runs it:
+    bidirectional attention, no soft-capping of the scores, unscaled rotary positions."""
+    config = {**GEMMA3_DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
+    if config["use_bidirectional_attention"] is not True:
+        raise ConfigError(f"{source}: a Gemma 3 decoder with causal attention is not supported; minisbert runs "
+                          "Gemma 3 as EmbeddingGemma does, with use_bidirectional_attention true")
+    if config.get("attn_logit_softcapping") or config.get("rope_scaling"):
+        raise ConfigError(f"{source}: attn_logit_softcapping and rope_scaling are not supported")
+    layers, every = config["num_hidden_layers"], config["sliding_window_pattern"]
+    if "layer_types" not in config and not (type(every) is int and every >= 1):
+        raise ConfigError(f"{source}: sliding_window_pattern must be an integer of at least 1, not {every!r}")
+    layer_types = config.get("layer_types") or [LAYER_TYPES[bool((i + 1) % every)] for i in range(layers)]
+    if (not isinstance(layer_types, list) or len(layer_types) != layers
+            or any(kind not in LAYER_TYPES for kind in layer_types)):
+        raise ConfigError(f"{source}: layer_types must list {', '.join(LAYER_TYPES)} for each of the {layers} "
+                          f"layers, not {layer_types!r}")
+    thetas = {}
+    for kind, older_name in zip(LAYER_TYPES, ("rope_theta", "rope_local_base_freq")):
+        rope = (config.get("rope_parameters") or {}).get(kind) or {}
+        if rope.get("rope_type", "default") != "default":
+            raise ConfigError(f"{source}: rope_type {rope['rope_type']!r} ({kind}) is not supported; only 'default' is")
+        thetas[kind] = rope.get("rope_theta", config[older_name])
+        if type(thetas[kind]) not in (int, float) or thetas[kind] <= 0:
+            raise ConfigError(f"{source}: the rope_theta of {kind} must be a number above 0, not {thetas[kind]!r}")
+    scalar, window = config["query_pre_attn_scalar"], config["sliding_window"]
+    if type(scalar) not in (int, float) or scalar <= 0:
+        raise ConfigError(f"{source}: query_pre_attn_scalar must be a number above 0, not {scalar!r}")
+    if type(window) is not int or window < 1:
+        raise ConfigError(f"{source}: sliding_window must be an integer of at least 1, not {window!r}")
+    return {"model_type": "gemma3_text", "hidden_act": config["hidden_activation"],
+            "layer_norm_eps": config["rms_norm_eps"], "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": config["attention_dropout"], "type_vocab_size": 1,
+            "gated_feed_forward": True, "mlp_bias": False, "layer_types": layer_types,
+            "rope_theta": float(thetas["full_attention"]), "local_rope_theta": float(thetas["sliding_attention"]),
+            "query_pre_attn_scalar": scalar,  # as given: transformers takes an integer
+            **{k: config[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                      "num_attention_heads", "num_key_value_heads", "head_dim",
+                                      "max_position_embeddings", "pad_token_id", "attention_bias",
+                                      "sliding_window")}}
+
+
 def checkpoint_names(config: EncoderConfig) -> dict[str, str]:
     """{our tensor name: its name in a Hugging Face BertModel / RobertaModel / MPNetModel / DistilBertModel /
     AlbertModel / T5EncoderModel / ModernBertModel / Qwen3Model checkpoint}."""
@@ -356,6 +426,8 @@ def checkpoint_names(config: EncoderConfig) -> dict[str, str]:
         return modernbert_checkpoint_names(config)
     if config.model_type == "qwen3":
         return qwen3_checkpoint_names(config)
+    if config.model_type == "gemma3_text":
+        return gemma3_checkpoint_names(config)
     names = {"word_embeddings.weight": "embeddings.word_embeddings.weight",
              "position_embeddings.weight": "embeddings.position_embeddings.weight",
              "embeddings_norm.weight": "embeddings.LayerNorm.weight",
@@ -446,6 +518,18 @@ def qwen3_checkpoint_names(config: EncoderConfig) -> dict[str, str]:
     for i in range(config.num_hidden_layers):
         for ours, (theirs, kinds) in per_layer.items():
             names.update({f"layers.{i}.{ours}.{k}": f"layers.{i}.{theirs}.{k}" for k in kinds})
+    return names
+
+
+def gemma3_checkpoint_names(config: EncoderConfig) -> dict[str, str]:
+    """checkpoint_names for Gemma3TextModel: as Qwen3's, with four norms a layer (input_layernorm before attention,
+    post_attention_layernorm on its output before the residual sum, pre_feedforward_layernorm and
+    post_feedforward_layernorm around the feed-forward)."""
+    names = qwen3_checkpoint_names(config)
+    for i in range(config.num_hidden_layers):
+        names.update({f"layers.{i}.output_norm.weight": f"layers.{i}.pre_feedforward_layernorm.weight",
+                      f"layers.{i}.post_attention_norm.weight": f"layers.{i}.post_attention_layernorm.weight",
+                      f"layers.{i}.post_output_norm.weight": f"layers.{i}.post_feedforward_layernorm.weight"})
     return names
 
 

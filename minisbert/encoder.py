@@ -214,9 +214,12 @@ class Layer(nn.Module):
         # T5's, ModernBERT's and Qwen3's layers normalize first (T5 and Qwen3 with RMSNorm); their products have no
         # biases (Qwen3's attention may)
         self.normalizes_first = config.normalizes_first
-        t5, modernbert, qwen3 = (config.model_type == kind for kind in ("t5", "modernbert", "qwen3"))
+        t5, modernbert, qwen3, gemma = (config.model_type == kind for kind in ("t5", "modernbert", "qwen3",
+                                                                              "gemma3_text"))
 
         def norm(size: int = d):
+            if gemma:
+                return GemmaNorm(size, eps=config.layer_norm_eps)
             return T5Norm(size, eps=config.layer_norm_eps) if t5 or qwen3 else nn.LayerNorm(
                 size, eps=config.layer_norm_eps, bias=config.norm_bias)
 
@@ -224,23 +227,29 @@ class Layer(nn.Module):
         self.query = nn.Linear(d, queries, bias=config.attention_bias)
         self.key, self.value = (nn.Linear(d, keys, bias=config.attention_bias) for _ in range(2))
         self.attention_output = nn.Linear(queries, d, bias=config.attention_bias)
-        # Qwen3 normalizes each head's queries and keys (RMSNorm over the head's dimensions) before turning them
-        self.query_norm, self.key_norm = (norm(self.head_dim), norm(self.head_dim)) if qwen3 else (None, None)
+        # Qwen3 and Gemma 3 normalize each head's queries and keys (RMSNorm over the head's dimensions) before
+        # turning them
+        self.query_norm, self.key_norm = (norm(self.head_dim), norm(self.head_dim)) if qwen3 or gemma else (None, None)
         # ModernBERT's first layer takes the embeddings' LayerNorm as its own
         self.attention_norm = nn.Identity() if modernbert and index == 0 else norm()
         self.intermediate = nn.Linear(d, h, bias=config.mlp_bias)
         self.gate = nn.Linear(d, h, bias=config.mlp_bias) if config.gated_feed_forward else None
         self.output = nn.Linear(h, d, bias=config.mlp_bias)
         self.output_norm = norm()
-        self.attention_scale = 1.0 if t5 else None  # T5 folds 1/sqrt(d) into its weights
+        # Gemma 3 also normalizes what attention and the feed-forward give, before each is added to x
+        self.post_attention_norm, self.post_output_norm = (norm(), norm()) if gemma else (None, None)
+        # T5 folds 1/sqrt(d) into its weights; Gemma 3 scales by query_pre_attn_scalar instead of the head's size
+        self.attention_scale = 1.0 if t5 else config.query_pre_attn_scalar ** -0.5 if gemma else None
         # T5's half precision as transformers': sums clamped (clamp_fp16), the feed-forward output product's input in
         # that product's type (fp32 in the fp16 copy: Encoder.in_dtype)
         self.t5_half_precision = t5
-        # ModernBERT and Qwen3: rotary positions, of the base of this layer's kind in ModernBERT, whose sliding layers'
-        # queries attend to the keys at most `window` tokens away (Encoder.forward's masks)
-        sliding = modernbert and config.layer_types[index] == "sliding_attention"
-        self.rope_theta = (config.local_rope_theta if sliding else config.rope_theta) if modernbert or qwen3 else None
-        self.window = config.local_attention // 2 if sliding else None
+        # ModernBERT, Qwen3 and Gemma 3: rotary positions, of the base of this layer's kind in ModernBERT and Gemma 3,
+        # whose sliding layers' queries attend to the keys at most `window` tokens away (Encoder.forward's masks;
+        # Gemma 3 as transformers runs it bidirectionally: fewer than sliding_window // 2 + 1 tokens away)
+        sliding = (modernbert or gemma) and config.layer_types[index] == "sliding_attention"
+        rotary = modernbert or qwen3 or gemma
+        self.rope_theta = (config.local_rope_theta if sliding else config.rope_theta) if rotary else None
+        self.window = (config.sliding_window // 2 if gemma else config.local_attention // 2) if sliding else None
         self.causal = config.is_causal  # Qwen3: a query attends to its own token and those before it
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.dropout_after_attention = {"distilbert": nn.Identity(), "modernbert": nn.Dropout(
@@ -276,8 +285,10 @@ class Layer(nn.Module):
             k = self.key_norm(k.view(len(k), -1, self.head_dim)).view(k.shape)
         if rotation is not None:
             q, k = rotate(q, *rotation), rotate(k, *rotation)
-        attended = self.attend(q, k, self.value(n), packing, mask)
-        x = self.clamp_fp16(x + self.dropout_after_attention(self.attention_output(attended)))
+        attended = self.attention_output(self.attend(q, k, self.value(n), packing, mask))
+        if self.post_attention_norm is not None:
+            attended = self.post_attention_norm(attended)
+        x = self.clamp_fp16(x + self.dropout_after_attention(attended))
         n = self.output_norm(x)
         hidden = self.activation(self.intermediate(n))
         if self.gate is not None:
@@ -285,7 +296,10 @@ class Layer(nn.Module):
         hidden = self.dropout(hidden)
         if self.t5_half_precision:
             hidden = hidden.to(self.output.weight.dtype)
-        return self.clamp_fp16(x + self.dropout_after_output(self.output(hidden)))
+        output = self.output(hidden)
+        if self.post_output_norm is not None:
+            output = self.post_output_norm(output)
+        return self.clamp_fp16(x + self.dropout_after_output(output))
 
     def clamp_fp16(self, x: torch.Tensor) -> torch.Tensor:
         """T5's sums in fp16 clamped as transformers clamps them: to the largest fp16 value, or 1000 below it where
@@ -390,7 +404,8 @@ class Layer(nn.Module):
         """varlen_attn's arguments for this layer beyond full attention, worked out once (they follow from its
         config): the keys a query sees, from window_size[0] before it to window_size[1] after (Qwen3's causal
         attention: all before, none after; ModernBERT's sliding layers: `window` either side, as
-        sliding_window_mask), and enable_gqa where key and value heads are fewer than query heads (Qwen3)."""
+        sliding_window_mask), enable_gqa where key and value heads are fewer than query heads (Qwen3, Gemma 3), and
+        the scores' scale where it is not 1/sqrt(head size) (Gemma 3's query_pre_attn_scalar)."""
         options = {}
         if self.causal:
             options["window_size"] = (-1, 0)
@@ -398,6 +413,8 @@ class Layer(nn.Module):
             options["window_size"] = (self.window, self.window)
         if self.key_value_heads != self.num_heads:
             options["enable_gqa"] = True
+        if self.attention_scale is not None:
+            options["scale"] = self.attention_scale
         return options
 
 
@@ -418,10 +435,13 @@ class Encoder(nn.Module):
             config.type_vocab_size, d)) if config.has_token_types else None
         # T5: no LayerNorm of the embeddings, an RMSNorm (and dropout) after the last layer, as Qwen3 (no dropout);
         # ModernBERT: both LayerNorms
-        t5, rms = config.model_type == "t5", config.model_type in ("t5", "qwen3")
+        t5, rms = config.model_type == "t5", config.model_type in ("t5", "qwen3", "gemma3_text")
         self.embeddings_norm = None if rms else nn.LayerNorm(d, eps=config.layer_norm_eps, bias=config.norm_bias)
-        self.final_norm = ((T5Norm if rms else functools.partial(nn.LayerNorm, bias=config.norm_bias))(
-            config.hidden_size, eps=config.layer_norm_eps) if config.normalizes_first else None)
+        final_norm = {"t5": T5Norm, "qwen3": T5Norm, "gemma3_text": GemmaNorm}.get(
+            config.model_type, functools.partial(nn.LayerNorm, bias=config.norm_bias))
+        self.final_norm = final_norm(config.hidden_size, eps=config.layer_norm_eps) if config.normalizes_first else None
+        # Gemma 3 scales its token embeddings by sqrt(hidden_size), that factor rounded to the table's type
+        self.embedding_scale = config.hidden_size ** 0.5 if config.model_type == "gemma3_text" else None
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.dropout_after_final_norm = self.dropout if t5 else nn.Identity()
         # ALBERT's token embeddings, projected up to the layers' size
@@ -456,6 +476,8 @@ class Encoder(nn.Module):
         """`lengths`: optionally, each row's token count on the CPU (rows padded on the right), which spares the
         GPU a host sync and lets attention run on the packed tokens (see Packing)."""
         x = self.lookup(self.word_embeddings, input_ids)
+        if self.embedding_scale is not None:
+            x = x * torch.tensor(self.embedding_scale, dtype=x.dtype)
         if self.token_type_embeddings is not None:  # added in transformers' order: the sums then round alike
             types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
             x = x + self.lookup(self.token_type_embeddings, types)
@@ -534,6 +556,8 @@ class Encoder(nn.Module):
                 module.bias.zero_()
             if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                 module.weight.fill_(1.0)
+            if isinstance(module, GemmaNorm):  # scales by 1 + w
+                module.weight.zero_()
             if isinstance(module, nn.LayerNorm) and module.bias is not None:
                 module.bias.zero_()
 
@@ -548,6 +572,21 @@ class T5Norm(nn.RMSNorm):
             return super().forward(x)
         mean_square = x.float().pow(2).mean(-1, keepdim=True)
         return self.weight * (x * torch.rsqrt(mean_square + self.eps)).to(self.weight.dtype)
+
+
+class GemmaNorm(nn.Module):
+    """Gemma 3's RMSNorm: x / rms(x) * (1 + w), in float32, rounded back to x's type as transformers' Gemma3RMSNorm
+    does; w starts at zeros."""
+
+    def __init__(self, size: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.float()
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * (1.0 + self.weight.float())).to(x.dtype)
 
 
 class IndexAddEmbedding(torch.autograd.Function):

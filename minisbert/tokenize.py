@@ -66,11 +66,15 @@ SENTENCEPIECE_CLASSES = ("XLMRobertaTokenizer", "XLMRobertaTokenizerFast", "Came
 QWEN2_CLASSES = ("Qwen2Tokenizer", "Qwen2TokenizerFast")
 QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
                r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
+# GemmaTokenizer (EmbeddingGemma's) builds its BPE (byte fallback, unknown pieces fused), normalizer (spaces to "▁"),
+# pre-tokenizer and decoder itself from tokenizer.json's vocabulary and merges; it keeps tokenizer.json's
+# post-processor
+GEMMA_CLASSES = ("GemmaTokenizer", "GemmaTokenizerFast")
 # the class transformers picks by the encoder's model_type where tokenizer_config.json names none
 TOKENIZER_CLASSES = {"bert": "BertTokenizer", "distilbert": "DistilBertTokenizer", "mpnet": "MPNetTokenizer",
                      "roberta": "RobertaTokenizer", "xlm-roberta": "XLMRobertaTokenizer",
                      "camembert": "CamembertTokenizer", "albert": "AlbertTokenizer", "t5": "T5Tokenizer",
-                     "qwen3": "Qwen2Tokenizer"}
+                     "qwen3": "Qwen2Tokenizer", "gemma3_text": "GemmaTokenizer"}
 
 
 def _bert_normalizer(config: dict) -> normalizers.Normalizer:
@@ -139,6 +143,13 @@ def _as_transformers_builds_it(tokenizer: FastTokenizer, config: dict, tokenizer
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space")), use_regex=False)])
+    if tokenizer_class in GEMMA_CLASSES and isinstance(tokenizer.model, models.BPE):
+        tokenizer.model.byte_fallback, tokenizer.model.fuse_unk = True, True
+        tokenizer.model.ignore_merges, tokenizer.model.dropout = False, None
+        tokenizer.model.unk_token = _token_text(config.get("unk_token", "<unk>"))
+        tokenizer.normalizer = normalizers.Replace(" ", "▁")
+        tokenizer.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous", invert=False)
+        tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
     if tokenizer_class not in SENTENCEPIECE_CLASSES or not isinstance(tokenizer.model, models.Unigram):
         return
     family = tokenizer_class.removesuffix("Fast").removesuffix("Tokenizer")  # XLMRoberta, Camembert, Albert, T5

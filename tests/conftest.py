@@ -320,6 +320,52 @@ def build_qwen3(folder: Path, texts: list[str]) -> Path:
     return folder
 
 
+def build_gemma3(folder: Path, texts: list[str]) -> Path:
+    """A random Gemma3TextModel as EmbeddingGemma runs it (bidirectional attention; two of three layers sliding, here
+    over a window of 3 tokens either side, with their own rotary base; 4 query heads sharing 2 key and value heads of
+    16 dimensions on 32-wide layers; four norms a layer, w in x * (1 + w) away from 0; scores scaled by
+    query_pre_attn_scalar 24, not the head's size), with a byte-fallback BPE tokenizer trained here whose
+    tokenizer.json holds another normalizer and pre-tokenizer and no byte fallback, which transformers'
+    GemmaTokenizer replaces; <bos> in front of each text and <eos> after it (tokenizer.json's post-processor)."""
+    from tokenizers import Tokenizer as FastTokenizer
+    from tokenizers import models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import Gemma3TextConfig, Gemma3TextModel
+
+    special = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"] + [f"<0x{i:02X}>" for i in range(256)]
+    bpe = FastTokenizer(models.BPE(unk_token="<unk>"))
+    bpe.normalizer = normalizers.Replace(" ", "▁")
+    bpe.train_from_iterator(texts * 5, trainers.BpeTrainer(vocab_size=700, special_tokens=special))
+    bpe.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(" ", "▁")])  # both replaced
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace()
+    bpe.post_processor = processors.TemplateProcessing(single="<bos> $A <eos>", pair="<bos> $A <eos> $B <eos>",
+                                                       special_tokens=[("<bos>", 2), ("<eos>", 1)])
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
+        "unk_token": "<unk>", "mask_token": "<mask>", "padding_side": "right", "model_max_length": 2048}))
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=bpe.get_vocab_size(), hidden_size=32, intermediate_size=48,
+                              num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                              max_position_embeddings=256, query_pre_attn_scalar=24, sliding_window=6,
+                              layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                              rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000.0},
+                                               "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}},
+                              use_bidirectional_attention=True, pad_token_id=0, bos_token_id=2, eos_token_id=1)
+    model = Gemma3TextModel(config)
+    with torch.no_grad():  # norms away from the identity, so that a norm left out or misplaced shows
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.uniform_(-0.5, 0.5)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(tmp_path_factory) -> Path:
+    return build_gemma3(tmp_path_factory.mktemp("tiny_gemma3"), CORPUS)
+
+
 @pytest.fixture(scope="session")
 def tiny_t5_gated(tmp_path_factory) -> Path:
     return build_t5(tmp_path_factory.mktemp("tiny_t5_gated"), CORPUS, gated=True)

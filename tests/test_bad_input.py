@@ -306,3 +306,21 @@ def test_bad_qwen3_config_values_are_named(tiny_qwen3, tmp_path, changes, messag
     folder = copy_changing(tiny_qwen3, tmp_path, **changes)
     with pytest.raises(ValueError, match=message):  # each names config.json
         SentenceTransformer(folder)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"use_bidirectional_attention": False}, "a Gemma 3 decoder with causal attention is not supported"),
+    ({"attn_logit_softcapping": 50.0}, "attn_logit_softcapping and rope_scaling are not supported"),
+    ({"layer_types": ["full_attention", "sliding_attention"]},
+     "layer_types must list full_attention, sliding_attention for each of the 3 layers"),
+    ({"rope_parameters": {"full_attention": {"rope_type": "linear", "rope_theta": 1000.0, "factor": 2.0}}},
+     r"rope_type 'linear' \(full_attention\) is not supported"),
+    ({"query_pre_attn_scalar": 0}, "query_pre_attn_scalar must be a number above 0, not 0"),
+    ({"sliding_window": 0}, "sliding_window must be an integer of at least 1, not 0"),
+    ({"head_dim": 8}, r"tensor layers\.0\.self_attn\.q_proj\.weight has shape \(64, 32\) but config\.json asks for "
+                      r"\(32, 32\)"),
+])
+def test_bad_gemma3_config_values_are_named(tiny_gemma3, tmp_path, changes, message):
+    folder = copy_changing(tiny_gemma3, tmp_path, **changes)
+    with pytest.raises(ValueError, match=message):  # each names config.json
+        SentenceTransformer(folder)

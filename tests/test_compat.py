@@ -214,7 +214,7 @@ def test_a_model_called_on_features_gives_what_sentence_transformers_gives(minil
 
 
 @pytest.mark.parametrize("folder", ["minilm_folder", "tiny_roberta", "tiny_mpnet", "tiny_albert", "tiny_t5",
-                                    "tiny_modernbert", "tiny_qwen3"])
+                                    "tiny_modernbert", "tiny_qwen3", "tiny_gemma3"])
 def test_the_tokenizer_answers_transformers_calls_as_transformers_does(request, folder):
     # the calls code written for sentence-transformers makes on model.tokenizer (transformers' tokenizer there)
     from transformers import AutoTokenizer

@@ -1,5 +1,5 @@
-"""Small random BERT, RoBERTa (also as XLM-RoBERTa and CamemBERT), MPNet, DistilBERT, ALBERT, T5 and ModernBERT encoders
-built with transformers: the same hidden states as transformers' models, and the same sentence embeddings as
+"""Small random BERT, RoBERTa (also as XLM-RoBERTa and CamemBERT), MPNet, DistilBERT, ALBERT, T5 and ModernBERT encoders,
+and Qwen3 and Gemma 3 (as EmbeddingGemma) models built with transformers: the same hidden states as transformers' models, and the same sentence embeddings as
 sentence-transformers, for every pooling mode, Dense and Normalize."""
 
 import json
@@ -41,7 +41,7 @@ def both_hidden_states(folder, padding_side: str = "right", texts: list[str] = T
 
 @pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_xlm_roberta", "tiny_camembert", "tiny_mpnet",
                                   "tiny_distilbert", "tiny_albert", "tiny_t5", "tiny_t5_gated", "tiny_modernbert",
-                                  "tiny_qwen3"])
+                                  "tiny_qwen3", "tiny_gemma3"])
 def test_hidden_states_equal_transformers(name, request):
     got, expected, batch, _ = both_hidden_states(request.getfixturevalue(name))
     mask = batch["attention_mask"].bool()
@@ -348,9 +348,10 @@ def test_hidden_states_with_lengths_from_the_cpu_equal_transformers(name, reques
         encoder(batch["input_ids"], batch["attention_mask"], lengths=batch["attention_mask"].sum(1)[:-1])
 
 
-def varlen_by_rows(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, *, window_size=(-1, -1), enable_gqa=False):
+def varlen_by_rows(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, *, window_size=(-1, -1), enable_gqa=False, scale=None):
     """torch.nn.attention.varlen.varlen_attn as its documentation states it, row by row (it runs on CUDA only): the
-    keys from window_size[0] before a query to window_size[1] after it (-1: all), fewer key heads with enable_gqa."""
+    keys from window_size[0] before a query to window_size[1] after it (-1: all), fewer key heads with enable_gqa,
+    the scores scaled by `scale` (1/sqrt(d) if None)."""
     rows = []
     for start, end in zip(cu_seq_q[:-1].tolist(), cu_seq_q[1:].tolist()):
         qs, ks, vs = (t[start:end].transpose(0, 1).float() for t in (q, k, v))  # (heads, n, d)
@@ -360,7 +361,8 @@ def varlen_by_rows(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, *, window_size=(-1
         places = torch.arange(end - start)
         after = places[None, :] - places[:, None]  # key - query
         seen = ((after >= -window_size[0]) | (window_size[0] < 0)) & ((after <= window_size[1]) | (window_size[1] < 0))
-        rows.append(torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, attn_mask=seen).transpose(0, 1))
+        rows.append(torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, attn_mask=seen,
+                                                                     scale=scale).transpose(0, 1))
     return torch.cat(rows).to(q.dtype)
 
 
@@ -369,17 +371,21 @@ def varlen_by_rows(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, *, window_size=(-1
     ({"model_type": "modernbert", "num_hidden_layers": 3, "local_attention": 8, "pad_token_id": 0},
      [{}, {"window_size": (4, 4)}, {"window_size": (4, 4)}]),  # global, sliding, sliding
     ({"model_type": "qwen3", "num_hidden_layers": 2, "num_key_value_heads": 2, "head_dim": 32},
-     [{"window_size": (-1, 0), "enable_gqa": True}] * 2)])
+     [{"window_size": (-1, 0), "enable_gqa": True}] * 2),
+    ({"model_type": "gemma3_text", "num_hidden_layers": 2, "num_key_value_heads": 2, "head_dim": 32,
+      "use_bidirectional_attention": True, "sliding_window": 10, "query_pre_attn_scalar": 64,
+      "layer_types": ["sliding_attention", "full_attention"]},
+     [{"window_size": (5, 5), "enable_gqa": True, "scale": 0.125}, {"enable_gqa": True, "scale": 0.125}])])
 def test_attention_on_packed_tokens_asks_varlen_attn_for_what_each_layer_attends_to(config, options, monkeypatch):
     # On a GPU, attention runs on the packed tokens through varlen_attn (CUDA only); here a row-by-row stand-in with
     # its documented meaning checks what each layer asks of it: ModernBERT's sliding layers a window, Qwen3's layers
-    # causal attention and shared key heads. In bf16 the packed run must equal the padded one (to bf16's rounding)
+    # causal attention and shared key heads, Gemma 3's its scale too. In bf16 the packed run must equal the padded one (to bf16's rounding)
     from minisbert import encoder as encoder_module
     from minisbert.encoder import Encoder, EncoderConfig
     calls = []
     monkeypatch.setattr(encoder_module, "varlen_attention",
                         lambda: lambda *args, **kwargs: calls.append(kwargs) or varlen_by_rows(*args, **kwargs))
-    monkeypatch.setattr(encoder_module, "varlen_options", lambda: frozenset({"window_size", "enable_gqa"}))
+    monkeypatch.setattr(encoder_module, "varlen_options", lambda: frozenset({"window_size", "enable_gqa", "scale"}))
 
     class PackingWithRows(encoder_module.Packing):  # as on a GPU: the rows' starts in the packed tokens
         def __init__(self, attention_mask, enabled=True, lengths=None):
@@ -405,7 +411,7 @@ def test_attention_on_packed_tokens_asks_varlen_attn_for_what_each_layer_attends
     assert torch.nn.functional.cosine_similarity(packed[mask], padded[mask]).min() > 0.999
 
 
-@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet", "tiny_qwen3"])
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet", "tiny_qwen3", "tiny_gemma3"])
 def test_position_numbering_equals_transformers_with_padding_on_the_left(name, request):
     # Left padding moves the real tokens: BERT numbers positions from the start of the row, padding included;
     # RoBERTa counts real tokens only, from padding_idx + 1. Right padding cannot tell the two apart. Qwen3's
@@ -413,7 +419,7 @@ def test_position_numbering_equals_transformers_with_padding_on_the_left(name, r
     got, expected, batch, encoder = both_hidden_states(request.getfixturevalue(name), padding_side="left")
     mask = batch["attention_mask"].bool()
     torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
-    if name == "tiny_qwen3":
+    if name in ("tiny_qwen3", "tiny_gemma3"):
         return
     encoder.config.model_type = "roberta" if name == "tiny_bert" else "bert"  # the other numbering shows
     with torch.no_grad():
@@ -450,7 +456,9 @@ CASES = [("tiny_bert", "mean", False, False), ("tiny_bert", "cls", True, True), 
          ("tiny_t5", "mean", True, True), ("tiny_t5_gated", "mean", False, True),
          ("tiny_modernbert", "mean", False, True), ("tiny_modernbert", "cls", True, False),
          # Qwen3-Embedding's: the last token (<|endoftext|>), normalized; sentence-transformers pads it on the left
-         ("tiny_qwen3", "lasttoken", False, True), ("tiny_qwen3", "mean", True, False)]
+         ("tiny_qwen3", "lasttoken", False, True), ("tiny_qwen3", "mean", True, False),
+         # EmbeddingGemma's: mean pooling, Dense layers, normalized
+         ("tiny_gemma3", "mean", True, True), ("tiny_gemma3", "cls", False, False)]
 
 
 @pytest.mark.parametrize("name,pooling_mode,dense,normalize", CASES)
@@ -464,7 +472,7 @@ def test_sentence_embeddings_equal_sentence_transformers(name, pooling_mode, den
 
 
 @pytest.mark.parametrize("name", ["tiny_bert", "tiny_roberta", "tiny_mpnet", "tiny_distilbert", "tiny_albert",
-                                  "tiny_t5_gated", "tiny_modernbert", "tiny_qwen3"])
+                                  "tiny_t5_gated", "tiny_modernbert", "tiny_qwen3", "tiny_gemma3"])
 def test_fp16_on_the_cpu_is_as_close_to_fp32_as_sentence_transformers_fp16(name, request, tmp_path):
     # sentence-transformers computes in fp16 on the CPU when model_kwargs ask for it, and so does minisbert: its
     # embeddings must be as near the fp32 ones as sentence-transformers' fp16 ones are (mean error), and near those
@@ -516,7 +524,8 @@ def test_an_early_models_sentence_config_is_read_as_sentence_transformers_reads_
 
 @pytest.mark.parametrize("name,architecture", [("tiny_distilbert", "DistilBertModel"), ("tiny_albert", "AlbertModel"),
                                                ("tiny_t5_gated", "T5EncoderModel"),
-                                               ("tiny_modernbert", "ModernBertModel"), ("tiny_qwen3", "Qwen3Model")])
+                                               ("tiny_modernbert", "ModernBertModel"), ("tiny_qwen3", "Qwen3Model"),
+                                               ("tiny_gemma3", "Gemma3TextModel")])
 def test_a_model_loaded_or_built_here_saves_a_folder_sentence_transformers_reads(name, architecture, request, tmp_path):
     from minisbert.encoder import Encoder, EncoderConfig
 
@@ -611,6 +620,41 @@ def test_a_qwen2_tokenizer_is_built_as_transformers_builds_it(tiny_qwen3):
     as_stored = FastTokenizer.from_file(str(tiny_qwen3 / "tokenizer.json"))
     assert [as_stored.encode(text).ids for text in texts] != expected  # what the file alone would give
     assert {ids[-1] for ids in expected} == {as_stored.token_to_id("<|endoftext|>")}
+
+
+def test_embeddinggemma_s_modules_and_prompts_equal_sentence_transformers(tiny_gemma3, tmp_path):
+    # EmbeddingGemma's layout: mean pooling, two Dense without bias or activation (wider, then back), Normalize, and
+    # prompts for queries and documents; in bf16 as near fp32 as sentence-transformers' bf16
+    transformer = reference_modules.Transformer(str(tiny_gemma3), max_seq_length=40)
+    torch.manual_seed(2)
+    modules = [transformer, reference_modules.Pooling(32, "mean"),
+               reference_modules.Dense(32, 96, bias=False, activation_function=torch.nn.Identity()),
+               reference_modules.Dense(96, 32, bias=False, activation_function=torch.nn.Identity()),
+               reference_modules.Normalize()]
+    prompts = {"query": "task: search result | query: ", "document": "title: none | text: "}
+    Reference(modules=modules, device="cpu", prompts=prompts).save(str(tmp_path / "st"))
+    reference, ours = Reference(str(tmp_path / "st"), device="cpu"), SentenceTransformer(tmp_path / "st")
+    np.testing.assert_allclose(ours.encode_query(TEXTS), reference.encode_query(TEXTS), atol=1e-5, rtol=0)
+    expected = reference.encode_document(TEXTS, convert_to_tensor=True)
+    torch.testing.assert_close(ours.encode_document(TEXTS, convert_to_tensor=True), expected, atol=1e-5, rtol=0)
+    theirs = Reference(str(tmp_path / "st"), device="cpu", model_kwargs={"torch_dtype": torch.bfloat16})
+    their_bf16 = theirs.encode_document(TEXTS, convert_to_tensor=True).float()
+    our_bf16 = ours.encode_document(TEXTS, convert_to_tensor=True, dtype="bf16")
+    ours_error, their_error = (our_bf16 - expected).abs().mean(), (their_bf16 - expected).abs().mean()
+    assert 0 < ours_error <= 1.5 * their_error, (ours_error, their_error)
+
+
+def test_a_gemma_tokenizer_is_built_as_transformers_builds_it(tiny_gemma3):
+    # transformers' GemmaTokenizer builds its BPE (byte fallback), normalizer (spaces to "▁") and pre-tokenizer from
+    # tokenizer.json's vocabulary and merges, and keeps its post-processor (<bos> first, <eos> last)
+    from tokenizers import Tokenizer as FastTokenizer
+
+    texts = [text for text in TEXTS if len(text) < 100] + ["line\nbreak", "ｆｕｌｌ width", "ﬁ ligature", "  "]
+    expected = [AutoTokenizer.from_pretrained(tiny_gemma3)(text)["input_ids"] for text in texts]
+    assert SentenceTransformer(tiny_gemma3).tokenizer.token_ids(texts) == expected
+    as_stored = FastTokenizer.from_file(str(tiny_gemma3 / "tokenizer.json"))
+    assert [as_stored.encode(text).ids for text in texts] != expected  # what the file alone would give
+    assert {ids[0] for ids in expected} == {2} and {ids[-1] for ids in expected} == {1}
 
 
 @pytest.mark.parametrize("tokenizer_config", [{"tokenizer_class": "XLMRobertaTokenizer"},
