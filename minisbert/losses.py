@@ -539,22 +539,17 @@ class MultipleNegativesSymmetricRankingLoss(MultipleNegativesRankingLoss):
                          "per_direction")
 
 
-class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
-    """MultipleNegativesRankingLoss over batches larger than fit in memory with gradients (GradCache, Gao et al.,
-    2021): each text column is embedded `mini_batch_size` texts at a time without gradients (or, with
-    `mini_batch_num_tokens`, as many texts in order as hold that many real tokens, one at least); the loss and its
-    gradient with respect to the embeddings are computed over the whole batch; then, as the loss is
-    back-propagated, each mini-batch is embedded again with gradients (its dropout drawing what it drew the first
-    time) and given its share of that gradient. The loss and the weights' gradients are those of the whole batch
-    at once; the memory, that of one mini-batch. Called as sentence-transformers calls it, loss([features of each
-    column]), or on a tokenize_batch batch. `show_progress_bar` shows the mini-batches of each pass."""
+class GradientCache:
+    """GradCache (Gao et al., 2021), for losses over batches larger than fit in memory with gradients: each text
+    column is embedded `mini_batch_size` texts at a time without gradients (or, with `mini_batch_num_tokens`, as
+    many texts in order as hold that many real tokens, one at least); the loss and its gradient with respect to the
+    embeddings are computed over the whole batch; then, as the loss is back-propagated, each mini-batch is embedded
+    again with gradients (its dropout drawing what it drew the first time) and given its share of that gradient.
+    The loss and the weights' gradients are those of the whole batch at once; the memory, that of one mini-batch.
+    `show_progress_bar` shows the mini-batches of each pass."""
 
-    def __init__(self, model, scale: float = 20.0, similarity_fct=cos_sim, mini_batch_size: int = 32,
-                 mini_batch_num_tokens: int | None = None, gather_across_devices: bool = False,
-                 directions=("query_to_doc",), partition_mode: str = "joint", show_progress_bar: bool = False,
-                 hardness_mode: str | None = None, hardness_strength: float = 0.0):
-        super().__init__(model, scale, similarity_fct, gather_across_devices, directions, partition_mode,
-                         hardness_mode, hardness_strength)
+    def set_mini_batches(self, mini_batch_size: int, mini_batch_num_tokens: int | None,
+                         show_progress_bar: bool) -> None:
         if type(mini_batch_size) is not int or mini_batch_size < 1:
             raise ValueError(f"mini_batch_size must be a positive integer, not {mini_batch_size!r}")
         if mini_batch_num_tokens is not None and (type(mini_batch_num_tokens) is not int or mini_batch_num_tokens < 1):
@@ -562,12 +557,10 @@ class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
         self.mini_batch_size, self.mini_batch_num_tokens = mini_batch_size, mini_batch_num_tokens
         self.show_progress_bar = show_progress_bar
 
-    def forward(self, batch, labels: torch.Tensor | None = None, embedding_loss=None) -> torch.Tensor:
-        """The loss; `embedding_loss(anchors, [other columns' embeddings])` in place of loss_from_embeddings (what
-        MatryoshkaLoss gives, to cut the embeddings first)."""
-        columns = column_features(batch)
-        if len(columns) < 2:
-            raise ValueError(f"{type(self).__name__} takes 2 text columns or more, not {len(columns)}")
+    def cached_loss(self, columns: list[dict], embedding_loss, around=None) -> torch.Tensor:
+        """embedding_loss(the embeddings of each column) over `columns` (the features of each), through GradCache;
+        or around(embedding_loss)(...) instead (what MatryoshkaLoss gives, to cut the embeddings first)."""
+        embedding_loss = embedding_loss if around is None else around(embedding_loss)
         device = self.model.device
         cached, replays = [], []  # each column's embeddings (no gradients); its pieces with their random states
         with torch.no_grad():
@@ -579,7 +572,7 @@ class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
                     embeddings.append(self.model(dict(piece))["sentence_embedding"])
                 cached.append(torch.cat(embeddings).requires_grad_())
                 replays.append(list(zip(pieces, states)))
-        loss = (embedding_loss or self.loss_from_embeddings)(cached[0], cached[1:])
+        loss = embedding_loss(cached)
         if not torch.is_grad_enabled():
             return loss
         gradients = torch.autograd.grad(loss, cached)
@@ -604,6 +597,26 @@ class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
             return items
         from tqdm.auto import tqdm
         return tqdm(items, desc=description, leave=False)
+
+
+class CachedMultipleNegativesRankingLoss(GradientCache, MultipleNegativesRankingLoss):
+    """MultipleNegativesRankingLoss over batches larger than fit in memory with gradients (GradientCache). Called
+    as sentence-transformers calls it, loss([features of each column]), or on a tokenize_batch batch."""
+
+    def __init__(self, model, scale: float = 20.0, similarity_fct=cos_sim, mini_batch_size: int = 32,
+                 mini_batch_num_tokens: int | None = None, gather_across_devices: bool = False,
+                 directions=("query_to_doc",), partition_mode: str = "joint", show_progress_bar: bool = False,
+                 hardness_mode: str | None = None, hardness_strength: float = 0.0):
+        super().__init__(model, scale, similarity_fct, gather_across_devices, directions, partition_mode,
+                         hardness_mode, hardness_strength)
+        self.set_mini_batches(mini_batch_size, mini_batch_num_tokens, show_progress_bar)
+
+    def forward(self, batch, labels: torch.Tensor | None = None, around=None) -> torch.Tensor:
+        columns = column_features(batch)
+        if len(columns) < 2:
+            raise ValueError(f"{type(self).__name__} takes 2 text columns or more, not {len(columns)}")
+        return self.cached_loss(columns, lambda embeddings: self.loss_from_embeddings(embeddings[0], embeddings[1:]),
+                                around)
 
 
 class CachedMultipleNegativesSymmetricRankingLoss(CachedMultipleNegativesRankingLoss):
@@ -680,13 +693,20 @@ class GISTEmbedLoss(nn.Module):
                                 or guide.max_seq_length < model.max_seq_length)
 
     def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
-        embeddings, _ = embed_columns(self.model, batch, labels, "GISTEmbedLoss", 2, more=True)
-        if len(embeddings) > 3:
-            raise ValueError(f"GISTEmbedLoss takes 2 or 3 text columns (anchor, positive[, negative]), not "
-                             f"{len(embeddings)}")
+        embeddings, _ = embed_columns(self.model, batch, labels, type(self).__name__, 2, more=True)
+        return self.loss_from_embeddings(embeddings, self.guided(batch, len(embeddings)))
+
+    def guided(self, batch, columns: int) -> list[torch.Tensor]:
+        """The guide's embeddings of each of the batch's `columns` text columns (2 or 3)."""
+        if columns > 3:
+            raise ValueError(f"{type(self).__name__} takes 2 or 3 text columns (anchor, positive[, negative]), not "
+                             f"{columns}")
         with torch.no_grad():
-            guided = [self.guide(self.guide_features(features))["sentence_embedding"]
-                      for features in column_features(batch)]
+            return [self.guide(self.guide_features(features))["sentence_embedding"]
+                    for features in column_features(batch)]
+
+    def loss_from_embeddings(self, embeddings: list[torch.Tensor], guided: list[torch.Tensor]) -> torch.Tensor:
+        """The loss of the model's embeddings of each column (anchor, positive[, negative]) given the guide's."""
         gather = gather_across_processes if self.gather_across_devices else lambda rows: (rows, 0)
         (anchor, positive, *negative), (guided_anchor, guided_positive, *guided_negative) = embeddings, guided
         positive, offset = gather(positive)
@@ -727,6 +747,27 @@ class GISTEmbedLoss(nn.Module):
                 for key, value in features.items()}
 
 
+class CachedGISTEmbedLoss(GradientCache, GISTEmbedLoss):
+    """GISTEmbedLoss over batches larger than fit in memory with gradients (GradientCache); the guide embeds each
+    column whole, without gradients."""
+
+    def __init__(self, model, guide, temperature: float = 0.01, mini_batch_size: int = 32,
+                 mini_batch_num_tokens: int | None = None, show_progress_bar: bool = False,
+                 margin_strategy: str = "absolute", margin: float = 0.0, contrast_anchors: bool = True,
+                 contrast_positives: bool = True, gather_across_devices: bool = False):
+        super().__init__(model, guide, temperature, margin_strategy, margin, contrast_anchors, contrast_positives,
+                         gather_across_devices)
+        self.set_mini_batches(mini_batch_size, mini_batch_num_tokens, show_progress_bar)
+
+    def forward(self, batch, labels: torch.Tensor | None = None, around=None) -> torch.Tensor:
+        columns = column_features(batch)
+        if len(columns) < 2:
+            raise ValueError(f"CachedGISTEmbedLoss takes 2 or 3 text columns (anchor, positive[, negative]), not "
+                             f"{len(columns)}")
+        guided = self.guided(batch, len(columns))
+        return self.cached_loss(columns, lambda embeddings: self.loss_from_embeddings(embeddings, guided), around)
+
+
 def similarity_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The cosine similarity of every row of a with every row of b, (A, B), as GISTEmbed computes it."""
     return F.cosine_similarity(a[:, None], b[None, :], dim=-1)
@@ -738,8 +779,8 @@ class MatryoshkaLoss(nn.Module):
     `matryoshka_weights` (1 each) and added up; with `n_dims_per_step` > 0, over that many of the widths only,
     drawn at random at each call. The model runs once per batch: for the call, model.forward gives `loss` its
     outputs cut to the width at hand (as in sentence-transformers, which swaps it so too), and labels that are
-    embeddings of the model's width (MSELoss's teacher's) are cut alike. Around CachedMultipleNegativesRankingLoss,
-    whose second pass runs after forward() returns, the loss over the cached embeddings is the weighted sum over the
+    embeddings of the model's width (MSELoss's teacher's) are cut alike. Around a cached loss (GradientCache), whose
+    second pass runs after forward() returns, the loss over the cached embeddings is the weighted sum over the
     widths instead (as sentence-transformers' CachedLossDecorator; here the cached loss called alone stays itself)."""
 
     def __init__(self, model, loss: nn.Module, matryoshka_dims, matryoshka_weights=None, n_dims_per_step: int = -1):
@@ -761,12 +802,12 @@ class MatryoshkaLoss(nn.Module):
         chosen = range(len(self.matryoshka_dims))
         if 0 < self.n_dims_per_step < len(chosen):
             chosen = sorted(random.sample(chosen, self.n_dims_per_step))
-        if isinstance(self.loss, CachedMultipleNegativesRankingLoss):
-            def embedding_loss(anchors: torch.Tensor, others: list[torch.Tensor]) -> torch.Tensor:
-                return sum(self.matryoshka_weights[index] * self.loss.loss_from_embeddings(
-                    cut(anchors, self.matryoshka_dims[index]), [cut(column, self.matryoshka_dims[index])
-                                                                for column in others]) for index in chosen)
-            return self.loss(batch, labels, embedding_loss=embedding_loss)
+        if isinstance(self.loss, GradientCache):
+            def around(embedding_loss):  # the loss of the cached embeddings, cut to each width
+                return lambda embeddings: sum(
+                    self.matryoshka_weights[index] * embedding_loss([cut(column, self.matryoshka_dims[index])
+                                                                     for column in embeddings]) for index in chosen)
+            return self.loss(batch, labels, around=around)
         outputs = []  # the model's outputs for this batch, in the order `loss` asks for them
         at = {"width": None, "call": 0}
         model_forward = self.model.forward

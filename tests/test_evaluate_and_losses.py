@@ -324,18 +324,23 @@ def test_matryoshka_loss_arguments_that_do_not_fit_are_errors(both):
         losses.MatryoshkaLoss(ours, inner, [256, 64])
 
 
-@pytest.mark.parametrize("options", [
-    {"matryoshka_dims": [384, 128, 32]},
-    {"matryoshka_dims": [64, 384, 256], "matryoshka_weights": [1.0, 2.0, 0.5], "n_dims_per_step": 2}])
-def test_matryoshka_loss_around_the_cached_loss_gives_sentence_transformers_values_and_gradients(minilm_folder,
-                                                                                               triplets, options):
+@pytest.mark.parametrize("inner,options", [
+    ("CachedMultipleNegativesRankingLoss", {"matryoshka_dims": [384, 128, 32]}),
+    ("CachedMultipleNegativesRankingLoss",
+     {"matryoshka_dims": [64, 384, 256], "matryoshka_weights": [1.0, 2.0, 0.5], "n_dims_per_step": 2}),
+    ("CachedGISTEmbedLoss", {"matryoshka_dims": [384, 96]})])
+def test_matryoshka_loss_around_a_cached_loss_gives_sentence_transformers_values_and_gradients(minilm_folder,
+                                                                                             triplets, inner, options):
     # the cached loss's second pass runs after MatryoshkaLoss returns: the widths are summed over its cached
-    # embeddings (sentence-transformers' CachedLossDecorator)
+    # embeddings (sentence-transformers' CachedLossDecorator); a guide's embeddings stay whole
     ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
-    ours_loss = losses.MatryoshkaLoss(ours, losses.CachedMultipleNegativesRankingLoss(ours, mini_batch_size=3),
-                                      **options)
+    guides = ([SentenceTransformer(minilm_folder)], [Reference(str(minilm_folder), device="cpu")]) if "GIST" in inner \
+        else ([], [])
+    extra = {"temperature": 0.05} if "GIST" in inner else {}
+    ours_inner = getattr(losses, inner)(ours, *guides[0], mini_batch_size=3, **extra)
+    ours_loss = losses.MatryoshkaLoss(ours, ours_inner, **options)
     their_loss = reference_losses.MatryoshkaLoss(
-        reference, reference_losses.CachedMultipleNegativesRankingLoss(reference, mini_batch_size=3), **options)
+        reference, getattr(reference_losses, inner)(reference, *guides[1], mini_batch_size=3, **extra), **options)
     columns = [list(column) for column in zip(*(t.texts for t in triplets))]
     random.seed(1)  # n_dims_per_step's draw
     got = ours_loss([ours.preprocess(column) for column in columns])
@@ -343,8 +348,7 @@ def test_matryoshka_loss_around_the_cached_loss_gives_sentence_transformers_valu
     expected = their_loss([reference.preprocess(column) for column in columns], None)
     assert got.item() == pytest.approx(expected.item(), abs=1e-5) and got.item() > 0
     with torch.no_grad():  # not the full width's loss alone
-        alone = losses.CachedMultipleNegativesRankingLoss(ours, mini_batch_size=3)(
-            [ours.preprocess(column) for column in columns])
+        alone = ours_inner([ours.preprocess(column) for column in columns])
     assert abs(alone.item() - got.item()) > 1e-3
     assert_same_gradients(ours, reference, got, expected)
 
@@ -425,13 +429,16 @@ def test_cached_in_batch_negatives_take_a_tokenize_batch_batch_and_run_without_g
         losses.CachedMultipleNegativesRankingLoss(ours, mini_batch_size=0)
 
 
-@pytest.mark.parametrize("options,guide_tokens", [
+@pytest.mark.parametrize("name,options,guide_tokens", [
     # at the default temperature (0.01) these pairs' losses round to 0 in float32
-    ({"temperature": 0.05}, None), ({"margin": 0.1, "temperature": 0.1}, None),
-    ({"margin_strategy": "relative", "margin": 0.05, "contrast_anchors": False, "temperature": 0.05}, 6),
-    ({"contrast_positives": False, "temperature": 0.05}, 6)])  # a guide of 6 tokens: the texts retokenized for it
+    ("GISTEmbedLoss", {"temperature": 0.05}, None), ("GISTEmbedLoss", {"margin": 0.1, "temperature": 0.1}, None),
+    ("GISTEmbedLoss", {"margin_strategy": "relative", "margin": 0.05, "contrast_anchors": False,
+                       "temperature": 0.05}, 6),
+    ("GISTEmbedLoss", {"contrast_positives": False, "temperature": 0.05}, 6),  # a guide of 6 tokens: retokenized
+    ("CachedGISTEmbedLoss", {"temperature": 0.05, "mini_batch_size": 3}, None),
+    ("CachedGISTEmbedLoss", {"margin": 0.1, "temperature": 0.1, "mini_batch_size": 2, "mini_batch_num_tokens": 30}, 6)])
 @pytest.mark.parametrize("column_count", [2, 3])
-def test_gist_embed_loss_gives_sentence_transformers_values_and_gradients(minilm_folder, triplets, options,
+def test_gist_embed_loss_gives_sentence_transformers_values_and_gradients(minilm_folder, triplets, name, options,
                                                                           guide_tokens, column_count):
     ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
     ours_guide, their_guide = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
@@ -442,8 +449,8 @@ def test_gist_embed_loss_gives_sentence_transformers_values_and_gradients(minilm
         their_guide[0].auto_model.embeddings.word_embeddings.weight += noise
     if guide_tokens:
         ours_guide.max_seq_length = their_guide.max_seq_length = guide_tokens
-    ours_loss = losses.GISTEmbedLoss(ours, ours_guide, **options)
-    their_loss = reference_losses.GISTEmbedLoss(reference, their_guide, **options)
+    ours_loss = getattr(losses, name)(ours, ours_guide, **options)
+    their_loss = getattr(reference_losses, name)(reference, their_guide, **options)
     assert ours_loss.must_retokenize == their_loss.must_retokenize == bool(guide_tokens)
     columns = [list(column) for column in zip(*(t.texts[:column_count] for t in triplets))]
     got = ours_loss([ours.preprocess(column) for column in columns])
