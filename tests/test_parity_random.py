@@ -174,6 +174,27 @@ def test_a_modernbert_config_of_the_older_format_is_read_as_transformers_reads_i
     torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
 
 
+def test_a_gemma3_config_of_the_older_format_is_read_as_transformers_reads_it(tiny_gemma3, tmp_path):
+    # EmbeddingGemma's config.json as transformers 4 wrote it: every sliding_window_pattern-th layer full, the rotary
+    # bases as rope_theta and rope_local_base_freq; here every second layer full and other bases
+    folder = shutil.copytree(tiny_gemma3, tmp_path / "older")
+    config = json.loads((folder / "config.json").read_text())
+    del config["layer_types"], config["rope_parameters"]
+    config.pop("_sliding_window_pattern", None)
+    (folder / "config.json").write_text(json.dumps({**config, "sliding_window_pattern": 2, "rope_theta": 500.0,
+                                                    "rope_local_base_freq": 50.0, "sliding_window": 4}))
+    got, expected, batch, encoder = both_hidden_states(folder)
+    assert encoder.config.layer_types == ["sliding_attention", "full_attention", "sliding_attention"]
+    assert [layer.rope_theta for layer in encoder.layers] == [50.0, 500.0, 50.0]
+    assert [layer.window for layer in encoder.layers] == [2, None, 2]  # fewer than sliding_window // 2 + 1 away
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
+    (folder / "config.json").write_text(json.dumps({**json.loads((folder / "config.json").read_text()),
+                                                    "sliding_window": 40}))
+    wider, _, _, _ = both_hidden_states(folder)  # the window counts: rows of up to 60 tokens
+    assert not torch.allclose(wider[mask], got[mask], atol=1e-3)
+
+
 def test_a_modernbert_with_biases_and_layers_of_its_own_kinds_equals_transformers(tiny_modernbert, tmp_path):
     # attention_bias, mlp_bias and norm_bias (stacked biases split as the weights are), layer_types in an order no
     # global_attn_every_n_layers gives; saved back, every tensor as it was
