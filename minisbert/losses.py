@@ -341,6 +341,43 @@ class DistillKLDivLoss(nn.Module):
                           f"to {spread:.1f}): raise teacher_temperature above {spread / 100:.3g}", stacklevel=3)
 
 
+class GlobalOrthogonalRegularizationLoss(nn.Module):
+    """Embeddings spread over the space (global orthogonal regularization, Zhang et al., 2017), a regularizer to add
+    to another loss: for each text column, over its texts' similarities to one another (`similarity_fct`, the
+    diagonal left out), the square of their mean (mean_weight) and how far the mean of their squares is above
+    1 / dim (second_moment_weight); the columns' terms averaged (or summed: `aggregation`). Returns {"gor_mean",
+    "gor_second_moment"} (each only where its weight is not 0 or None), as sentence-transformers does: add them to
+    the loss it regularizes."""
+
+    def __init__(self, model, similarity_fct=cos_sim, mean_weight: float | None = 1.0,
+                 second_moment_weight: float | None = 1.0, aggregation: str = "mean"):
+        super().__init__()
+        if not mean_weight and not second_moment_weight:
+            raise ValueError("mean_weight or second_moment_weight must be above 0: with neither there is no loss")
+        if aggregation not in ("mean", "sum"):
+            raise ValueError(f"aggregation is mean or sum, not {aggregation!r}")
+        self.model, self.similarity_fct = model, similarity_fct
+        self.mean_weight, self.second_moment_weight, self.aggregation = mean_weight, second_moment_weight, aggregation
+
+    def forward(self, batch, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        embeddings, _ = embed_columns(self.model, batch, labels, "GlobalOrthogonalRegularizationLoss", 1, more=True)
+        means, second_moments = zip(*map(self.column_terms, embeddings))
+        aggregate = torch.sum if self.aggregation == "sum" else torch.mean
+        terms = {}
+        if self.mean_weight:
+            terms["gor_mean"] = self.mean_weight * aggregate(torch.stack(means))
+        if self.second_moment_weight:
+            terms["gor_second_moment"] = self.second_moment_weight * aggregate(torch.stack(second_moments))
+        return terms
+
+    def column_terms(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        similarities = self.similarity_fct(embeddings, embeddings).fill_diagonal_(0.0)
+        pairs = max(len(embeddings) * (len(embeddings) - 1), 1)  # a column of one text: 0 for both
+        mean = (similarities.sum() / pairs) ** 2
+        second_moment = torch.relu(similarities.pow(2).sum() / pairs - 1.0 / embeddings.shape[1])
+        return mean, second_moment
+
+
 class BatchHardTripletLossDistanceFunction:
     """The distances between every two embeddings of a batch, (B, B), that the batch triplet losses take, under
     sentence-transformers' names."""

@@ -162,6 +162,28 @@ def assert_same_gradients(ours, reference, got: torch.Tensor, expected: torch.Te
                                atol=1e-5 * max(1.0, their_gradient.abs().max().item()), rtol=1e-4)
 
 
+@pytest.mark.parametrize("options", [{}, {"aggregation": "sum", "mean_weight": 0.5},
+                                     {"second_moment_weight": None, "similarity_fct": "dot_score"}])
+def test_global_orthogonal_regularization_gives_sentence_transformers_terms_and_gradients(minilm_folder, triplets,
+                                                                                        options):
+    # a dict of terms, each only where its weight is set, to add to the loss it regularizes
+    ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
+    ours_options, their_options = dict(options), dict(options)
+    if "similarity_fct" in options:
+        ours_options["similarity_fct"] = getattr(similarity, options["similarity_fct"])
+        their_options["similarity_fct"] = getattr(reference_util, options["similarity_fct"])
+    columns = [list(column) for column in zip(*(t.texts for t in triplets))]
+    got = losses.GlobalOrthogonalRegularizationLoss(ours, **ours_options)([ours.preprocess(c) for c in columns])
+    expected = reference_losses.GlobalOrthogonalRegularizationLoss(reference, **their_options)(
+        [reference.preprocess(c) for c in columns], None)
+    assert got.keys() == expected.keys() and len(got) == 1 + ("second_moment_weight" not in options)
+    for key in got:
+        assert got[key].item() == pytest.approx(expected[key].item(), abs=1e-6, rel=1e-5) and got[key].item() > 0
+    assert_same_gradients(ours, reference, sum(got.values()), sum(expected.values()))
+    with pytest.raises(ValueError, match="mean_weight or second_moment_weight must be above 0"):
+        losses.GlobalOrthogonalRegularizationLoss(ours, mean_weight=0, second_moment_weight=None)
+
+
 def test_softmax_loss_arguments_that_disagree_are_errors(both):
     ours, _ = both
     with pytest.raises(ValueError, match="embedding_dimension 768: the model's embeddings have 384"):
