@@ -656,6 +656,40 @@ class CachedMultipleNegativesRankingLoss(GradientCache, MultipleNegativesRanking
                                 around)
 
 
+class MegaBatchMarginLoss(GradientCache, nn.Module):
+    """Paraphrase pairs (anchor, positive) over a large batch (Wieting and Gimpel, 2018): each anchor's cosine
+    similarity to its positive pushed above `positive_margin`, and to its most similar other positive, its hardest
+    negative, below `negative_margin`; summed over the anchors and divided by their number. With
+    `use_mini_batched_version` (the default, as in sentence-transformers 6), through GradientCache, so that the
+    batch can be larger than fits in memory with gradients."""
+
+    def __init__(self, model, positive_margin: float = 0.8, negative_margin: float = 0.3,
+                 use_mini_batched_version: bool = True, mini_batch_size: int = 50,
+                 mini_batch_num_tokens: int | None = None, show_progress_bar: bool = False):
+        super().__init__()
+        self.set_mini_batches(mini_batch_size, mini_batch_num_tokens, show_progress_bar)
+        self.model, self.positive_margin, self.negative_margin = model, positive_margin, negative_margin
+        self.use_mini_batched_version = use_mini_batched_version
+
+    def forward(self, batch, labels: torch.Tensor | None = None, around=None) -> torch.Tensor:
+        columns = column_features(batch)
+        if len(columns) != 2:
+            raise ValueError(f"MegaBatchMarginLoss takes 2 text columns (anchor, positive), not {len(columns)}: its "
+                             "negatives are the other anchors' positives")
+        if self.use_mini_batched_version:
+            return self.cached_loss(columns, self.loss_from_embeddings, around)
+        embeddings, _ = embed_columns(self.model, batch, labels, "MegaBatchMarginLoss", 2)
+        return (self.loss_from_embeddings if around is None else around(self.loss_from_embeddings))(embeddings)
+
+    def loss_from_embeddings(self, embeddings: list[torch.Tensor]) -> torch.Tensor:
+        anchors, positives = embeddings
+        scores = cos_sim(anchors, positives)  # (B, B)
+        rows = torch.arange(len(anchors), device=anchors.device)
+        hardest = scores.index_put((rows, rows), torch.tensor(float("-inf"), device=scores.device)).amax(dim=1)
+        return (F.relu(self.positive_margin - scores[rows, rows])
+                + F.relu(hardest - self.negative_margin)).sum() / len(anchors)
+
+
 class CachedMultipleNegativesSymmetricRankingLoss(CachedMultipleNegativesRankingLoss):
     """MultipleNegativesSymmetricRankingLoss over mini-batches (sentence-transformers' older name for
     CachedMultipleNegativesRankingLoss with directions query_to_doc and doc_to_query, partition_mode

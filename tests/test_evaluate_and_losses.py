@@ -90,6 +90,8 @@ def test_softmax_concatenations_of_table_6(both, triplets):
     ("MultipleNegativesSymmetricRankingLoss", {}),
     ("CachedMultipleNegativesRankingLoss", {"mini_batch_size": 3}),
     ("CachedMultipleNegativesSymmetricRankingLoss", {"mini_batch_size": 3}),
+    ("MegaBatchMarginLoss", {"mini_batch_size": 3}),
+    ("MegaBatchMarginLoss", {"use_mini_batched_version": False, "positive_margin": 0.9, "negative_margin": 0.1}),
     ("CachedMultipleNegativesRankingLoss", {"mini_batch_size": 5, "directions": ("query_to_doc", "query_to_query")}),
     ("MultipleNegativesRankingLoss", {"hardness_mode": "in_batch_negatives", "hardness_strength": 3.0}),
     ("MultipleNegativesRankingLoss", {"hardness_mode": "hard_negatives", "hardness_strength": 3.0}),
@@ -124,7 +126,7 @@ def test_losses_called_as_in_sentence_transformers_give_its_values_and_gradients
     ours_loss, their_loss = getattr(losses, name)(ours, **ours_options), getattr(reference_losses, name)(
         reference, **their_options)
     paired = name in ("SoftmaxLoss", "CosineSimilarityLoss", "CoSENTLoss", "AnglELoss", "ContrastiveLoss",
-                      "OnlineContrastiveLoss")
+                      "OnlineContrastiveLoss", "MegaBatchMarginLoss")
     columns = [list(column) for column in zip(*(t.texts[:2] if paired else t.texts for t in triplets))]
     if name.startswith("Batch"):  # one column of texts, each labelled by class
         columns = columns[:1]
@@ -231,6 +233,8 @@ def test_losses_called_with_what_they_cannot_take_say_what_they_need(both):
         losses.MSELoss(ours)(features, torch.zeros(2, 3, 384))
     with pytest.raises(ValueError, match=r"the teacher's embeddings \(2, 768\) do not match the student's \(2, 384\)"):
         losses.MSELoss(ours)(features, torch.zeros(2, 768))
+    with pytest.raises(ValueError, match=r"MegaBatchMarginLoss takes 2 text columns \(anchor, positive\), not 3"):
+        losses.MegaBatchMarginLoss(ours)(features + features[:1])
     with pytest.raises(ValueError, match="DistillKLDivLoss takes 3 text columns or more, not 2"):
         losses.DistillKLDivLoss(ours)(features, torch.zeros(2, 1))
     with pytest.raises(ValueError, match=r"teacher's scores of each candidate column as labels, \(2, 2\), not of "
