@@ -248,24 +248,71 @@ class MSELoss(nn.Module):
             model._output_dimension(None), projection_dim, device=model.device)
 
     def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
-        embeddings, labels = embed_columns(self.model, batch, labels, "MSELoss", 1, needs_labels=True, more=True)
+        name = type(self).__name__
+        embeddings, labels = embed_columns(self.model, batch, labels, name, 1, needs_labels=True, more=True)
         labels = torch.as_tensor(labels).detach()
         if labels.dim() == 2:
             teachers = [labels] * len(embeddings)
         elif labels.dim() == 3 and labels.shape[1] == len(embeddings):
             teachers = list(labels.unbind(1))
         else:
-            raise ValueError(f"MSELoss takes the teacher's embeddings as labels, (batch, dim) or (batch, "
+            raise ValueError(f"{name} takes the teacher's embeddings as labels, (batch, dim) or (batch, "
                              f"{len(embeddings)} columns, dim), not of shape {tuple(labels.shape)}")
         losses = []
         for student, teacher in zip(embeddings, teachers):
             if self.projection is not None:
                 student = self.projection(student.to(self.projection.weight.dtype))
             if teacher.shape != student.shape:
-                raise ValueError(f"MSELoss: the teacher's embeddings {tuple(teacher.shape)} do not match the "
+                raise ValueError(f"{name}: the teacher's embeddings {tuple(teacher.shape)} do not match the "
                                  f"student's {tuple(student.shape)}")
-            losses.append(F.mse_loss(student, teacher.to(student.device, student.dtype)))
+            losses.append(self.distance(student, teacher.to(student.device, student.dtype)))
         return torch.stack(losses).mean()
+
+    @staticmethod
+    def distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(student, teacher)
+
+
+class EmbedDistillLoss(MSELoss):
+    """MSELoss with another distance (`distance_metric`): "cosine" (the default: 1 - cosine similarity),
+    "l2" (the Euclidean distance) or "mse", each averaged over the texts; the projection's weights saved and
+    loaded alone (save_projection, load_projection, safetensors), as sentence-transformers' EmbedDistillLoss."""
+
+    def __init__(self, model, distance_metric: str = "cosine", projection_dim: int | None = None):
+        if distance_metric not in ("mse", "l2", "cosine"):
+            raise ValueError(f"distance_metric is mse, l2 or cosine, not {distance_metric!r}")
+        super().__init__(model, projection_dim)
+        self.distance_metric = distance_metric
+
+    def distance(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        if self.distance_metric == "mse":
+            return F.mse_loss(student, teacher)
+        if self.distance_metric == "l2":
+            return torch.norm(student - teacher, dim=-1).mean()
+        return (1 - F.cosine_similarity(student, teacher, dim=-1)).mean()
+
+    def save_projection(self, path) -> None:
+        if self.projection is None:
+            raise ValueError("EmbedDistillLoss has no projection to save: give it projection_dim")
+        from safetensors.torch import save_file
+        save_file({name: tensor.detach().contiguous() for name, tensor in self.projection.state_dict().items()},
+                  str(path))
+
+    def load_projection(self, path) -> None:
+        from safetensors.torch import load_file
+        tensors = load_file(str(path))
+        if "weight" not in tensors:
+            raise ValueError(f"{path}: no tensor weight, which a projection saved by save_projection holds")
+        outputs, inputs = tensors["weight"].shape
+        width = self.model._output_dimension(None)
+        if inputs != width or (self.projection is not None and self.projection.out_features != outputs):
+            raise ValueError(f"{path}: a projection from {inputs} to {outputs} values, where the student gives "
+                             f"{width}" + (f" and this loss projects to {self.projection.out_features}"
+                                           if self.projection is not None else ""))
+        if self.projection is None:
+            self.projection = nn.Linear(inputs, outputs, device=self.model.device)
+            self.projection_dim = outputs
+        self.projection.load_state_dict(tensors)
 
 
 class MarginMSELoss(nn.Module):

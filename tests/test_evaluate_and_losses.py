@@ -101,6 +101,8 @@ def test_softmax_concatenations_of_table_6(both, triplets):
     ("ContrastiveLoss", {"distance_metric": "EUCLIDEAN", "margin": 3.0, "size_average": False}),
     ("OnlineContrastiveLoss", {}), ("OnlineContrastiveLoss", {"distance_metric": "MANHATTAN", "margin": 60.0}),
     ("MSELoss", {}), ("MSELoss", {"projection_dim": 16}),
+    ("EmbedDistillLoss", {}), ("EmbedDistillLoss", {"distance_metric": "l2", "projection_dim": 16}),
+    ("EmbedDistillLoss", {"distance_metric": "mse"}),
     ("MarginMSELoss", {}), ("MarginMSELoss", {"similarity_fct": "pairwise_cos_sim"}),
     ("DistillKLDivLoss", {}),
     ("DistillKLDivLoss", {"similarity_fct": "pairwise_cos_sim", "temperature": 0.05, "teacher_temperature": 2.0}),
@@ -115,7 +117,7 @@ def test_losses_called_as_in_sentence_transformers_give_its_values_and_gradients
     # triplet margin: 5) sentence-transformers' own
     ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
     ours_options, their_options = dict(options), dict(options)
-    if "distance_metric" in options:
+    if "distance_metric" in options and name != "EmbedDistillLoss":  # its metric is a name
         metrics = {"TripletLoss": "TripletDistanceMetric", "ContrastiveLoss": "SiameseDistanceMetric",
                    "OnlineContrastiveLoss": "SiameseDistanceMetric"}.get(name, "BatchHardTripletLossDistanceFunction")
         ours_options["distance_metric"] = getattr(getattr(losses, metrics), options["distance_metric"])
@@ -137,8 +139,9 @@ def test_losses_called_as_in_sentence_transformers_give_its_values_and_gradients
               "AnglELoss": ties, "ContrastiveLoss": alike,
               "OnlineContrastiveLoss": 1 - alike,  # these labels part the pairs' distances less well: hard pairs
               # a teacher's embeddings, one per text of each column
-              "MSELoss": torch.randn(len(triplets), len(columns), options.get("projection_dim", 384),
-                                     generator=torch.Generator().manual_seed(0)),
+              **dict.fromkeys(["MSELoss", "EmbedDistillLoss"], torch.randn(
+                  len(triplets), len(columns), options.get("projection_dim", 384),
+                  generator=torch.Generator().manual_seed(0))),
               "MarginMSELoss": torch.tensor([0.5, 0.1, -0.3, 0.9, 0.2, 0.0, 0.4, 0.8]),  # a teacher's margins
               # a teacher's scores of the positive and the negative
               "DistillKLDivLoss": torch.randn(len(triplets), 2, generator=torch.Generator().manual_seed(1)) * 3,
@@ -146,7 +149,7 @@ def test_losses_called_as_in_sentence_transformers_give_its_values_and_gradients
                                "BatchSemiHardTripletLoss"], torch.tensor([0, 1, 2, 0, 1, 2, 0, 3]))}.get(name)
     if name == "SoftmaxLoss":
         ours_loss.classifier.load_state_dict(their_loss.classifier.state_dict())
-    if name == "MSELoss" and "projection_dim" in options:
+    if name in ("MSELoss", "EmbedDistillLoss") and "projection_dim" in options:
         ours_loss.projection.load_state_dict(their_loss.projection.state_dict())
     got = ours_loss([ours.preprocess(column) for column in columns], labels)
     expected = their_loss([reference.preprocess(column) for column in columns], labels)
@@ -184,6 +187,27 @@ def test_global_orthogonal_regularization_gives_sentence_transformers_terms_and_
     assert_same_gradients(ours, reference, sum(got.values()), sum(expected.values()))
     with pytest.raises(ValueError, match="mean_weight or second_moment_weight must be above 0"):
         losses.GlobalOrthogonalRegularizationLoss(ours, mean_weight=0, second_moment_weight=None)
+
+
+def test_embed_distill_projection_saved_here_loads_in_sentence_transformers_and_back(both, tmp_path):
+    ours, reference = both
+    saved = losses.EmbedDistillLoss(ours, projection_dim=16)
+    saved.save_projection(tmp_path / "projection.safetensors")
+    theirs = reference_losses.EmbedDistillLoss(reference)
+    theirs.load_projection(str(tmp_path / "projection.safetensors"))
+    torch.testing.assert_close(theirs.projection.weight, saved.projection.weight, atol=0, rtol=0)
+    theirs.save_projection(str(tmp_path / "theirs.safetensors"))
+    loaded = losses.EmbedDistillLoss(ours)
+    loaded.load_projection(tmp_path / "theirs.safetensors")
+    assert loaded.projection_dim == 16
+    torch.testing.assert_close(loaded.projection.bias, saved.projection.bias, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="a projection from 384 to 16 values, where the student gives 384 and this "
+                                         "loss projects to 8"):
+        losses.EmbedDistillLoss(ours, projection_dim=8).load_projection(tmp_path / "theirs.safetensors")
+    with pytest.raises(ValueError, match="has no projection to save"):
+        losses.EmbedDistillLoss(ours).save_projection(tmp_path / "none.safetensors")
+    with pytest.raises(ValueError, match="distance_metric is mse, l2 or cosine, not 'dot'"):
+        losses.EmbedDistillLoss(ours, distance_metric="dot")
 
 
 def test_softmax_loss_arguments_that_disagree_are_errors(both):
