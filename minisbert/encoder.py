@@ -211,8 +211,8 @@ class Layer(nn.Module):
         self.head_dim = config.attention_head_size
         self.hidden_act = config.hidden_act
         self.attention_dropout = config.attention_probs_dropout_prob
-        # T5's, ModernBERT's and Qwen3's layers normalize first (T5 and Qwen3 with RMSNorm); their products have no
-        # biases (Qwen3's attention may)
+        # T5's, ModernBERT's, Qwen3's and Gemma 3's layers normalize first (all but ModernBERT with RMSNorm, Gemma 3's
+        # its own); their products have no biases (Qwen3's attention may)
         self.normalizes_first = config.normalizes_first
         t5, modernbert, qwen3, gemma = (config.model_type == kind for kind in ("t5", "modernbert", "qwen3",
                                                                               "gemma3_text"))
@@ -433,8 +433,8 @@ class Encoder(nn.Module):
             config.max_position_embeddings, d)) if config.has_position_table else None
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, d, _weight=torch.empty(
             config.type_vocab_size, d)) if config.has_token_types else None
-        # T5: no LayerNorm of the embeddings, an RMSNorm (and dropout) after the last layer, as Qwen3 (no dropout);
-        # ModernBERT: both LayerNorms
+        # T5: no LayerNorm of the embeddings, an RMSNorm (and dropout) after the last layer, as Qwen3 and Gemma 3 (no
+        # dropout); ModernBERT: both LayerNorms
         t5, rms = config.model_type == "t5", config.model_type in ("t5", "qwen3", "gemma3_text")
         self.embeddings_norm = None if rms else nn.LayerNorm(d, eps=config.layer_norm_eps, bias=config.norm_bias)
         final_norm = {"t5": T5Norm, "qwen3": T5Norm, "gemma3_text": GemmaNorm}.get(
