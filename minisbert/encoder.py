@@ -472,9 +472,12 @@ class Encoder(nn.Module):
             return torch.cumsum(is_token, dim=1) * is_token + padding_idx
         return torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None, lengths=None):
+    def forward(self, input_ids, attention_mask, token_type_ids=None, lengths=None,
+                hidden_states: list | None = None):
         """`lengths`: optionally, each row's token count on the CPU (rows padded on the right), which spares the
-        GPU a host sync and lets attention run on the packed tokens (see Packing)."""
+        GPU a host sync and lets attention run on the packed tokens (see Packing). `hidden_states`, a list, gets
+        what goes into each layer and what comes out of the last (after the final norm, where there is one), each
+        (B, S, D) with zeros at padding, as transformers' output_hidden_states."""
         x = self.lookup(self.word_embeddings, input_ids)
         if self.embedding_scale is not None:
             x = x * torch.tensor(self.embedding_scale, dtype=x.dtype)
@@ -507,16 +510,26 @@ class Encoder(nn.Module):
         x = packing.pack(x)
         if self.embedding_projection is not None:
             x = self.embedding_projection(x)
+        inputs = []  # each layer's input, for hidden_states
         # on a GPU, not cuDNN's attention: it builds a graph for every new (batch, length) shape, which costs more
         # than the attention itself when batches of sorted texts each have a length of their own
         with sdpa_kernel(ATTENTION_BACKENDS) if x.is_cuda else contextlib.nullcontext():
             for index in self.layer_order:
                 layer = self.layers[index]
+                inputs += [x] if hidden_states is not None else []
                 x = layer(x, packing, masks[layer.window], rotations.get(layer.rope_theta))
         if self.final_norm is not None:
             x = self.dropout_after_final_norm(self.final_norm(x))
-        x = packing.unpack(x)  # (B, S, D)
-        return x if packing.index is not None else x * attention_mask[..., None].to(x.dtype)  # zeros at padding
+        x = self.padded(x, packing, attention_mask)
+        if hidden_states is not None:
+            hidden_states += [self.padded(state, packing, attention_mask) for state in inputs] + [x]
+        return x
+
+    @staticmethod
+    def padded(x: torch.Tensor, packing: Packing, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Packed tokens (N, D) -> (B, S, D), zeros at padding."""
+        x = packing.unpack(x)
+        return x if packing.index is not None else x * attention_mask[..., None].to(x.dtype)
 
     def in_dtype(self, dtype: torch.dtype) -> "Encoder":
         """A copy whose weights are in `dtype`, for inference; in bf16 on the CPU, oneDNN's products take them

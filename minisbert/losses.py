@@ -21,6 +21,8 @@ import torch.distributed.nn.functional as distributed
 import torch.nn.functional as F
 from torch import nn
 
+from .models import check_token_features
+from .pooling import prompt_length_of
 from .similarity import cos_sim, pairwise_angle_sim, pairwise_cos_sim, pairwise_dot_score
 
 CONCATENATIONS = ("u", "v", "|u-v|", "u*v")  # the parts of the paper's Table 6 ablation
@@ -939,6 +941,7 @@ class MatryoshkaLoss(nn.Module):
                 return {**output, "sentence_embedding": cut(output["sentence_embedding"], at["width"])}
             return cut(output, at["width"])
 
+        previous = vars(self.model).get("forward")  # a forward swapped in by a loss around this one
         self.model.forward = cut_forward
         try:
             total = 0.0
@@ -946,7 +949,7 @@ class MatryoshkaLoss(nn.Module):
                 at.update(width=self.matryoshka_dims[index], call=0)
                 total = total + self.matryoshka_weights[index] * self.loss(*self.cut_labels(batch, labels, at["width"]))
         finally:
-            del self.model.forward  # back to the class's own
+            restore_forward(self.model, previous)
         return total
 
     def cut_labels(self, batch, labels, width: int) -> tuple:
@@ -958,6 +961,107 @@ class MatryoshkaLoss(nn.Module):
         if isinstance(batch, dict):
             return {**batch, "labels": given[..., :width]}, labels
         return batch, given[..., :width]
+
+
+class AdaptiveLayerLoss(nn.Module):
+    """Embeddings that stay good from the earlier layers (2D Matryoshka sentence embeddings, Li et al., 2024): `loss`
+    over the model's own embeddings (times `last_layer_weight`), plus, for `n_layers_per_step` layers drawn at
+    random (all with 0 or less), `loss` over the embeddings pooled from what that layer takes in (the embeddings'
+    output for the first), weighted by `layer_weighting` ("uniform", "log": 1 / (1 + ln(1 + i)), "linear":
+    1 / (1 + i), or a function of i), averaged and times `prior_layers_weight`; and, with `kl_temperature` > 0,
+    the KL divergence of each such layer's embeddings, as softmaxes at that temperature, from the last layer's,
+    times the temperature and `kl_div_weight`. The encoder runs once per batch: for the call, model.forward gives
+    `loss` the embeddings of the layer at hand (as sentence-transformers swaps it so too). MatryoshkaLoss inside it
+    makes sentence-transformers' Matryoshka2dLoss."""
+
+    def __init__(self, model, loss: nn.Module, n_layers_per_step: int = 1, last_layer_weight: float = 1.0,
+                 prior_layers_weight: float = 1.0, kl_div_weight: float = 1.0, kl_temperature: float = 0.3,
+                 layer_weighting="uniform"):
+        super().__init__()
+        if not callable(layer_weighting) and layer_weighting not in ("uniform", "log", "linear"):
+            raise ValueError(f"layer_weighting is uniform, log, linear or a function of the layer, not "
+                             f"{layer_weighting!r}")
+        if isinstance(loss, GradientCache) or isinstance(getattr(loss, "loss", None), GradientCache):
+            raise ValueError(f"AdaptiveLayerLoss cannot run around {type(loss).__name__}, whose second pass runs "
+                             "after it returns: use the loss it caches")
+        self.model, self.loss, self.n_layers_per_step = model, loss, n_layers_per_step
+        self.last_layer_weight, self.prior_layers_weight = last_layer_weight, prior_layers_weight
+        self.kl_div_weight, self.kl_temperature, self.layer_weighting = kl_div_weight, kl_temperature, layer_weighting
+
+    def layer_weight(self, index: int) -> float:
+        if callable(self.layer_weighting):
+            return self.layer_weighting(index)
+        return {"uniform": 1.0, "log": 1.0 / (1.0 + math.log(1 + index)),
+                "linear": 1.0 / (1 + index)}[self.layer_weighting]
+
+    def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
+        calls = []  # each model call of the first pass: (its layers' token embeddings, attention mask, prompt length)
+        at = {"layer": None, "call": 0}
+        embedded = []  # the sentence embeddings `loss` was given in this pass
+        model = self.model
+
+        def layered_forward(input_ids, attention_mask=None, encoder=None, lengths=None):
+            features = input_ids if isinstance(input_ids, dict) else None
+            if features is not None:
+                check_token_features(features, "model")
+                input_ids, attention_mask = features["input_ids"], features["attention_mask"]
+            if at["layer"] is None:  # the model runs, its layers kept
+                layers, prompt_length = [], None if features is None else prompt_length_of(features)
+                tokens, embeddings = model.embed(input_ids, attention_mask, encoder, lengths, prompt_length,
+                                                 hidden_states=layers)
+                calls.append((layers, attention_mask, prompt_length))
+            else:
+                layers, attention_mask, prompt_length = calls[at["call"]]
+                tokens = layers[at["layer"]].float()
+                embeddings = model.sentence_embedding(tokens, attention_mask, prompt_length)
+                at["call"] += 1
+            embedded.append(embeddings)
+            if features is None:
+                return embeddings
+            features.update(token_embeddings=tokens, sentence_embedding=embeddings)
+            return features
+
+        previous = vars(model).get("forward")  # a forward swapped in by a loss around this one
+        model.forward = layered_forward
+        try:
+            total = self.loss(batch, labels) * self.last_layer_weight
+            if self.kl_temperature > 0:
+                last = F.softmax(torch.cat(embedded) / self.kl_temperature, dim=-1).detach()
+            earlier = range(len(calls[0][0]) - 1)
+            if 0 < self.n_layers_per_step < len(earlier):
+                earlier = random.sample(earlier, self.n_layers_per_step)
+            for index in earlier:
+                at.update(layer=index, call=0)
+                embedded.clear()
+                layer_loss = self.loss(batch, labels)
+                total = total + layer_loss * self.layer_weight(index) / len(earlier) * self.prior_layers_weight
+                if self.kl_temperature > 0:
+                    divergence = F.kl_div(F.log_softmax(torch.cat(embedded) / self.kl_temperature, dim=-1), last,
+                                          reduction="batchmean")
+                    total = total + divergence * self.kl_temperature * self.kl_div_weight
+        finally:
+            restore_forward(model, previous)
+        return total
+
+
+class Matryoshka2dLoss(AdaptiveLayerLoss):
+    """AdaptiveLayerLoss around MatryoshkaLoss around `loss`: embeddings that stay good cut short and from the
+    earlier layers (2D Matryoshka), with sentence-transformers' arguments (one width per step by default)."""
+
+    def __init__(self, model, loss: nn.Module, matryoshka_dims, matryoshka_weights=None, n_layers_per_step: int = 1,
+                 n_dims_per_step: int = 1, last_layer_weight: float = 1.0, prior_layers_weight: float = 1.0,
+                 kl_div_weight: float = 1.0, kl_temperature: float = 0.3, layer_weighting="uniform"):
+        super().__init__(model, MatryoshkaLoss(model, loss, matryoshka_dims, matryoshka_weights, n_dims_per_step),
+                         n_layers_per_step, last_layer_weight, prior_layers_weight, kl_div_weight, kl_temperature,
+                         layer_weighting)
+
+
+def restore_forward(model, previous) -> None:
+    """model.forward back to what it was before a loss swapped it: the class's own, or `previous`."""
+    if previous is None:
+        del model.forward
+    else:
+        model.forward = previous
 
 
 def cut(embeddings: torch.Tensor, width: int) -> torch.Tensor:

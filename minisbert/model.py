@@ -339,15 +339,21 @@ class SentenceTransformer(nn.Module):
         return self.embed(input_ids, attention_mask, encoder, lengths)[1]
 
     def embed(self, input_ids, attention_mask, encoder: nn.Module | None = None, lengths=None,
-              prompt_length: int | None = None):
-        """(token embeddings (B, S, D) in float32, sentence embeddings (B, dim)); `lengths` as in Encoder.forward,
-        `prompt_length` the tokens of a prompt in front of each text (see Pooling)."""
+              prompt_length: int | None = None, hidden_states: list | None = None):
+        """(token embeddings (B, S, D) in float32, sentence embeddings (B, dim)); `lengths` and `hidden_states` as in
+        Encoder.forward, `prompt_length` the tokens of a prompt in front of each text (see Pooling)."""
         encoder = self.encoder if encoder is None else encoder
-        token_embeddings = encoder(input_ids, attention_mask, lengths=lengths).float()
-        embeddings = self.pooling(token_embeddings, attention_mask, prompt_length)  # pool and what follows in float32
+        asked = {} if hidden_states is None else {"hidden_states": hidden_states}  # (only Encoder takes it)
+        token_embeddings = encoder(input_ids, attention_mask, lengths=lengths, **asked).float()
+        return token_embeddings, self.sentence_embedding(token_embeddings, attention_mask, prompt_length)
+
+    def sentence_embedding(self, token_embeddings: torch.Tensor, attention_mask: torch.Tensor,
+                           prompt_length: int | None = None) -> torch.Tensor:
+        """Token embeddings (B, S, D) pooled, then through the Dense and Normalize modules: (B, dim), in float32."""
+        embeddings = self.pooling(token_embeddings.float(), attention_mask, prompt_length)
         for module in self.after:
             embeddings = module(embeddings)
-        return token_embeddings, embeddings
+        return embeddings
 
     def _encoder_in(self, dtype: torch.dtype) -> nn.Module:
         """The encoder in `dtype`: a cached copy for bf16, fp16 and int8 (int8.py), remade whenever the fp32 weights change."""

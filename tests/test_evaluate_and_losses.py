@@ -264,7 +264,7 @@ def test_losses_called_with_what_they_cannot_take_say_what_they_need(both):
     with pytest.raises(ValueError, match=r"teacher's scores of each candidate column as labels, \(2, 2\), not of "
                                          r"shape \(2, 3\)"):
         losses.DistillKLDivLoss(ours)(features + features[:1], torch.zeros(2, 3))
-    with pytest.raises(ValueError, match="the teacher's scores \(the labels\) hold NaN"):
+    with pytest.raises(ValueError, match=r"the teacher's scores \(the labels\) hold NaN"):
         losses.DistillKLDivLoss(ours)(features + features[:1], torch.tensor([[0.0, float("nan")], [1.0, 2.0]]))
     with pytest.raises(ValueError, match="teacher_temperature must be a positive finite number, not 0"):
         losses.DistillKLDivLoss(ours, teacher_temperature=0)
@@ -348,6 +348,53 @@ def test_matryoshka_loss_gives_sentence_transformers_values_and_gradients(minilm
     assert "forward" not in vars(ours)  # the model's own forward again
 
 
+@pytest.mark.parametrize("name,inner,options", [
+    ("AdaptiveLayerLoss", "MultipleNegativesRankingLoss", {}),
+    ("AdaptiveLayerLoss", "CoSENTLoss", {"n_layers_per_step": -1, "layer_weighting": "log", "kl_temperature": 0.5,
+                                         "last_layer_weight": 2.0, "prior_layers_weight": 0.5}),
+    ("AdaptiveLayerLoss", "MultipleNegativesRankingLoss", {"n_layers_per_step": 3, "kl_temperature": 0.0,
+                                                           "layer_weighting": "linear"}),
+    ("Matryoshka2dLoss", "MultipleNegativesRankingLoss", {"matryoshka_dims": [384, 128, 32]}),
+    ("Matryoshka2dLoss", "CoSENTLoss", {"matryoshka_dims": [384, 64], "n_layers_per_step": 2, "n_dims_per_step": -1})])
+def test_adaptive_layer_losses_give_sentence_transformers_values_and_gradients(minilm_folder, triplets, name, inner,
+                                                                               options):
+    # the loss over what each drawn layer takes in (the embeddings' output for the first), pooled, as well as over
+    # the last layer's; the draws of the layers (and widths) from Python's random stream, as there
+    ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
+    ours_loss = getattr(losses, name)(ours, getattr(losses, inner)(ours), **options)
+    their_loss = getattr(reference_losses, name)(reference, getattr(reference_losses, inner)(reference), **options)
+    columns = [list(column) for column in zip(*(t.texts for t in triplets))]
+    labels = torch.tensor([0.2, 0.9, 0.5, 0.5, 0.0, 1.0, 0.2, 0.7]) if inner == "CoSENTLoss" else None
+    if inner == "CoSENTLoss":
+        columns = columns[:2]
+    for call in range(2):  # other layers drawn
+        random.seed(call)
+        got = ours_loss([ours.preprocess(column) for column in columns], labels)
+        random.seed(call)
+        expected = their_loss([reference.preprocess(column) for column in columns], labels)
+        assert got.item() == pytest.approx(expected.item(), abs=1e-5, rel=1e-5) and got.item() > 0
+    with torch.no_grad():  # more than the inner loss alone
+        alone = getattr(losses, inner)(ours)([ours.preprocess(column) for column in columns], labels)
+    assert abs(alone.item() * options.get("last_layer_weight", 1.0) - got.item()) > 1e-3
+    assert_same_gradients(ours, reference, got, expected)
+    assert "forward" not in vars(ours)  # the model's own forward again
+
+
+def test_hidden_states_of_each_layer_equal_transformers(minilm_folder):
+    from transformers import AutoModel, AutoTokenizer
+    texts = ["A man is playing a guitar.", "", "word " * 40]
+    batch = AutoTokenizer.from_pretrained(minilm_folder)(texts, padding=True, return_tensors="pt")
+    ours, layers = SentenceTransformer(minilm_folder), []
+    with torch.no_grad():
+        expected = AutoModel.from_pretrained(minilm_folder)(**batch, output_hidden_states=True).hidden_states
+        ours.encoder(batch["input_ids"], batch["attention_mask"], hidden_states=layers)
+    mask = batch["attention_mask"].bool()
+    assert len(layers) == len(expected) == 7
+    for got, theirs in zip(layers, expected):
+        torch.testing.assert_close(got[mask], theirs[mask], atol=1e-5, rtol=0)
+        assert got[~mask].abs().max() == 0
+
+
 def test_matryoshka_loss_takes_a_tokenize_batch_batch_and_cuts_its_teacher_labels(both):
     ours, _ = both
     texts = ["A man plays a guitar.", "A dog runs in a park."]
@@ -372,6 +419,11 @@ def test_matryoshka_loss_arguments_that_do_not_fit_are_errors(both):
         losses.MatryoshkaLoss(ours, inner, [384, 64], [1.0])
     with pytest.warns(UserWarning, match="leave out the model's own width, 384"):
         losses.MatryoshkaLoss(ours, inner, [256, 64])
+    # sentence-transformers only warns that the two do not go together
+    with pytest.raises(ValueError, match="AdaptiveLayerLoss cannot run around CachedMultipleNegativesRankingLoss"):
+        losses.AdaptiveLayerLoss(ours, losses.CachedMultipleNegativesRankingLoss(ours))
+    with pytest.raises(ValueError, match="layer_weighting is uniform, log, linear or a function of the layer"):
+        losses.AdaptiveLayerLoss(ours, inner, layer_weighting="square")
 
 
 @pytest.mark.parametrize("inner,options", [
