@@ -11,6 +11,7 @@ arguments are sentence-transformers' too, under its names and defaults.
 
 
 import bisect
+import copy
 import math
 import random
 import warnings
@@ -21,6 +22,7 @@ import torch.distributed.nn.functional as distributed
 import torch.nn.functional as F
 from torch import nn
 
+from .data import InputExample
 from .models import check_token_features
 from .pooling import prompt_length_of
 from .similarity import cos_sim, pairwise_angle_sim, pairwise_cos_sim, pairwise_dot_score
@@ -425,6 +427,76 @@ class GlobalOrthogonalRegularizationLoss(nn.Module):
         mean = (similarities.sum() / pairs) ** 2
         second_moment = torch.relu(similarities.pow(2).sum() / pairs - 1.0 / embeddings.shape[1])
         return mean, second_moment
+
+
+class ContrastiveTensionLoss(nn.Module):
+    """Contrastive tension (Carlsson et al., 2021), unsupervised: two copies of the model, `model` (the one kept) and
+    a copy of it made here (model1), embed the two texts of each pair; the dot product of the two embeddings is
+    a logit of "the same text" (binary cross-entropy, summed over the pairs). The labels are 1 where both columns
+    hold the same tokens, unless given. ContrastiveTensionDataLoader makes such batches of sentences."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model2, self.model1 = model, copy.deepcopy(model)
+
+    def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
+        columns = column_features(batch)
+        if len(columns) != 2:
+            raise ValueError(f"ContrastiveTensionLoss takes 2 text columns, not {len(columns)}")
+        first, second = columns
+        scores = (self.model1(dict(first))["sentence_embedding"]
+                  * self.model2(dict(second))["sentence_embedding"]).sum(dim=-1)  # (B,)
+        if labels is None:  # the same real tokens in both
+            labels = torch.tensor([torch.equal(ids1[mask1.bool()], ids2[mask2.bool()]) for ids1, mask1, ids2, mask2
+                                   in zip(first["input_ids"], first["attention_mask"], second["input_ids"],
+                                          second["attention_mask"])], device=scores.device)
+        return F.binary_cross_entropy_with_logits(scores, labels.view(-1).to(scores), reduction="sum")
+
+
+class ContrastiveTensionLossInBatchNegatives(nn.Module):
+    """Contrastive tension with in-batch negatives: `model` and a copy of it made here embed the same texts (the
+    first text column); each text's embedding by one copy is to pick its own among the other copy's, both ways
+    (cross-entropy over `similarity_fct` times a learned scale, starting at `scale`)."""
+
+    def __init__(self, model, scale: float = 20.0, similarity_fct=cos_sim):
+        super().__init__()
+        self.model2, self.model1, self.similarity_fct = model, copy.deepcopy(model), similarity_fct
+        self.logit_scale = nn.Parameter(torch.ones([]) * math.log(scale))
+
+    def forward(self, batch, labels: torch.Tensor | None = None) -> torch.Tensor:
+        features = column_features(batch)[0]
+        scores = self.similarity_fct(self.model1(dict(features))["sentence_embedding"],
+                                     self.model2(dict(features))["sentence_embedding"]) * self.logit_scale.exp()
+        own = torch.arange(len(scores), device=scores.device)
+        return (F.cross_entropy(scores, own) + F.cross_entropy(scores.T, own)) / 2
+
+
+class ContrastiveTensionDataLoader:
+    """Batches of `batch_size` sentence pairs for ContrastiveTensionLoss, from `sentences` (shuffled in place at
+    each pass, with Python's random stream): every `pos_neg_ratio`-th pair a sentence twice (label 1), the others
+    two different sentences (label 0), as InputExamples; through `collate_fn` where one is set (a model's
+    smart_batching_collate), as sentence-transformers' does."""
+
+    def __init__(self, sentences: list[str], batch_size: int, pos_neg_ratio: int = 8):
+        if batch_size % pos_neg_ratio:
+            raise ValueError(f"ContrastiveTensionDataLoader: batch_size {batch_size} must be a multiple of "
+                             f"pos_neg_ratio {pos_neg_ratio}")
+        self.sentences, self.batch_size, self.pos_neg_ratio = sentences, batch_size, pos_neg_ratio
+        self.collate_fn = None
+
+    def __iter__(self):
+        random.shuffle(self.sentences)
+        sentences = iter(self.sentences)
+        for _ in range(len(self)):
+            batch = []
+            for index in range(self.batch_size):
+                first = next(sentences)
+                same = index % self.pos_neg_ratio == 0
+                batch.append(InputExample(texts=[first, first if same else next(sentences)], label=int(same)))
+            yield batch if self.collate_fn is None else self.collate_fn(batch)
+
+    def __len__(self) -> int:
+        return len(self.sentences) // (2 * self.batch_size - self.batch_size // self.pos_neg_ratio)
 
 
 class BatchHardTripletLossDistanceFunction:

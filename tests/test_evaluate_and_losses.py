@@ -10,7 +10,7 @@ from sentence_transformers import util as reference_util
 from sentence_transformers.sentence_transformer import losses as reference_losses
 from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
-from minisbert import SentenceTransformer, losses, similarity
+from minisbert import InputExample, SentenceTransformer, losses, similarity
 from minisbert.data import read_nli, read_sts_benchmark
 from minisbert.evaluate import sts_correlations
 from minisbert.losses import (CosineSimilarityLoss, MultipleNegativesRankingLoss, SoftmaxLoss, TripletLoss,
@@ -208,6 +208,40 @@ def test_embed_distill_projection_saved_here_loads_in_sentence_transformers_and_
         losses.EmbedDistillLoss(ours).save_projection(tmp_path / "none.safetensors")
     with pytest.raises(ValueError, match="distance_metric is mse, l2 or cosine, not 'dot'"):
         losses.EmbedDistillLoss(ours, distance_metric="dot")
+
+
+@pytest.mark.parametrize("name", ["ContrastiveTensionLoss", "ContrastiveTensionLossInBatchNegatives"])
+def test_contrastive_tension_gives_sentence_transformers_values_and_gradients(minilm_folder, name):
+    # unsupervised: pairs of one sentence twice (label 1) and of two sentences (label 0) from the data loader, as
+    # sentence-transformers' makes them from the same random stream; the model and a copy of it each embed a column
+    from sentence_transformers import InputExample as ReferenceExample
+    sentences = [f"sentence number {i} about {topic}" for i, topic in enumerate(["cats", "dogs", "music", "rain",
+                                                                                "trains"] * 6)]
+    ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
+    loader, their_loader = losses.ContrastiveTensionDataLoader(list(sentences), batch_size=8, pos_neg_ratio=4), \
+        reference_losses.ContrastiveTensionDataLoader(list(sentences), batch_size=8, pos_neg_ratio=4)
+    random.seed(0)
+    batches = list(loader)
+    random.seed(0)
+    their_batches = list(their_loader)
+    assert len(batches) == len(their_batches) == len(loader) == 2
+    assert [[(e.texts, e.label) for e in b] for b in batches] == [[(e.texts, e.label) for e in b]
+                                                                  for b in their_batches]
+    assert [e.label for e in batches[0]] == [1, 0, 0, 0, 1, 0, 0, 0] and isinstance(batches[0][0], InputExample)
+    ours_loss, their_loss = getattr(losses, name)(ours), getattr(reference_losses, name)(reference)
+    assert ours_loss.model2 is ours and ours_loss.model1 is not ours
+    columns = [[e.texts[i] for e in batches[0]] for i in (0, 1)]
+    got = ours_loss([ours.preprocess(column) for column in columns])
+    expected = their_loss([reference.preprocess(column) for column in columns], None)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5) and got.item() > 0
+    assert_same_gradients(ours, reference, got, expected)
+    if name == "ContrastiveTensionLoss":  # the labels from the tokens: given, the same loss
+        with torch.no_grad():
+            given = ours_loss([ours.preprocess(column) for column in columns],
+                              torch.tensor([float(e.label) for e in batches[0]]))
+        assert given.item() == pytest.approx(got.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="batch_size 10 must be a multiple of pos_neg_ratio 4"):
+        losses.ContrastiveTensionDataLoader(sentences, batch_size=10, pos_neg_ratio=4)
 
 
 def test_softmax_loss_arguments_that_disagree_are_errors(both):
