@@ -214,7 +214,6 @@ def test_embed_distill_projection_saved_here_loads_in_sentence_transformers_and_
 def test_contrastive_tension_gives_sentence_transformers_values_and_gradients(minilm_folder, name):
     # unsupervised: pairs of one sentence twice (label 1) and of two sentences (label 0) from the data loader, as
     # sentence-transformers' makes them from the same random stream; the model and a copy of it each embed a column
-    from sentence_transformers import InputExample as ReferenceExample
     sentences = [f"sentence number {i} about {topic}" for i, topic in enumerate(["cats", "dogs", "music", "rain",
                                                                                 "trains"] * 6)]
     ours, reference = SentenceTransformer(minilm_folder), Reference(str(minilm_folder), device="cpu")
