@@ -48,6 +48,29 @@ def test_hidden_states_equal_transformers(name, request):
     torch.testing.assert_close(got[mask], expected[mask], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["tiny_bert", "tiny_albert", "tiny_t5", "tiny_modernbert", "tiny_qwen3",
+                                  "tiny_gemma3"])
+def test_each_layers_hidden_states_equal_transformers(name, request):
+    # what goes into each layer and what comes out of the last (after the final norm where there is one), as
+    # transformers' output_hidden_states; AdaptiveLayerLoss pools them
+    folder = request.getfixturevalue(name)
+    t5 = json.loads((folder / "config.json").read_text())["model_type"] == "t5"
+    reference = (T5EncoderModel if t5 else AutoModel).from_pretrained(folder).eval()
+    batch = AutoTokenizer.from_pretrained(folder)(TEXTS, padding=True, truncation=True, max_length=60,
+                                                  return_tensors="pt")
+    encoder, _ = load_encoder(folder)
+    layers = []
+    with torch.no_grad():
+        expected = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             output_hidden_states=True).hidden_states
+        encoder.eval()(batch["input_ids"], batch["attention_mask"], hidden_states=layers)
+    mask = batch["attention_mask"].bool()
+    assert len(layers) == len(expected) == len(encoder.layer_order) + 1  # ALBERT: its layers run more than once
+    for got, theirs in zip(layers, expected):
+        torch.testing.assert_close(got[mask], theirs[mask], atol=1e-5, rtol=0)
+        assert got[~mask].abs().max() == 0
+
+
 def assert_the_same_dropout(reference, encoder):
     """Both in training on rows of one length (no packing), from the same seed: equal only if they draw the same
     dropout masks in the same order."""
