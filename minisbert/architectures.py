@@ -314,6 +314,34 @@ def t5_config(config: dict, source: str) -> dict:
             **{ours: config[theirs] for theirs, ours in T5_NAMES.items()}}
 
 
+def layer_kinds(config: dict, source: str, every_name: str, first_full: int) -> list[str]:
+    """Each layer's kind (LAYER_TYPES): config.json's layer_types, or in older files every n-th layer full (n its
+    `every_name`), the first full one at index `first_full` modulo n (ModernBERT's 0, Gemma 3's n - 1)."""
+    layers, every = config["num_hidden_layers"], config[every_name]
+    if "layer_types" not in config and not (type(every) is int and every >= 1):
+        raise ConfigError(f"{source}: {every_name} must be an integer of at least 1, not {every!r}")
+    layer_types = config.get("layer_types") or [LAYER_TYPES[bool((i - first_full) % every)] for i in range(layers)]
+    if (not isinstance(layer_types, list) or len(layer_types) != layers
+            or any(kind not in LAYER_TYPES for kind in layer_types)):
+        raise ConfigError(f"{source}: layer_types must list {', '.join(LAYER_TYPES)} for each of the {layers} "
+                          f"layers, not {layer_types!r}")
+    return layer_types
+
+
+def rotary_bases(config: dict, source: str, older_names: tuple[str, str]) -> dict[str, float]:
+    """The rotary base of each layer kind: rope_parameters' per kind, or in older files the two `older_names` (full
+    attention's, then sliding's). Only the default rotation is supported."""
+    thetas = {}
+    for kind, older_name in zip(LAYER_TYPES, older_names):
+        rope = (config.get("rope_parameters") or {}).get(kind) or {}
+        if rope.get("rope_type", "default") != "default":
+            raise ConfigError(f"{source}: rope_type {rope['rope_type']!r} ({kind}) is not supported; only 'default' is")
+        thetas[kind] = rope.get("rope_theta", config[older_name])
+        if type(thetas[kind]) not in (int, float) or thetas[kind] <= 0:
+            raise ConfigError(f"{source}: the rope_theta of {kind} must be a number above 0, not {thetas[kind]!r}")
+    return thetas
+
+
 def modernbert_config(config: dict, source: str) -> dict:
     """A ModernBERT config.json (transformers' ModernBertConfig defaults where a key is missing; the layers' kinds and
     rotary bases as layer_types and rope_parameters, or in older files global_attn_every_n_layers and
@@ -324,22 +352,8 @@ def modernbert_config(config: dict, source: str) -> dict:
                           f"{config['mlp_dropout']}; minisbert takes one rate for both")
     if config.get("rope_scaling"):
         raise ConfigError(f"{source}: rope_scaling is not supported")
-    layers, every = config["num_hidden_layers"], config["global_attn_every_n_layers"]
-    if "layer_types" not in config and not (type(every) is int and every >= 1):
-        raise ConfigError(f"{source}: global_attn_every_n_layers must be an integer of at least 1, not {every!r}")
-    layer_types = config.get("layer_types") or [LAYER_TYPES[bool(i % every)] for i in range(layers)]
-    if (not isinstance(layer_types, list) or len(layer_types) != layers
-            or any(kind not in LAYER_TYPES for kind in layer_types)):
-        raise ConfigError(f"{source}: layer_types must list {', '.join(LAYER_TYPES)} for each of the {layers} "
-                          f"layers, not {layer_types!r}")
-    thetas = {}
-    for kind, older_name in zip(LAYER_TYPES, ("global_rope_theta", "local_rope_theta")):
-        rope = (config.get("rope_parameters") or {}).get(kind) or {}
-        if rope.get("rope_type", "default") != "default":
-            raise ConfigError(f"{source}: rope_type {rope['rope_type']!r} ({kind}) is not supported; only 'default' is")
-        thetas[kind] = rope.get("rope_theta", config[older_name])
-        if type(thetas[kind]) not in (int, float) or thetas[kind] <= 0:
-            raise ConfigError(f"{source}: the rope_theta of {kind} must be a number above 0, not {thetas[kind]!r}")
+    layer_types = layer_kinds(config, source, "global_attn_every_n_layers", first_full=0)
+    thetas = rotary_bases(config, source, ("global_rope_theta", "local_rope_theta"))
     return {"model_type": "modernbert", "hidden_act": config["hidden_activation"], "layer_norm_eps": config["norm_eps"],
             "hidden_dropout_prob": config["mlp_dropout"], "attention_probs_dropout_prob": config["attention_dropout"],
             "type_vocab_size": 1, "gated_feed_forward": True, "layer_types": layer_types,
@@ -384,22 +398,8 @@ def gemma3_config(config: dict, source: str) -> dict:
                           "Gemma 3 as EmbeddingGemma does, with use_bidirectional_attention true")
     if config.get("attn_logit_softcapping") or config.get("rope_scaling"):
         raise ConfigError(f"{source}: attn_logit_softcapping and rope_scaling are not supported")
-    layers, every = config["num_hidden_layers"], config["sliding_window_pattern"]
-    if "layer_types" not in config and not (type(every) is int and every >= 1):
-        raise ConfigError(f"{source}: sliding_window_pattern must be an integer of at least 1, not {every!r}")
-    layer_types = config.get("layer_types") or [LAYER_TYPES[bool((i + 1) % every)] for i in range(layers)]
-    if (not isinstance(layer_types, list) or len(layer_types) != layers
-            or any(kind not in LAYER_TYPES for kind in layer_types)):
-        raise ConfigError(f"{source}: layer_types must list {', '.join(LAYER_TYPES)} for each of the {layers} "
-                          f"layers, not {layer_types!r}")
-    thetas = {}
-    for kind, older_name in zip(LAYER_TYPES, ("rope_theta", "rope_local_base_freq")):
-        rope = (config.get("rope_parameters") or {}).get(kind) or {}
-        if rope.get("rope_type", "default") != "default":
-            raise ConfigError(f"{source}: rope_type {rope['rope_type']!r} ({kind}) is not supported; only 'default' is")
-        thetas[kind] = rope.get("rope_theta", config[older_name])
-        if type(thetas[kind]) not in (int, float) or thetas[kind] <= 0:
-            raise ConfigError(f"{source}: the rope_theta of {kind} must be a number above 0, not {thetas[kind]!r}")
+    layer_types = layer_kinds(config, source, "sliding_window_pattern", first_full=-1)
+    thetas = rotary_bases(config, source, ("rope_theta", "rope_local_base_freq"))
     scalar, window = config["query_pre_attn_scalar"], config["sliding_window"]
     if type(scalar) not in (int, float) or scalar <= 0:
         raise ConfigError(f"{source}: query_pre_attn_scalar must be a number above 0, not {scalar!r}")
