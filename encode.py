@@ -2,8 +2,11 @@
 
 With no arguments, runs the example of the Sentence-BERT documentation: two lists of sentences,
 each pair printed with its cosine similarity. With --input, writes the embeddings of a file's lines.
-With --search QUERY... --corpus FILE, prints each query's --top-k most similar lines of FILE.
+With --search QUERY... --corpus FILE, prints each query's --top-k most similar lines of FILE: the queries
+embedded with the model's "query" prompt and the lines with its "document" prompt, where it has them (as
+sentence-transformers' encode_query and encode_document; EmbeddingGemma, Qwen3-Embedding and others are trained so).
 With --mine FILE, prints the --top-k most similar pairs of lines in FILE (paraphrase mining).
+--prompt-name or --prompt puts a prompt in front of the texts (of --search: the queries').
 """
 
 import argparse
@@ -30,6 +33,10 @@ def parse_args():
     parser.add_argument("--corpus", help="with --search: a UTF-8 text file, one text per line, or - for standard input")
     parser.add_argument("--mine", metavar="FILE", help="find the most similar pairs of lines in FILE (or - for stdin)")
     parser.add_argument("--top-k", type=int, default=10, help="hits per query for --search, pairs for --mine")
+    prompts = parser.add_mutually_exclusive_group()
+    prompts.add_argument("--prompt-name", help="a prompt of the model's config_sentence_transformers.json, put in front "
+                                               "of each text (of --search: each query)")
+    prompts.add_argument("--prompt", help="a text put in front of each text (of --search: each query)")
     parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
     parser.add_argument("--normalize", action="store_true", help="scale each embedding to unit length")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -83,10 +90,11 @@ def read_lines(path: str) -> list[str]:
     return [line.removesuffix("\r") for line in lines]
 
 
-def search(model, queries: list[str], corpus_path: str, top_k: int, options: dict):
+def search(model, queries: list[str], corpus_path: str, top_k: int, options: dict, prompts: dict):
     corpus = read_lines(corpus_path)
-    corpus_embeddings = model.encode(corpus, show_progress_bar=len(corpus) > 1000, convert_to_tensor=True, **options)
-    query_embeddings = model.encode(queries, convert_to_tensor=True, **options)
+    corpus_embeddings = model.encode_document(corpus, show_progress_bar=len(corpus) > 1000, convert_to_tensor=True,
+                                              **options)
+    query_embeddings = model.encode_query(queries, convert_to_tensor=True, **options, **prompts)
     for query, hits in zip(queries, semantic_search(query_embeddings, corpus_embeddings, top_k=top_k)):
         print(f"Query: {query}")
         for hit in hits:
@@ -106,8 +114,10 @@ def main():
     args = parse_args()
     model = SentenceTransformer(args.model, device=args.device)
     options = dict(batch_size=args.batch_size, normalize_embeddings=args.normalize, dtype=args.dtype)
+    prompts = dict(prompt_name=args.prompt_name, prompt=args.prompt)
     if args.search:
-        return search(model, args.search, args.corpus, args.top_k, options)
+        return search(model, args.search, args.corpus, args.top_k, options, prompts)
+    options.update(prompts)
     if args.mine:
         return mine(model, args.mine, args.top_k, options)
     if args.input:

@@ -43,7 +43,8 @@ def test_input_file_to_npy_equals_reference(minilm_folder, tmp_path):
 
 def test_help_explains_every_option():
     text = run("--help")
-    for option in ("--model", "--input", "--output", "--batch-size", "--normalize", "--device", "--precision"):
+    for option in ("--model", "--input", "--output", "--batch-size", "--normalize", "--device", "--precision",
+                   "--prompt-name", "--prompt"):
         assert option in text
 
 
@@ -70,6 +71,26 @@ def test_search_prints_the_reference_hits(minilm_folder, tmp_path):
         printed = [re.match(r"\s+(-?\d\.\d{4})\t\[(\d+)\] (.*)$", line).groups() for line in block.splitlines()[1:]]
         assert [(int(i), text) for _, i, text in printed] == [(hit["corpus_id"], CORPUS[hit["corpus_id"]]) for hit in hits]
         assert [float(score) for score, _, _ in printed] == pytest.approx([hit["score"] for hit in hits], abs=1e-4)
+
+
+def test_search_embeds_queries_and_documents_with_the_models_prompts(minilm_folder, tmp_path):
+    # as sentence-transformers' encode_query and encode_document; --prompt-name for the texts of --input
+    Reference(str(minilm_folder), device="cpu", prompts={"query": "query: ", "document": "passage: "}).save(
+        str(tmp_path / "prompted"))
+    reference = Reference(str(tmp_path / "prompted"), device="cpu")
+    (tmp_path / "corpus.txt").write_text("\n".join(CORPUS) + "\n", encoding="utf-8")
+    queries = ["guitar music", "a sleeping cat"]
+    output = run("--model", str(tmp_path / "prompted"), "--search", *queries, "--corpus", str(tmp_path / "corpus.txt"),
+                 "--top-k", "2")
+    expected = util.semantic_search(reference.encode_query(queries), reference.encode_document(CORPUS), top_k=2)
+    unprompted = util.semantic_search(reference.encode(queries), reference.encode(CORPUS), top_k=2)
+    printed = [float(score) for score in re.findall(r"^\s+(-?\d\.\d{4})\t", output, flags=re.MULTILINE)]
+    assert printed == pytest.approx([hit["score"] for hits in expected for hit in hits], abs=1e-4)
+    assert printed != pytest.approx([hit["score"] for hits in unprompted for hit in hits], abs=1e-3)
+    out = tmp_path / "embeddings.npy"
+    run("--model", str(tmp_path / "prompted"), "--input", "-", "--output", str(out), "--prompt-name", "document",
+        stdin="\n".join(CORPUS) + "\n")
+    np.testing.assert_allclose(np.load(out), reference.encode_document(CORPUS), atol=1e-5, rtol=0)
 
 
 def test_mine_prints_the_reference_pairs(minilm_folder):
