@@ -216,8 +216,9 @@ class Dense(nn.Module):
         self.activation_function = activation_function
         self.activation = ACTIVATIONS[activation_function]()
         self.use_residual = bool(use_residual)
-        if self.use_residual and in_features != out_features:  # made after linear: the same random stream
-            self.residual = nn.Linear(in_features, out_features, bias=False)
+        # where the sizes differ, a product of its own (made after linear: the same random stream as there)
+        self.residual = (nn.Linear(in_features, out_features, bias=False)
+                         if self.use_residual and in_features != out_features else None)
 
     def get_embedding_dimension(self) -> int:  # sentence-transformers' name
         return self.linear.out_features
@@ -229,7 +230,7 @@ class Dense(nn.Module):
             return on_sentence_embedding(self, x)
         out = self.activation(self.linear(x))
         if self.use_residual:
-            out = out + (self.residual(x) if hasattr(self, "residual") else x)
+            out = out + (x if self.residual is None else self.residual(x))
         return out
 
     def config(self) -> dict:
