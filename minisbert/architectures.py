@@ -1,5 +1,5 @@
-"""BERT, RoBERTa, MPNet, DistilBERT, ALBERT, T5, ModernBERT, Qwen3 and Gemma 3 (EmbeddingGemma's) as their Hugging Face files describe them, in the
-encoder's terms: `EncoderConfig`, read from each architecture's config.json (its names, its defaults) and written back
+"""BERT, RoBERTa, MPNet, DistilBERT, ALBERT, T5, ModernBERT, Qwen3 and Gemma 3 (EmbeddingGemma's) as their Hugging
+Face files describe them, in the encoder's terms: `EncoderConfig`, read from each architecture's config.json (its names, its defaults) and written back
 as transformers reads it, and `checkpoint_names`, the table from our tensor names to those of a published checkpoint,
 with which checkpoint.py loads and saves the weights (checking each one) and optim.py leaves out of the weight decay
 what fit() leaves out.
@@ -255,8 +255,8 @@ class EncoderConfig:
         return self.model_type in ("mpnet", "t5")
 
     @property
-    def normalizes_first(self) -> bool:  # T5, ModernBERT, Qwen3, Gemma 3: a norm before attention and feed-forward,
-        return self.model_type in ("t5", "modernbert", "qwen3", "gemma3_text")  # and last
+    def normalizes_first(self) -> bool:  # a norm before attention and feed-forward, and after the last layer
+        return self.model_type in ("t5", "modernbert", "qwen3", "gemma3_text")
 
     @property
     def position_padding_idx(self) -> int:

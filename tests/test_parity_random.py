@@ -1,6 +1,7 @@
-"""Small random BERT, RoBERTa (also as XLM-RoBERTa and CamemBERT), MPNet, DistilBERT, ALBERT, T5 and ModernBERT encoders,
-and Qwen3 and Gemma 3 (as EmbeddingGemma) models built with transformers: the same hidden states as transformers' models, and the same sentence embeddings as
-sentence-transformers, for every pooling mode, Dense and Normalize."""
+"""Small random BERT, RoBERTa (also as XLM-RoBERTa and CamemBERT), MPNet, DistilBERT, ALBERT, T5 and ModernBERT
+encoders, and Qwen3 and Gemma 3 (as EmbeddingGemma) models built with transformers: the same hidden states as
+transformers' models, and the same sentence embeddings as sentence-transformers, for every pooling mode, Dense and
+Normalize."""
 
 import json
 import os
